@@ -1,0 +1,291 @@
+//! Settings: what the master runs, from the command line and/or a TOML file.
+//!
+//! [`Config`] is the validated, complete set of settings the master runs with.
+//! [`ConfigFile`] is the TOML form, every key optional; the command line overrides the
+//! file, which overrides the defaults. Unknown keys are errors (a typo must not be
+//! silently ignored), and every error names the key or value and what to write instead.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::listener::ListenAddr;
+use crate::policy::Policy;
+
+/// Default listen address of `handoff run` with no `--listen`.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+/// A configuration problem, said so that the user knows what to change.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, or has an unknown key or a bad value.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said, with line and column.
+        message: String,
+    },
+    /// A setting has a value that cannot work.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// What workers run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum WorkerKind {
+    /// The built-in HTTP worker, optionally serving files from a directory.
+    Builtin {
+        /// `--static DIR`.
+        static_dir: Option<PathBuf>,
+    },
+    /// An external program and its arguments.
+    Command(Vec<String>),
+}
+
+/// The complete, validated settings.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Config {
+    /// Listen addresses, in order (the listener index of each connection).
+    pub listen: Vec<ListenAddr>,
+    /// Number of worker processes.
+    pub workers: usize,
+    /// Balancing policy.
+    pub policy: Policy,
+    /// A worker holding this many active connections gets no more.
+    pub max_conns_per_worker: Option<u32>,
+    /// What workers run.
+    pub worker: WorkerKind,
+    /// A worker with work that is silent this long is killed and replaced.
+    pub worker_timeout: Duration,
+    /// How long a graceful stop waits for workers before killing them.
+    pub shutdown_timeout: Duration,
+    /// Recycle a worker after this many connections.
+    pub max_requests: Option<u64>,
+    /// Add up to this many (random) to `max_requests`, per worker.
+    pub max_requests_jitter: u64,
+    /// Interval at which workers are asked to send HEARTBEAT.
+    pub heartbeat: Duration,
+    /// Control socket path.
+    pub control: Option<PathBuf>,
+    /// Prometheus metrics address.
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Health endpoint address.
+    pub health: Option<std::net::SocketAddr>,
+    /// Run workers as this user.
+    pub user: Option<String>,
+    /// Run workers as this group.
+    pub group: Option<String>,
+}
+
+/// The TOML file: the same settings, each optional.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ConfigFile {
+    /// `listen = ["127.0.0.1:8080", "unix:/run/app.sock"]`
+    pub listen: Option<Vec<ListenAddr>>,
+    /// `workers = 4`
+    pub workers: Option<usize>,
+    /// `policy = "least-conn"`
+    pub policy: Option<Policy>,
+    /// `max-conns-per-worker = 100`
+    pub max_conns_per_worker: Option<u32>,
+    /// `command = ["python3", "worker.py"]`
+    pub command: Option<Vec<String>>,
+    /// `static = "/srv/www"`
+    #[serde(rename = "static")]
+    pub static_dir: Option<PathBuf>,
+    /// `worker-timeout = 30` (seconds)
+    pub worker_timeout: Option<f64>,
+    /// `shutdown-timeout = 30` (seconds)
+    pub shutdown_timeout: Option<f64>,
+    /// `max-requests = 10000`
+    pub max_requests: Option<u64>,
+    /// `max-requests-jitter = 500`
+    pub max_requests_jitter: Option<u64>,
+    /// `heartbeat-ms = 1000`
+    pub heartbeat_ms: Option<u64>,
+    /// `control = "/run/handoff.sock"`
+    pub control: Option<PathBuf>,
+    /// `metrics = "127.0.0.1:9100"`
+    pub metrics: Option<std::net::SocketAddr>,
+    /// `health = "127.0.0.1:9101"`
+    pub health: Option<std::net::SocketAddr>,
+    /// `user = "www-data"`
+    pub user: Option<String>,
+    /// `group = "www-data"`
+    pub group: Option<String>,
+}
+
+impl ConfigFile {
+    /// Reads and parses a TOML file.
+    pub fn load(path: &Path) -> Result<ConfigFile, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string().trim_end().to_string() })
+    }
+
+    /// Fills every unset key of `self` from `lower` (self wins).
+    pub fn or(self, lower: ConfigFile) -> ConfigFile {
+        macro_rules! pick {
+            ($($f:ident),*) => { ConfigFile { $($f: self.$f.or(lower.$f)),* } };
+        }
+        pick!(listen, workers, policy, max_conns_per_worker, command, static_dir, worker_timeout, shutdown_timeout, max_requests, max_requests_jitter, heartbeat_ms, control, metrics, health, user, group)
+    }
+
+    /// Applies defaults and checks every value.
+    pub fn resolve(self) -> Result<Config, ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        let workers = self.workers.unwrap_or_else(default_workers);
+        if workers == 0 {
+            return invalid("workers must be at least 1 (try --workers 1, or leave it out for one per core)".into());
+        }
+        if workers > 4096 {
+            return invalid(format!("{workers} workers is more than the 4096 handoff supports"));
+        }
+        let listen = self.listen.unwrap_or_else(|| vec![DEFAULT_LISTEN.parse().expect("the default parses")]);
+        if listen.is_empty() {
+            return invalid("no listen address: give at least one --listen ADDR".into());
+        }
+        if listen.len() > u16::MAX as usize {
+            return invalid("too many listeners".into());
+        }
+        let worker = match (self.command, self.static_dir) {
+            (Some(_), Some(_)) => return invalid("--static serves files with the built-in worker; it cannot be combined with a worker command".into()),
+            (Some(cmd), None) => {
+                check_command(&cmd)?;
+                WorkerKind::Command(cmd)
+            }
+            (None, Some(dir)) => {
+                if !dir.is_dir() {
+                    return invalid(format!("--static {}: not a directory", dir.display()));
+                }
+                WorkerKind::Builtin { static_dir: Some(dir) }
+            }
+            (None, None) => WorkerKind::Builtin { static_dir: None },
+        };
+        if self.max_conns_per_worker == Some(0) {
+            return invalid("max-conns-per-worker must be at least 1 (leave it out for no limit)".into());
+        }
+        if self.max_requests == Some(0) {
+            return invalid("max-requests must be at least 1 (leave it out to never recycle)".into());
+        }
+        let secs = |name: &str, v: Option<f64>, d: f64| -> Result<Duration, ConfigError> {
+            let v = v.unwrap_or(d);
+            if !(v.is_finite() && v > 0.0 && v < 1e9) {
+                return Err(ConfigError::Invalid(format!("{name} must be a positive number of seconds, not {v}")));
+            }
+            Ok(Duration::from_secs_f64(v))
+        };
+        let heartbeat_ms = self.heartbeat_ms.unwrap_or(1000);
+        if !(10..=600_000).contains(&heartbeat_ms) {
+            return invalid(format!("heartbeat-ms must be between 10 and 600000, not {heartbeat_ms}"));
+        }
+        Ok(Config {
+            listen,
+            workers,
+            policy: self.policy.unwrap_or_default(),
+            max_conns_per_worker: self.max_conns_per_worker,
+            worker,
+            worker_timeout: secs("worker-timeout", self.worker_timeout, 30.0)?,
+            shutdown_timeout: secs("shutdown-timeout", self.shutdown_timeout, 30.0)?,
+            max_requests: self.max_requests,
+            max_requests_jitter: self.max_requests_jitter.unwrap_or(0),
+            heartbeat: Duration::from_millis(heartbeat_ms),
+            control: self.control,
+            metrics: self.metrics,
+            health: self.health,
+            user: self.user,
+            group: self.group,
+        })
+    }
+}
+
+/// One worker per core.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// Checks that the worker program exists and is executable, so that a typo is one
+/// clear error at start-up instead of a crash loop.
+fn check_command(cmd: &[String]) -> Result<(), ConfigError> {
+    let Some(prog) = cmd.first().filter(|p| !p.is_empty()) else {
+        return Err(ConfigError::Invalid("the worker command is empty: give a program after --".into()));
+    };
+    match find_program(Path::new(prog)) {
+        Some(_) => Ok(()),
+        None => Err(ConfigError::Invalid(format!(
+            "worker command {prog:?} not found or not executable{}",
+            if prog.contains('/') { "" } else { " in $PATH" }
+        ))),
+    }
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+}
+
+/// Resolves a program the way `execvp` would.
+pub fn find_program(prog: &Path) -> Option<PathBuf> {
+    if prog.components().count() > 1 || prog.is_absolute() {
+        return is_executable(prog).then(|| prog.to_path_buf());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join(prog)).find(|p| is_executable(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let c = ConfigFile::default().resolve().unwrap();
+        assert_eq!(c.listen, vec![DEFAULT_LISTEN.parse().unwrap()]);
+        assert_eq!(c.workers, default_workers());
+        assert_eq!(c.policy, Policy::LeastConn);
+        assert_eq!(c.worker, WorkerKind::Builtin { static_dir: None });
+    }
+
+    #[test]
+    fn toml_keys_and_errors() {
+        let f: ConfigFile = toml::from_str("workers = 3\npolicy = \"p2c\"\nlisten = [\"unix:/tmp/a.sock\"]\n").unwrap();
+        let c = f.resolve().unwrap();
+        assert_eq!((c.workers, c.policy), (3, Policy::P2c));
+        let e = toml::from_str::<ConfigFile>("wrokers = 3").unwrap_err().to_string();
+        assert!(e.contains("unknown field `wrokers`"), "{e}");
+        let e = toml::from_str::<ConfigFile>("policy = \"fastest\"").unwrap_err().to_string();
+        assert!(e.contains("fastest"), "{e}");
+    }
+
+    #[test]
+    fn invalid_values_are_explained() {
+        let e = ConfigFile { workers: Some(0), ..Default::default() }.resolve().unwrap_err().to_string();
+        assert!(e.contains("at least 1"), "{e}");
+        let e = ConfigFile { command: Some(vec!["/nonexistent/prog".into()]), ..Default::default() }.resolve().unwrap_err().to_string();
+        assert!(e.contains("not found or not executable"), "{e}");
+        let e = ConfigFile { command: Some(vec!["no-such-program-xyz".into()]), ..Default::default() }.resolve().unwrap_err().to_string();
+        assert!(e.contains("$PATH"), "{e}");
+        let e = ConfigFile { worker_timeout: Some(-1.0), ..Default::default() }.resolve().unwrap_err().to_string();
+        assert!(e.contains("worker-timeout"), "{e}");
+    }
+
+    #[test]
+    fn command_line_wins_over_file() {
+        let cli = ConfigFile { workers: Some(2), ..Default::default() };
+        let file = ConfigFile { workers: Some(8), policy: Some(Policy::P2c), ..Default::default() };
+        let c = cli.or(file).resolve().unwrap();
+        assert_eq!((c.workers, c.policy), (2, Policy::P2c));
+    }
+}

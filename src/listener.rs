@@ -1,0 +1,236 @@
+//! Listening sockets: parsing `--listen` addresses, binding, accepting.
+//!
+//! Only the master holds listening sockets; workers never bind or see one (a worker
+//! compromised by a client cannot accept on the server's port). Listeners are
+//! non-blocking and `CLOEXEC`; accepted sockets are `CLOEXEC` and in **blocking**
+//! mode, as the worker protocol promises.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+
+/// Kernel accept queue length requested for every listener (capped by somaxconn).
+pub const BACKLOG: i32 = 4096;
+
+/// Where to listen.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ListenAddr {
+    /// TCP on IPv4 or IPv6.
+    Tcp(SocketAddr),
+    /// A Unix stream socket at this path.
+    Unix(PathBuf),
+}
+
+impl FromStr for ListenAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<ListenAddr, String> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err(format!("{s:?}: a unix listener needs a path, as in unix:/run/app.sock"));
+            }
+            return Ok(ListenAddr::Unix(PathBuf::from(path)));
+        }
+        s.parse::<SocketAddr>().map(ListenAddr::Tcp).map_err(|_| {
+            format!("{s:?} is not a listen address; write HOST:PORT (127.0.0.1:8080, [::1]:8080) or unix:/path.sock")
+        })
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Tcp(a) => write!(f, "{a}"),
+            ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+impl serde::Serialize for ListenAddr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ListenAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<ListenAddr, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A bound, listening socket.
+#[derive(Debug)]
+pub struct Listener {
+    fd: OwnedFd,
+    addr: ListenAddr,
+}
+
+impl Listener {
+    /// Binds and listens on `addr`.
+    ///
+    /// TCP listeners set `SO_REUSEADDR` (restart without waiting out TIME_WAIT) and,
+    /// for IPv6, `IPV6_V6ONLY` (so `[::]:80` and `0.0.0.0:80` can coexist). A Unix
+    /// path left behind by a dead server (nobody accepts on it) is replaced; a path
+    /// with a live server behind it is "address in use".
+    pub fn bind(addr: &ListenAddr) -> io::Result<Listener> {
+        let flags = SocketFlags::CLOEXEC | SocketFlags::NONBLOCK;
+        let fd = match addr {
+            ListenAddr::Tcp(sa) => {
+                let family = if sa.is_ipv4() { AddressFamily::INET } else { AddressFamily::INET6 };
+                let fd = rustix::net::socket_with(family, SocketType::STREAM, flags, None)?;
+                rustix::net::sockopt::set_socket_reuseaddr(&fd, true)?;
+                if sa.is_ipv6() {
+                    rustix::net::sockopt::set_ipv6_v6only(&fd, true)?;
+                }
+                rustix::net::bind(&fd, sa)?;
+                fd
+            }
+            ListenAddr::Unix(path) => {
+                let fd = rustix::net::socket_with(AddressFamily::UNIX, SocketType::STREAM, flags, None)?;
+                let ua = SocketAddrUnix::new(path.as_path())?;
+                match rustix::net::bind(&fd, &ua) {
+                    Err(rustix::io::Errno::ADDRINUSE) if stale_unix_socket(path) => {
+                        std::fs::remove_file(path)?;
+                        rustix::net::bind(&fd, &ua)?;
+                    }
+                    r => r?,
+                }
+                fd
+            }
+        };
+        rustix::net::listen(&fd, BACKLOG)?;
+        Ok(Listener { fd, addr: addr.clone() })
+    }
+
+    /// Wraps an already listening socket (socket activation, upgrade).
+    pub fn from_fd(fd: OwnedFd) -> io::Result<Listener> {
+        rustix::io::ioctl_fionbio(&fd, true)?;
+        let addr = match rustix::net::getsockname(&fd)? {
+            a if a.address_family() == AddressFamily::UNIX => {
+                let u = SocketAddrUnix::try_from(a).map_err(io::Error::other)?;
+                ListenAddr::Unix(u.path().map(|p| PathBuf::from(p.to_string_lossy().into_owned())).unwrap_or_default())
+            }
+            a => ListenAddr::Tcp(SocketAddr::try_from(a).map_err(io::Error::other)?),
+        };
+        Ok(Listener { fd, addr })
+    }
+
+    /// The address as configured, with the real port if port 0 was asked for.
+    pub fn local_addr(&self) -> ListenAddr {
+        match &self.addr {
+            ListenAddr::Tcp(_) => rustix::net::getsockname(&self.fd)
+                .ok()
+                .and_then(|a| SocketAddr::try_from(a).ok())
+                .map(ListenAddr::Tcp)
+                .unwrap_or_else(|| self.addr.clone()),
+            other => other.clone(),
+        }
+    }
+
+    /// The address this listener was created for.
+    pub fn addr(&self) -> &ListenAddr {
+        &self.addr
+    }
+
+    /// Accepts one connection: `CLOEXEC`, blocking mode.
+    pub fn accept(&self) -> io::Result<OwnedFd> {
+        loop {
+            match rustix::net::accept_with(&self.fd, SocketFlags::CLOEXEC) {
+                Err(rustix::io::Errno::INTR) => continue,
+                r => return Ok(r?),
+            }
+        }
+    }
+
+    /// Removes the socket file of a Unix listener (call when closing for good).
+    pub fn unlink(&self) {
+        if let ListenAddr::Unix(p) = &self.addr {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+impl AsFd for Listener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl From<Listener> for OwnedFd {
+    fn from(l: Listener) -> OwnedFd {
+        l.fd
+    }
+}
+
+fn stale_unix_socket(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    let is_socket = std::fs::symlink_metadata(path).map(|m| m.file_type().is_socket()).unwrap_or(false);
+    is_socket && matches!(std::os::unix::net::UnixStream::connect(path), Err(e) if e.kind() == io::ErrorKind::ConnectionRefused)
+}
+
+/// Whether an accept error is about this one connection (skip it and go on) rather than
+/// about the process or system (pause accepting).
+pub fn accept_error_is_transient(e: &io::Error) -> bool {
+    use rustix::io::Errno;
+    let Some(raw) = e.raw_os_error() else { return false };
+    [Errno::CONNABORTED, Errno::PROTO, Errno::PERM, Errno::NETDOWN, Errno::NOPROTOOPT, Errno::HOSTDOWN, Errno::NONET, Errno::HOSTUNREACH, Errno::OPNOTSUPP, Errno::NETUNREACH, Errno::TIMEDOUT, Errno::CONNRESET]
+        .iter()
+        .any(|x| x.raw_os_error() == raw)
+}
+
+/// Whether an accept error means "out of descriptors or memory": stop accepting for a
+/// short while (a level-triggered retry would spin), as nginx does.
+pub fn accept_error_is_exhaustion(e: &io::Error) -> bool {
+    use rustix::io::Errno;
+    let Some(raw) = e.raw_os_error() else { return false };
+    [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM].iter().any(|x| x.raw_os_error() == raw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_addresses() {
+        assert_eq!("127.0.0.1:8080".parse(), Ok(ListenAddr::Tcp("127.0.0.1:8080".parse().unwrap())));
+        assert_eq!("[::1]:80".parse(), Ok(ListenAddr::Tcp("[::1]:80".parse().unwrap())));
+        assert_eq!("unix:/tmp/x.sock".parse(), Ok(ListenAddr::Unix("/tmp/x.sock".into())));
+        assert!("localhost".parse::<ListenAddr>().unwrap_err().contains("HOST:PORT"));
+        assert!("unix:".parse::<ListenAddr>().is_err());
+    }
+
+    #[test]
+    fn accepted_sockets_are_blocking_and_cloexec() {
+        let l = Listener::bind(&"127.0.0.1:0".parse().unwrap()).unwrap();
+        let ListenAddr::Tcp(a) = l.local_addr() else { panic!() };
+        let _c = std::net::TcpStream::connect(a).unwrap();
+        let s = loop {
+            match l.accept() {
+                Ok(s) => break s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
+                Err(e) => panic!("{e}"),
+            }
+        };
+        assert!(rustix::io::fcntl_getfd(&s).unwrap().contains(rustix::io::FdFlags::CLOEXEC));
+        assert!(!rustix::fs::fcntl_getfl(&s).unwrap().contains(rustix::fs::OFlags::NONBLOCK));
+    }
+
+    #[test]
+    fn stale_unix_path_is_replaced_live_one_is_in_use() {
+        let dir = std::env::temp_dir().join(format!("handoff-l-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.sock");
+        let addr = ListenAddr::Unix(path.clone());
+        let first = Listener::bind(&addr).unwrap();
+        let err = Listener::bind(&addr).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+        drop(first); // the file stays behind, with nobody listening
+        Listener::bind(&addr).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,934 @@
+//! The master: one thread, one event loop, every accept.
+//!
+//! The master binds the listeners, starts the workers, and loops on `epoll` (mio):
+//! it accepts connections in bounded batches, picks a worker for each by policy, and
+//! sends the descriptor over that worker's channel. It never blocks and never starts a
+//! thread, so forking from it is safe.
+//!
+//! Invariants:
+//! - **The master owns each accepted descriptor until the worker ACKs it.** If the
+//!   worker dies first, the connection is handed to another worker under a new id.
+//!   Workers that do not announce ACK (minimal workers) get the descriptor and the
+//!   master closes its copy at once: a connection queued in such a worker's channel
+//!   dies with it.
+//! - **The master holds no unbounded queue.** It accepts only while some worker can
+//!   take a connection (eligible, below `--max-conns-per-worker`, channel not full);
+//!   otherwise clients wait in the kernel's backlog. The only connections it holds are
+//!   those it took back from dead workers, bounded by what was in flight.
+//! - **Worker events are handled before accepts** in each loop turn, so a DONE that a
+//!   worker sent before its client saw the connection end is counted before the
+//!   client's next connection is placed: load-aware policies are exact, not lucky.
+//! - Input from workers is untrusted: a malformed frame, an unknown id or a descriptor
+//!   sent to the master gets that worker killed and replaced; the others never notice.
+
+pub mod privileges;
+pub mod supervisor;
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use signal_hook::consts::signal::*;
+use signal_hook_mio::v1_0::Signals;
+use tracing::{debug, error, info, warn};
+
+use crate::config::{Config, WorkerKind};
+use crate::listener::{self, ListenAddr, Listener};
+use crate::policy::{Balancer, Candidate};
+use crate::sys::fdpass;
+use crate::sys::process::{self as sysproc, Exit};
+use crate::wire::{self, cap, ConnItem, Frame};
+use supervisor::{Inflight, Slot, State, Worker};
+
+/// Connections accepted from one listener before the loop looks at other events.
+pub const ACCEPT_BATCH: usize = 64;
+/// Frames read from one worker before the loop looks at other events.
+const RECV_BATCH: usize = 64;
+/// Pause after `accept` fails for lack of descriptors or memory.
+pub const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// Housekeeping period (timeouts, respawns).
+const TICK: Duration = Duration::from_millis(100);
+/// Time between SIGTERM and SIGKILL for a worker being killed.
+const KILL_GRACE: Duration = Duration::from_secs(3);
+/// A worker whose channel closed but which has not exited is killed after this.
+const LOST_GRACE: Duration = Duration::from_secs(1);
+
+const SIGNAL_TOKEN: Token = Token(0);
+const LISTENER_BASE: usize = 1;
+const WORKER_BASE: usize = 1 << 24;
+
+fn chan_token(key: usize) -> Token {
+    Token(WORKER_BASE + 2 * key)
+}
+fn stderr_token(key: usize) -> Token {
+    Token(WORKER_BASE + 2 * key + 1)
+}
+
+/// Why the master could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MasterError {
+    /// A listener could not be opened.
+    #[error("cannot listen on {addr}: {source}{hint}")]
+    Bind {
+        /// The address.
+        addr: ListenAddr,
+        /// The kernel's answer.
+        #[source]
+        source: io::Error,
+        /// What to do about it.
+        hint: &'static str,
+    },
+    /// A worker could not be started.
+    #[error("cannot start worker {slot}: {source}")]
+    Spawn {
+        /// The slot.
+        slot: usize,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// Every start of a worker failed within its first second.
+    #[error("worker {slot} keeps dying at start-up ({exit}, {starts} starts in a row, none lived {healthy:?}); giving up.{tail}")]
+    CrashLoop {
+        /// The slot that gave up.
+        slot: usize,
+        /// Its last exit.
+        exit: Exit,
+        /// Failed starts in a row.
+        starts: u32,
+        /// How long counts as a successful start.
+        healthy: Duration,
+        /// The last lines of its stderr, formatted.
+        tail: String,
+    },
+    /// The event loop failed.
+    #[error("event loop: {0}")]
+    Io(#[from] io::Error),
+}
+
+fn bind_hint(e: &io::Error) -> &'static str {
+    match e.kind() {
+        io::ErrorKind::AddrInUse => " (another process is listening there: stop it, or choose another address with --listen)",
+        io::ErrorKind::PermissionDenied => " (ports below 1024 need root or CAP_NET_BIND_SERVICE)",
+        io::ErrorKind::AddrNotAvailable => " (that IP address is not on this machine)",
+        _ => "",
+    }
+}
+
+/// A connection the master holds because its worker died before ACKing it.
+#[derive(Debug)]
+struct Held {
+    fd: OwnedFd,
+    listener: u16,
+}
+
+#[derive(Debug)]
+struct ListenerSlot {
+    listener: Listener,
+    /// An edge said connections are waiting and we have not seen EAGAIN since.
+    readable: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Running,
+    /// Graceful stop: DRAIN sent, waiting until the deadline.
+    Stopping { deadline: Instant },
+    /// Kill everything and leave.
+    Exiting,
+}
+
+/// Counters since start.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Totals {
+    /// Connections accepted.
+    pub accepted: u64,
+    /// Connections handed to workers (including hand-ons).
+    pub dispatched: u64,
+    /// Connections taken back from dead workers and handed on.
+    pub redispatched: u64,
+    /// Connections lost with a dead worker (had been ACKed or went to a minimal worker).
+    pub lost_with_worker: u64,
+    /// Accept errors for lack of descriptors or memory.
+    pub accept_exhausted: u64,
+    /// Accept errors about a single connection.
+    pub accept_transient: u64,
+    /// Time spent with accepting paused.
+    pub paused: Duration,
+    /// Workers started.
+    pub spawned: u64,
+    /// Workers killed for breaking the protocol.
+    pub protocol_kills: u64,
+    /// Workers killed for hanging.
+    pub hung_kills: u64,
+    /// Workers recycled after `--max-requests`.
+    pub recycled: u64,
+}
+
+/// The master process: listeners, workers, and the loop that joins them.
+pub struct Master {
+    cfg: Config,
+    poll: Poll,
+    signals: Signals,
+    listeners: Vec<ListenerSlot>,
+    workers: Vec<Worker>,
+    slots: Vec<Slot>,
+    balancer: Balancer,
+    phase: Phase,
+    held: VecDeque<Held>,
+    next_conn_id: u64,
+    next_key: usize,
+    paused_until: Option<Instant>,
+    pause_started: Option<Instant>,
+    last_accept_log: Option<Instant>,
+    ever_healthy: bool,
+    fatal: Option<MasterError>,
+    totals: Totals,
+    frame: Vec<u8>,
+    recv_buf: Vec<u8>,
+    cand: Vec<Candidate>,
+    next_tick: Instant,
+    interrupts: u32,
+}
+
+impl Master {
+    /// Binds every listener and prepares the loop; starts no worker yet.
+    pub fn new(cfg: Config) -> Result<Master, MasterError> {
+        crate::sys::cloexec_inherited_fds()?;
+        let mut listeners = Vec::new();
+        for addr in &cfg.listen {
+            let l = Listener::bind(addr).map_err(|source| MasterError::Bind { addr: addr.clone(), hint: bind_hint(&source), source })?;
+            listeners.push(l);
+        }
+        Master::with_listeners(cfg, listeners)
+    }
+
+    /// Uses listeners opened elsewhere (socket activation, upgrade, tests).
+    pub fn with_listeners(cfg: Config, listeners: Vec<Listener>) -> Result<Master, MasterError> {
+        let _ = crate::sys::raise_nofile_limit();
+        let poll = Poll::new()?;
+        let mut signals = Signals::new([SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGCHLD, SIGTTIN, SIGTTOU, SIGUSR2])?;
+        poll.registry().register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)?;
+        let mut ls = Vec::new();
+        for (i, l) in listeners.into_iter().enumerate() {
+            poll.registry().register(&mut SourceFd(&l.as_fd().as_raw_fd()), Token(LISTENER_BASE + i), Interest::READABLE)?;
+            info!("listening on {}", l.local_addr());
+            ls.push(ListenerSlot { listener: l, readable: true });
+        }
+        let slots = (0..cfg.workers).map(|_| Slot::default()).collect();
+        Ok(Master {
+            balancer: Balancer::new(cfg.policy),
+            cfg,
+            poll,
+            signals,
+            listeners: ls,
+            workers: Vec::new(),
+            slots,
+            phase: Phase::Running,
+            held: VecDeque::new(),
+            next_conn_id: 1,
+            next_key: 0,
+            paused_until: None,
+            pause_started: None,
+            last_accept_log: None,
+            ever_healthy: false,
+            fatal: None,
+            totals: Totals::default(),
+            frame: Vec::with_capacity(wire::MAX_FRAME_LEN),
+            recv_buf: vec![0; wire::MAX_FRAME_LEN + 1],
+            cand: Vec::new(),
+            next_tick: Instant::now(),
+            interrupts: 0,
+        })
+    }
+
+    /// The addresses actually bound (with real ports when port 0 was asked for).
+    pub fn local_addrs(&self) -> Vec<ListenAddr> {
+        self.listeners.iter().map(|l| l.listener.local_addr()).collect()
+    }
+
+    /// Starts the workers and runs until stopped by a signal. Returns an error if the
+    /// workers could not be kept running (crash loop) or the loop itself failed.
+    pub fn run(mut self) -> Result<(), MasterError> {
+        info!(
+            "master pid {} starting {} workers ({}), policy {}",
+            std::process::id(),
+            self.cfg.workers,
+            match &self.cfg.worker {
+                WorkerKind::Builtin { .. } => "built-in HTTP worker".to_string(),
+                WorkerKind::Command(c) => format!("command {:?}", c.join(" ")),
+            },
+            self.cfg.policy
+        );
+        for slot in 0..self.slots.len() {
+            if let Err(e) = self.spawn_worker(slot) {
+                self.kill_all_now();
+                return Err(e);
+            }
+        }
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.poll_timeout();
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                self.kill_all_now();
+                return Err(e.into());
+            }
+            // Workers first: their DONEs and exits decide where the next accept goes.
+            for ev in events.iter() {
+                let t = ev.token().0;
+                if t >= WORKER_BASE {
+                    let key = (t - WORKER_BASE) / 2;
+                    if t % 2 == 0 {
+                        if ev.is_writable() {
+                            if let Some(w) = self.worker_mut(key) {
+                                w.blocked_since = None;
+                            }
+                        }
+                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                            self.read_worker(key);
+                        }
+                    } else {
+                        self.read_stderr(key);
+                    }
+                }
+            }
+            for ev in events.iter() {
+                let t = ev.token().0;
+                if t == SIGNAL_TOKEN.0 {
+                    self.handle_signals();
+                } else if (LISTENER_BASE..WORKER_BASE).contains(&t) {
+                    if let Some(l) = self.listeners.get_mut(t - LISTENER_BASE) {
+                        l.readable = true;
+                    }
+                }
+            }
+            let now = Instant::now();
+            if now >= self.next_tick {
+                self.housekeeping(now);
+                self.next_tick = now + TICK;
+            }
+            self.accept_pass(now);
+            if let Some(e) = self.fatal.take() {
+                self.kill_all_now();
+                return Err(e);
+            }
+            match self.phase {
+                Phase::Exiting => {
+                    self.kill_all_now();
+                    return Ok(());
+                }
+                Phase::Stopping { .. } if self.workers.is_empty() => {
+                    info!("all workers exited; master exiting");
+                    return Ok(());
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn poll_timeout(&self) -> Duration {
+        let now = Instant::now();
+        let can_accept = self.phase == Phase::Running
+            && self.paused_until.is_none()
+            && (!self.held.is_empty() || self.listeners.iter().any(|l| l.readable))
+            && self.workers.iter().any(|w| self.eligible(w));
+        if can_accept {
+            Duration::ZERO
+        } else {
+            self.next_tick.saturating_duration_since(now)
+        }
+    }
+
+    fn worker_index(&self, key: usize) -> Option<usize> {
+        self.workers.iter().position(|w| w.key == key)
+    }
+
+    fn worker_mut(&mut self, key: usize) -> Option<&mut Worker> {
+        self.workers.iter_mut().find(|w| w.key == key)
+    }
+
+    // ---- starting workers ----
+
+    fn spawn_worker(&mut self, slot: usize) -> Result<usize, MasterError> {
+        let (mine, theirs) = fdpass::seqpacket_pair().map_err(|source| MasterError::Spawn { slot, source })?;
+        // The worker's end must be blocking: a minimal worker just calls recvmsg.
+        rustix::io::ioctl_fionbio(&theirs, false).map_err(|e| MasterError::Spawn { slot, source: e.into() })?;
+        let args = supervisor::SpawnArgs { cfg: &self.cfg, slot, slots: self.slots.len(), channel: &theirs };
+        let (pid, stderr) = supervisor::spawn(args).map_err(|source| MasterError::Spawn { slot, source })?;
+        // Close our copy of the worker's end now, or we would never see its EOF.
+        drop(theirs);
+        let key = self.next_key;
+        self.next_key += 1;
+        let reg = self.poll.registry();
+        reg.register(&mut SourceFd(&mine.as_raw_fd()), chan_token(key), Interest::READABLE | Interest::WRITABLE)?;
+        if let Some(e) = &stderr {
+            reg.register(&mut SourceFd(&e.as_raw_fd()), stderr_token(key), Interest::READABLE)?;
+        }
+        let now = Instant::now();
+        let max_requests = self.cfg.max_requests.map(|m| m + if self.cfg.max_requests_jitter > 0 { fastrand::u64(0..=self.cfg.max_requests_jitter) } else { 0 });
+        self.workers.push(Worker {
+            key,
+            slot,
+            pid,
+            chan: Some(mine),
+            stderr,
+            caps: 0,
+            ready: false,
+            tracked_from: u64::MAX,
+            state: State::Running,
+            inflight: Default::default(),
+            dispatched: 0,
+            max_requests,
+            blocked_since: None,
+            started: now,
+            last_heard: now,
+            kill_at: None,
+            exit: None,
+        });
+        let s = &mut self.slots[slot];
+        if s.last_exit.is_some() || s.restarts > 0 {
+            s.restarts += 1;
+        }
+        s.respawn_at = None;
+        self.totals.spawned += 1;
+        info!("worker {slot} started (pid {pid})");
+        Ok(key)
+    }
+
+    /// The worker currently filling `slot` (not one being replaced).
+    fn slot_worker(&self, slot: usize) -> Option<&Worker> {
+        self.workers.iter().find(|w| w.slot == slot && matches!(w.state, State::Running))
+    }
+
+    // ---- reading from workers ----
+
+    fn read_worker(&mut self, key: usize) {
+        for _ in 0..RECV_BATCH {
+            let Some(i) = self.worker_index(key) else { return };
+            let Some(chan) = self.workers[i].chan.as_ref() else { return };
+            // Room for no descriptor: a worker that sends one is caught by MSG_CTRUNC,
+            // and the kernel-delivered descriptor is closed before we look further.
+            let got = match fdpass::recv_with_fds(chan, &mut self.recv_buf, 0) {
+                Ok(g) => g,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    let what = if e.to_string().contains("CTRUNC") { "a descriptor (workers must not send any)".to_string() } else { e.to_string() };
+                    self.violation(i, &what);
+                    return;
+                }
+                Err(e) => {
+                    debug!("worker channel read: {e}");
+                    self.channel_closed(i);
+                    return;
+                }
+            };
+            if got.len == 0 {
+                self.channel_closed(i);
+                return;
+            }
+            let frame = match wire::decode(&self.recv_buf[..got.len]) {
+                Ok(f) => f,
+                Err(e) => {
+                    self.violation(i, &format!("a malformed frame: {e}"));
+                    return;
+                }
+            };
+            self.workers[i].last_heard = Instant::now();
+            if let Err(what) = self.handle_frame(i, frame) {
+                self.violation(i, &what);
+                return;
+            }
+        }
+        // More may be queued; the edge will not fire again for it, so come back soon.
+        self.next_tick = Instant::now();
+    }
+
+    fn handle_frame(&mut self, i: usize, frame: Frame) -> Result<(), String> {
+        let next_id = self.next_conn_id;
+        let w = &mut self.workers[i];
+        match frame {
+            Frame::Ready { caps, .. } => {
+                if w.ready {
+                    return Err("READY twice".into());
+                }
+                w.ready = true;
+                w.caps = caps & cap::ALL;
+                w.tracked_from = next_id;
+                info!("worker {} ready (pid {}, protocol v{}, capabilities {})", w.slot, w.pid, wire::VERSION, caps_names(w.caps));
+            }
+            Frame::Ack(ids) => {
+                for id in ids {
+                    if id < w.tracked_from {
+                        continue;
+                    }
+                    let keep = w.caps & cap::DONE != 0;
+                    match w.inflight.get_mut(&id) {
+                        Some(e) if keep => e.fd = None,
+                        Some(_) => {
+                            w.inflight.remove(&id);
+                        }
+                        None => return Err(format!("an ACK for connection {id}, which it was never sent")),
+                    }
+                }
+            }
+            Frame::Done(ids) => {
+                for id in ids {
+                    if id < w.tracked_from {
+                        continue;
+                    }
+                    if w.inflight.remove(&id).is_none() {
+                        return Err(format!("a DONE for connection {id}, which it does not hold"));
+                    }
+                }
+            }
+            Frame::Heartbeat => {}
+            Frame::Conn(_) | Frame::Drain => return Err("a master-to-worker frame".into()),
+        }
+        Ok(())
+    }
+
+    fn read_stderr(&mut self, key: usize) {
+        let Some(i) = self.worker_index(key) else { return };
+        let w = &mut self.workers[i];
+        if let Some(fd) = &w.stderr {
+            if !supervisor::drain_stderr(fd, &mut self.slots[w.slot]) {
+                let _ = self.poll.registry().deregister(&mut SourceFd(&fd.as_raw_fd()));
+                w.stderr = None;
+            }
+        }
+    }
+
+    /// A worker broke the protocol: kill it now; its connections are handed on when
+    /// its channel closes.
+    fn violation(&mut self, i: usize, what: &str) {
+        let w = &mut self.workers[i];
+        error!("worker {} (pid {}) sent {what}; killing it", w.slot, w.pid);
+        self.totals.protocol_kills += 1;
+        let _ = sysproc::signal(w.pid, rustix::process::Signal::KILL);
+        w.state = State::Killing;
+        w.kill_at = None;
+    }
+
+    /// The worker's channel closed (it exited, or closed it): take back what it had
+    /// not ACKed and stop talking to it.
+    fn channel_closed(&mut self, i: usize) {
+        let w = &mut self.workers[i];
+        if let Some(chan) = w.chan.take() {
+            let _ = self.poll.registry().deregister(&mut SourceFd(&chan.as_raw_fd()));
+        }
+        let unacked = w.take_unacked();
+        let lost = w.inflight.len() as u64;
+        w.inflight.clear();
+        if w.state != State::Killing {
+            w.state = State::Lost;
+        }
+        w.kill_at = Some(Instant::now() + LOST_GRACE);
+        let (slot, pid) = (w.slot, w.pid);
+        if !unacked.is_empty() || lost > 0 {
+            warn!("worker {slot} (pid {pid}) is gone: handing on {} connections it had not taken; {lost} it was serving are lost with it", unacked.len());
+        }
+        self.totals.lost_with_worker += lost;
+        for (_, Inflight { fd, listener }) in unacked {
+            if let Some(fd) = fd {
+                self.totals.redispatched += 1;
+                self.held.push_back(Held { fd, listener });
+            }
+        }
+    }
+
+    // ---- signals and process exits ----
+
+    fn handle_signals(&mut self) {
+        let pending: Vec<i32> = self.signals.pending().collect();
+        for sig in pending {
+            match sig {
+                SIGCHLD => self.reap(),
+                SIGTERM => self.begin_stop("SIGTERM"),
+                SIGINT => {
+                    self.interrupts += 1;
+                    if self.interrupts > 1 {
+                        info!("second SIGINT: stopping now");
+                        self.phase = Phase::Exiting;
+                    } else {
+                        self.begin_stop("SIGINT");
+                    }
+                }
+                SIGQUIT => {
+                    info!("SIGQUIT: stopping now");
+                    self.phase = Phase::Exiting;
+                }
+                SIGTTIN => self.scale(self.slots.len() + 1),
+                SIGTTOU => self.scale(self.slots.len().saturating_sub(1)),
+                SIGHUP | SIGUSR2 => warn!("signal {sig} is not handled by this version"),
+                _ => {}
+            }
+        }
+    }
+
+    fn reap(&mut self) {
+        loop {
+            match sysproc::reap_any() {
+                Ok(Some((pid, exit))) => self.worker_exited(pid, exit),
+                Ok(None) => return,
+                Err(e) => {
+                    warn!("waitpid: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn worker_exited(&mut self, pid: u32, exit: Exit) {
+        let Some(i) = self.workers.iter().position(|w| w.pid == pid) else {
+            debug!("reaped unknown child {pid}: {exit}");
+            return;
+        };
+        if self.workers[i].chan.is_some() {
+            self.channel_closed(i);
+        }
+        let mut w = self.workers.remove(i);
+        if let Some(fd) = w.stderr.take() {
+            supervisor::drain_stderr(&fd, &mut self.slots[w.slot]);
+            let _ = self.poll.registry().deregister(&mut SourceFd(&fd.as_raw_fd()));
+        }
+        let now = Instant::now();
+        let lived = now.duration_since(w.started);
+        let expected = matches!(w.state, State::Draining) || self.phase != Phase::Running;
+        if expected {
+            info!("worker {} (pid {pid}) exited: {exit}", w.slot);
+        } else {
+            warn!("worker {} (pid {pid}) exited unexpectedly after {:.1}s: {exit}", w.slot, lived.as_secs_f64());
+        }
+        if self.phase != Phase::Running || w.slot >= self.slots.len() {
+            return;
+        }
+        let slot = &mut self.slots[w.slot];
+        slot.last_exit = Some(exit);
+        if lived >= supervisor::HEALTHY_AFTER {
+            self.ever_healthy = true;
+            slot.failed_starts = 0;
+        } else if !expected {
+            slot.failed_starts += 1;
+        }
+        // Replace it unless it was being replaced anyway.
+        let replaced = self.workers.iter().any(|o| o.slot == w.slot && o.state == State::Running);
+        if replaced {
+            return;
+        }
+        if !self.ever_healthy && slot.failed_starts >= supervisor::CRASH_LOOP_STARTS {
+            let tail = if slot.stderr_tail.is_empty() {
+                " It wrote nothing to stderr.".to_string()
+            } else {
+                format!(" Its last stderr lines:\n{}", slot.stderr_tail.iter().map(|l| format!("  | {l}")).collect::<Vec<_>>().join("\n"))
+            };
+            self.fatal = Some(MasterError::CrashLoop { slot: w.slot, exit, starts: slot.failed_starts, healthy: supervisor::HEALTHY_AFTER, tail });
+            return;
+        }
+        let delay = slot.backoff();
+        if delay > Duration::ZERO {
+            info!("restarting worker {} in {:.1}s ({} failed starts in a row)", w.slot, delay.as_secs_f64(), slot.failed_starts);
+        }
+        slot.respawn_at = Some(now + delay);
+        self.next_tick = self.next_tick.min(now + delay);
+    }
+
+    fn scale(&mut self, n: usize) {
+        if self.phase != Phase::Running || n == 0 || n == self.slots.len() {
+            if n == 0 {
+                warn!("cannot scale below one worker");
+            }
+            return;
+        }
+        info!("scaling from {} to {n} workers", self.slots.len());
+        while self.slots.len() < n {
+            self.slots.push(Slot::default());
+            let slot = self.slots.len() - 1;
+            self.slots[slot].respawn_at = Some(Instant::now());
+        }
+        while self.slots.len() > n {
+            let slot = self.slots.len() - 1;
+            self.slots.pop();
+            for i in 0..self.workers.len() {
+                if self.workers[i].slot == slot {
+                    self.drain_worker(i);
+                }
+            }
+        }
+        self.next_tick = Instant::now();
+    }
+
+    fn drain_worker(&mut self, i: usize) {
+        let w = &mut self.workers[i];
+        if matches!(w.state, State::Draining | State::Killing | State::Lost) {
+            return;
+        }
+        w.state = State::Draining;
+        if let Some(chan) = &w.chan {
+            wire::encode_empty(&mut self.frame, wire::kind::DRAIN);
+            if let Err(e) = fdpass::send_with_fds(chan.as_fd(), &self.frame, &[]) {
+                // A full channel cannot take DRAIN: fall back to SIGTERM.
+                debug!("DRAIN to worker {}: {e}; sending SIGTERM", w.slot);
+                let _ = sysproc::signal(w.pid, rustix::process::Signal::TERM);
+            }
+        }
+        debug!("worker {} (pid {}) draining", w.slot, w.pid);
+    }
+
+    fn begin_stop(&mut self, why: &str) {
+        if self.phase != Phase::Running {
+            return;
+        }
+        let deadline = Instant::now() + self.cfg.shutdown_timeout;
+        info!("{why}: stopping gracefully (draining {} workers, at most {:?})", self.workers.len(), self.cfg.shutdown_timeout);
+        self.phase = Phase::Stopping { deadline };
+        for l in self.listeners.drain(..) {
+            let _ = self.poll.registry().deregister(&mut SourceFd(&l.listener.as_fd().as_raw_fd()));
+            l.listener.unlink();
+        }
+        // Connections held for hand-on go to nobody now; closing them tells the client.
+        self.held.clear();
+        for i in 0..self.workers.len() {
+            self.drain_worker(i);
+        }
+    }
+
+    fn kill_all_now(&mut self) {
+        for w in &self.workers {
+            let _ = sysproc::signal(w.pid, rustix::process::Signal::KILL);
+        }
+        // Reap them so that none is left behind as a zombie or an orphan.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.workers.is_empty() && Instant::now() < deadline {
+            match sysproc::reap_any() {
+                Ok(Some((pid, exit))) => {
+                    if let Some(i) = self.workers.iter().position(|w| w.pid == pid) {
+                        let w = self.workers.remove(i);
+                        info!("worker {} (pid {pid}) exited: {exit}", w.slot);
+                    }
+                }
+                _ => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    }
+
+    // ---- timers ----
+
+    fn housekeeping(&mut self, now: Instant) {
+        if let Some(until) = self.paused_until {
+            if now >= until {
+                self.paused_until = None;
+                if let Some(s) = self.pause_started.take() {
+                    self.totals.paused += now.duration_since(s);
+                }
+            }
+        }
+        if let Phase::Stopping { deadline } = self.phase {
+            if now >= deadline {
+                warn!("shutdown timeout: killing {} workers still running", self.workers.len());
+                self.phase = Phase::Exiting;
+                return;
+            }
+        }
+        for i in 0..self.workers.len() {
+            let w = &mut self.workers[i];
+            if !self.ever_healthy && now.duration_since(w.started) >= supervisor::HEALTHY_AFTER {
+                self.ever_healthy = true;
+            }
+            if let Some(at) = w.kill_at {
+                if now >= at {
+                    warn!("worker {} (pid {}) did not exit: SIGKILL", w.slot, w.pid);
+                    let _ = sysproc::signal(w.pid, rustix::process::Signal::KILL);
+                    w.kill_at = None;
+                }
+                continue;
+            }
+            if !matches!(w.state, State::Running | State::Retiring | State::Draining) || w.chan.is_none() {
+                continue;
+            }
+            let timeout = self.cfg.worker_timeout;
+            let silent = w.caps & cap::HEARTBEAT != 0 && !w.inflight.is_empty() && now.duration_since(w.last_heard) > timeout;
+            let stuck = w.blocked_since.is_some_and(|b| now.duration_since(b) > timeout);
+            if silent || stuck {
+                let why = if silent { format!("sent nothing for {timeout:?} while holding connections") } else { format!("has not read its channel for {timeout:?}") };
+                error!("worker {} (pid {}) {why}: killing it", w.slot, w.pid);
+                self.totals.hung_kills += 1;
+                let _ = sysproc::signal(w.pid, rustix::process::Signal::TERM);
+                w.state = State::Killing;
+                w.kill_at = Some(now + KILL_GRACE);
+                // Its slot needs a new worker now, not after it dies.
+                let slot = w.slot;
+                if self.phase == Phase::Running && slot < self.slots.len() {
+                    self.slots[slot].respawn_at = Some(now);
+                }
+            }
+        }
+        // Retiring workers whose successor is ready are drained.
+        for i in 0..self.workers.len() {
+            if self.workers[i].state == State::Retiring {
+                let slot = self.workers[i].slot;
+                if self.slot_worker(slot).is_some_and(|s| s.is_ready(now)) {
+                    self.drain_worker(i);
+                }
+            }
+        }
+        if self.phase == Phase::Running {
+            for slot in 0..self.slots.len() {
+                let due = self.slots[slot].respawn_at.is_some_and(|t| now >= t);
+                if due && self.slot_worker(slot).is_none() {
+                    if let Err(e) = self.spawn_worker(slot) {
+                        error!("{e}; retrying");
+                        self.slots[slot].failed_starts += 1;
+                        self.slots[slot].respawn_at = Some(now + self.slots[slot].backoff().max(TICK));
+                    }
+                } else if due {
+                    self.slots[slot].respawn_at = None;
+                }
+            }
+        }
+    }
+
+    // ---- accepting and dispatching ----
+
+    fn eligible(&self, w: &Worker) -> bool {
+        matches!(w.state, State::Running | State::Retiring)
+            && w.chan.is_some()
+            && w.blocked_since.is_none()
+            && !(w.reports_load() && self.cfg.max_conns_per_worker.is_some_and(|k| w.active() >= k))
+    }
+
+    fn fill_candidates(&mut self) {
+        self.cand.clear();
+        for w in &self.workers {
+            let eligible = self.eligible(w);
+            self.cand.push(Candidate { eligible, active: w.active(), reports_load: w.reports_load() });
+        }
+    }
+
+    fn accept_pass(&mut self, now: Instant) {
+        if self.phase != Phase::Running || self.paused_until.is_some() {
+            return;
+        }
+        while let Some(h) = self.held.pop_front() {
+            let id = self.next_id();
+            if let Err(fd) = self.dispatch(h.fd, h.listener, id) {
+                self.held.push_front(Held { fd, listener: h.listener });
+                return;
+            }
+        }
+        for li in 0..self.listeners.len() {
+            let mut n = 0;
+            while self.listeners[li].readable && n < ACCEPT_BATCH {
+                if !self.workers.iter().any(|w| self.eligible(w)) {
+                    return;
+                }
+                match self.listeners[li].listener.accept() {
+                    Ok(fd) => {
+                        n += 1;
+                        self.totals.accepted += 1;
+                        let id = self.next_id();
+                        if let Err(fd) = self.dispatch(fd, li as u16, id) {
+                            self.held.push_back(Held { fd, listener: li as u16 });
+                            return;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.listeners[li].readable = false,
+                    Err(e) if listener::accept_error_is_transient(&e) => {
+                        self.totals.accept_transient += 1;
+                        debug!("accept: {e} (skipped)");
+                    }
+                    Err(e) => {
+                        if listener::accept_error_is_exhaustion(&e) {
+                            self.totals.accept_exhausted += 1;
+                        }
+                        self.pause_accepting(now, &e);
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn pause_accepting(&mut self, now: Instant, e: &io::Error) {
+        self.paused_until = Some(now + ACCEPT_PAUSE);
+        self.pause_started.get_or_insert(now);
+        self.next_tick = self.next_tick.min(now + ACCEPT_PAUSE);
+        let quiet = self.last_accept_log.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1));
+        if !quiet {
+            self.last_accept_log = Some(now);
+            warn!("accept failed: {e}; pausing accepts for {ACCEPT_PAUSE:?} ({} times so far)", self.totals.accept_exhausted);
+        }
+    }
+
+    fn next_id(&mut self) -> u64 {
+        let id = self.next_conn_id;
+        self.next_conn_id += 1;
+        id
+    }
+
+    /// Hands `fd` to a worker chosen by policy; gives it back if no worker can take it.
+    fn dispatch(&mut self, fd: OwnedFd, listener: u16, id: u64) -> Result<(), OwnedFd> {
+        loop {
+            self.fill_candidates();
+            let Some(i) = self.balancer.pick(&self.cand) else { return Err(fd) };
+            wire::encode_conn(&mut self.frame, &[ConnItem { id, listener }]);
+            let w = &mut self.workers[i];
+            let Some(chan) = w.chan.as_ref() else { continue };
+            match fdpass::send_with_fds(chan.as_fd(), &self.frame, &[fd.as_fd()]) {
+                Ok(_) => {
+                    w.dispatched += 1;
+                    self.totals.dispatched += 1;
+                    if w.ready && id >= w.tracked_from && w.caps & (cap::ACK | cap::DONE) != 0 {
+                        let fd = (w.caps & cap::ACK != 0).then_some(fd);
+                        w.inflight.insert(id, Inflight { fd, listener });
+                    }
+                    // Otherwise `fd` drops here: the worker has its own copy.
+                    if w.max_requests.is_some_and(|m| w.dispatched >= m) && w.state == State::Running {
+                        self.recycle(i);
+                    }
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    w.blocked_since = Some(Instant::now());
+                }
+                Err(e) => {
+                    debug!("send to worker {}: {e}", w.slot);
+                    self.channel_closed(i);
+                }
+            }
+        }
+    }
+
+    /// Replaces worker `i` by a fresh one; the old one keeps serving until the new one
+    /// is ready, then drains.
+    fn recycle(&mut self, i: usize) {
+        let (slot, pid, n) = (self.workers[i].slot, self.workers[i].pid, self.workers[i].dispatched);
+        info!("worker {slot} (pid {pid}) took {n} connections: recycling it");
+        self.totals.recycled += 1;
+        self.workers[i].state = State::Retiring;
+        if let Err(e) = self.spawn_worker(slot) {
+            error!("{e}; worker {slot} keeps running");
+            self.workers[i].state = State::Running;
+            self.workers[i].max_requests = None;
+        }
+    }
+}
+
+fn caps_names(caps: u32) -> String {
+    let names: Vec<&str> = [(cap::ACK, "ack"), (cap::DONE, "done"), (cap::HEARTBEAT, "heartbeat"), (cap::BATCH, "batch")]
+        .iter()
+        .filter(|(b, _)| caps & b != 0)
+        .map(|(_, n)| *n)
+        .collect();
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(",")
+    }
+}

@@ -1,0 +1,248 @@
+//! The worker table: one record per worker process, per-slot restart history, and
+//! how a worker is started.
+//!
+//! A *slot* is a worker position `0..N` (`HANDOFF_WORKER_ID`); a *worker* is one
+//! process filling a slot. During a recycle or rolling reload a slot briefly has two
+//! workers (the old one draining, the new one starting), so workers carry a unique
+//! `key` that also names their event-loop tokens: an event for a dead worker can never
+//! reach its successor.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::config::{Config, WorkerKind};
+use crate::sys::process::{self as sysproc, Exit};
+use crate::wire::cap;
+
+/// How many lines of a worker's stderr are kept for error messages.
+pub const STDERR_LINES: usize = 12;
+/// A worker that lives shorter than this counts as a failed start.
+pub const HEALTHY_AFTER: Duration = Duration::from_secs(1);
+/// Longest wait before respawning a worker that keeps failing.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Failed starts in a row, with no worker ever healthy, that stop the master.
+pub const CRASH_LOOP_STARTS: u32 = 3;
+/// A minimal worker (one that never sends READY) counts as ready this long after it
+/// started, for rolling restarts.
+pub const MINIMAL_READY_AFTER: Duration = Duration::from_millis(300);
+
+/// Where a worker is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum State {
+    /// Serving; takes new connections.
+    Running,
+    /// Being replaced (recycle, reload): still takes connections until its successor is
+    /// ready, then is drained.
+    Retiring,
+    /// Sent DRAIN: finishing its connections, takes no new ones.
+    Draining,
+    /// Being killed (hung, misbehaving, or a stop timed out).
+    Killing,
+    /// Its channel closed; waiting to reap the process.
+    Lost,
+}
+
+/// A connection handed to a worker and not yet finished.
+#[derive(Debug)]
+pub struct Inflight {
+    /// The master's copy of the descriptor, kept until the worker ACKs it.
+    pub fd: Option<OwnedFd>,
+    /// Listener index, to hand it on unchanged.
+    pub listener: u16,
+}
+
+/// One worker process.
+#[derive(Debug)]
+pub struct Worker {
+    /// Unique for the master's lifetime; names the event-loop tokens.
+    pub key: usize,
+    /// `HANDOFF_WORKER_ID`.
+    pub slot: usize,
+    /// Process id.
+    pub pid: u32,
+    /// The master's end of the channel; `None` once closed.
+    pub chan: Option<OwnedFd>,
+    /// The read end of the worker's stderr pipe.
+    pub stderr: Option<OwnedFd>,
+    /// Capabilities from READY (0 until then, or forever for minimal workers).
+    pub caps: u32,
+    /// READY received.
+    pub ready: bool,
+    /// Connection ids below this were sent before READY: not tracked.
+    pub tracked_from: u64,
+    /// Life stage.
+    pub state: State,
+    /// Connections sent and not yet DONE (only for workers that report DONE or ACK).
+    pub inflight: HashMap<u64, Inflight>,
+    /// Connections sent, ever.
+    pub dispatched: u64,
+    /// Connections this worker may take before it is recycled.
+    pub max_requests: Option<u64>,
+    /// The last send hit a full channel; wait for it to become writable.
+    pub blocked_since: Option<Instant>,
+    /// Spawn time.
+    pub started: Instant,
+    /// Last frame received.
+    pub last_heard: Instant,
+    /// When the current kill escalates to SIGKILL, or the lost worker is killed.
+    pub kill_at: Option<Instant>,
+    /// Its exit status, once reaped.
+    pub exit: Option<Exit>,
+}
+
+impl Worker {
+    /// Reports DONE, so its `active` count is meaningful.
+    pub fn reports_load(&self) -> bool {
+        self.ready && self.caps & cap::DONE != 0
+    }
+
+    /// Connections it is serving, as far as the master knows.
+    pub fn active(&self) -> u32 {
+        if self.caps & cap::DONE != 0 {
+            self.inflight.len() as u32
+        } else {
+            0
+        }
+    }
+
+    /// Connections sent but not yet ACKed (the master still holds them).
+    pub fn unacked(&self) -> usize {
+        self.inflight.values().filter(|i| i.fd.is_some()).count()
+    }
+
+    /// Counts as ready for a rolling restart.
+    pub fn is_ready(&self, now: Instant) -> bool {
+        self.ready || now.duration_since(self.started) >= MINIMAL_READY_AFTER
+    }
+
+    /// Hands back every connection the worker has not ACKed, for another worker.
+    pub fn take_unacked(&mut self) -> Vec<(u64, Inflight)> {
+        let ids: Vec<u64> = self.inflight.iter().filter(|(_, i)| i.fd.is_some()).map(|(id, _)| *id).collect();
+        ids.into_iter().filter_map(|id| self.inflight.remove(&id).map(|i| (id, i))).collect()
+    }
+}
+
+/// The history of one slot, across the workers that filled it.
+#[derive(Debug, Default)]
+pub struct Slot {
+    /// Workers started in this slot after the first.
+    pub restarts: u32,
+    /// Consecutive workers that died before [`HEALTHY_AFTER`].
+    pub failed_starts: u32,
+    /// When to start the next worker, if the slot is waiting for one.
+    pub respawn_at: Option<Instant>,
+    /// The last lines its workers wrote to stderr.
+    pub stderr_tail: VecDeque<String>,
+    /// Bytes of an unfinished stderr line.
+    pub partial: Vec<u8>,
+    /// The slot's last exit, for error messages.
+    pub last_exit: Option<Exit>,
+}
+
+impl Slot {
+    /// How long to wait before the next start.
+    pub fn backoff(&self) -> Duration {
+        match self.failed_starts {
+            0 => Duration::ZERO,
+            n => (Duration::from_millis(100) * 2u32.saturating_pow(n - 1)).min(MAX_BACKOFF),
+        }
+    }
+
+    /// Feeds bytes a worker wrote to stderr: forwards them to the master's stderr and
+    /// keeps the last lines.
+    pub fn take_stderr(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        let _ = std::io::stderr().write_all(bytes);
+        self.partial.extend_from_slice(bytes);
+        while let Some(nl) = self.partial.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=nl).collect();
+            self.push_line(String::from_utf8_lossy(&line[..nl]).into_owned());
+        }
+        if self.partial.len() > 4096 {
+            let line = std::mem::take(&mut self.partial);
+            self.push_line(String::from_utf8_lossy(&line).into_owned());
+        }
+    }
+
+    fn push_line(&mut self, line: String) {
+        if self.stderr_tail.len() == STDERR_LINES {
+            self.stderr_tail.pop_front();
+        }
+        self.stderr_tail.push_back(line);
+    }
+}
+
+/// Reads what is available from a non-blocking stderr pipe into `slot`.
+/// Returns false at end of file.
+pub fn drain_stderr(fd: &OwnedFd, slot: &mut Slot) -> bool {
+    let mut buf = [0u8; 8192];
+    loop {
+        match rustix::io::read(fd, &mut buf) {
+            Ok(0) => return false,
+            Ok(n) => slot.take_stderr(&buf[..n]),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(_) => return true,
+        }
+    }
+}
+
+/// What a new worker gets.
+pub struct SpawnArgs<'a> {
+    /// Settings.
+    pub cfg: &'a Config,
+    /// Slot number.
+    pub slot: usize,
+    /// Number of slots.
+    pub slots: usize,
+    /// The worker's end of the channel.
+    pub channel: &'a OwnedFd,
+}
+
+/// Starts one worker process; returns its pid and stderr pipe.
+pub fn spawn(args: SpawnArgs<'_>) -> io::Result<(u32, Option<OwnedFd>)> {
+    let SpawnArgs { cfg, slot, slots, channel } = args;
+    let mut cmd = match &cfg.worker {
+        WorkerKind::Command(argv) => {
+            let mut c = Command::new(&argv[0]);
+            c.args(&argv[1..]);
+            c
+        }
+        WorkerKind::Builtin { static_dir } => {
+            let mut c = Command::new(std::env::current_exe()?);
+            c.arg("worker");
+            if let Some(d) = static_dir {
+                c.arg("--static").arg(d);
+            }
+            c
+        }
+    };
+    cmd.env(crate::worker::ENV_FD, channel_number(channel).to_string())
+        .env(crate::worker::ENV_WORKER_ID, slot.to_string())
+        .env(crate::worker::ENV_WORKERS, slots.to_string())
+        .env(crate::worker::ENV_HEARTBEAT_MS, cfg.heartbeat.as_millis().to_string())
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped());
+    if let Some(uid) = crate::master::privileges::uid(cfg)? {
+        cmd.uid(uid);
+    }
+    if let Some(gid) = crate::master::privileges::gid(cfg)? {
+        cmd.gid(gid);
+    }
+    let no_new_privs = cfg.user.is_some() || cfg.group.is_some();
+    let mut child = sysproc::spawn_with_channel(&mut cmd, channel.as_fd(), no_new_privs)?;
+    let stderr = child.stderr.take().map(OwnedFd::from);
+    if let Some(e) = &stderr {
+        rustix::io::ioctl_fionbio(e, true)?;
+    }
+    Ok((child.id(), stderr))
+}
+
+fn channel_number(fd: &OwnedFd) -> i32 {
+    use std::os::fd::AsRawFd;
+    fd.as_raw_fd()
+}

@@ -1,0 +1,245 @@
+//! Descriptor passing over `AF_UNIX` sockets: `sendmsg`/`recvmsg` with `SCM_RIGHTS`.
+//!
+//! Invariants this module guarantees to its callers:
+//! - Received descriptors are opened with `MSG_CMSG_CLOEXEC`, so a worker that later
+//!   execs never leaks a client socket into its children.
+//! - A message whose control data was truncated (`MSG_CTRUNC`: the receiver had no room,
+//!   or hit its descriptor limit) is an error, and every descriptor that did arrive is
+//!   closed before the error is returned: nothing leaks, nothing is half-delivered.
+//! - A message whose payload was truncated (`MSG_TRUNC`) is an error too.
+//! - `EINTR` is retried; `EAGAIN` surfaces as [`io::ErrorKind::WouldBlock`]. With
+//!   `SOCK_SEQPACKET` a send that fails transferred nothing: the caller still owns the
+//!   descriptors and may give them to someone else.
+//! - Sends use `MSG_NOSIGNAL`: a peer that has gone away is `EPIPE`, never `SIGPIPE`.
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use rustix::io::Errno;
+use rustix::net::{
+    recvmsg, sendmsg, AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags,
+    ReturnFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
+};
+
+/// The kernel's limit on descriptors in one `SCM_RIGHTS` message (`SCM_MAX_FD`).
+pub const MAX_FDS_PER_MSG: usize = 253;
+
+/// Creates a connected `SOCK_SEQPACKET` pair, both ends `CLOEXEC` and non-blocking.
+///
+/// The master keeps one end and gives the other to a worker; `SOCK_SEQPACKET`
+/// preserves message boundaries, so one `sendmsg` is one frame and its descriptors.
+pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )?)
+}
+
+/// Sends `data` and `fds` as one message.
+///
+/// Returns the number of bytes sent (all of `data` on a `SOCK_SEQPACKET` socket).
+/// At most [`MAX_FDS_PER_MSG`] descriptors may be sent at once.
+pub fn send_with_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
+    if fds.len() > MAX_FDS_PER_MSG {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} descriptors in one message, the kernel allows {MAX_FDS_PER_MSG}", fds.len()),
+        ));
+    }
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MSG))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(io::Error::other("control buffer too small for the descriptors"));
+    }
+    let iov = [IoSlice::new(data)];
+    loop {
+        match sendmsg(sock, &iov, &mut control, SendFlags::NOSIGNAL) {
+            Err(Errno::INTR) => continue,
+            r => return Ok(r?),
+        }
+    }
+}
+
+/// One received message: `len` bytes of payload and the descriptors that came with it.
+#[derive(Debug)]
+pub struct Received {
+    /// Payload bytes written into the caller's buffer. 0 with no descriptors means the
+    /// peer closed its end (end of file).
+    pub len: usize,
+    /// The descriptors, in the order the sender listed them, each `CLOEXEC`.
+    pub fds: Vec<OwnedFd>,
+}
+
+/// Receives one message into `buf`, with room for up to `max_fds` descriptors.
+///
+/// Errors (with every received descriptor already closed):
+/// - `InvalidData` if the control data was truncated (`MSG_CTRUNC`: more descriptors
+///   than `max_fds`, or this process is at its descriptor limit);
+/// - `InvalidData` if the payload did not fit in `buf` (`MSG_TRUNC`);
+/// - `WouldBlock` if the socket is non-blocking and nothing is queued.
+pub fn recv_with_fds(sock: impl AsFd, buf: &mut [u8], max_fds: usize) -> io::Result<Received> {
+    let max_fds = max_fds.min(MAX_FDS_PER_MSG);
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MSG))];
+    // Offer only as much control space as the caller asked for, so that a sender who
+    // sends more descriptors than announced is caught by MSG_CTRUNC.
+    let room = rustix::cmsg_space!(ScmRights(max_fds));
+    let mut control = RecvAncillaryBuffer::new(&mut space[..room]);
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = loop {
+        match recvmsg(sock.as_fd(), &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC) {
+            Err(Errno::INTR) => continue,
+            r => break r?,
+        }
+    };
+    let mut fds = Vec::new();
+    for m in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(rights) = m {
+            fds.extend(rights);
+        }
+    }
+    if msg.flags.contains(ReturnFlags::CTRUNC) {
+        let n = fds.len();
+        drop(fds);
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "control message truncated (MSG_CTRUNC): more than {max_fds} descriptors sent, \
+                 or the receiver is out of descriptors; {n} received and closed"
+            ),
+        ));
+    }
+    if msg.flags.contains(ReturnFlags::TRUNC) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("message longer than the {}-byte buffer (MSG_TRUNC)", buf.len()),
+        ));
+    }
+    Ok(Received { len: msg.bytes, fds })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+
+    fn pipe_pair() -> (OwnedFd, OwnedFd) {
+        rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap()
+    }
+
+    fn is_cloexec(fd: impl AsFd) -> bool {
+        rustix::io::fcntl_getfd(fd).unwrap().contains(rustix::io::FdFlags::CLOEXEC)
+    }
+
+    fn fd_is_open(raw: i32) -> bool {
+        std::path::Path::new(&format!("/proc/self/fd/{raw}")).exists()
+    }
+
+    #[test]
+    fn one_descriptor_round_trip_is_cloexec_and_same_file() {
+        let (a, b) = seqpacket_pair().unwrap();
+        let (mut s1, s2) = UnixStream::pair().unwrap();
+        send_with_fds(a.as_fd(), b"hello", &[s2.as_fd()]).unwrap();
+        drop(s2);
+        let mut buf = [0u8; 64];
+        let got = recv_with_fds(&b, &mut buf, 1).unwrap();
+        assert_eq!(&buf[..got.len], b"hello");
+        assert_eq!(got.fds.len(), 1);
+        assert!(is_cloexec(&got.fds[0]));
+        // The received descriptor is the same socket: bytes written into it arrive.
+        let mut peer = UnixStream::from(got.fds.into_iter().next().unwrap());
+        peer.write_all(b"x").unwrap();
+        let mut one = [0u8; 1];
+        s1.read_exact(&mut one).unwrap();
+        assert_eq!(&one, b"x");
+    }
+
+    #[test]
+    fn many_descriptors_up_to_the_kernel_limit() {
+        let (a, b) = seqpacket_pair().unwrap();
+        let pipes: Vec<_> = (0..MAX_FDS_PER_MSG).map(|_| pipe_pair()).collect();
+        let fds: Vec<_> = pipes.iter().map(|(r, _)| r.as_fd()).collect();
+        send_with_fds(a.as_fd(), b"m", &fds).unwrap();
+        let mut buf = [0u8; 8];
+        let got = recv_with_fds(&b, &mut buf, MAX_FDS_PER_MSG).unwrap();
+        assert_eq!(got.fds.len(), MAX_FDS_PER_MSG);
+        assert!(got.fds.iter().all(is_cloexec));
+        let too_many: Vec<_> = pipes.iter().map(|(r, _)| r.as_fd()).chain([a.as_fd()]).collect();
+        let err = send_with_fds(a.as_fd(), b"m", &too_many).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn truncated_control_message_is_an_error_and_closes_what_arrived() {
+        let (a, b) = seqpacket_pair().unwrap();
+        let p1 = pipe_pair();
+        let p2 = pipe_pair();
+        let p3 = pipe_pair();
+        send_with_fds(a.as_fd(), b"m", &[p1.0.as_fd(), p2.0.as_fd(), p3.0.as_fd()]).unwrap();
+        let before = crate::sys::count_open_fds().unwrap();
+        let mut buf = [0u8; 8];
+        let err = recv_with_fds(&b, &mut buf, 1).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("MSG_CTRUNC"), "{err}");
+        assert_eq!(crate::sys::count_open_fds().unwrap(), before, "a received descriptor leaked");
+    }
+
+    #[test]
+    fn truncated_payload_is_an_error() {
+        let (a, b) = seqpacket_pair().unwrap();
+        let p = pipe_pair();
+        send_with_fds(a.as_fd(), &[7u8; 100], &[p.0.as_fd()]).unwrap();
+        let before = crate::sys::count_open_fds().unwrap();
+        let mut buf = [0u8; 10];
+        let err = recv_with_fds(&b, &mut buf, 1).unwrap_err();
+        assert!(err.to_string().contains("MSG_TRUNC"), "{err}");
+        assert_eq!(crate::sys::count_open_fds().unwrap(), before);
+    }
+
+    #[test]
+    fn would_block_surfaces_on_empty_and_on_full() {
+        let (a, b) = seqpacket_pair().unwrap();
+        let mut buf = [0u8; 8];
+        let err = recv_with_fds(&b, &mut buf, 1).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        let p = pipe_pair();
+        let mut sent = 0;
+        let err = loop {
+            match send_with_fds(a.as_fd(), &[0u8; 512], &[p.0.as_fd()]) {
+                Ok(_) => sent += 1,
+                Err(e) => break e,
+            }
+            assert!(sent < 1_000_000, "the channel never filled");
+        };
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        assert!(sent > 0);
+        // The failed send transferred nothing: we still hold our descriptor.
+        assert!(fd_is_open(p.0.as_raw_fd()));
+    }
+
+    #[test]
+    fn peer_closed_is_eof_for_receiver_and_epipe_for_sender() {
+        let (a, b) = seqpacket_pair().unwrap();
+        drop(a);
+        let mut buf = [0u8; 8];
+        let got = recv_with_fds(&b, &mut buf, 1).unwrap();
+        assert_eq!(got.len, 0);
+        assert!(got.fds.is_empty());
+        let p = pipe_pair();
+        let err = send_with_fds(b.as_fd(), b"x", &[p.0.as_fd()]).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(rustix::io::Errno::PIPE.raw_os_error()));
+    }
+
+    #[test]
+    fn message_without_descriptors() {
+        let (a, b) = seqpacket_pair().unwrap();
+        send_with_fds(a.as_fd(), b"plain", &[]).unwrap();
+        let mut buf = [0u8; 8];
+        let got = recv_with_fds(&b, &mut buf, 4).unwrap();
+        assert_eq!((got.len, got.fds.len()), (5, 0));
+    }
+}

@@ -1,0 +1,64 @@
+//! The syscall boundary: descriptor passing, process spawning, resource limits.
+//!
+//! Everything that talks to the kernel below the level of `std` lives here, so the
+//! rest of the crate reasons about `OwnedFd`s and typed results only. Functions return
+//! plain [`std::io::Error`]s; the layers above add the context a user needs.
+//!
+//! The `unsafe` code of the crate is confined to [`process`] (the code that runs
+//! between `fork` and `exec`); descriptor passing is built on `rustix`, whose
+//! `sendmsg`/`recvmsg` take `BorrowedFd`s and hand back `OwnedFd`s, so no raw
+//! descriptor is ever stored.
+
+pub mod fdpass;
+pub mod process;
+
+use std::io;
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit.
+///
+/// Descriptors in flight on a Unix socket (sent, not yet received) count against the
+/// sender's limit (`ETOOMANYREFS`), and the master holds a copy of every connection
+/// until its worker acknowledges it, so the master wants all the room it may have.
+/// Returns the new soft limit.
+pub fn raise_nofile_limit() -> io::Result<u64> {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut lim = getrlimit(Resource::Nofile);
+    if let (Some(cur), max) = (lim.current, lim.maximum) {
+        let target = max.unwrap_or(cur.max(1 << 20));
+        if target > cur {
+            lim.current = Some(target);
+            setrlimit(Resource::Nofile, lim.clone())?;
+        }
+    }
+    Ok(getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX))
+}
+
+/// Counts the descriptors this process has open (from `/proc/self/fd`).
+pub fn count_open_fds() -> io::Result<usize> {
+    // The directory handle itself is one of the entries; do not count it.
+    Ok(std::fs::read_dir("/proc/self/fd")?.count().saturating_sub(1))
+}
+
+/// Marks every descriptor this process inherited (3 and up) close-on-exec.
+///
+/// Whatever started the master may have leaked descriptors into it (shells, CI
+/// runners and supervisors do); without this they would flow on into every worker.
+/// Called once at master start-up, before the master opens anything of its own.
+pub fn cloexec_inherited_fds() -> io::Result<()> {
+    use std::os::fd::BorrowedFd;
+    let raws: Vec<i32> = std::fs::read_dir("/proc/self/fd")?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&fd| fd > 2)
+        .collect();
+    for raw in raws {
+        // SAFETY: `raw` was listed in /proc/self/fd a moment ago and the master is
+        // single-threaded at start-up, so it is still open (or, for the directory
+        // handle of the listing, already closed: fcntl then fails with EBADF and we
+        // skip it). The borrow lasts for two fcntl calls only.
+        let fd = unsafe { BorrowedFd::borrow_raw(raw) };
+        if let Ok(flags) = rustix::io::fcntl_getfd(fd) {
+            let _ = rustix::io::fcntl_setfd(fd, flags | rustix::io::FdFlags::CLOEXEC);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,331 @@
+//! Worker protocol v1: the frames exchanged over a worker's channel.
+//!
+//! The channel is one end of a `SOCK_SEQPACKET` socket pair, so one `sendmsg` is one
+//! frame and no framing is needed beyond the message boundary. Every frame is
+//! little-endian with a fixed layout (see `docs/PROTOCOL.md`, the normative text):
+//!
+//! ```text
+//! offset 0  u8   type
+//! offset 1  u8   version (1)
+//! offset 2  u16  n, the number of items that follow
+//! offset 4  n items, each of the type's fixed size
+//! ```
+//!
+//! Decoding is strict: an unknown type, a wrong version, a length that is not exactly
+//! `4 + n * item_size`, or an item count the type does not allow is an error, never a
+//! panic. This module does no I/O; [`crate::sys::fdpass`] carries the bytes and the
+//! descriptors.
+
+use std::fmt;
+
+/// The protocol version this crate speaks.
+pub const VERSION: u8 = 1;
+/// Size of the frame header.
+pub const HEADER_LEN: usize = 4;
+/// No frame is longer than this; receivers need a buffer of this size.
+pub const MAX_FRAME_LEN: usize = 4096;
+/// Most ids one ACK or DONE frame may carry.
+pub const MAX_IDS: usize = (MAX_FRAME_LEN - HEADER_LEN) / 8;
+/// Most connections one CONN frame may carry (the kernel's `SCM_MAX_FD`).
+pub const MAX_CONNS: usize = crate::sys::fdpass::MAX_FDS_PER_MSG;
+/// Size of one CONN item.
+pub const CONN_ITEM_LEN: usize = 16;
+
+/// Frame types. Worker-to-master types have the high bit clear, master-to-worker set.
+pub mod kind {
+    /// worker → master: "I speak protocol v1 with these capabilities".
+    pub const READY: u8 = 0x01;
+    /// worker → master: these connection ids were received.
+    pub const ACK: u8 = 0x02;
+    /// worker → master: these connections are finished.
+    pub const DONE: u8 = 0x03;
+    /// worker → master: still alive.
+    pub const HEARTBEAT: u8 = 0x04;
+    /// master → worker: connections, one descriptor per item.
+    pub const CONN: u8 = 0x81;
+    /// master → worker: finish what you have, take no more, exit.
+    pub const DRAIN: u8 = 0x82;
+}
+
+/// Capability bits a worker announces in READY.
+pub mod cap {
+    /// The worker sends ACK for every connection it receives. The master then keeps
+    /// its copy of each descriptor until the ACK, and hands it to another worker if
+    /// this one dies first.
+    pub const ACK: u32 = 1 << 0;
+    /// The worker sends DONE when a connection ends; load-aware policies use it.
+    pub const DONE: u32 = 1 << 1;
+    /// The worker sends HEARTBEAT at least every heartbeat interval while running.
+    pub const HEARTBEAT: u32 = 1 << 2;
+    /// The worker accepts CONN frames carrying more than one descriptor.
+    pub const BATCH: u32 = 1 << 3;
+    /// Every capability this crate knows.
+    pub const ALL: u32 = ACK | DONE | HEARTBEAT | BATCH;
+}
+
+/// One connection handed to a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnItem {
+    /// Master-assigned id, unique for the master's lifetime; echoed in ACK and DONE.
+    pub id: u64,
+    /// Index of the listener (in `--listen` order) that accepted the connection.
+    pub listener: u16,
+}
+
+/// A decoded frame. Id lists borrow nothing: frames are small and decoded once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// worker → master.
+    Ready {
+        /// Protocol version the worker speaks.
+        version: u8,
+        /// [`cap`] bits.
+        caps: u32,
+        /// The worker's process id (informational; the master knows the real one).
+        pid: u32,
+    },
+    /// worker → master.
+    Ack(Vec<u64>),
+    /// worker → master.
+    Done(Vec<u64>),
+    /// worker → master.
+    Heartbeat,
+    /// master → worker, with exactly one descriptor per item, in order.
+    Conn(Vec<ConnItem>),
+    /// master → worker.
+    Drain,
+}
+
+/// Why a frame could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    /// Fewer than [`HEADER_LEN`] bytes.
+    Short(usize),
+    /// A version this crate does not speak.
+    Version(u8),
+    /// A type byte this version does not define.
+    UnknownType(u8),
+    /// The length does not match the item count.
+    Length {
+        /// Frame type.
+        kind: u8,
+        /// Item count from the header.
+        n: u16,
+        /// Bytes received.
+        len: usize,
+    },
+    /// The item count is not allowed for this type.
+    Count {
+        /// Frame type.
+        kind: u8,
+        /// Item count from the header.
+        n: u16,
+    },
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecodeError::Short(len) => write!(f, "frame of {len} bytes is shorter than the 4-byte header"),
+            DecodeError::Version(v) => write!(f, "protocol version {v} is not supported (this is version {VERSION})"),
+            DecodeError::UnknownType(t) => write!(f, "unknown frame type {t:#04x}"),
+            DecodeError::Length { kind, n, len } => {
+                write!(f, "frame type {kind:#04x} with {n} items cannot be {len} bytes long")
+            }
+            DecodeError::Count { kind, n } => write!(f, "frame type {kind:#04x} cannot carry {n} items"),
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+fn item_len(kind: u8) -> Option<usize> {
+    Some(match kind {
+        kind::READY => 8,
+        kind::ACK | kind::DONE => 8,
+        kind::HEARTBEAT | kind::DRAIN => 0,
+        kind::CONN => CONN_ITEM_LEN,
+        _ => return None,
+    })
+}
+
+fn count_ok(kind: u8, n: usize) -> bool {
+    match kind {
+        kind::READY => n == 1,
+        kind::ACK | kind::DONE => (1..=MAX_IDS).contains(&n),
+        kind::CONN => (1..=MAX_CONNS).contains(&n),
+        _ => n == 0,
+    }
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(a)
+}
+
+/// Decodes one frame. The descriptor count of a CONN frame is checked by the caller,
+/// which holds the descriptors.
+pub fn decode(b: &[u8]) -> Result<Frame, DecodeError> {
+    if b.len() < HEADER_LEN {
+        return Err(DecodeError::Short(b.len()));
+    }
+    let (kind, version, n) = (b[0], b[1], u16::from_le_bytes([b[2], b[3]]));
+    let size = item_len(kind).ok_or(DecodeError::UnknownType(kind))?;
+    if version != VERSION {
+        return Err(DecodeError::Version(version));
+    }
+    if !count_ok(kind, n as usize) {
+        return Err(DecodeError::Count { kind, n });
+    }
+    if b.len() != HEADER_LEN + n as usize * size {
+        return Err(DecodeError::Length { kind, n, len: b.len() });
+    }
+    let body = &b[HEADER_LEN..];
+    let ids = || (0..n as usize).map(|i| u64_at(body, i * 8)).collect();
+    Ok(match kind {
+        kind::READY => Frame::Ready { version, caps: u32_at(body, 0), pid: u32_at(body, 4) },
+        kind::ACK => Frame::Ack(ids()),
+        kind::DONE => Frame::Done(ids()),
+        kind::HEARTBEAT => Frame::Heartbeat,
+        kind::DRAIN => Frame::Drain,
+        kind::CONN => Frame::Conn(
+            (0..n as usize)
+                .map(|i| {
+                    let at = i * CONN_ITEM_LEN;
+                    ConnItem { id: u64_at(body, at), listener: u16::from_le_bytes([body[at + 8], body[at + 9]]) }
+                })
+                .collect(),
+        ),
+        _ => unreachable!("item_len rejected unknown types"),
+    })
+}
+
+fn header(out: &mut Vec<u8>, kind: u8, n: usize) {
+    out.clear();
+    out.extend_from_slice(&[kind, VERSION]);
+    out.extend_from_slice(&(n as u16).to_le_bytes());
+}
+
+/// Encodes READY into `out` (cleared first).
+pub fn encode_ready(out: &mut Vec<u8>, caps: u32, pid: u32) {
+    header(out, kind::READY, 1);
+    out.extend_from_slice(&caps.to_le_bytes());
+    out.extend_from_slice(&pid.to_le_bytes());
+}
+
+/// Encodes an ACK or DONE list. Panics in debug builds only if `ids` is empty or
+/// longer than [`MAX_IDS`]; callers chunk their lists.
+pub fn encode_ids(out: &mut Vec<u8>, kind: u8, ids: &[u64]) {
+    debug_assert!(kind == kind::ACK || kind == kind::DONE);
+    debug_assert!((1..=MAX_IDS).contains(&ids.len()));
+    header(out, kind, ids.len());
+    for id in ids {
+        out.extend_from_slice(&id.to_le_bytes());
+    }
+}
+
+/// Encodes a frame without items (HEARTBEAT, DRAIN).
+pub fn encode_empty(out: &mut Vec<u8>, kind: u8) {
+    header(out, kind, 0);
+}
+
+/// Encodes a CONN frame; send it with one descriptor per item, in order.
+pub fn encode_conn(out: &mut Vec<u8>, items: &[ConnItem]) {
+    debug_assert!((1..=MAX_CONNS).contains(&items.len()));
+    header(out, kind::CONN, items.len());
+    for it in items {
+        out.extend_from_slice(&it.id.to_le_bytes());
+        out.extend_from_slice(&it.listener.to_le_bytes());
+        out.extend_from_slice(&[0u8; 6]);
+    }
+}
+
+/// Encodes any frame (convenience for tests and tools; hot paths use the `encode_*`
+/// functions, which reuse the caller's buffer).
+pub fn encode(frame: &Frame) -> Vec<u8> {
+    let mut out = Vec::new();
+    match frame {
+        Frame::Ready { caps, pid, .. } => encode_ready(&mut out, *caps, *pid),
+        Frame::Ack(ids) => encode_ids(&mut out, kind::ACK, ids),
+        Frame::Done(ids) => encode_ids(&mut out, kind::DONE, ids),
+        Frame::Heartbeat => encode_empty(&mut out, kind::HEARTBEAT),
+        Frame::Drain => encode_empty(&mut out, kind::DRAIN),
+        Frame::Conn(items) => encode_conn(&mut out, items),
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn layouts_are_as_documented() {
+        assert_eq!(encode(&Frame::Heartbeat), [0x04, 1, 0, 0]);
+        assert_eq!(encode(&Frame::Drain), [0x82, 1, 0, 0]);
+        assert_eq!(
+            encode(&Frame::Ready { version: 1, caps: cap::ACK | cap::DONE, pid: 0x0102 }),
+            [0x01, 1, 1, 0, 3, 0, 0, 0, 2, 1, 0, 0]
+        );
+        assert_eq!(encode(&Frame::Ack(vec![5])), [0x02, 1, 1, 0, 5, 0, 0, 0, 0, 0, 0, 0]);
+        let conn = encode(&Frame::Conn(vec![ConnItem { id: 0x0a0b, listener: 2 }]));
+        assert_eq!(conn, [0x81, 1, 1, 0, 0x0b, 0x0a, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn strict_decoding() {
+        assert_eq!(decode(&[1, 1]), Err(DecodeError::Short(2)));
+        assert_eq!(decode(&[0x42, 1, 0, 0]), Err(DecodeError::UnknownType(0x42)));
+        assert_eq!(decode(&[0x04, 2, 0, 0]), Err(DecodeError::Version(2)));
+        assert_eq!(decode(&[0x04, 1, 1, 0]), Err(DecodeError::Count { kind: 4, n: 1 }));
+        assert_eq!(decode(&[0x02, 1, 0, 0]), Err(DecodeError::Count { kind: 2, n: 0 }));
+        assert_eq!(decode(&[0x02, 1, 1, 0, 1, 2, 3]), Err(DecodeError::Length { kind: 2, n: 1, len: 7 }));
+        assert_eq!(decode(&[0x04, 1, 0, 0, 9]), Err(DecodeError::Length { kind: 4, n: 0, len: 5 }));
+        assert_eq!(decode(&[0x01, 1, 2, 0]), Err(DecodeError::Count { kind: 1, n: 2 }));
+    }
+
+    fn frame() -> impl Strategy<Value = Frame> {
+        let ids = prop::collection::vec(any::<u64>(), 1..=MAX_IDS);
+        let items = prop::collection::vec((any::<u64>(), any::<u16>()), 1..=MAX_CONNS)
+            .prop_map(|v| v.into_iter().map(|(id, listener)| ConnItem { id, listener }).collect());
+        prop_oneof![
+            (any::<u32>(), any::<u32>()).prop_map(|(caps, pid)| Frame::Ready { version: VERSION, caps, pid }),
+            ids.clone().prop_map(Frame::Ack),
+            ids.prop_map(Frame::Done),
+            Just(Frame::Heartbeat),
+            Just(Frame::Drain),
+            items.prop_map(Frame::Conn),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(f in frame()) {
+            let bytes = encode(&f);
+            prop_assert!(bytes.len() <= MAX_FRAME_LEN);
+            prop_assert_eq!(decode(&bytes), Ok(f));
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(b in prop::collection::vec(any::<u8>(), 0..600)) {
+            let _ = decode(&b);
+        }
+
+        #[test]
+        fn near_valid_bytes_never_panic(kind in prop_oneof![Just(1u8), Just(2), Just(3), Just(4), Just(0x81), Just(0x82)],
+                                        n in any::<u16>(), tail in prop::collection::vec(any::<u8>(), 0..64)) {
+            let mut b = vec![kind, VERSION];
+            b.extend_from_slice(&n.to_le_bytes());
+            b.extend_from_slice(&tail);
+            let _ = decode(&b);
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! One connection handed to this worker, and the DONE report that goes with it.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::Reporter;
+
+/// A client connection: the stream, the master's id for it, and the listener it came
+/// from.
+///
+/// When a `Conn` is shut down for writing (async) or dropped, it reports DONE to the
+/// master *before* the socket is closed, so that the master's count of this worker's
+/// active connections is already correct when the client sees the connection end.
+#[derive(Debug)]
+pub struct Conn<S> {
+    stream: S,
+    id: u64,
+    listener: u16,
+    reporter: Option<Arc<Reporter>>,
+}
+
+impl<S> Conn<S> {
+    pub(crate) fn new(stream: S, id: u64, listener: u16, reporter: Arc<Reporter>) -> Conn<S> {
+        Conn { stream, id, listener, reporter: Some(reporter) }
+    }
+
+    /// The master's id for this connection (unique for the master's lifetime).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Index of the listener that accepted it, in the master's `--listen` order.
+    pub fn listener(&self) -> u16 {
+        self.listener
+    }
+
+    /// The stream.
+    pub fn get_ref(&self) -> &S {
+        &self.stream
+    }
+
+    /// The stream, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.stream
+    }
+
+    /// Reports DONE now (idempotent). Called for you on drop and on async shutdown.
+    pub fn finish(&mut self) {
+        if let Some(r) = self.reporter.take() {
+            r.done(self.id);
+        }
+    }
+}
+
+impl<S> Drop for Conn<S> {
+    fn drop(&mut self) {
+        // Runs before `stream` is dropped: DONE reaches the master before the close.
+        self.finish();
+    }
+}
+
+/// A connection as a std stream: TCP (IPv4 or IPv6) or Unix.
+#[derive(Debug)]
+pub enum Stream {
+    /// From a TCP listener.
+    Tcp(TcpStream),
+    /// From a Unix stream listener.
+    Unix(UnixStream),
+}
+
+impl Stream {
+    /// Wraps a received socket after looking at its address family.
+    pub fn from_fd(fd: OwnedFd) -> io::Result<Stream> {
+        let addr = rustix::net::getsockname(&fd)?;
+        Ok(match addr.address_family() {
+            rustix::net::AddressFamily::UNIX => Stream::Unix(UnixStream::from(fd)),
+            _ => Stream::Tcp(TcpStream::from(fd)),
+        })
+    }
+
+    /// The client's address, for TCP connections.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Stream::Tcp(s) => s.peer_addr().ok(),
+            Stream::Unix(_) => None,
+        }
+    }
+
+    /// Converts into a tokio stream (sets the socket non-blocking; needs a runtime).
+    pub fn into_tokio(self) -> io::Result<TokioStream> {
+        Ok(match self {
+            Stream::Tcp(s) => {
+                s.set_nonblocking(true)?;
+                TokioStream::Tcp(tokio::net::TcpStream::from_std(s)?)
+            }
+            Stream::Unix(s) => {
+                s.set_nonblocking(true)?;
+                TokioStream::Unix(tokio::net::UnixStream::from_std(s)?)
+            }
+        })
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Unix(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<S: Read> Read for Conn<S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.stream.read(buf)
+    }
+}
+
+impl<S: Write> Write for Conn<S> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.stream.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.stream.flush()
+    }
+}
+
+/// A connection as a tokio stream: TCP or Unix.
+#[derive(Debug)]
+pub enum TokioStream {
+    /// From a TCP listener.
+    Tcp(tokio::net::TcpStream),
+    /// From a Unix stream listener.
+    Unix(tokio::net::UnixStream),
+}
+
+impl TokioStream {
+    /// The client's address, for TCP connections.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        match self {
+            TokioStream::Tcp(s) => s.peer_addr().ok(),
+            TokioStream::Unix(_) => None,
+        }
+    }
+}
+
+macro_rules! delegate {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self.get_mut() {
+            TokioStream::Tcp($s) => $e,
+            TokioStream::Unix($s) => $e,
+        }
+    };
+}
+
+impl AsyncRead for TokioStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, s => Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for TokioStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        delegate!(self, s => Pin::new(s).poll_write(cx, buf))
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, s => Pin::new(s).poll_flush(cx))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, s => Pin::new(s).poll_shutdown(cx))
+    }
+    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        delegate!(self, s => Pin::new(s).poll_write_vectored(cx, bufs))
+    }
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Conn<S> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Conn<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // The server is ending the connection: tell the master before the client
+        // sees the FIN, so a client that reconnects at once meets an exact count.
+        let this = self.get_mut();
+        this.finish();
+        Pin::new(&mut this.stream).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}

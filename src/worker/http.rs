@@ -1,0 +1,212 @@
+//! The built-in HTTP/1.1 worker (hyper): what `handoff run` serves when no command is
+//! given, and the server code every `handoff bench` model runs.
+//!
+//! Every response carries `X-Handoff-Worker: <slot id>`, so a client can tell which
+//! worker served it. Query parameters shape the load for tests and benchmarks:
+//! `?cpu_ms=N` burns N ms of CPU before answering (capped at 10 s), `?sleep_ms=N`
+//! waits N ms without holding the CPU. With a static root it serves files instead.
+
+use std::convert::Infallible;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming as Body;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::{AsyncIncoming, End, WorkerEnv, WorkerError};
+
+/// Longest `cpu_ms` or `sleep_ms` honoured.
+pub const MAX_DELAY_MS: u64 = 10_000;
+
+/// What the built-in worker serves.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// The worker's slot id (the `X-Handoff-Worker` value).
+    pub worker_id: usize,
+    /// Serve files from this directory instead of the short greeting.
+    pub static_root: Option<PathBuf>,
+    worker_header: HeaderValue,
+    greeting: Bytes,
+}
+
+impl HttpConfig {
+    /// A config for worker `worker_id`.
+    pub fn new(worker_id: usize, static_root: Option<PathBuf>) -> HttpConfig {
+        HttpConfig {
+            worker_id,
+            static_root,
+            worker_header: HeaderValue::from(worker_id),
+            greeting: Bytes::from(format!("hello from handoff worker {worker_id} (pid {})\n", std::process::id())),
+        }
+    }
+}
+
+/// Serves one connection with HTTP/1.1 keep-alive until the client or `stop` ends it.
+pub async fn serve_connection<I>(io: I, cfg: Arc<HttpConfig>, stop: tokio::sync::watch::Receiver<bool>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req| {
+        let cfg = cfg.clone();
+        async move { Ok::<_, Infallible>(handle(req, &cfg).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new().timer(hyper_util::rt::TokioTimer::new()).serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let mut stop = stop;
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stopped(&mut stop) => {
+            // Drain: finish the request in progress, close idle keep-alive connections.
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    // `wait_for` would hold a non-Send guard across the await; poll the flag instead.
+    while !*stop.borrow_and_update() {
+        if stop.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
+}
+
+fn query_ms(req: &Request<Body>, key: &str) -> Option<u64> {
+    req.uri().query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == key).then(|| v.parse::<u64>().ok()).flatten().map(|ms| ms.min(MAX_DELAY_MS))
+    })
+}
+
+/// Burns CPU for `ms` milliseconds (a busy loop the optimiser cannot remove).
+pub fn burn_cpu(ms: u64) {
+    let until = Instant::now() + Duration::from_millis(ms);
+    let mut x = 0u64;
+    while Instant::now() < until {
+        for i in 0..1000u64 {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(i));
+        }
+    }
+}
+
+/// Answers one request.
+pub async fn handle(req: Request<Body>, cfg: &HttpConfig) -> Response<Full<Bytes>> {
+    if let Some(ms) = query_ms(&req, "sleep_ms") {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if let Some(ms) = query_ms(&req, "cpu_ms") {
+        burn_cpu(ms);
+    }
+    let mut resp = match &cfg.static_root {
+        Some(root) => serve_file(&req, root).await,
+        None => Response::new(Full::new(cfg.greeting.clone())),
+    };
+    resp.headers_mut().insert("x-handoff-worker", cfg.worker_header.clone());
+    resp
+}
+
+fn status(code: StatusCode, msg: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(msg.as_bytes())));
+    *r.status_mut() = code;
+    r
+}
+
+/// Maps a request path under `root`, refusing anything that could climb out of it.
+pub fn resolve_static(root: &Path, uri_path: &str) -> Option<PathBuf> {
+    let rel = uri_path.trim_start_matches('/');
+    let mut out = root.to_path_buf();
+    for c in Path::new(rel).components() {
+        match c {
+            Component::Normal(p) => out.push(p),
+            Component::CurDir => {}
+            _ => return None,
+        }
+    }
+    if rel.is_empty() || uri_path.ends_with('/') {
+        out.push("index.html");
+    }
+    Some(out)
+}
+
+async fn serve_file(req: &Request<Body>, root: &Path) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return status(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    }
+    let Some(path) = resolve_static(root, req.uri().path()) else {
+        return status(StatusCode::BAD_REQUEST, "bad path\n");
+    };
+    match tokio::fs::read(&path).await {
+        Ok(data) => {
+            let mut r = Response::new(Full::new(Bytes::from(data)));
+            let ct = match path.extension().and_then(|e| e.to_str()) {
+                Some("html" | "htm") => "text/html; charset=utf-8",
+                Some("css") => "text/css",
+                Some("js") => "text/javascript",
+                Some("json") => "application/json",
+                Some("png") => "image/png",
+                Some("svg") => "image/svg+xml",
+                Some("txt") => "text/plain; charset=utf-8",
+                _ => "application/octet-stream",
+            };
+            r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(ct));
+            r
+        }
+        Err(_) => status(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// Runs the built-in worker on the channel from the environment until the master
+/// sends DRAIN (then it finishes its connections) or goes away (then it gives them at
+/// most one second). This is `handoff`'s hidden `worker` subcommand.
+pub fn run_from_env(static_root: Option<PathBuf>) -> Result<(), WorkerError> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let env = WorkerEnv::from_env();
+        let cfg = Arc::new(HttpConfig::new(env.id, static_root));
+        let mut incoming = AsyncIncoming::from_env()?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut tasks = tokio::task::JoinSet::new();
+        while let Some(conn) = incoming.accept().await {
+            match conn {
+                Ok(conn) => {
+                    tasks.spawn(serve_connection(conn, cfg.clone(), stop_rx.clone()));
+                }
+                Err(e) => {
+                    tracing::error!("worker {}: {e}", env.id);
+                    return Err(e);
+                }
+                }
+            // Reap finished tasks so the set does not grow with every connection.
+            while tasks.try_join_next().is_some() {}
+        }
+        let _ = stop_tx.send(true);
+        let grace = match incoming.end() {
+            Some(End::MasterGone) => Duration::from_secs(1),
+            _ => Duration::from_secs(3600),
+        };
+        let _ = tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn static_paths_stay_under_the_root() {
+        let root = Path::new("/srv");
+        assert_eq!(resolve_static(root, "/a/b.txt"), Some(PathBuf::from("/srv/a/b.txt")));
+        assert_eq!(resolve_static(root, "/"), Some(PathBuf::from("/srv/index.html")));
+        assert_eq!(resolve_static(root, "/docs/"), Some(PathBuf::from("/srv/docs/index.html")));
+        assert_eq!(resolve_static(root, "/../etc/passwd"), None);
+        assert_eq!(resolve_static(root, "/a/../../x"), None);
+    }
+}

@@ -1,0 +1,241 @@
+//! The worker side: receive connections from a handoff master and serve them.
+//!
+//! A worker is any process started by `handoff run -- CMD` (or forked by
+//! [`crate::Server`]). It finds its channel to the master in the environment
+//! (`HANDOFF_FD`), announces itself with READY, then receives connections. This module
+//! speaks the whole protocol for you: it ACKs what it receives, sends HEARTBEAT while
+//! it runs, and sends DONE when a [`Conn`] is dropped or shut down, so load-aware
+//! policies see the worker's true load.
+//!
+//! - Blocking: [`Incoming`] is an iterator of [`Conn<Stream>`] (std streams).
+//! - Async (tokio): [`AsyncIncoming`] yields [`Conn<TokioStream>`], and implements
+//!   `futures_core::Stream`; with the `axum` feature it is an `axum::serve::Listener`.
+//!
+//! This module never depends on the master: a worker links only what it uses.
+//!
+//! ```no_run
+//! use std::io::{Read, Write};
+//! for conn in handoff::worker::Incoming::from_env()? {
+//!     let mut conn = conn?;
+//!     let mut buf = [0u8; 1024];
+//!     let _ = conn.read(&mut buf)?;
+//!     conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nhi\n")?;
+//! } // each `conn` dropped here: DONE goes to the master, then the socket closes
+//! # Ok::<(), handoff::worker::WorkerError>(())
+//! ```
+
+mod conn;
+pub mod http;
+mod incoming;
+mod tokio_incoming;
+
+pub use conn::{Conn, Stream, TokioStream};
+pub use incoming::{End, Incoming};
+pub use tokio_incoming::AsyncIncoming;
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::sys::fdpass;
+use crate::wire::{self, cap, kind};
+
+/// Environment variable naming the channel descriptor.
+pub const ENV_FD: &str = "HANDOFF_FD";
+/// Environment variable with this worker's slot, `0..N`.
+pub const ENV_WORKER_ID: &str = "HANDOFF_WORKER_ID";
+/// Environment variable with the number of worker slots.
+pub const ENV_WORKERS: &str = "HANDOFF_WORKERS";
+/// Environment variable with the heartbeat interval the master expects, in ms.
+pub const ENV_HEARTBEAT_MS: &str = "HANDOFF_HEARTBEAT_MS";
+
+/// Capabilities this crate's workers announce.
+pub const CAPS: u32 = cap::ACK | cap::DONE | cap::HEARTBEAT | cap::BATCH;
+
+/// What went wrong on the worker side.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WorkerError {
+    /// `HANDOFF_FD` is missing: the process was not started by a handoff master.
+    #[error("{ENV_FD} is not set: this program is a handoff worker; start it with `handoff run -- PROGRAM`")]
+    NotAWorker,
+    /// `HANDOFF_FD` does not name a usable descriptor.
+    #[error("{ENV_FD}={value:?} is not an open channel descriptor: {source}")]
+    BadFd {
+        /// The variable's value.
+        value: String,
+        /// Why it was refused.
+        #[source]
+        source: io::Error,
+    },
+    /// The channel to the master failed.
+    #[error("channel to the master: {0}")]
+    Channel(#[from] io::Error),
+    /// The master sent a frame this worker cannot decode.
+    #[error("bad frame from the master: {0}")]
+    Protocol(#[from] wire::DecodeError),
+}
+
+/// Facts about this worker from its environment.
+#[derive(Debug, Clone)]
+pub struct WorkerEnv {
+    /// Slot number, `0..workers`.
+    pub id: usize,
+    /// Number of worker slots.
+    pub workers: usize,
+    /// How often to send HEARTBEAT.
+    pub heartbeat: Duration,
+}
+
+impl WorkerEnv {
+    /// Reads `HANDOFF_WORKER_ID`, `HANDOFF_WORKERS` and `HANDOFF_HEARTBEAT_MS`
+    /// (missing or unparsable values fall back to 0, 1 and 1000 ms).
+    pub fn from_env() -> WorkerEnv {
+        let num = |k: &str, d: u64| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+        WorkerEnv {
+            id: num(ENV_WORKER_ID, 0) as usize,
+            workers: num(ENV_WORKERS, 1) as usize,
+            heartbeat: Duration::from_millis(num(ENV_HEARTBEAT_MS, 1000).max(10)),
+        }
+    }
+}
+
+/// Takes the channel named by `HANDOFF_FD` (once per process) and makes it non-blocking.
+pub fn channel_from_env() -> Result<OwnedFd, WorkerError> {
+    let value = std::env::var(ENV_FD).map_err(|_| WorkerError::NotAWorker)?;
+    let bad = |source| WorkerError::BadFd { value: value.clone(), source };
+    let raw = value.trim().parse().map_err(|_| bad(io::Error::new(io::ErrorKind::InvalidInput, "not a number")))?;
+    let fd = crate::sys::process::take_inherited_fd(raw).map_err(bad)?;
+    rustix::io::ioctl_fionbio(&fd, true).map_err(|e| bad(e.into()))?;
+    Ok(fd)
+}
+
+/// The worker's sending half: READY, ACK, DONE and HEARTBEAT, shared by every
+/// connection of the worker (DONE is sent from each [`Conn`]'s drop).
+///
+/// Sends are synchronous and non-blocking. DONE is sent at once rather than batched,
+/// so that the master's view of this worker's load is exact when the client sees the
+/// connection end; if the channel is momentarily full, ids wait in a queue that the
+/// next send flushes first.
+#[derive(Debug)]
+pub(crate) struct Reporter {
+    fd: Arc<OwnedFd>,
+    state: Mutex<ReporterState>,
+}
+
+#[derive(Debug, Default)]
+struct ReporterState {
+    buf: Vec<u8>,
+    acks: Vec<u64>,
+    dones: Vec<u64>,
+    closed: bool,
+}
+
+impl Reporter {
+    pub(crate) fn new(fd: Arc<OwnedFd>) -> Reporter {
+        Reporter { fd, state: Mutex::new(ReporterState::default()) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ReporterState> {
+        // A panic in another thread while sending leaves the state consistent (ids are
+        // only removed after a successful send), so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn ready(&self) -> io::Result<()> {
+        let mut st = self.lock();
+        wire::encode_ready(&mut st.buf, CAPS, std::process::id());
+        let ReporterState { buf, .. } = &mut *st;
+        fdpass::send_with_fds(self.fd.as_fd(), buf, &[]).map(drop)
+    }
+
+    pub(crate) fn heartbeat(&self) {
+        let mut st = self.lock();
+        let _ = self.flush_locked(&mut st);
+        wire::encode_empty(&mut st.buf, kind::HEARTBEAT);
+        let ReporterState { buf, closed, .. } = &mut *st;
+        if !*closed {
+            let _ = fdpass::send_with_fds(self.fd.as_fd(), buf, &[]);
+        }
+    }
+
+    pub(crate) fn ack(&self, ids: &[u64]) {
+        let mut st = self.lock();
+        st.acks.extend_from_slice(ids);
+        let _ = self.flush_locked(&mut st);
+    }
+
+    pub(crate) fn done(&self, id: u64) {
+        let mut st = self.lock();
+        st.dones.push(id);
+        let _ = self.flush_locked(&mut st);
+    }
+
+    /// Sends what is queued; on a full channel it keeps the rest for later.
+    pub(crate) fn flush(&self) -> io::Result<()> {
+        let mut st = self.lock();
+        self.flush_locked(&mut st)
+    }
+
+    fn flush_locked(&self, st: &mut ReporterState) -> io::Result<()> {
+        if st.closed {
+            st.acks.clear();
+            st.dones.clear();
+            return Ok(());
+        }
+        for k in [kind::ACK, kind::DONE] {
+            loop {
+                let ReporterState { buf, acks, dones, closed } = &mut *st;
+                let ids = if k == kind::ACK { acks } else { dones };
+                if ids.is_empty() {
+                    break;
+                }
+                let n = ids.len().min(wire::MAX_IDS);
+                wire::encode_ids(buf, k, &ids[..n]);
+                match fdpass::send_with_fds(self.fd.as_fd(), buf, &[]) {
+                    Ok(_) => {
+                        ids.drain(..n);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(e),
+                    Err(e) => {
+                        // The master is gone; nobody is left to tell.
+                        *closed = true;
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What one receive from the channel produced.
+pub(crate) enum Event {
+    /// Connections, each descriptor with its item.
+    Conns(Vec<(wire::ConnItem, OwnedFd)>),
+    /// The master asked this worker to drain.
+    Drain,
+    /// The master closed the channel (it exited).
+    Closed,
+}
+
+/// Receives and decodes one message from the master.
+pub(crate) fn recv_event(fd: &OwnedFd, buf: &mut [u8]) -> Result<Event, WorkerError> {
+    let got = fdpass::recv_with_fds(fd, buf, wire::MAX_CONNS)?;
+    if got.len == 0 && got.fds.is_empty() {
+        return Ok(Event::Closed);
+    }
+    match wire::decode(&buf[..got.len])? {
+        wire::Frame::Conn(items) if items.len() == got.fds.len() => Ok(Event::Conns(items.into_iter().zip(got.fds).collect())),
+        wire::Frame::Conn(items) => Err(WorkerError::Channel(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("CONN frame with {} items came with {} descriptors", items.len(), got.fds.len()),
+        ))),
+        wire::Frame::Drain => Ok(Event::Drain),
+        other => Err(WorkerError::Channel(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("unexpected frame from the master: {other:?}"),
+        ))),
+    }
+}

@@ -1,0 +1,161 @@
+//! The async worker API: connections as a tokio stream, and an axum `Listener`.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use tokio::io::unix::AsyncFd;
+
+use super::{channel_from_env, recv_event, Conn, Event, Reporter, Stream, TokioStream, WorkerEnv, WorkerError};
+pub use super::incoming::End;
+
+/// Connections handed to this worker, for tokio.
+///
+/// Create it inside a tokio runtime. It ACKs connections as they arrive, sends
+/// HEARTBEAT from a small background task, and ends when the master sends DRAIN or
+/// closes the channel. Use [`AsyncIncoming::accept`], or the `futures_core::Stream`
+/// implementation, or (feature `axum`) pass it to `axum::serve`.
+#[derive(Debug)]
+pub struct AsyncIncoming {
+    fd: AsyncFd<Arc<OwnedFd>>,
+    reporter: Arc<Reporter>,
+    env: WorkerEnv,
+    buf: Vec<u8>,
+    queue: VecDeque<Conn<TokioStream>>,
+    ended: Option<End>,
+    beat: tokio::task::JoinHandle<()>,
+}
+
+impl AsyncIncoming {
+    /// Takes the channel from `HANDOFF_FD` and announces READY.
+    pub fn from_env() -> Result<AsyncIncoming, WorkerError> {
+        AsyncIncoming::from_fd(channel_from_env()?, WorkerEnv::from_env())
+    }
+
+    /// Uses `fd` (a non-blocking channel end) and announces READY.
+    pub fn from_fd(fd: OwnedFd, env: WorkerEnv) -> Result<AsyncIncoming, WorkerError> {
+        let fd = Arc::new(fd);
+        let reporter = Arc::new(Reporter::new(fd.clone()));
+        reporter.ready()?;
+        let beat = {
+            let reporter = reporter.clone();
+            let every = env.heartbeat;
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    reporter.heartbeat();
+                }
+            })
+        };
+        // SAFETY: `register_with_interest` requires the descriptor to stay open and
+        // the same for the AsyncFd's lifetime. It is an `Arc<OwnedFd>`: the AsyncFd
+        // holds one strong reference, so the descriptor is closed only after the
+        // AsyncFd is dropped, and an `OwnedFd` never changes the number it returns.
+        let fd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }.map_err(|e| e.into_parts().1)?;
+        Ok(AsyncIncoming {
+            fd,
+            reporter,
+            env,
+            buf: vec![0; crate::wire::MAX_FRAME_LEN],
+            queue: VecDeque::new(),
+            ended: None,
+            beat,
+        })
+    }
+
+    /// This worker's facts (slot id, worker count, heartbeat interval).
+    pub fn env(&self) -> &WorkerEnv {
+        &self.env
+    }
+
+    /// Why the stream ended, once it has.
+    pub fn end(&self) -> Option<End> {
+        self.ended
+    }
+
+    /// The next connection, or `None` once the master has asked this worker to drain
+    /// (or has gone away).
+    pub async fn accept(&mut self) -> Option<Result<Conn<TokioStream>, WorkerError>> {
+        std::future::poll_fn(|cx| self.poll_accept(cx)).await
+    }
+
+    /// Poll form of [`AsyncIncoming::accept`].
+    pub fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Conn<TokioStream>, WorkerError>>> {
+        loop {
+            if let Some(c) = self.queue.pop_front() {
+                return Poll::Ready(Some(Ok(c)));
+            }
+            if self.ended.is_some() {
+                let _ = self.reporter.flush();
+                return Poll::Ready(None);
+            }
+            let mut guard = match ready!(self.fd.poll_read_ready(cx)) {
+                Ok(g) => g,
+                Err(e) => return Poll::Ready(Some(Err(e.into()))),
+            };
+            match recv_event(guard.get_inner(), &mut self.buf) {
+                Ok(Event::Conns(conns)) => {
+                    let ids: Vec<u64> = conns.iter().map(|(it, _)| it.id).collect();
+                    self.reporter.ack(&ids);
+                    for (item, fd) in conns {
+                        match Stream::from_fd(fd).and_then(Stream::into_tokio) {
+                            Ok(s) => self.queue.push_back(Conn::new(s, item.id, item.listener, self.reporter.clone())),
+                            Err(_) => self.reporter.done(item.id),
+                        }
+                    }
+                }
+                Ok(Event::Drain) => self.ended = Some(End::Drain),
+                Ok(Event::Closed) => self.ended = Some(End::MasterGone),
+                Err(WorkerError::Channel(e)) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
+                Err(e) => return Poll::Ready(Some(Err(e))),
+            }
+        }
+    }
+}
+
+impl Drop for AsyncIncoming {
+    fn drop(&mut self) {
+        self.beat.abort();
+    }
+}
+
+impl futures_core::Stream for AsyncIncoming {
+    type Item = Result<Conn<TokioStream>, WorkerError>;
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().poll_accept(cx)
+    }
+}
+
+#[cfg(feature = "axum")]
+impl axum::serve::Listener for AsyncIncoming {
+    type Io = Conn<TokioStream>;
+    type Addr = Option<std::net::SocketAddr>;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match AsyncIncoming::accept(self).await {
+                Some(Ok(conn)) => {
+                    let addr = conn.get_ref().peer_addr();
+                    return (conn, addr);
+                }
+                Some(Err(e)) => {
+                    tracing::error!("handoff worker: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                // axum's serve loop has no notion of "no more connections": once the
+                // master asks us to drain, never yield again; the program's graceful
+                // shutdown future (see `AsyncIncoming::drained`) ends the server.
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        Ok(None)
+    }
+}
