@@ -132,7 +132,8 @@ impl ConfigFile {
     /// Reads and parses a TOML file.
     pub fn load(path: &Path) -> Result<ConfigFile, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string().trim_end().to_string() })
+        toml::from_str(&text)
+            .map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string().trim_end().to_string() })
     }
 
     /// Fills every unset key of `self` from `lower` (self wins).
@@ -140,7 +141,24 @@ impl ConfigFile {
         macro_rules! pick {
             ($($f:ident),*) => { ConfigFile { $($f: self.$f.or(lower.$f)),* } };
         }
-        pick!(listen, workers, policy, max_conns_per_worker, command, static_dir, worker_timeout, shutdown_timeout, max_requests, max_requests_jitter, heartbeat_ms, control, metrics, health, user, group)
+        pick!(
+            listen,
+            workers,
+            policy,
+            max_conns_per_worker,
+            command,
+            static_dir,
+            worker_timeout,
+            shutdown_timeout,
+            max_requests,
+            max_requests_jitter,
+            heartbeat_ms,
+            control,
+            metrics,
+            health,
+            user,
+            group
+        )
     }
 
     /// Applies defaults and checks every value.
@@ -161,7 +179,12 @@ impl ConfigFile {
             return invalid("too many listeners".into());
         }
         let worker = match (self.command, self.static_dir) {
-            (Some(_), Some(_)) => return invalid("--static serves files with the built-in worker; it cannot be combined with a worker command".into()),
+            (Some(_), Some(_)) => {
+                return invalid(
+                    "--static serves files with the built-in worker; it cannot be combined with a worker command"
+                        .into(),
+                )
+            }
             (Some(cmd), None) => {
                 check_command(&cmd)?;
                 WorkerKind::Command(cmd)
@@ -273,9 +296,15 @@ mod tests {
     fn invalid_values_are_explained() {
         let e = ConfigFile { workers: Some(0), ..Default::default() }.resolve().unwrap_err().to_string();
         assert!(e.contains("at least 1"), "{e}");
-        let e = ConfigFile { command: Some(vec!["/nonexistent/prog".into()]), ..Default::default() }.resolve().unwrap_err().to_string();
+        let e = ConfigFile { command: Some(vec!["/nonexistent/prog".into()]), ..Default::default() }
+            .resolve()
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not found or not executable"), "{e}");
-        let e = ConfigFile { command: Some(vec!["no-such-program-xyz".into()]), ..Default::default() }.resolve().unwrap_err().to_string();
+        let e = ConfigFile { command: Some(vec!["no-such-program-xyz".into()]), ..Default::default() }
+            .resolve()
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("$PATH"), "{e}");
         let e = ConfigFile { worker_timeout: Some(-1.0), ..Default::default() }.resolve().unwrap_err().to_string();
         assert!(e.contains("worker-timeout"), "{e}");

@@ -2,10 +2,10 @@
 //!
 //! (crate docs: see README; expanded below once the master lands)
 
+pub mod config;
+pub mod listener;
+pub mod master;
+pub mod policy;
 pub mod sys;
 pub mod wire;
 pub mod worker;
-pub mod config;
-pub mod listener;
-pub mod policy;
-pub mod master;

@@ -170,7 +170,8 @@ impl From<Listener> for OwnedFd {
 fn stale_unix_socket(path: &std::path::Path) -> bool {
     use std::os::unix::fs::FileTypeExt;
     let is_socket = std::fs::symlink_metadata(path).map(|m| m.file_type().is_socket()).unwrap_or(false);
-    is_socket && matches!(std::os::unix::net::UnixStream::connect(path), Err(e) if e.kind() == io::ErrorKind::ConnectionRefused)
+    is_socket
+        && matches!(std::os::unix::net::UnixStream::connect(path), Err(e) if e.kind() == io::ErrorKind::ConnectionRefused)
 }
 
 /// Whether an accept error is about this one connection (skip it and go on) rather than
@@ -178,9 +179,22 @@ fn stale_unix_socket(path: &std::path::Path) -> bool {
 pub fn accept_error_is_transient(e: &io::Error) -> bool {
     use rustix::io::Errno;
     let Some(raw) = e.raw_os_error() else { return false };
-    [Errno::CONNABORTED, Errno::PROTO, Errno::PERM, Errno::NETDOWN, Errno::NOPROTOOPT, Errno::HOSTDOWN, Errno::NONET, Errno::HOSTUNREACH, Errno::OPNOTSUPP, Errno::NETUNREACH, Errno::TIMEDOUT, Errno::CONNRESET]
-        .iter()
-        .any(|x| x.raw_os_error() == raw)
+    [
+        Errno::CONNABORTED,
+        Errno::PROTO,
+        Errno::PERM,
+        Errno::NETDOWN,
+        Errno::NOPROTOOPT,
+        Errno::HOSTDOWN,
+        Errno::NONET,
+        Errno::HOSTUNREACH,
+        Errno::OPNOTSUPP,
+        Errno::NETUNREACH,
+        Errno::TIMEDOUT,
+        Errno::CONNRESET,
+    ]
+    .iter()
+    .any(|x| x.raw_os_error() == raw)
 }
 
 /// Whether an accept error means "out of descriptors or memory": stop accepting for a

@@ -11,7 +11,11 @@ use handoff::master::Master;
 use handoff::policy::Policy;
 
 #[derive(Parser)]
-#[command(name = "handoff", version, about = "One master accepts, workers serve: connections handed to a chosen worker over SCM_RIGHTS")]
+#[command(
+    name = "handoff",
+    version,
+    about = "One master accepts, workers serve: connections handed to a chosen worker over SCM_RIGHTS"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -20,7 +24,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run a master and its workers (the built-in HTTP worker unless a command follows `--`).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Internal: the built-in HTTP worker, started by the master.
     #[command(hide = true)]
     Worker {
@@ -105,7 +109,8 @@ fn init_logging(verbose: u8, quiet: bool) {
         (false, 0) => "info",
         (false, _) => "debug",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("HANDOFF_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HANDOFF_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     // Written synchronously to stderr: no logging thread in the master.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -131,7 +136,7 @@ fn main() -> ExitCode {
     match cli.cmd {
         Cmd::Run(args) => {
             init_logging(args.verbose, args.quiet);
-            match run(args) {
+            match run(*args) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("handoff: error: {e}");

@@ -112,7 +112,9 @@ pub enum MasterError {
 
 fn bind_hint(e: &io::Error) -> &'static str {
     match e.kind() {
-        io::ErrorKind::AddrInUse => " (another process is listening there: stop it, or choose another address with --listen)",
+        io::ErrorKind::AddrInUse => {
+            " (another process is listening there: stop it, or choose another address with --listen)"
+        }
         io::ErrorKind::PermissionDenied => " (ports below 1024 need root or CAP_NET_BIND_SERVICE)",
         io::ErrorKind::AddrNotAvailable => " (that IP address is not on this machine)",
         _ => "",
@@ -137,7 +139,9 @@ struct ListenerSlot {
 enum Phase {
     Running,
     /// Graceful stop: DRAIN sent, waiting until the deadline.
-    Stopping { deadline: Instant },
+    Stopping {
+        deadline: Instant,
+    },
     /// Kill everything and leave.
     Exiting,
 }
@@ -201,7 +205,11 @@ impl Master {
         crate::sys::cloexec_inherited_fds()?;
         let mut listeners = Vec::new();
         for addr in &cfg.listen {
-            let l = Listener::bind(addr).map_err(|source| MasterError::Bind { addr: addr.clone(), hint: bind_hint(&source), source })?;
+            let l = Listener::bind(addr).map_err(|source| MasterError::Bind {
+                addr: addr.clone(),
+                hint: bind_hint(&source),
+                source,
+            })?;
             listeners.push(l);
         }
         Master::with_listeners(cfg, listeners)
@@ -215,7 +223,11 @@ impl Master {
         poll.registry().register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)?;
         let mut ls = Vec::new();
         for (i, l) in listeners.into_iter().enumerate() {
-            poll.registry().register(&mut SourceFd(&l.as_fd().as_raw_fd()), Token(LISTENER_BASE + i), Interest::READABLE)?;
+            poll.registry().register(
+                &mut SourceFd(&l.as_fd().as_raw_fd()),
+                Token(LISTENER_BASE + i),
+                Interest::READABLE,
+            )?;
             info!("listening on {}", l.local_addr());
             ls.push(ListenerSlot { listener: l, readable: true });
         }
@@ -372,7 +384,9 @@ impl Master {
             reg.register(&mut SourceFd(&e.as_raw_fd()), stderr_token(key), Interest::READABLE)?;
         }
         let now = Instant::now();
-        let max_requests = self.cfg.max_requests.map(|m| m + if self.cfg.max_requests_jitter > 0 { fastrand::u64(0..=self.cfg.max_requests_jitter) } else { 0 });
+        let max_requests = self.cfg.max_requests.map(|m| {
+            m + if self.cfg.max_requests_jitter > 0 { fastrand::u64(0..=self.cfg.max_requests_jitter) } else { 0 }
+        });
         self.workers.push(Worker {
             key,
             slot,
@@ -419,7 +433,11 @@ impl Master {
                 Ok(g) => g,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                    let what = if e.to_string().contains("CTRUNC") { "a descriptor (workers must not send any)".to_string() } else { e.to_string() };
+                    let what = if e.to_string().contains("CTRUNC") {
+                        "a descriptor (workers must not send any)".to_string()
+                    } else {
+                        e.to_string()
+                    };
                     self.violation(i, &what);
                     return;
                 }
@@ -461,7 +479,13 @@ impl Master {
                 w.ready = true;
                 w.caps = caps & cap::ALL;
                 w.tracked_from = next_id;
-                info!("worker {} ready (pid {}, protocol v{}, capabilities {})", w.slot, w.pid, wire::VERSION, caps_names(w.caps));
+                info!(
+                    "worker {} ready (pid {}, protocol v{}, capabilities {})",
+                    w.slot,
+                    w.pid,
+                    wire::VERSION,
+                    caps_names(w.caps)
+                );
             }
             Frame::Ack(ids) => {
                 for id in ids {
@@ -626,14 +650,28 @@ impl Master {
             let tail = if slot.stderr_tail.is_empty() {
                 " It wrote nothing to stderr.".to_string()
             } else {
-                format!(" Its last stderr lines:\n{}", slot.stderr_tail.iter().map(|l| format!("  | {l}")).collect::<Vec<_>>().join("\n"))
+                format!(
+                    " Its last stderr lines:\n{}",
+                    slot.stderr_tail.iter().map(|l| format!("  | {l}")).collect::<Vec<_>>().join("\n")
+                )
             };
-            self.fatal = Some(MasterError::CrashLoop { slot: w.slot, exit, starts: slot.failed_starts, healthy: supervisor::HEALTHY_AFTER, tail });
+            self.fatal = Some(MasterError::CrashLoop {
+                slot: w.slot,
+                exit,
+                starts: slot.failed_starts,
+                healthy: supervisor::HEALTHY_AFTER,
+                tail,
+            });
             return;
         }
         let delay = slot.backoff();
         if delay > Duration::ZERO {
-            info!("restarting worker {} in {:.1}s ({} failed starts in a row)", w.slot, delay.as_secs_f64(), slot.failed_starts);
+            info!(
+                "restarting worker {} in {:.1}s ({} failed starts in a row)",
+                w.slot,
+                delay.as_secs_f64(),
+                slot.failed_starts
+            );
         }
         slot.respawn_at = Some(now + delay);
         self.next_tick = self.next_tick.min(now + delay);
@@ -686,7 +724,11 @@ impl Master {
             return;
         }
         let deadline = Instant::now() + self.cfg.shutdown_timeout;
-        info!("{why}: stopping gracefully (draining {} workers, at most {:?})", self.workers.len(), self.cfg.shutdown_timeout);
+        info!(
+            "{why}: stopping gracefully (draining {} workers, at most {:?})",
+            self.workers.len(),
+            self.cfg.shutdown_timeout
+        );
         self.phase = Phase::Stopping { deadline };
         for l in self.listeners.drain(..) {
             let _ = self.poll.registry().deregister(&mut SourceFd(&l.listener.as_fd().as_raw_fd()));
@@ -753,10 +795,15 @@ impl Master {
                 continue;
             }
             let timeout = self.cfg.worker_timeout;
-            let silent = w.caps & cap::HEARTBEAT != 0 && !w.inflight.is_empty() && now.duration_since(w.last_heard) > timeout;
+            let silent =
+                w.caps & cap::HEARTBEAT != 0 && !w.inflight.is_empty() && now.duration_since(w.last_heard) > timeout;
             let stuck = w.blocked_since.is_some_and(|b| now.duration_since(b) > timeout);
             if silent || stuck {
-                let why = if silent { format!("sent nothing for {timeout:?} while holding connections") } else { format!("has not read its channel for {timeout:?}") };
+                let why = if silent {
+                    format!("sent nothing for {timeout:?} while holding connections")
+                } else {
+                    format!("has not read its channel for {timeout:?}")
+                };
                 error!("worker {} (pid {}) {why}: killing it", w.slot, w.pid);
                 self.totals.hung_kills += 1;
                 let _ = sysproc::signal(w.pid, rustix::process::Signal::TERM);
@@ -862,7 +909,10 @@ impl Master {
         let quiet = self.last_accept_log.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1));
         if !quiet {
             self.last_accept_log = Some(now);
-            warn!("accept failed: {e}; pausing accepts for {ACCEPT_PAUSE:?} ({} times so far)", self.totals.accept_exhausted);
+            warn!(
+                "accept failed: {e}; pausing accepts for {ACCEPT_PAUSE:?} ({} times so far)",
+                self.totals.accept_exhausted
+            );
         }
     }
 
@@ -921,11 +971,12 @@ impl Master {
 }
 
 fn caps_names(caps: u32) -> String {
-    let names: Vec<&str> = [(cap::ACK, "ack"), (cap::DONE, "done"), (cap::HEARTBEAT, "heartbeat"), (cap::BATCH, "batch")]
-        .iter()
-        .filter(|(b, _)| caps & b != 0)
-        .map(|(_, n)| *n)
-        .collect();
+    let names: Vec<&str> =
+        [(cap::ACK, "ack"), (cap::DONE, "done"), (cap::HEARTBEAT, "heartbeat"), (cap::BATCH, "batch")]
+            .iter()
+            .filter(|(b, _)| caps & b != 0)
+            .map(|(_, n)| *n)
+            .collect();
     if names.is_empty() {
         "none".into()
     } else {

@@ -36,7 +36,9 @@ pub fn gid(cfg: &Config) -> io::Result<Option<u32>> {
     if let Some(group) = &cfg.group {
         return match lookup("/etc/group", group)? {
             Some((gid, _)) => Ok(Some(gid)),
-            None => Err(io::Error::new(io::ErrorKind::NotFound, format!("--group {group}: no such group in /etc/group"))),
+            None => {
+                Err(io::Error::new(io::ErrorKind::NotFound, format!("--group {group}: no such group in /etc/group")))
+            }
         };
     }
     let Some(user) = &cfg.user else { return Ok(None) };

@@ -22,7 +22,15 @@ pub use rustix::process::getpid;
 
 /// Environment variables of the master's own environment that must not reach workers
 /// (they describe descriptors or sockets meant for the master alone).
-pub const SCRUBBED_ENV: &[&str] = &["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "HANDOFF_UPGRADE_FDS"];
+pub const SCRUBBED_ENV: &[&str] = &[
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "HANDOFF_UPGRADE_FDS",
+];
 
 /// Spawns `cmd` so that the child inherits `channel` (clear of `CLOEXEC`) and dies
 /// with the master.
@@ -73,7 +81,10 @@ pub fn take_inherited_fd(raw: RawFd) -> io::Result<OwnedFd> {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("descriptor {raw} is negative")));
     }
     if INHERITED_TAKEN.swap(true, Ordering::SeqCst) {
-        return Err(io::Error::new(io::ErrorKind::AlreadyExists, "the inherited channel was already taken by this process"));
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "the inherited channel was already taken by this process",
+        ));
     }
     // SAFETY: borrow_raw requires `raw` to stay open for the borrow's lifetime; the
     // borrow is used for one fcntl call, which itself reports EBADF if it is not open.
@@ -110,7 +121,9 @@ impl std::fmt::Display for Exit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Exit::Code(c) => write!(f, "exit status {c}"),
-            Exit::Signal(s) => write!(f, "killed by signal {s}{}", signal_name(*s).map(|n| format!(" ({n})")).unwrap_or_default()),
+            Exit::Signal(s) => {
+                write!(f, "killed by signal {s}{}", signal_name(*s).map(|n| format!(" ({n})")).unwrap_or_default())
+            }
         }
     }
 }

@@ -56,7 +56,9 @@ where
         let cfg = cfg.clone();
         async move { Ok::<_, Infallible>(handle(req, &cfg).await) }
     });
-    let conn = hyper::server::conn::http1::Builder::new().timer(hyper_util::rt::TokioTimer::new()).serve_connection(TokioIo::new(io), svc);
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let mut stop = stop;
     tokio::select! {
@@ -182,7 +184,7 @@ pub fn run_from_env(static_root: Option<PathBuf>) -> Result<(), WorkerError> {
                     tracing::error!("worker {}: {e}", env.id);
                     return Err(e);
                 }
-                }
+            }
             // Reap finished tasks so the set does not grow with every connection.
             while tasks.try_join_next().is_some() {}
         }

@@ -1,7 +1,7 @@
 //! The worker side: receive connections from a handoff master and serve them.
 //!
 //! A worker is any process started by `handoff run -- CMD` (or forked by
-//! [`crate::Server`]). It finds its channel to the master in the environment
+//! the library's `Server`). It finds its channel to the master in the environment
 //! (`HANDOFF_FD`), announces itself with READY, then receives connections. This module
 //! speaks the whole protocol for you: it ACKs what it receives, sends HEARTBEAT while
 //! it runs, and sends DONE when a [`Conn`] is dropped or shut down, so load-aware
@@ -227,7 +227,9 @@ pub(crate) fn recv_event(fd: &OwnedFd, buf: &mut [u8]) -> Result<Event, WorkerEr
         return Ok(Event::Closed);
     }
     match wire::decode(&buf[..got.len])? {
-        wire::Frame::Conn(items) if items.len() == got.fds.len() => Ok(Event::Conns(items.into_iter().zip(got.fds).collect())),
+        wire::Frame::Conn(items) if items.len() == got.fds.len() => {
+            Ok(Event::Conns(items.into_iter().zip(got.fds).collect()))
+        }
         wire::Frame::Conn(items) => Err(WorkerError::Channel(io::Error::new(
             io::ErrorKind::InvalidData,
             format!("CONN frame with {} items came with {} descriptors", items.len(), got.fds.len()),

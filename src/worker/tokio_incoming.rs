@@ -9,8 +9,8 @@ use std::task::{ready, Context, Poll};
 
 use tokio::io::unix::AsyncFd;
 
-use super::{channel_from_env, recv_event, Conn, Event, Reporter, Stream, TokioStream, WorkerEnv, WorkerError};
 pub use super::incoming::End;
+use super::{channel_from_env, recv_event, Conn, Event, Reporter, Stream, TokioStream, WorkerEnv, WorkerError};
 
 /// Connections handed to this worker, for tokio.
 ///
@@ -56,7 +56,8 @@ impl AsyncIncoming {
         // the same for the AsyncFd's lifetime. It is an `Arc<OwnedFd>`: the AsyncFd
         // holds one strong reference, so the descriptor is closed only after the
         // AsyncFd is dropped, and an `OwnedFd` never changes the number it returns.
-        let fd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }.map_err(|e| e.into_parts().1)?;
+        let fd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)?;
         Ok(AsyncIncoming {
             fd,
             reporter,
