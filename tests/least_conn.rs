@@ -20,8 +20,16 @@ fn short_connections_go_to_the_one_idle_worker_while_three_are_busy() {
             let r = http_get(addr, "/").unwrap();
             assert_eq!(r.worker, Some(idle), "{policy}: short connection {i} went to a busy worker");
         }
-        // Once the held connections end, the load evens out again.
+        // Once the held connections end, the load evens out again. The workers report
+        // DONE for them when they see the client's close, asynchronously; a worker that
+        // had one is chosen again only after that DONE (least-conn), so once every
+        // worker has served again, all are idle and the spread is exact.
         drop(held);
+        let mut seen = [false; 4];
+        wait_until("every worker to serve again", || {
+            seen[http_get(addr, "/").unwrap().worker.unwrap()] = true;
+            seen.iter().all(|s| *s)
+        });
         let workers = (0..40).map(|_| http_get(addr, "/").unwrap().worker.unwrap());
         let t = tally(workers, 4);
         assert!(t.iter().all(|&n| n == 10), "{policy}: {t:?}");

@@ -31,6 +31,12 @@ enum Cmd {
         /// Serve files from this directory.
         #[arg(long = "static")]
         static_dir: Option<PathBuf>,
+        /// Test suite only: break the protocol this way.
+        #[arg(long, value_enum)]
+        misbehave: Option<handoff::worker::faults::Fault>,
+        /// Test suite only: only the worker in this slot misbehaves.
+        #[arg(long)]
+        misbehave_slot: Option<usize>,
     },
 }
 
@@ -144,9 +150,14 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Worker { static_dir } => {
+        Cmd::Worker { static_dir, misbehave, misbehave_slot } => {
             init_logging(0, true);
-            match handoff::worker::http::run_from_env(static_dir) {
+            let slot = handoff::worker::WorkerEnv::from_env().id;
+            let result = match misbehave {
+                Some(f) if misbehave_slot.is_none_or(|s| s == slot) => handoff::worker::faults::run(f),
+                _ => handoff::worker::http::run_from_env(static_dir),
+            };
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("handoff worker: error: {e}");

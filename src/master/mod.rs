@@ -196,6 +196,8 @@ pub struct Master {
     recv_buf: Vec<u8>,
     cand: Vec<Candidate>,
     next_tick: Instant,
+    /// The time at the top of this loop turn (one clock read per turn).
+    now: Instant,
     interrupts: u32,
 }
 
@@ -254,6 +256,7 @@ impl Master {
             recv_buf: vec![0; wire::MAX_FRAME_LEN + 1],
             cand: Vec::new(),
             next_tick: Instant::now(),
+            now: Instant::now(),
             interrupts: 0,
         })
     }
@@ -281,6 +284,12 @@ impl Master {
                 self.kill_all_now();
                 return Err(e);
             }
+        }
+        // One start time for the first batch: minimal workers (no READY) then become
+        // eligible at the same instant, so the first connections spread evenly.
+        let t0 = Instant::now();
+        for w in &mut self.workers {
+            w.started = t0;
         }
         let mut events = Events::with_capacity(1024);
         loop {
@@ -322,6 +331,7 @@ impl Master {
                 }
             }
             let now = Instant::now();
+            self.now = now;
             if now >= self.next_tick {
                 self.housekeeping(now);
                 self.next_tick = now + TICK;
@@ -550,7 +560,7 @@ impl Master {
         let unacked = w.take_unacked();
         let lost = w.inflight.len() as u64;
         w.inflight.clear();
-        if w.state != State::Killing {
+        if !matches!(w.state, State::Killing | State::Draining) {
             w.state = State::Lost;
         }
         w.kill_at = Some(Instant::now() + LOST_GRACE);
@@ -845,6 +855,7 @@ impl Master {
 
     fn eligible(&self, w: &Worker) -> bool {
         matches!(w.state, State::Running | State::Retiring)
+            && w.is_ready(self.now)
             && w.chan.is_some()
             && w.blocked_since.is_none()
             && !(w.reports_load() && self.cfg.max_conns_per_worker.is_some_and(|k| w.active() >= k))

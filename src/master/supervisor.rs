@@ -26,8 +26,10 @@ pub const HEALTHY_AFTER: Duration = Duration::from_secs(1);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Failed starts in a row, with no worker ever healthy, that stop the master.
 pub const CRASH_LOOP_STARTS: u32 = 3;
-/// A minimal worker (one that never sends READY) counts as ready this long after it
-/// started, for rolling restarts.
+/// A worker that has not sent READY this long after it started is taken for a minimal
+/// worker (one that never will) and starts getting connections. Until then it gets
+/// none: a full worker's first connections are then protected by its ACKs, and a
+/// worker that dies at start-up takes no connection with it.
 pub const MINIMAL_READY_AFTER: Duration = Duration::from_millis(300);
 
 /// Where a worker is in its life.

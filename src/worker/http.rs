@@ -47,28 +47,48 @@ impl HttpConfig {
     }
 }
 
+/// How long a drain waits for the first request of a connection that has none yet.
+pub const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(5);
+
 /// Serves one connection with HTTP/1.1 keep-alive until the client or `stop` ends it.
+///
+/// On `stop` (drain), a request in progress is finished and the connection closed;
+/// an idle keep-alive connection is closed at once; a connection that has not sent
+/// its first request yet is given [`FIRST_REQUEST_GRACE`] for it, because its client
+/// has just been handed to us and is surely sending one.
 pub async fn serve_connection<I>(io: I, cfg: Arc<HttpConfig>, stop: tokio::sync::watch::Receiver<bool>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let svc = hyper::service::service_fn(move |req| {
-        let cfg = cfg.clone();
-        async move { Ok::<_, Infallible>(handle(req, &cfg).await) }
-    });
+    let first = Arc::new(tokio::sync::Notify::new());
+    let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let svc = {
+        let (first, started) = (first.clone(), started.clone());
+        hyper::service::service_fn(move |req| {
+            let cfg = cfg.clone();
+            if !started.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                first.notify_one();
+            }
+            async move { Ok::<_, Infallible>(handle(req, &cfg).await) }
+        })
+    };
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
         .serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let mut stop = stop;
     tokio::select! {
-        _ = conn.as_mut() => {}
-        _ = stopped(&mut stop) => {
-            // Drain: finish the request in progress, close idle keep-alive connections.
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+        _ = conn.as_mut() => return,
+        _ = stopped(&mut stop) => {}
+    }
+    if !started.load(std::sync::atomic::Ordering::Relaxed) {
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = tokio::time::timeout(FIRST_REQUEST_GRACE, first.notified()) => {}
         }
     }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
 }
 
 async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {

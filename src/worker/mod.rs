@@ -25,6 +25,8 @@
 //! ```
 
 mod conn;
+#[doc(hidden)]
+pub mod faults;
 pub mod http;
 mod incoming;
 mod tokio_incoming;
@@ -107,6 +109,8 @@ pub fn channel_from_env() -> Result<OwnedFd, WorkerError> {
     let bad = |source| WorkerError::BadFd { value: value.clone(), source };
     let raw = value.trim().parse().map_err(|_| bad(io::Error::new(io::ErrorKind::InvalidInput, "not a number")))?;
     let fd = crate::sys::process::take_inherited_fd(raw).map_err(bad)?;
+    // Received descriptors count against our limit; running out truncates a CONN.
+    let _ = crate::sys::raise_nofile_limit();
     rustix::io::ioctl_fionbio(&fd, true).map_err(|e| bad(e.into()))?;
     Ok(fd)
 }

@@ -323,3 +323,81 @@ pub fn tally(workers: impl IntoIterator<Item = usize>, n: usize) -> Vec<usize> {
     }
     count
 }
+
+/// Steady load: `threads` clients making one-request connections in a loop until
+/// stopped, counting successes and failures.
+pub struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    handles: Vec<std::thread::JoinHandle<(u64, u64, Vec<String>)>>,
+}
+
+/// What a [`Load`] saw.
+#[derive(Debug)]
+pub struct LoadResult {
+    pub ok: u64,
+    pub failed: u64,
+    pub errors: Vec<String>,
+}
+
+impl Load {
+    pub fn start(addr: SocketAddr, threads: usize, path: &'static str) -> Load {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let handles = (0..threads)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let (mut ok, mut failed, mut errors) = (0, 0, Vec::new());
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        match http_get(addr, path) {
+                            Ok(r) if r.status == 200 => ok += 1,
+                            Ok(r) => {
+                                failed += 1;
+                                errors.push(format!("status {}", r.status));
+                            }
+                            Err(e) => {
+                                failed += 1;
+                                errors.push(e.to_string());
+                            }
+                        }
+                    }
+                    (ok, failed, errors)
+                })
+            })
+            .collect();
+        Load { stop, handles }
+    }
+
+    pub fn stop(self) -> LoadResult {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut r = LoadResult { ok: 0, failed: 0, errors: Vec::new() };
+        for h in self.handles {
+            let (ok, failed, errors) = h.join().unwrap();
+            r.ok += ok;
+            r.failed += failed;
+            r.errors.extend(errors);
+        }
+        r
+    }
+}
+
+/// utime + stime of a process, in clock ticks.
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    fields.get(11).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0)
+}
+
+/// Number of open descriptors of a process.
+pub fn fd_count(pid: u32) -> usize {
+    fd_links(pid).len()
+}
+
+/// Waits until `f` is true, or fails the test with `what`.
+pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -1,0 +1,55 @@
+//! Deliberate faults, for the test suite: a worker that breaks the protocol in one
+//! precise way, so tests can check that the master contains the damage.
+//!
+//! Reached only through the hidden `handoff worker --misbehave FAULT` command line,
+//! which the master never uses on its own; tests run it as an external worker command
+//! (`handoff run -- handoff worker --misbehave garbage --misbehave-slot 0`).
+
+use std::os::fd::AsFd;
+use std::time::Duration;
+
+use super::{channel_from_env, WorkerEnv, WorkerError, CAPS};
+use crate::sys::fdpass;
+use crate::wire;
+
+/// One way to misbehave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Fault {
+    /// Send READY, then hang: read nothing, send nothing (a deadlocked worker).
+    Stall,
+    /// Send READY, then a frame that does not decode.
+    Garbage,
+    /// Send READY, then a frame carrying a descriptor.
+    SendFd,
+    /// Send READY, then an ACK for a connection it was never sent.
+    UnknownAck,
+}
+
+/// Runs `fault` on the channel from the environment; never returns normally unless
+/// the master closes the channel.
+pub fn run(fault: Fault) -> Result<(), WorkerError> {
+    let env = WorkerEnv::from_env();
+    let chan = channel_from_env()?;
+    let mut buf = Vec::new();
+    wire::encode_ready(&mut buf, CAPS, std::process::id());
+    fdpass::send_with_fds(chan.as_fd(), &buf, &[])?;
+    match fault {
+        Fault::Stall => {}
+        Fault::Garbage => {
+            fdpass::send_with_fds(chan.as_fd(), &[0x7f, 1, 0, 0, 0xde, 0xad], &[])?;
+        }
+        Fault::SendFd => {
+            wire::encode_empty(&mut buf, wire::kind::HEARTBEAT);
+            fdpass::send_with_fds(chan.as_fd(), &buf, &[std::io::stderr().as_fd()])?;
+        }
+        Fault::UnknownAck => {
+            wire::encode_ids(&mut buf, wire::kind::ACK, &[u64::MAX - 1]);
+            fdpass::send_with_fds(chan.as_fd(), &buf, &[])?;
+        }
+    }
+    eprintln!("worker {}: misbehaving ({fault:?})", env.id);
+    // Hold on to the channel (unread) until killed.
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}

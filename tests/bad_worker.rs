@@ -1,0 +1,43 @@
+//! A worker that breaks the protocol is killed and replaced; the others never notice.
+
+mod util;
+use util::*;
+
+fn misbehaving(fault: &str, expect: &str) {
+    let h = Handoff::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "3",
+        "--",
+        handoff_bin(),
+        "worker",
+        "--misbehave",
+        fault,
+        "--misbehave-slot",
+        "0",
+    ]);
+    let load = Load::start(h.addr(), 2, "/");
+    let line = h.wait_line(expect);
+    assert!(line.contains("worker 0"), "{line}");
+    // Replaced (and, misbehaving again, killed again): the slot keeps being refilled.
+    h.wait_lines("worker 0 started", 2);
+    let r = load.stop();
+    assert_eq!(r.failed, 0, "{fault}: the other workers' clients noticed: {:?}", r.errors);
+    assert!(r.ok > 0);
+}
+
+#[test]
+fn garbage_frame() {
+    misbehaving("garbage", "sent a malformed frame: unknown frame type 0x7f; killing it");
+}
+
+#[test]
+fn descriptor_sent_to_the_master() {
+    misbehaving("send-fd", "sent a descriptor (workers must not send any); killing it");
+}
+
+#[test]
+fn ack_for_a_connection_never_sent() {
+    misbehaving("unknown-ack", "which it was never sent; killing it");
+}
