@@ -59,6 +59,10 @@ pub enum WorkerKind {
 pub struct Config {
     /// Listen addresses, in order (the listener index of each connection).
     pub listen: Vec<ListenAddr>,
+    /// Whether the addresses were given (rather than the default); with socket
+    /// activation and none given, the master uses whatever systemd passed.
+    #[serde(skip)]
+    pub listen_given: bool,
     /// Number of worker processes.
     pub workers: usize,
     /// Balancing policy.
@@ -171,6 +175,7 @@ impl ConfigFile {
         if workers > 4096 {
             return invalid(format!("{workers} workers is more than the 4096 handoff supports"));
         }
+        let listen_given = self.listen.is_some();
         let listen = self.listen.unwrap_or_else(|| vec![DEFAULT_LISTEN.parse().expect("the default parses")]);
         if listen.is_empty() {
             return invalid("no listen address: give at least one --listen ADDR".into());
@@ -216,6 +221,7 @@ impl ConfigFile {
         }
         Ok(Config {
             listen,
+            listen_given,
             workers,
             policy: self.policy.unwrap_or_default(),
             max_conns_per_worker: self.max_conns_per_worker,

@@ -3,6 +3,7 @@
 //! (crate docs: see README; expanded below once the master lands)
 
 pub mod config;
+pub mod control;
 pub mod listener;
 pub mod master;
 pub mod policy;

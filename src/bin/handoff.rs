@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 use handoff::config::ConfigFile;
 use handoff::listener::ListenAddr;
-use handoff::master::Master;
+use handoff::master::{ConfigSource, Master};
 use handoff::policy::Policy;
 
 #[derive(Parser)]
@@ -25,6 +25,23 @@ struct Cli {
 enum Cmd {
     /// Run a master and its workers (the built-in HTTP worker unless a command follows `--`).
     Run(Box<RunArgs>),
+    /// Show a running master's workers and counters (through its control socket).
+    Status {
+        /// The master's control socket [default: $XDG_RUNTIME_DIR/handoff.sock or /tmp/handoff-UID.sock]
+        #[arg(long, value_name = "PATH")]
+        control: Option<PathBuf>,
+        /// Print JSON for scripts
+        #[arg(long)]
+        json: bool,
+    },
+    /// Steer a running master: reload | scale N | drain ID | stop.
+    Ctl {
+        /// The master's control socket [default: as for `status`]
+        #[arg(long, value_name = "PATH")]
+        control: Option<PathBuf>,
+        #[command(subcommand)]
+        action: CtlAction,
+    },
     /// Internal: the built-in HTTP worker, started by the master.
     #[command(hide = true)]
     Worker {
@@ -38,6 +55,24 @@ enum Cmd {
         #[arg(long)]
         misbehave_slot: Option<usize>,
     },
+}
+
+#[derive(Subcommand)]
+enum CtlAction {
+    /// Re-read the config file and restart workers one by one (as SIGHUP).
+    Reload,
+    /// Run N workers.
+    Scale {
+        /// Number of workers.
+        n: usize,
+    },
+    /// Replace worker ID: start a fresh one, then drain the old one.
+    Drain {
+        /// Worker id (0..N-1).
+        id: usize,
+    },
+    /// Stop gracefully (as SIGTERM).
+    Stop,
 }
 
 #[derive(Args)]
@@ -72,6 +107,15 @@ struct RunArgs {
     /// Add a random 0..=J to --max-requests per worker, so they do not recycle together
     #[arg(long, value_name = "J")]
     max_requests_jitter: Option<u64>,
+    /// Control socket for `handoff status` / `handoff ctl` [default: $XDG_RUNTIME_DIR/handoff.sock or /tmp/handoff-UID.sock]
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
+    /// Health endpoint for load balancers: 200 while serving, 503 while draining or upgrading
+    #[arg(long, value_name = "ADDR")]
+    health: Option<std::net::SocketAddr>,
     /// Run workers as this user (the master keeps its privileges to bind)
     #[arg(long)]
     user: Option<String>,
@@ -104,6 +148,9 @@ impl RunArgs {
             max_requests_jitter: self.max_requests_jitter,
             user: self.user.clone(),
             group: self.group.clone(),
+            control: self.control.clone(),
+            metrics: self.metrics,
+            health: self.health,
             ..ConfigFile::default()
         }
     }
@@ -127,14 +174,49 @@ fn init_logging(verbose: u8, quiet: bool) {
 }
 
 fn run(args: RunArgs) -> Result<(), String> {
-    let cli = args.to_config_file();
-    let merged = match &args.config {
-        Some(path) => cli.or(ConfigFile::load(path).map_err(|e| e.to_string())?),
-        None => cli,
-    };
-    let cfg = merged.resolve().map_err(|e| e.to_string())?;
-    let master = Master::new(cfg).map_err(|e| e.to_string())?;
+    let source = ConfigSource { cli: args.to_config_file(), path: args.config.clone() };
+    let cfg = source.load().map_err(|e| e.to_string())?;
+    let master = Master::new(cfg).map_err(|e| e.to_string())?.with_source(source);
     master.run().map_err(|e| e.to_string())
+}
+
+fn status(control: Option<PathBuf>, json: bool) -> Result<(), String> {
+    let path = control.unwrap_or_else(handoff::control::default_path);
+    if json {
+        let raw = handoff::control::request(&path, "status").map_err(|e| e.to_string())?;
+        println!("{raw}");
+    } else {
+        let st = handoff::control::status(&path).map_err(|e| e.to_string())?;
+        print!("{}", handoff::control::format_table(&st));
+    }
+    Ok(())
+}
+
+fn ctl(control: Option<PathBuf>, action: CtlAction) -> Result<(), String> {
+    let path = control.unwrap_or_else(handoff::control::default_path);
+    let line = match action {
+        CtlAction::Reload => "reload".to_string(),
+        CtlAction::Scale { n } => format!("scale {n}"),
+        CtlAction::Drain { id } => format!("drain {id}"),
+        CtlAction::Stop => "stop".to_string(),
+    };
+    let reply = handoff::control::command(&path, &line).map_err(|e| e.to_string())?;
+    if reply.ok {
+        println!("{}", reply.message);
+        Ok(())
+    } else {
+        Err(reply.message)
+    }
+}
+
+fn exit_with(r: Result<(), String>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("handoff: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -142,14 +224,10 @@ fn main() -> ExitCode {
     match cli.cmd {
         Cmd::Run(args) => {
             init_logging(args.verbose, args.quiet);
-            match run(*args) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("handoff: error: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            exit_with(run(*args))
         }
+        Cmd::Status { control, json } => exit_with(status(control, json)),
+        Cmd::Ctl { control, action } => exit_with(ctl(control, action)),
         Cmd::Worker { static_dir, misbehave, misbehave_slot } => {
             init_logging(0, true);
             let slot = handoff::worker::WorkerEnv::from_env().id;

@@ -21,8 +21,11 @@
 //! - Input from workers is untrusted: a malformed frame, an unknown id or a descriptor
 //!   sent to the master gets that worker killed and replaced; the others never notice.
 
+pub mod admin;
+mod ops;
 pub mod privileges;
 pub mod supervisor;
+pub mod upgrade;
 
 use std::collections::VecDeque;
 use std::io;
@@ -35,12 +38,13 @@ use signal_hook::consts::signal::*;
 use signal_hook_mio::v1_0::Signals;
 use tracing::{debug, error, info, warn};
 
-use crate::config::{Config, WorkerKind};
+use crate::config::{Config, ConfigFile, WorkerKind};
 use crate::listener::{self, ListenAddr, Listener};
 use crate::policy::{Balancer, Candidate};
 use crate::sys::fdpass;
 use crate::sys::process::{self as sysproc, Exit};
 use crate::wire::{self, cap, ConnItem, Frame};
+use admin::{AdminConn, AdminKind};
 use supervisor::{Inflight, Slot, State, Worker};
 
 /// Connections accepted from one listener before the loop looks at other events.
@@ -57,7 +61,10 @@ const KILL_GRACE: Duration = Duration::from_secs(3);
 const LOST_GRACE: Duration = Duration::from_secs(1);
 
 const SIGNAL_TOKEN: Token = Token(0);
-const LISTENER_BASE: usize = 1;
+const UPGRADE_TOKEN: Token = Token(1);
+const LISTENER_BASE: usize = 2;
+const ADMIN_BASE: usize = 1 << 20;
+const ADMIN_CONN_BASE: usize = ADMIN_BASE + 64;
 const WORKER_BASE: usize = 1 << 24;
 
 fn chan_token(key: usize) -> Token {
@@ -135,6 +142,34 @@ struct ListenerSlot {
     readable: bool,
 }
 
+/// Where the settings came from, so that a reload can read them again.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSource {
+    /// Settings given on the command line (they win over the file).
+    pub cli: ConfigFile,
+    /// The config file, if any.
+    pub path: Option<std::path::PathBuf>,
+}
+
+impl ConfigSource {
+    /// Reads and validates the settings again.
+    pub fn load(&self) -> Result<Config, crate::config::ConfigError> {
+        let merged = match &self.path {
+            Some(p) => self.cli.clone().or(ConfigFile::load(p)?),
+            None => self.cli.clone(),
+        };
+        merged.resolve()
+    }
+}
+
+#[derive(Debug)]
+struct AdminServer {
+    kind: AdminKind,
+    fd: OwnedFd,
+    /// The socket file of a Unix server, removed at exit if it is still ours.
+    path: Option<std::path::PathBuf>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Running,
@@ -147,7 +182,7 @@ enum Phase {
 }
 
 /// Counters since start.
-#[derive(Debug, Default, Clone, serde::Serialize)]
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Totals {
     /// Connections accepted.
     pub accepted: u64,
@@ -199,26 +234,72 @@ pub struct Master {
     /// The time at the top of this loop turn (one clock read per turn).
     now: Instant,
     interrupts: u32,
+    started_at: Instant,
+    source: Option<ConfigSource>,
+    admin: Vec<AdminServer>,
+    admin_conns: Vec<Option<AdminConn>>,
+    /// Slots waiting for a rolling restart.
+    rolling: VecDeque<usize>,
+    /// A new master being started by SIGUSR2.
+    upgrade: Option<upgrade::Child>,
+    /// This master was started by an upgrade: tell the old one once ready.
+    upgrade_ready: Option<OwnedFd>,
+    /// When to send the next systemd watchdog ping.
+    watchdog: Option<(Duration, Instant)>,
+    ready_notified: bool,
+    /// The binary to start on upgrade: the path this one was started from.
+    exe: std::path::PathBuf,
 }
 
 impl Master {
     /// Binds every listener and prepares the loop; starts no worker yet.
     pub fn new(cfg: Config) -> Result<Master, MasterError> {
+        let (mut pool, origin, upgrade_ready) = upgrade::inherited()?;
         crate::sys::cloexec_inherited_fds()?;
         let mut listeners = Vec::new();
-        for addr in &cfg.listen {
-            let l = Listener::bind(addr).map_err(|source| MasterError::Bind {
-                addr: addr.clone(),
-                hint: bind_hint(&source),
-                source,
-            })?;
-            listeners.push(l);
+        if origin == upgrade::Origin::Systemd && !cfg.listen_given {
+            info!("socket activation: using the {} sockets systemd passed", pool.len());
+            listeners = std::mem::take(&mut pool);
+        } else {
+            for addr in &cfg.listen {
+                if let Some(pos) = pool.iter().position(|l| l.addr() == addr) {
+                    listeners.push(pool.remove(pos));
+                    continue;
+                }
+                let l = Listener::bind(addr).map_err(|source| MasterError::Bind {
+                    addr: addr.clone(),
+                    hint: bind_hint(&source),
+                    source,
+                })?;
+                listeners.push(l);
+            }
         }
-        Master::with_listeners(cfg, listeners)
+        for l in pool {
+            warn!("inherited listener {} is not in the configuration: closing it", l.local_addr());
+        }
+        let mut m = Master::with_listeners_inner(cfg, listeners, upgrade_ready)?;
+        m.open_admin_servers()?;
+        Ok(m)
+    }
+
+    /// Remembers where the settings came from, so SIGHUP can read them again.
+    pub fn with_source(mut self, source: ConfigSource) -> Master {
+        self.source = Some(source);
+        self
     }
 
     /// Uses listeners opened elsewhere (socket activation, upgrade, tests).
     pub fn with_listeners(cfg: Config, listeners: Vec<Listener>) -> Result<Master, MasterError> {
+        let mut m = Master::with_listeners_inner(cfg, listeners, None)?;
+        m.open_admin_servers()?;
+        Ok(m)
+    }
+
+    fn with_listeners_inner(
+        cfg: Config,
+        listeners: Vec<Listener>,
+        upgrade_ready: Option<OwnedFd>,
+    ) -> Result<Master, MasterError> {
         let _ = crate::sys::raise_nofile_limit();
         let poll = Poll::new()?;
         let mut signals = Signals::new([SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGCHLD, SIGTTIN, SIGTTOU, SIGUSR2])?;
@@ -234,7 +315,7 @@ impl Master {
             ls.push(ListenerSlot { listener: l, readable: true });
         }
         let slots = (0..cfg.workers).map(|_| Slot::default()).collect();
-        Ok(Master {
+        let m = Master {
             balancer: Balancer::new(cfg.policy),
             cfg,
             poll,
@@ -258,7 +339,18 @@ impl Master {
             next_tick: Instant::now(),
             now: Instant::now(),
             interrupts: 0,
-        })
+            started_at: Instant::now(),
+            source: None,
+            admin: Vec::new(),
+            admin_conns: Vec::new(),
+            rolling: VecDeque::new(),
+            upgrade: None,
+            upgrade_ready,
+            watchdog: upgrade::watchdog_interval().map(|d| (d, Instant::now())),
+            ready_notified: false,
+            exe: std::env::current_exe().unwrap_or_else(|_| "handoff".into()),
+        };
+        Ok(m)
     }
 
     /// The addresses actually bound (with real ports when port 0 was asked for).
@@ -324,7 +416,13 @@ impl Master {
                 let t = ev.token().0;
                 if t == SIGNAL_TOKEN.0 {
                     self.handle_signals();
-                } else if (LISTENER_BASE..WORKER_BASE).contains(&t) {
+                } else if t == UPGRADE_TOKEN.0 {
+                    self.upgrade_event();
+                } else if (ADMIN_CONN_BASE..WORKER_BASE).contains(&t) {
+                    self.admin_conn_event(t - ADMIN_CONN_BASE);
+                } else if (ADMIN_BASE..ADMIN_CONN_BASE).contains(&t) {
+                    self.admin_accept(t - ADMIN_BASE);
+                } else if (LISTENER_BASE..ADMIN_BASE).contains(&t) {
                     if let Some(l) = self.listeners.get_mut(t - LISTENER_BASE) {
                         l.readable = true;
                     }
@@ -339,15 +437,18 @@ impl Master {
             self.accept_pass(now);
             if let Some(e) = self.fatal.take() {
                 self.kill_all_now();
+                self.close_admin_servers();
                 return Err(e);
             }
             match self.phase {
                 Phase::Exiting => {
                     self.kill_all_now();
+                    self.close_admin_servers();
                     return Ok(());
                 }
                 Phase::Stopping { .. } if self.workers.is_empty() => {
                     info!("all workers exited; master exiting");
+                    self.close_admin_servers();
                     return Ok(());
                 }
                 _ => {}
@@ -379,6 +480,9 @@ impl Master {
     // ---- starting workers ----
 
     fn spawn_worker(&mut self, slot: usize) -> Result<usize, MasterError> {
+        if slot >= self.slots.len() {
+            return Err(MasterError::Spawn { slot, source: io::Error::other("no such slot (scaled down)") });
+        }
         let (mine, theirs) = fdpass::seqpacket_pair().map_err(|source| MasterError::Spawn { slot, source })?;
         // The worker's end must be blocking: a minimal worker just calls recvmsg.
         rustix::io::ioctl_fionbio(&theirs, false).map_err(|e| MasterError::Spawn { slot, source: e.into() })?;
@@ -532,7 +636,10 @@ impl Master {
         let Some(i) = self.worker_index(key) else { return };
         let w = &mut self.workers[i];
         if let Some(fd) = &w.stderr {
-            if !supervisor::drain_stderr(fd, &mut self.slots[w.slot]) {
+            let mut gone = Slot::default();
+            // A worker of a slot removed by scaling down still has its output forwarded.
+            let slot = self.slots.get_mut(w.slot).unwrap_or(&mut gone);
+            if !supervisor::drain_stderr(fd, slot) {
                 let _ = self.poll.registry().deregister(&mut SourceFd(&fd.as_raw_fd()));
                 w.stderr = None;
             }
@@ -584,14 +691,14 @@ impl Master {
         for sig in pending {
             match sig {
                 SIGCHLD => self.reap(),
-                SIGTERM => self.begin_stop("SIGTERM"),
+                SIGTERM => self.begin_stop("SIGTERM", true),
                 SIGINT => {
                     self.interrupts += 1;
                     if self.interrupts > 1 {
                         info!("second SIGINT: stopping now");
                         self.phase = Phase::Exiting;
                     } else {
-                        self.begin_stop("SIGINT");
+                        self.begin_stop("SIGINT", true);
                     }
                 }
                 SIGQUIT => {
@@ -600,7 +707,11 @@ impl Master {
                 }
                 SIGTTIN => self.scale(self.slots.len() + 1),
                 SIGTTOU => self.scale(self.slots.len().saturating_sub(1)),
-                SIGHUP | SIGUSR2 => warn!("signal {sig} is not handled by this version"),
+                SIGHUP => {
+                    info!("SIGHUP: reloading the configuration");
+                    let _ = self.reload();
+                }
+                SIGUSR2 => self.start_upgrade(),
                 _ => {}
             }
         }
@@ -620,6 +731,13 @@ impl Master {
     }
 
     fn worker_exited(&mut self, pid: u32, exit: Exit) {
+        if self.upgrade.as_ref().is_some_and(|u| u.pid == pid) {
+            if self.phase == Phase::Running {
+                error!("upgrade failed: the new master (pid {pid}) exited before it was ready ({exit}); carrying on");
+                self.end_upgrade();
+            }
+            return;
+        }
         let Some(i) = self.workers.iter().position(|w| w.pid == pid) else {
             debug!("reaped unknown child {pid}: {exit}");
             return;
@@ -629,7 +747,8 @@ impl Master {
         }
         let mut w = self.workers.remove(i);
         if let Some(fd) = w.stderr.take() {
-            supervisor::drain_stderr(&fd, &mut self.slots[w.slot]);
+            let mut gone = Slot::default();
+            supervisor::drain_stderr(&fd, self.slots.get_mut(w.slot).unwrap_or(&mut gone));
             let _ = self.poll.registry().deregister(&mut SourceFd(&fd.as_raw_fd()));
         }
         let now = Instant::now();
@@ -729,10 +848,13 @@ impl Master {
         debug!("worker {} (pid {}) draining", w.slot, w.pid);
     }
 
-    fn begin_stop(&mut self, why: &str) {
+    /// Stops accepting and drains every worker. `unlink`: remove Unix listener files
+    /// (not when a new master goes on using them).
+    fn begin_stop(&mut self, why: &str, unlink: bool) {
         if self.phase != Phase::Running {
             return;
         }
+        upgrade::notify("STOPPING=1");
         let deadline = Instant::now() + self.cfg.shutdown_timeout;
         info!(
             "{why}: stopping gracefully (draining {} workers, at most {:?})",
@@ -742,8 +864,11 @@ impl Master {
         self.phase = Phase::Stopping { deadline };
         for l in self.listeners.drain(..) {
             let _ = self.poll.registry().deregister(&mut SourceFd(&l.listener.as_fd().as_raw_fd()));
-            l.listener.unlink();
+            if unlink {
+                l.listener.unlink();
+            }
         }
+        self.rolling.clear();
         // Connections held for hand-on go to nobody now; closing them tells the client.
         self.held.clear();
         for i in 0..self.workers.len() {
@@ -835,6 +960,15 @@ impl Master {
                 }
             }
         }
+        self.admin_timeouts(now);
+        if let Some((every, last)) = self.watchdog {
+            if now.duration_since(last) >= every {
+                upgrade::notify("WATCHDOG=1");
+                self.watchdog = Some((every, now));
+            }
+        }
+        self.rolling_step();
+        self.maybe_announce_ready();
         if self.phase == Phase::Running {
             for slot in 0..self.slots.len() {
                 let due = self.slots[slot].respawn_at.is_some_and(|t| now >= t);
@@ -945,6 +1079,9 @@ impl Master {
                 Ok(_) => {
                     w.dispatched += 1;
                     self.totals.dispatched += 1;
+                    if let Some(s) = self.slots.get_mut(w.slot) {
+                        s.dispatched += 1;
+                    }
                     if w.ready && id >= w.tracked_from && w.caps & (cap::ACK | cap::DONE) != 0 {
                         let fd = (w.caps & cap::ACK != 0).then_some(fd);
                         w.inflight.insert(id, Inflight { fd, listener });
@@ -972,6 +1109,12 @@ impl Master {
         let (slot, pid, n) = (self.workers[i].slot, self.workers[i].pid, self.workers[i].dispatched);
         info!("worker {slot} (pid {pid}) took {n} connections: recycling it");
         self.totals.recycled += 1;
+        self.recycle_quiet(i);
+    }
+
+    /// Starts a successor for worker `i`'s slot; `i` drains once it is ready.
+    fn recycle_quiet(&mut self, i: usize) {
+        let slot = self.workers[i].slot;
         self.workers[i].state = State::Retiring;
         if let Err(e) = self.spawn_worker(slot) {
             error!("{e}; worker {slot} keeps running");

@@ -144,6 +144,8 @@ pub struct Slot {
     pub partial: Vec<u8>,
     /// The slot's last exit, for error messages.
     pub last_exit: Option<Exit>,
+    /// Connections handed to this slot's workers, ever.
+    pub dispatched: u64,
 }
 
 impl Slot {

@@ -162,3 +162,49 @@ fn exit_of(status: WaitStatus) -> Exit {
         Exit::Code(status.exit_status().unwrap_or(0))
     }
 }
+
+static ADOPTED: AtomicBool = AtomicBool::new(false);
+
+/// Takes ownership of descriptors handed down by whoever started this process (systemd
+/// socket activation, or the old master during an upgrade), marking them `CLOEXEC`.
+///
+/// Callable once per process: the numbers come from the environment, which names them
+/// for exactly one owner.
+pub fn adopt_fds(raws: &[RawFd]) -> io::Result<Vec<OwnedFd>> {
+    if ADOPTED.swap(true, Ordering::SeqCst) {
+        return Err(io::Error::new(io::ErrorKind::AlreadyExists, "inherited listeners were already taken"));
+    }
+    let mut out = Vec::with_capacity(raws.len());
+    for &raw in raws {
+        if raw < 3 {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("inherited descriptor {raw} is stdio")));
+        }
+        // SAFETY: borrowed for one fcntl, which fails with EBADF if `raw` is not open.
+        let flags = fcntl_getfd(unsafe { BorrowedFd::borrow_raw(raw) })?;
+        // SAFETY: `raw` is open (checked above) and was handed to this process through
+        // the environment for it alone; the static flag makes this the only adoption,
+        // so the OwnedFd is its single owner.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        fcntl_setfd(fd.as_fd(), flags | FdFlags::CLOEXEC)?;
+        out.push(fd);
+    }
+    Ok(out)
+}
+
+/// Spawns `cmd` (a new master) so that it inherits `keep` across exec.
+pub fn spawn_keeping(cmd: &mut Command, keep: &[BorrowedFd<'_>]) -> io::Result<Child> {
+    let raws: Vec<RawFd> = keep.iter().map(|f| f.as_raw_fd()).collect();
+    // SAFETY: runs in the forked child before exec; only fcntl, a raw syscall with no
+    // allocation. The descriptors are open in the parent for the duration of `spawn`
+    // (the caller's borrows), hence in the child. `raws` was allocated before fork and
+    // is only read.
+    unsafe {
+        cmd.pre_exec(move || {
+            for &raw in &raws {
+                fcntl_setfd(BorrowedFd::borrow_raw(raw), FdFlags::empty())?;
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}

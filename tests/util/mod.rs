@@ -401,3 +401,44 @@ pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// A fresh temporary directory for one test, removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("handoff-{tag}-{}-{}", std::process::id(), fastrand_u64()));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    pub fn join(&self, name: &str) -> std::path::PathBuf {
+        self.0.join(name)
+    }
+    pub fn path_str(&self, name: &str) -> String {
+        self.join(name).to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `handoff status --json --control PATH`, parsed.
+pub fn status_json(control: &str) -> serde_json::Value {
+    let out = Command::new(handoff_bin()).args(["status", "--json", "--control", control]).output().unwrap();
+    assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `handoff ctl --control PATH ARGS`; returns (success, stdout+stderr).
+pub fn ctl(control: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(handoff_bin()).args(["ctl", "--control", control]).args(args).output().unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// Running workers (state "running") in a status document.
+pub fn running_workers(st: &serde_json::Value) -> usize {
+    st["workers"].as_array().unwrap().iter().filter(|w| w["state"] == "running").count()
+}

@@ -1,0 +1,520 @@
+//! Operations on a running master: the control socket, metrics and health endpoints,
+//! reload with a rolling restart, and the zero-downtime upgrade.
+
+use std::fmt::Write as _;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::time::Instant;
+
+use mio::unix::SourceFd;
+use mio::{Interest, Token};
+use tracing::{error, info, warn};
+
+use super::admin::{self, AdminConn, AdminKind, Request};
+use super::supervisor::State;
+use super::upgrade;
+use super::{
+    AdminServer, ListenerSlot, Master, MasterError, Phase, ADMIN_BASE, ADMIN_CONN_BASE, LISTENER_BASE, UPGRADE_TOKEN,
+};
+use crate::control::{jain, Reply, Status, WorkerStatus};
+use crate::listener::{ListenAddr, Listener};
+
+impl Master {
+    /// Opens the control socket, metrics and health endpoints the config asks for.
+    pub(super) fn open_admin_servers(&mut self) -> Result<(), MasterError> {
+        let explicit = self.cfg.control.is_some();
+        let path = self.cfg.control.clone().unwrap_or_else(crate::control::default_path);
+        match bind_control(&path, self.upgrade_ready.is_some()) {
+            Ok(fd) => {
+                info!("control socket at {}", path.display());
+                self.add_admin(AdminKind::Control, fd, Some(path))?;
+            }
+            Err(e) if !explicit => warn!("no control socket: {}: {e} (give --control PATH)", path.display()),
+            Err(source) => {
+                return Err(MasterError::Bind { addr: ListenAddr::Unix(path), hint: super::bind_hint(&source), source })
+            }
+        }
+        for (kind, addr) in [(AdminKind::Metrics, self.cfg.metrics), (AdminKind::Health, self.cfg.health)] {
+            let Some(addr) = addr else { continue };
+            let la = ListenAddr::Tcp(addr);
+            let l = listen_reuseport(addr).map_err(|source| MasterError::Bind {
+                addr: la.clone(),
+                hint: super::bind_hint(&source),
+                source,
+            })?;
+            info!(
+                "{} endpoint on http://{}",
+                if kind == AdminKind::Metrics { "metrics" } else { "health" },
+                l.local_addr()
+            );
+            self.add_admin(kind, l.into(), None)?;
+        }
+        Ok(())
+    }
+
+    fn add_admin(&mut self, kind: AdminKind, fd: OwnedFd, path: Option<std::path::PathBuf>) -> io::Result<()> {
+        let i = self.admin.len();
+        self.poll.registry().register(&mut SourceFd(&fd.as_raw_fd()), Token(ADMIN_BASE + i), Interest::READABLE)?;
+        self.admin.push(AdminServer { kind, fd, path });
+        Ok(())
+    }
+
+    /// Removes the control socket file if it is still ours (a new master may have
+    /// taken the path over).
+    pub(super) fn close_admin_servers(&mut self) {
+        for s in self.admin.drain(..) {
+            if let Some(p) = &s.path {
+                let mine = rustix::fs::fstat(&s.fd).ok().map(|st| st.st_ino);
+                let there = std::fs::symlink_metadata(p).ok().map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+                if mine.is_some() && mine == there {
+                    let _ = std::fs::remove_file(p);
+                }
+            }
+        }
+    }
+
+    pub(super) fn admin_accept(&mut self, i: usize) {
+        let Some(server) = self.admin.get(i) else { return };
+        let kind = server.kind;
+        loop {
+            let fd = match rustix::net::accept_with(
+                &server.fd,
+                rustix::net::SocketFlags::CLOEXEC | rustix::net::SocketFlags::NONBLOCK,
+            ) {
+                Ok(fd) => fd,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(_) => return,
+            };
+            let slot = match self.admin_conns.iter().position(Option::is_none) {
+                Some(s) => s,
+                None => {
+                    self.admin_conns.push(None);
+                    self.admin_conns.len() - 1
+                }
+            };
+            let token = Token(ADMIN_CONN_BASE + slot);
+            if self
+                .poll
+                .registry()
+                .register(&mut SourceFd(&fd.as_raw_fd()), token, Interest::READABLE | Interest::WRITABLE)
+                .is_ok()
+            {
+                self.admin_conns[slot] = Some(AdminConn::new(kind, fd));
+            }
+        }
+    }
+
+    pub(super) fn admin_conn_event(&mut self, slot: usize) {
+        let Some(Some(conn)) = self.admin_conns.get_mut(slot) else { return };
+        let finished = if conn_has_response(conn) {
+            conn.flush()
+        } else {
+            match conn.read() {
+                Ok(Some(req)) => {
+                    let kind = conn.kind;
+                    let answer = self.answer(kind, req);
+                    let conn = self.admin_conns[slot].as_mut().expect("still there");
+                    conn.respond(answer);
+                    conn.flush()
+                }
+                Ok(None) => Ok(false),
+                Err(e) => Err(e),
+            }
+        };
+        if !matches!(finished, Ok(false)) {
+            self.close_admin_conn(slot);
+        }
+    }
+
+    pub(super) fn close_admin_conn(&mut self, slot: usize) {
+        if let Some(c) = self.admin_conns.get_mut(slot).and_then(Option::take) {
+            let _ = self.poll.registry().deregister(&mut SourceFd(&c.fd.as_raw_fd()));
+        }
+    }
+
+    /// Closes admin connections that stalled.
+    pub(super) fn admin_timeouts(&mut self, now: Instant) {
+        for slot in 0..self.admin_conns.len() {
+            if self.admin_conns[slot].as_ref().is_some_and(|c| now.duration_since(c.since) > admin::ADMIN_TIMEOUT) {
+                self.close_admin_conn(slot);
+            }
+        }
+    }
+
+    fn answer(&mut self, kind: AdminKind, req: Request) -> Vec<u8> {
+        match (kind, req) {
+            (AdminKind::Control, Request::Command(line)) => self.control_command(&line),
+            (AdminKind::Metrics, Request::Http { path }) if path == "/metrics" => {
+                admin::http_response(200, "text/plain; version=0.0.4", &self.metrics_text())
+            }
+            (AdminKind::Health, Request::Http { .. }) => {
+                let ready = self.phase == Phase::Running
+                    && self.upgrade.is_none()
+                    && self.workers.iter().any(|w| w.ready && w.state == State::Running);
+                if ready {
+                    admin::http_response(200, "text/plain", "ok\n")
+                } else {
+                    let why = match (self.phase, self.upgrade.is_some()) {
+                        (Phase::Running, true) => "upgrading\n",
+                        (Phase::Running, false) => "no worker ready\n",
+                        _ => "draining\n",
+                    };
+                    admin::http_response(503, "text/plain", why)
+                }
+            }
+            _ => admin::http_response(404, "text/plain", "not found\n"),
+        }
+    }
+
+    fn control_command(&mut self, line: &str) -> Vec<u8> {
+        let mut words = line.split_whitespace();
+        let reply = |ok: bool, message: String| serde_json::to_vec(&Reply { ok, message }).unwrap_or_default();
+        match (words.next(), words.next(), words.next()) {
+            (Some("status"), None, _) => serde_json::to_vec(&self.status()).unwrap_or_default(),
+            (Some("reload"), None, _) => match self.reload() {
+                Ok(m) => reply(true, m),
+                Err(m) => reply(false, m),
+            },
+            (Some("stop"), None, _) => {
+                self.begin_stop("stop command", true);
+                reply(true, "stopping gracefully".into())
+            }
+            (Some("scale"), Some(n), None) => match n.parse::<usize>() {
+                Ok(n) if (1..=4096).contains(&n) => {
+                    self.scale(n);
+                    reply(true, format!("scaling to {n} workers"))
+                }
+                _ => reply(false, format!("scale takes a number of workers from 1 to 4096, not {n:?}")),
+            },
+            (Some("drain"), Some(id), None) => {
+                let found = id
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|slot| self.workers.iter().position(|w| w.slot == slot && w.state == State::Running));
+                match found {
+                    Some(i) if self.phase == Phase::Running => {
+                        self.recycle(i);
+                        reply(true, format!("replacing worker {id}: a fresh one first, then draining the old one"))
+                    }
+                    _ => reply(false, format!("no running worker {id}")),
+                }
+            }
+            _ => reply(false, format!("unknown command {line:?}; try: status, reload, scale N, drain ID, stop")),
+        }
+    }
+
+    /// A snapshot for `handoff status`.
+    pub fn status(&self) -> Status {
+        let now = Instant::now();
+        let phase = match (self.phase, self.upgrade.is_some()) {
+            (Phase::Running, false) => "running",
+            (Phase::Running, true) => "upgrading",
+            _ => "stopping",
+        };
+        Status {
+            pid: std::process::id(),
+            phase: phase.into(),
+            uptime_s: now.duration_since(self.started_at).as_secs_f64(),
+            policy: self.balancer.policy().to_string(),
+            workers_wanted: self.slots.len(),
+            listeners: self.local_addrs().iter().map(|a| a.to_string()).collect(),
+            workers: self
+                .workers
+                .iter()
+                .map(|w| WorkerStatus {
+                    id: w.slot,
+                    pid: w.pid,
+                    state: serde_json::to_value(w.state)
+                        .ok()
+                        .and_then(|v| v.as_str().map(String::from))
+                        .unwrap_or_default(),
+                    ready: w.ready,
+                    uptime_s: now.duration_since(w.started).as_secs_f64(),
+                    restarts: self.slots.get(w.slot).map(|s| s.restarts).unwrap_or(0),
+                    dispatched: w.dispatched,
+                    active: w.active(),
+                    unacked: w.unacked(),
+                })
+                .collect(),
+            totals: self.totals.clone(),
+            fairness: self.fairness(),
+        }
+    }
+
+    fn fairness(&self) -> f64 {
+        let per_slot: Vec<f64> = self.slots.iter().map(|s| s.dispatched as f64).collect();
+        jain(&per_slot)
+    }
+
+    fn metrics_text(&self) -> String {
+        let mut o = String::new();
+        let t = &self.totals;
+        let mut counter = |name: &str, help: &str, v: f64| {
+            let _ = writeln!(o, "# HELP handoff_{name} {help}\n# TYPE handoff_{name} counter\nhandoff_{name} {v}");
+        };
+        counter("connections_accepted_total", "Connections accepted by the master.", t.accepted as f64);
+        counter("connections_dispatched_total", "Connections handed to workers.", t.dispatched as f64);
+        counter(
+            "connections_handed_on_total",
+            "Connections taken back from dead workers and handed on.",
+            t.redispatched as f64,
+        );
+        counter(
+            "connections_lost_total",
+            "Connections lost with a dead worker that had taken them.",
+            t.lost_with_worker as f64,
+        );
+        counter(
+            "accept_paused_seconds_total",
+            "Time accepting was paused after accept errors.",
+            t.paused.as_secs_f64(),
+        );
+        counter("workers_started_total", "Worker processes started.", t.spawned as f64);
+        counter("workers_recycled_total", "Workers replaced after --max-requests.", t.recycled as f64);
+        let _ = writeln!(
+            o,
+            "# HELP handoff_accept_errors_total Accept errors by kind.\n# TYPE handoff_accept_errors_total counter"
+        );
+        let _ = writeln!(o, "handoff_accept_errors_total{{kind=\"exhaustion\"}} {}", t.accept_exhausted);
+        let _ = writeln!(o, "handoff_accept_errors_total{{kind=\"transient\"}} {}", t.accept_transient);
+        let _ = writeln!(o, "# HELP handoff_worker_kills_total Workers killed by the master, by reason.\n# TYPE handoff_worker_kills_total counter");
+        let _ = writeln!(o, "handoff_worker_kills_total{{reason=\"protocol\"}} {}", t.protocol_kills);
+        let _ = writeln!(o, "handoff_worker_kills_total{{reason=\"hung\"}} {}", t.hung_kills);
+        let _ = writeln!(
+            o,
+            "# HELP handoff_workers Worker slots wanted.\n# TYPE handoff_workers gauge\nhandoff_workers {}",
+            self.slots.len()
+        );
+        let _ = writeln!(o, "# HELP handoff_fairness_index Jain's index of connections dispatched per worker slot (1 = even).\n# TYPE handoff_fairness_index gauge\nhandoff_fairness_index {}", self.fairness());
+        type Field = fn(&Master, usize) -> f64;
+        let per_slot: [(&str, &str, &str, Field); 4] = [
+            ("worker_dispatched_total", "counter", "Connections handed to the workers of this slot.", |m, s| {
+                m.slots[s].dispatched as f64
+            }),
+            ("worker_restarts_total", "counter", "Workers started in this slot after the first.", |m, s| {
+                m.slots[s].restarts as f64
+            }),
+            ("worker_active", "gauge", "Active connections of the slot's workers (from DONE).", |m, s| {
+                m.workers.iter().filter(|w| w.slot == s).map(|w| w.active() as f64).sum()
+            }),
+            ("worker_unacked", "gauge", "Connections sent to the slot's workers and not yet ACKed.", |m, s| {
+                m.workers.iter().filter(|w| w.slot == s).map(|w| w.unacked() as f64).sum()
+            }),
+        ];
+        for (name, ty, help, f) in per_slot {
+            let _ = writeln!(o, "# HELP handoff_{name} {help}\n# TYPE handoff_{name} {ty}");
+            for s in 0..self.slots.len() {
+                let _ = writeln!(o, "handoff_{name}{{worker=\"{s}\"}} {}", f(self, s));
+            }
+        }
+        o
+    }
+
+    /// Re-reads the config; on success applies it with a rolling restart.
+    pub(super) fn reload(&mut self) -> Result<String, String> {
+        if self.phase != Phase::Running {
+            return Err("stopping; not reloading".into());
+        }
+        let Some(src) = &self.source else {
+            return Err("this master has no config source to reload".into());
+        };
+        let new = match src.load() {
+            Ok(c) => c,
+            Err(e) => {
+                error!("reload refused, running setup unchanged: {e}");
+                return Err(format!("reload refused, running setup unchanged: {e}"));
+            }
+        };
+        upgrade::notify("RELOADING=1");
+        if new.listen != self.cfg.listen {
+            if let Err(e) = self.reconcile_listeners(&new.listen) {
+                error!("reload refused, running setup unchanged: {e}");
+                upgrade::notify("READY=1");
+                return Err(format!("reload refused, running setup unchanged: {e}"));
+            }
+        }
+        let old_slots = self.slots.len();
+        self.balancer.set_policy(new.policy);
+        let n = new.workers;
+        // The admin endpoints stay as they are: they cannot move under a client.
+        let (control, metrics, health) = (self.cfg.control.clone(), self.cfg.metrics, self.cfg.health);
+        self.cfg = super::Config { control, metrics, health, ..new };
+        self.scale(n);
+        self.rolling = (0..old_slots.min(n)).collect();
+        self.ready_notified = false;
+        let m = format!(
+            "reloaded: {n} workers, policy {}; replacing {} workers one by one",
+            self.cfg.policy,
+            self.rolling.len()
+        );
+        info!("{m}");
+        Ok(m)
+    }
+
+    /// Opens listeners that the new config adds and closes those it drops; keeps the
+    /// ones that stay (their sockets, and their queued clients, are untouched).
+    fn reconcile_listeners(&mut self, want: &[ListenAddr]) -> Result<(), String> {
+        let mut old: Vec<Option<ListenerSlot>> = self.listeners.drain(..).map(Some).collect();
+        let mut next = Vec::new();
+        let mut fresh = Vec::new();
+        for addr in want {
+            // Match on the configured address, or the bound one (port 0 resolved).
+            let pos = old.iter().position(|o| {
+                o.as_ref().is_some_and(|l| l.listener.addr() == addr || &l.listener.local_addr() == addr)
+            });
+            match pos {
+                Some(p) => next.push(old[p].take().expect("present")),
+                None => match Listener::bind(addr) {
+                    Ok(l) => {
+                        fresh.push(addr.clone());
+                        next.push(ListenerSlot { listener: l, readable: true })
+                    }
+                    Err(e) => {
+                        // Put everything back as it was.
+                        self.listeners = old.into_iter().flatten().collect();
+                        return Err(format!("cannot listen on {addr}: {e}"));
+                    }
+                },
+            }
+        }
+        for l in old.into_iter().flatten() {
+            let _ = self.poll.registry().deregister(&mut SourceFd(&l.listener.as_fd().as_raw_fd()));
+            info!("closing listener {}", l.listener.local_addr());
+            l.listener.unlink();
+        }
+        // Tokens follow positions: register everything again under its new index.
+        for (i, l) in next.iter_mut().enumerate() {
+            let fd = l.listener.as_fd().as_raw_fd();
+            let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+            self.poll
+                .registry()
+                .register(&mut SourceFd(&fd), Token(LISTENER_BASE + i), Interest::READABLE)
+                .map_err(|e| e.to_string())?;
+            l.readable = true;
+            if fresh.contains(l.listener.addr()) {
+                info!("listening on {}", l.listener.local_addr());
+            }
+        }
+        self.listeners = next;
+        Ok(())
+    }
+
+    /// Starts one step of a rolling restart, if one is due and none is under way.
+    pub(super) fn rolling_step(&mut self) {
+        if self.phase != Phase::Running || self.workers.iter().any(|w| w.state == State::Retiring) {
+            return;
+        }
+        while let Some(slot) = self.rolling.pop_front() {
+            if let Some(i) = self.workers.iter().position(|w| w.slot == slot && w.state == State::Running) {
+                self.recycle_quiet(i);
+                return;
+            }
+        }
+    }
+
+    /// SIGUSR2: start a new master on the same listeners.
+    pub(super) fn start_upgrade(&mut self) {
+        if self.phase != Phase::Running || self.upgrade.is_some() {
+            warn!("SIGUSR2 ignored: an upgrade is under way or the master is stopping");
+            return;
+        }
+        let fds: Vec<_> = self.listeners.iter().map(|l| l.listener.as_fd()).collect();
+        match upgrade::start_new_master(&self.exe, &fds) {
+            Ok(child) => {
+                info!(
+                    "SIGUSR2: started new master {} (pid {}); waiting for it to be ready",
+                    self.exe.display(),
+                    child.pid
+                );
+                let _ = self.poll.registry().register(
+                    &mut SourceFd(&child.ready.as_raw_fd()),
+                    UPGRADE_TOKEN,
+                    Interest::READABLE,
+                );
+                self.upgrade = Some(child);
+            }
+            Err(e) => error!("upgrade failed: cannot start {}: {e}; carrying on", self.exe.display()),
+        }
+    }
+
+    /// The new master's ready pipe is readable: a byte means ready, EOF means it failed.
+    pub(super) fn upgrade_event(&mut self) {
+        let Some(child) = &self.upgrade else { return };
+        let mut b = [0u8; 1];
+        match rustix::io::read(&child.ready, &mut b) {
+            Ok(1) => {
+                info!("new master (pid {}) is ready: this master stops accepting and drains", child.pid);
+                self.end_upgrade();
+                self.begin_stop("upgrade", false);
+            }
+            Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => {}
+            _ => {
+                error!("upgrade failed: the new master (pid {}) gave up before it was ready; carrying on", child.pid);
+                self.end_upgrade();
+            }
+        }
+    }
+
+    pub(super) fn end_upgrade(&mut self) {
+        if let Some(child) = self.upgrade.take() {
+            let _ = self.poll.registry().deregister(&mut SourceFd(&child.ready.as_raw_fd()));
+        }
+    }
+
+    /// Once every slot has a ready worker: tell systemd, and the old master if this
+    /// one was started by an upgrade.
+    pub(super) fn maybe_announce_ready(&mut self) {
+        if self.ready_notified || self.phase != Phase::Running || !self.rolling.is_empty() {
+            return;
+        }
+        let now = self.now;
+        let all = (0..self.slots.len())
+            .all(|s| self.workers.iter().any(|w| w.slot == s && w.state == State::Running && w.is_ready(now)));
+        if !all || self.workers.iter().any(|w| w.state == State::Retiring) {
+            return;
+        }
+        self.ready_notified = true;
+        if let Some(fd) = self.upgrade_ready.take() {
+            let _ = rustix::io::write(&fd, b"1");
+            info!("all workers ready; told the old master to stop");
+            upgrade::notify(&format!("MAINPID={}\nREADY=1", std::process::id()));
+        } else {
+            upgrade::notify("READY=1");
+        }
+    }
+}
+
+fn conn_has_response(c: &AdminConn) -> bool {
+    c.has_response()
+}
+
+fn bind_control(path: &std::path::Path, take_over: bool) -> io::Result<OwnedFd> {
+    if take_over {
+        // The old master still listens there; the path now belongs to the new one.
+        let _ = std::fs::remove_file(path);
+    }
+    if let Some(dir) = path.parent() {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir)?;
+        }
+    }
+    // Created 0600 from the start: the umask is process-wide, and the master has one
+    // thread.
+    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
+    let l = Listener::bind(&ListenAddr::Unix(path.to_path_buf()));
+    rustix::process::umask(old);
+    Ok(l?.into())
+}
+
+/// A TCP listener with `SO_REUSEPORT`, so that during an upgrade the new master can
+/// open its own metrics and health endpoints while the old one still has them.
+fn listen_reuseport(addr: std::net::SocketAddr) -> io::Result<Listener> {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType};
+    let family = if addr.is_ipv4() { AddressFamily::INET } else { AddressFamily::INET6 };
+    let fd = rustix::net::socket_with(family, SocketType::STREAM, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK, None)?;
+    rustix::net::sockopt::set_socket_reuseaddr(&fd, true)?;
+    rustix::net::sockopt::set_socket_reuseport(&fd, true)?;
+    rustix::net::bind(&fd, &addr)?;
+    rustix::net::listen(&fd, 128)?;
+    Listener::from_fd(fd)
+}
