@@ -166,8 +166,9 @@ impl ConfigSource {
 struct AdminServer {
     kind: AdminKind,
     fd: OwnedFd,
-    /// The socket file of a Unix server, removed at exit if it is still ours.
-    path: Option<std::path::PathBuf>,
+    /// The socket file of a Unix server and its inode, removed at exit if it is
+    /// still ours (a new master may have replaced it).
+    path: Option<(std::path::PathBuf, u64)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -262,7 +263,13 @@ impl Master {
             listeners = std::mem::take(&mut pool);
         } else {
             for addr in &cfg.listen {
-                if let Some(pos) = pool.iter().position(|l| l.addr() == addr) {
+                // Port 0 ("any port") matches an inherited socket on the same IP: after an
+                // upgrade, the new master must keep the port the old one got.
+                let matches = |l: &Listener| match (l.addr(), addr) {
+                    (ListenAddr::Tcp(a), ListenAddr::Tcp(b)) if b.port() == 0 => a.ip() == b.ip(),
+                    (a, b) => a == b,
+                };
+                if let Some(pos) = pool.iter().position(matches) {
                     listeners.push(pool.remove(pos));
                     continue;
                 }

@@ -55,6 +55,7 @@ impl Master {
     fn add_admin(&mut self, kind: AdminKind, fd: OwnedFd, path: Option<std::path::PathBuf>) -> io::Result<()> {
         let i = self.admin.len();
         self.poll.registry().register(&mut SourceFd(&fd.as_raw_fd()), Token(ADMIN_BASE + i), Interest::READABLE)?;
+        let path = path.and_then(|p| Some((p.clone(), inode(&p)?)));
         self.admin.push(AdminServer { kind, fd, path });
         Ok(())
     }
@@ -63,10 +64,8 @@ impl Master {
     /// taken the path over).
     pub(super) fn close_admin_servers(&mut self) {
         for s in self.admin.drain(..) {
-            if let Some(p) = &s.path {
-                let mine = rustix::fs::fstat(&s.fd).ok().map(|st| st.st_ino);
-                let there = std::fs::symlink_metadata(p).ok().map(|m| std::os::unix::fs::MetadataExt::ino(&m));
-                if mine.is_some() && mine == there {
+            if let Some((p, ino)) = &s.path {
+                if inode(p) == Some(*ino) {
                     let _ = std::fs::remove_file(p);
                 }
             }
@@ -482,6 +481,10 @@ impl Master {
             upgrade::notify("READY=1");
         }
     }
+}
+
+fn inode(p: &std::path::Path) -> Option<u64> {
+    std::fs::symlink_metadata(p).ok().map(|m| std::os::unix::fs::MetadataExt::ino(&m))
 }
 
 fn conn_has_response(c: &AdminConn) -> bool {

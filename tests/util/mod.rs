@@ -53,7 +53,19 @@ impl Handoff {
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         adjust(&mut cmd);
-        let mut child = cmd.spawn().expect("start handoff");
+        // A binary the test has just written may be "busy" for a moment: another test
+        // thread may have forked while it was open for writing.
+        let mut tries = 0;
+        let mut child = loop {
+            match cmd.spawn() {
+                Ok(c) => break c,
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("start handoff: {e}"),
+            }
+        };
         let stderr = child.stderr.take().unwrap();
         let lines: Arc<(Mutex<Vec<String>>, Condvar)> = Arc::default();
         let sink = lines.clone();
@@ -352,11 +364,15 @@ impl Load {
                             Ok(r) if r.status == 200 => ok += 1,
                             Ok(r) => {
                                 failed += 1;
-                                errors.push(format!("status {}", r.status));
+                                if errors.len() < 10 {
+                                    errors.push(format!("status {}", r.status));
+                                }
                             }
                             Err(e) => {
                                 failed += 1;
-                                errors.push(e.to_string());
+                                if errors.len() < 10 {
+                                    errors.push(e.to_string());
+                                }
                             }
                         }
                     }

@@ -1,0 +1,85 @@
+//! SIGUSR2: a new master (a copy of the binary) takes over the listening sockets;
+//! the old one drains and exits only once the new one is ready. No request fails.
+//! If the new binary cannot start, the old master carries on.
+
+mod util;
+use std::time::Duration;
+use util::*;
+
+fn copy_binary(dir: &TempDir) -> String {
+    let p = dir.path_str("handoff-copy");
+    std::fs::copy(handoff_bin(), &p).unwrap();
+    p
+}
+
+#[test]
+fn upgrade_to_a_copy_of_the_binary_under_load() {
+    let dir = TempDir::new("upgrade");
+    let bin = copy_binary(&dir);
+    let control = dir.path_str("ctl.sock");
+    let mut h = Handoff::spawn(&["--listen", "127.0.0.1:0", "--workers", "2", "--control", &control], |cmd| {
+        *cmd = {
+            let mut c = std::process::Command::new(&bin);
+            c.args(cmd.get_args()).envs(cmd.get_envs().filter_map(|(k, v)| Some((k, v?))));
+            c.stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped());
+            c
+        };
+    });
+    h.wait_ready(2);
+    let old_pid = h.pid();
+    assert_eq!(status_json(&control)["pid"].as_u64(), Some(old_pid as u64));
+    let load = Load::start(h.addr(), 3, "/?sleep_ms=3");
+    std::thread::sleep(Duration::from_millis(300));
+    h.signal(12); // SIGUSR2
+                  // The old master exits by itself once the new one is ready and its own workers
+                  // have drained.
+    assert_eq!(h.wait_exit(), Some(0));
+    let log = h.lines().join("\n");
+    assert!(log.contains("is ready: this master stops accepting and drains"), "{log}");
+    std::thread::sleep(Duration::from_millis(300));
+    let r = load.stop();
+    assert_eq!(r.failed, 0, "clients saw the upgrade: {:?}", r.errors);
+    assert!(r.ok > 0);
+    // The new master answers on the same control socket, with its own workers.
+    let st = status_json(&control);
+    let new_pid = st["pid"].as_u64().unwrap();
+    assert_ne!(new_pid, old_pid as u64);
+    assert_eq!(running_workers(&st), 2);
+    assert_eq!(http_get(h.addr(), "/").unwrap().status, 200);
+    // Stop the new master (it is not our child: find it by pid, stop it by pid).
+    signal(new_pid as u32, 15);
+    wait_no_processes(&h.marker, Duration::from_secs(10)).expect("the new master and its workers stopped");
+}
+
+#[test]
+fn a_new_binary_that_fails_leaves_the_old_master_serving() {
+    let dir = TempDir::new("upgrade-fail");
+    let bin = copy_binary(&dir);
+    let control = dir.path_str("ctl.sock");
+    let h = Handoff::spawn(&["--listen", "127.0.0.1:0", "--workers", "2", "--control", &control], |cmd| {
+        *cmd = {
+            let mut c = std::process::Command::new(&bin);
+            c.args(cmd.get_args()).envs(cmd.get_envs().filter_map(|(k, v)| Some((k, v?))));
+            c.stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped());
+            c
+        };
+    });
+    h.wait_ready(2);
+    // Replace the binary on disk with one that fails at once.
+    std::fs::remove_file(&bin).unwrap();
+    std::fs::write(&bin, "#!/bin/sh\necho 'broken build' >&2\nexit 7\n").unwrap();
+    std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let load = Load::start(h.addr(), 2, "/");
+    h.signal(12);
+    h.wait_line("upgrade failed");
+    let r = load.stop();
+    assert_eq!(r.failed, 0, "{:?}", r.errors);
+    let st = status_json(&control);
+    assert_eq!(st["pid"].as_u64(), Some(h.pid() as u64));
+    assert_eq!(st["phase"], "running");
+    assert_eq!(http_get(h.addr(), "/").unwrap().status, 200);
+}
