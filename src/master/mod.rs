@@ -231,6 +231,8 @@ pub struct Master {
     frame: Vec<u8>,
     recv_buf: Vec<u8>,
     cand: Vec<Candidate>,
+    /// Reused buffer of the connections accepted in one pass.
+    batch: Vec<Held>,
     next_tick: Instant,
     /// The time at the top of this loop turn (one clock read per turn).
     now: Instant,
@@ -343,6 +345,7 @@ impl Master {
             frame: Vec::with_capacity(wire::MAX_FRAME_LEN),
             recv_buf: vec![0; wire::MAX_FRAME_LEN + 1],
             cand: Vec::new(),
+            batch: Vec::with_capacity(ACCEPT_BATCH),
             next_tick: Instant::now(),
             now: Instant::now(),
             interrupts: 0,
@@ -1014,28 +1017,25 @@ impl Master {
         if self.phase != Phase::Running || self.paused_until.is_some() {
             return;
         }
-        while let Some(h) = self.held.pop_front() {
-            let id = self.next_id();
-            if let Err(fd) = self.dispatch(h.fd, h.listener, id) {
-                self.held.push_front(Held { fd, listener: h.listener });
+        // Connections taken back from dead workers go first.
+        if !self.held.is_empty() {
+            let held: Vec<Held> = self.held.drain(..).collect();
+            self.dispatch_batch(held);
+            if !self.held.is_empty() {
                 return;
             }
         }
+        let mut batch = std::mem::take(&mut self.batch);
+        let mut room = self.capacity();
         for li in 0..self.listeners.len() {
             let mut n = 0;
-            while self.listeners[li].readable && n < ACCEPT_BATCH {
-                if !self.workers.iter().any(|w| self.eligible(w)) {
-                    return;
-                }
+            while self.listeners[li].readable && n < ACCEPT_BATCH && room > 0 {
                 match self.listeners[li].listener.accept() {
                     Ok(fd) => {
                         n += 1;
+                        room -= 1;
                         self.totals.accepted += 1;
-                        let id = self.next_id();
-                        if let Err(fd) = self.dispatch(fd, li as u16, id) {
-                            self.held.push_back(Held { fd, listener: li as u16 });
-                            return;
-                        }
+                        batch.push(Held { fd, listener: li as u16 });
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.listeners[li].readable = false,
                     Err(e) if listener::accept_error_is_transient(&e) => {
@@ -1047,11 +1047,34 @@ impl Master {
                             self.totals.accept_exhausted += 1;
                         }
                         self.pause_accepting(now, &e);
-                        return;
+                        break;
                     }
                 }
             }
         }
+        if !batch.is_empty() {
+            self.dispatch_batch(std::mem::take(&mut batch));
+        }
+        self.batch = batch;
+    }
+
+    /// How many connections the workers can take right now: the master accepts no
+    /// more than that, so clients beyond it wait in the kernel backlog, not here.
+    fn capacity(&self) -> usize {
+        let mut room = 0usize;
+        for w in &self.workers {
+            if !self.eligible(w) {
+                continue;
+            }
+            room += match self.cfg.max_conns_per_worker {
+                Some(k) if w.reports_load() => k.saturating_sub(w.active()) as usize,
+                _ => ACCEPT_BATCH,
+            };
+            if room >= ACCEPT_BATCH * self.listeners.len().max(1) {
+                break;
+            }
+        }
+        room
     }
 
     fn pause_accepting(&mut self, now: Instant, e: &io::Error) {
@@ -1074,37 +1097,82 @@ impl Master {
         id
     }
 
-    /// Hands `fd` to a worker chosen by policy; gives it back if no worker can take it.
-    fn dispatch(&mut self, fd: OwnedFd, listener: u16, id: u64) -> Result<(), OwnedFd> {
-        loop {
-            self.fill_candidates();
-            let Some(i) = self.balancer.pick(&self.cand) else { return Err(fd) };
-            wire::encode_conn(&mut self.frame, &[ConnItem { id, listener }]);
+    /// Hands each connection to a worker chosen by policy, one CONN frame per worker
+    /// (several connections per frame for workers that announced BATCH). What cannot
+    /// be placed now is held and placed in the next turn.
+    fn dispatch_batch(&mut self, conns: Vec<Held>) {
+        self.fill_candidates();
+        let mut plan: Vec<Vec<(ConnItem, OwnedFd)>> = (0..self.workers.len()).map(|_| Vec::new()).collect();
+        for h in conns {
+            let Some(i) = self.balancer.pick(&self.cand) else {
+                self.held.push_back(h);
+                continue;
+            };
+            // Later picks in this batch see the load this one adds.
+            if self.workers[i].reports_load() {
+                let c = &mut self.cand[i];
+                c.active += 1;
+                if self.cfg.max_conns_per_worker.is_some_and(|k| c.active >= k) {
+                    c.eligible = false;
+                }
+            }
+            let id = self.next_id();
+            plan[i].push((ConnItem { id, listener: h.listener }, h.fd));
+        }
+        for (i, conns) in plan.into_iter().enumerate() {
+            if !conns.is_empty() {
+                self.send_conns(i, conns);
+            }
+        }
+    }
+
+    /// Sends connections to worker `i`; those it cannot take go back to `held`.
+    fn send_conns(&mut self, i: usize, mut conns: Vec<(ConnItem, OwnedFd)>) {
+        let per_frame = if self.workers[i].caps & cap::BATCH != 0 { wire::MAX_CONNS } else { 1 };
+        let mut items = Vec::with_capacity(per_frame.min(conns.len()));
+        while !conns.is_empty() {
+            let n = per_frame.min(conns.len());
+            items.clear();
+            items.extend(conns[..n].iter().map(|(it, _)| *it));
+            wire::encode_conn(&mut self.frame, &items);
             let w = &mut self.workers[i];
-            let Some(chan) = w.chan.as_ref() else { continue };
-            match fdpass::send_with_fds(chan.as_fd(), &self.frame, &[fd.as_fd()]) {
+            let sent = match w.chan.as_ref() {
+                Some(chan) => {
+                    let fds: Vec<_> = conns[..n].iter().map(|(_, fd)| fd.as_fd()).collect();
+                    fdpass::send_with_fds(chan.as_fd(), &self.frame, &fds)
+                }
+                None => Err(io::ErrorKind::BrokenPipe.into()),
+            };
+            match sent {
                 Ok(_) => {
-                    w.dispatched += 1;
-                    self.totals.dispatched += 1;
+                    let track = w.ready && w.caps & (cap::ACK | cap::DONE) != 0;
+                    let keep = w.caps & cap::ACK != 0;
+                    for (item, fd) in conns.drain(..n) {
+                        w.dispatched += 1;
+                        if track && item.id >= w.tracked_from {
+                            w.inflight.insert(item.id, Inflight { fd: keep.then_some(fd), listener: item.listener });
+                        }
+                        // Otherwise `fd` drops here: the worker has its own copy.
+                    }
+                    self.totals.dispatched += n as u64;
                     if let Some(s) = self.slots.get_mut(w.slot) {
-                        s.dispatched += 1;
+                        s.dispatched += n as u64;
                     }
-                    if w.ready && id >= w.tracked_from && w.caps & (cap::ACK | cap::DONE) != 0 {
-                        let fd = (w.caps & cap::ACK != 0).then_some(fd);
-                        w.inflight.insert(id, Inflight { fd, listener });
-                    }
-                    // Otherwise `fd` drops here: the worker has its own copy.
                     if w.max_requests.is_some_and(|m| w.dispatched >= m) && w.state == State::Running {
                         self.recycle(i);
                     }
-                    return Ok(());
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    w.blocked_since = Some(Instant::now());
                 }
                 Err(e) => {
-                    debug!("send to worker {}: {e}", w.slot);
-                    self.channel_closed(i);
+                    if e.kind() == io::ErrorKind::WouldBlock {
+                        w.blocked_since = Some(Instant::now());
+                    } else {
+                        debug!("send to worker {}: {e}", w.slot);
+                        self.channel_closed(i);
+                    }
+                    // Nothing of a failed send was transferred: hand these on later.
+                    for (item, fd) in conns.drain(..) {
+                        self.held.push_back(Held { fd, listener: item.listener });
+                    }
                 }
             }
         }
