@@ -6,6 +6,7 @@ pub mod config;
 pub mod listener;
 pub mod master;
 pub mod policy;
+pub mod proxy;
 pub mod sys;
 pub mod wire;
 pub mod worker;
