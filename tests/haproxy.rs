@@ -5,7 +5,8 @@
 //! with the client address it names. Requests through haproxy must all succeed, reach
 //! both servers, and name 127.0.0.1 (the test client) as the client; haproxy's health
 //! checks arrive as v2 LOCAL connections and are answered too. A stopped server is seen
-//! DOWN, and traffic goes on to the other.
+//! DOWN, and traffic goes on to the other. The same with v1 (`send-proxy`) headers, and
+//! a server drained on haproxy's admin socket.
 
 mod support_haproxy;
 
@@ -161,6 +162,36 @@ fn haproxy_send_proxy_v2_reaches_both_servers_with_the_client_address() {
 }
 
 #[test]
+fn haproxy_send_proxy_v1_and_admin_drain() {
+    let a = TestServer::start("a");
+    let b = TestServer::start("b");
+    let hap = Haproxy::start(Mode::Tcp, &[Backend::new(a.addr).v1(), Backend::new(b.addr).v1()]);
+    hap.wait_status(0, "UP");
+    hap.wait_status(1, "UP");
+    for i in 0..4 {
+        let r = http_get(hap.frontend, "/").unwrap_or_else(|e| panic!("request {i}: {e}\n{}", hap.log()));
+        assert_eq!(r.status, 200, "request {i}: {r:?}");
+        let client: SocketAddr = r.body.trim().split_once(' ').unwrap().1.parse().unwrap();
+        assert_eq!(client.ip(), IpAddr::V4(Ipv4Addr::LOCALHOST));
+    }
+    // Drained by hand on the admin socket: new connections go to the other server only.
+    hap.set_state(1, "drain");
+    for _ in 0..4 {
+        assert!(http_get(hap.frontend, "/").unwrap().body.starts_with("a "));
+    }
+    hap.set_state(1, "ready");
+    let served: Vec<String> = (0..4).map(|_| http_get(hap.frontend, "/").unwrap().body).collect();
+    assert!(served.iter().any(|b| b.starts_with("b ")), "{served:?}");
+    for s in [&a, &b] {
+        assert_eq!(s.seen.bad.load(Ordering::Relaxed), 0);
+        // v1 health checks carry a real TCP4 line (no UNKNOWN), so every connection
+        // named a client.
+        assert_eq!(s.seen.local.load(Ordering::Relaxed), 0);
+        assert!(s.seen.clients.lock().unwrap().iter().all(|c| c.ip() == IpAddr::V4(Ipv4Addr::LOCALHOST)));
+    }
+}
+
+#[test]
 fn config_has_send_proxy_v2_and_fast_checks() {
     let cfg = support_haproxy::config(
         Mode::Tcp,
@@ -172,4 +203,11 @@ fn config_has_send_proxy_v2_and_fast_checks() {
     assert!(cfg.contains("option httpchk GET /"), "{cfg}");
     assert!(cfg.contains("inter 200ms fall 1 rise 1"), "{cfg}");
     assert!(cfg.contains("server s0 127.0.0.1:8001 send-proxy-v2 check addr 127.0.0.1 port 9101"), "{cfg}");
+    let v1 = support_haproxy::config(
+        Mode::Http,
+        "127.0.0.1:8000".parse().unwrap(),
+        &[Backend::new("127.0.0.1:8001".parse().unwrap()).v1()],
+        std::path::Path::new("/tmp/x.sock"),
+    );
+    assert!(v1.contains("server s0 127.0.0.1:8001 send-proxy check\n"), "{v1}");
 }

@@ -43,17 +43,25 @@ pub struct Backend {
     /// another port carries no PROXY header (haproxy's rule for `check port`), which
     /// fits handoff's plain `--health` endpoint.
     pub check: Option<SocketAddr>,
+    /// The server keyword for the header: `send-proxy-v2` (binary, the default) or
+    /// `send-proxy` (v1, text).
+    pub send_proxy: &'static str,
 }
 
 impl Backend {
     /// A server checked on its own address (the checks then carry a PROXY header).
     pub fn new(addr: SocketAddr) -> Backend {
-        Backend { addr, check: None }
+        Backend { addr, check: None, send_proxy: "send-proxy-v2" }
     }
 
     /// A server checked on a separate health address.
     pub fn with_health(addr: SocketAddr, health: SocketAddr) -> Backend {
-        Backend { addr, check: Some(health) }
+        Backend { addr, check: Some(health), send_proxy: "send-proxy-v2" }
+    }
+
+    /// The same server, sent PROXY v1 text headers instead.
+    pub fn v1(self) -> Backend {
+        Backend { send_proxy: "send-proxy", ..self }
     }
 }
 
@@ -130,7 +138,7 @@ backend be
         admin = admin_socket.display(),
     );
     for (i, b) in backends.iter().enumerate() {
-        cfg.push_str(&format!("    server s{i} {} send-proxy-v2 check", b.addr));
+        cfg.push_str(&format!("    server s{i} {} {} check", b.addr, b.send_proxy));
         if let Some(c) = b.check {
             cfg.push_str(&format!(" addr {} port {}", c.ip(), c.port()));
         }
@@ -223,6 +231,13 @@ impl Haproxy {
                 // "UP 1/2" while rising: keep the word.
                 f[col].split(' ').next().unwrap_or_default().to_string()
             })
+    }
+
+    /// Sets server `s{index}`'s administrative state: `"drain"` (no new connections,
+    /// existing ones go on), `"maint"` or `"ready"`.
+    pub fn set_state(&self, index: usize, state: &str) {
+        let out = self.admin(&format!("set server be/s{index} state {state}")).expect("admin socket");
+        assert!(out.trim().is_empty(), "set server be/s{index} state {state}: {out}");
     }
 
     /// Waits until server `s{index}` has `status`; panics after [`WAIT`].
