@@ -7,6 +7,7 @@ pub mod control;
 pub mod listener;
 pub mod master;
 pub mod policy;
+pub mod proxy;
 pub mod sys;
 pub mod wire;
 pub mod worker;
