@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::listener::ListenAddr;
+use crate::listener::ListenSpec;
 use crate::policy::Policy;
 
 /// Default listen address of `handoff run` with no `--listen`.
@@ -58,7 +58,7 @@ pub enum WorkerKind {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Config {
     /// Listen addresses, in order (the listener index of each connection).
-    pub listen: Vec<ListenAddr>,
+    pub listen: Vec<ListenSpec>,
     /// Whether the addresses were given (rather than the default); with socket
     /// activation and none given, the master uses whatever systemd passed.
     #[serde(skip)]
@@ -75,6 +75,8 @@ pub struct Config {
     pub worker_timeout: Duration,
     /// How long a graceful stop waits for workers before killing them.
     pub shutdown_timeout: Duration,
+    /// How long a graceful stop keeps accepting (health 503) before draining.
+    pub drain_delay: Duration,
     /// Recycle a worker after this many connections.
     pub max_requests: Option<u64>,
     /// Add up to this many (random) to `max_requests`, per worker.
@@ -98,7 +100,7 @@ pub struct Config {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ConfigFile {
     /// `listen = ["127.0.0.1:8080", "unix:/run/app.sock"]`
-    pub listen: Option<Vec<ListenAddr>>,
+    pub listen: Option<Vec<ListenSpec>>,
     /// `workers = 4`
     pub workers: Option<usize>,
     /// `policy = "least-conn"`
@@ -114,6 +116,8 @@ pub struct ConfigFile {
     pub worker_timeout: Option<f64>,
     /// `shutdown-timeout = 30` (seconds)
     pub shutdown_timeout: Option<f64>,
+    /// `drain-delay = 2` (seconds)
+    pub drain_delay: Option<f64>,
     /// `max-requests = 10000`
     pub max_requests: Option<u64>,
     /// `max-requests-jitter = 500`
@@ -154,6 +158,7 @@ impl ConfigFile {
             static_dir,
             worker_timeout,
             shutdown_timeout,
+            drain_delay,
             max_requests,
             max_requests_jitter,
             heartbeat_ms,
@@ -228,6 +233,10 @@ impl ConfigFile {
             worker,
             worker_timeout: secs("worker-timeout", self.worker_timeout, 30.0)?,
             shutdown_timeout: secs("shutdown-timeout", self.shutdown_timeout, 30.0)?,
+            drain_delay: match self.drain_delay {
+                None | Some(0.0) => Duration::ZERO,
+                d => secs("drain-delay", d, 0.0)?,
+            },
             max_requests: self.max_requests,
             max_requests_jitter: self.max_requests_jitter.unwrap_or(0),
             heartbeat: Duration::from_millis(heartbeat_ms),

@@ -63,6 +63,55 @@ impl<'de> serde::Deserialize<'de> for ListenAddr {
     }
 }
 
+/// A `--listen` value: an address and its options, as in `0.0.0.0:8080,proxy`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ListenSpec {
+    /// Where to listen.
+    pub addr: ListenAddr,
+    /// Connections start with a PROXY protocol (v1 or v2) header, read and checked by
+    /// the master before the connection is handed on.
+    pub proxy: bool,
+}
+
+impl FromStr for ListenSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<ListenSpec, String> {
+        let mut parts = s.split(',');
+        let addr = parts.next().unwrap_or_default().parse()?;
+        let mut spec = ListenSpec { addr, proxy: false };
+        for opt in parts {
+            match opt {
+                "proxy" => spec.proxy = true,
+                _ => {
+                    return Err(format!(
+                        "{s:?}: unknown listen option {opt:?}; the only option is \"proxy\" (as in 0.0.0.0:8080,proxy)"
+                    ))
+                }
+            }
+        }
+        Ok(spec)
+    }
+}
+
+impl fmt::Display for ListenSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{}", self.addr, if self.proxy { ",proxy" } else { "" })
+    }
+}
+
+impl serde::Serialize for ListenSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ListenSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<ListenSpec, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// A bound, listening socket.
 #[derive(Debug)]
 pub struct Listener {
@@ -216,6 +265,9 @@ mod tests {
         assert_eq!("unix:/tmp/x.sock".parse(), Ok(ListenAddr::Unix("/tmp/x.sock".into())));
         assert!("localhost".parse::<ListenAddr>().unwrap_err().contains("HOST:PORT"));
         assert!("unix:".parse::<ListenAddr>().is_err());
+        let spec: ListenSpec = "0.0.0.0:80,proxy".parse().unwrap();
+        assert!(spec.proxy && spec.to_string() == "0.0.0.0:80,proxy");
+        assert!("0.0.0.0:80,tls".parse::<ListenSpec>().unwrap_err().contains("unknown listen option"));
     }
 
     #[test]

@@ -30,6 +30,10 @@ pub const MAX_IDS: usize = (MAX_FRAME_LEN - HEADER_LEN) / 8;
 pub const MAX_CONNS: usize = crate::sys::fdpass::MAX_FDS_PER_MSG;
 /// Size of one CONN item.
 pub const CONN_ITEM_LEN: usize = 16;
+/// Size of one CONN_ADDR item: a CONN item and the 40-byte address block.
+pub const CONN_ADDR_ITEM_LEN: usize = CONN_ITEM_LEN + crate::proxy::ADDRS_LEN;
+/// Most connections one CONN_ADDR frame may carry (it must fit [`MAX_FRAME_LEN`]).
+pub const MAX_CONN_ADDRS: usize = (MAX_FRAME_LEN - HEADER_LEN) / CONN_ADDR_ITEM_LEN;
 
 /// Frame types. Worker-to-master types have the high bit clear, master-to-worker set.
 pub mod kind {
@@ -45,6 +49,9 @@ pub mod kind {
     pub const CONN: u8 = 0x81;
     /// master → worker: finish what you have, take no more, exit.
     pub const DRAIN: u8 = 0x82;
+    /// master → worker: connections with the client's original addresses (from a
+    /// PROXY protocol header), only to workers that announced `cap::ADDRS`.
+    pub const CONN_ADDR: u8 = 0x83;
 }
 
 /// Capability bits a worker announces in READY.
@@ -59,8 +66,10 @@ pub mod cap {
     pub const HEARTBEAT: u32 = 1 << 2;
     /// The worker accepts CONN frames carrying more than one descriptor.
     pub const BATCH: u32 = 1 << 3;
+    /// The worker understands CONN_ADDR frames (client addresses from PROXY headers).
+    pub const ADDRS: u32 = 1 << 4;
     /// Every capability this crate knows.
-    pub const ALL: u32 = ACK | DONE | HEARTBEAT | BATCH;
+    pub const ALL: u32 = ACK | DONE | HEARTBEAT | BATCH | ADDRS;
 }
 
 /// One connection handed to a worker.
@@ -70,6 +79,8 @@ pub struct ConnItem {
     pub id: u64,
     /// Index of the listener (in `--listen` order) that accepted the connection.
     pub listener: u16,
+    /// The addresses a PROXY protocol header gave (CONN_ADDR frames only).
+    pub addrs: Option<crate::proxy::ProxyHeader>,
 }
 
 /// A decoded frame. Id lists borrow nothing: frames are small and decoded once.
@@ -114,6 +125,8 @@ pub enum DecodeError {
         /// Bytes received.
         len: usize,
     },
+    /// A CONN_ADDR address block is invalid.
+    Addrs(crate::proxy::AddrsError),
     /// The item count is not allowed for this type.
     Count {
         /// Frame type.
@@ -133,6 +146,7 @@ impl fmt::Display for DecodeError {
                 write!(f, "frame type {kind:#04x} with {n} items cannot be {len} bytes long")
             }
             DecodeError::Count { kind, n } => write!(f, "frame type {kind:#04x} cannot carry {n} items"),
+            DecodeError::Addrs(e) => write!(f, "CONN_ADDR address block: {e}"),
         }
     }
 }
@@ -145,6 +159,7 @@ fn item_len(kind: u8) -> Option<usize> {
         kind::ACK | kind::DONE => 8,
         kind::HEARTBEAT | kind::DRAIN => 0,
         kind::CONN => CONN_ITEM_LEN,
+        kind::CONN_ADDR => CONN_ADDR_ITEM_LEN,
         _ => return None,
     })
 }
@@ -154,6 +169,7 @@ fn count_ok(kind: u8, n: usize) -> bool {
         kind::READY => n == 1,
         kind::ACK | kind::DONE => (1..=MAX_IDS).contains(&n),
         kind::CONN => (1..=MAX_CONNS).contains(&n),
+        kind::CONN_ADDR => (1..=MAX_CONN_ADDRS).contains(&n),
         _ => n == 0,
     }
 }
@@ -195,14 +211,25 @@ pub fn decode(b: &[u8]) -> Result<Frame, DecodeError> {
         kind::DONE => Frame::Done(ids()),
         kind::HEARTBEAT => Frame::Heartbeat,
         kind::DRAIN => Frame::Drain,
-        kind::CONN => Frame::Conn(
-            (0..n as usize)
-                .map(|i| {
-                    let at = i * CONN_ITEM_LEN;
-                    ConnItem { id: u64_at(body, at), listener: u16::from_le_bytes([body[at + 8], body[at + 9]]) }
-                })
-                .collect(),
-        ),
+        kind::CONN | kind::CONN_ADDR => {
+            let with_addrs = kind == kind::CONN_ADDR;
+            let mut items = Vec::with_capacity(n as usize);
+            for i in 0..n as usize {
+                let at = i * size;
+                let addrs = if with_addrs {
+                    let block = &body[at + CONN_ITEM_LEN..at + CONN_ADDR_ITEM_LEN];
+                    Some(crate::proxy::decode_addrs(block).map_err(DecodeError::Addrs)?)
+                } else {
+                    None
+                };
+                items.push(ConnItem {
+                    id: u64_at(body, at),
+                    listener: u16::from_le_bytes([body[at + 8], body[at + 9]]),
+                    addrs,
+                });
+            }
+            Frame::Conn(items)
+        }
         _ => unreachable!("item_len rejected unknown types"),
     })
 }
@@ -236,14 +263,20 @@ pub fn encode_empty(out: &mut Vec<u8>, kind: u8) {
     header(out, kind, 0);
 }
 
-/// Encodes a CONN frame; send it with one descriptor per item, in order.
+/// Encodes a CONN frame, or a CONN_ADDR frame if any item carries addresses; send it
+/// with one descriptor per item, in order. At most [`MAX_CONNS`] items, or
+/// [`MAX_CONN_ADDRS`] with addresses.
 pub fn encode_conn(out: &mut Vec<u8>, items: &[ConnItem]) {
-    debug_assert!((1..=MAX_CONNS).contains(&items.len()));
-    header(out, kind::CONN, items.len());
+    let with_addrs = items.iter().any(|i| i.addrs.is_some());
+    debug_assert!((1..=if with_addrs { MAX_CONN_ADDRS } else { MAX_CONNS }).contains(&items.len()));
+    header(out, if with_addrs { kind::CONN_ADDR } else { kind::CONN }, items.len());
     for it in items {
         out.extend_from_slice(&it.id.to_le_bytes());
         out.extend_from_slice(&it.listener.to_le_bytes());
         out.extend_from_slice(&[0u8; 6]);
+        if with_addrs {
+            crate::proxy::encode_addrs(&it.addrs.unwrap_or_default(), out);
+        }
     }
 }
 
@@ -276,7 +309,7 @@ mod tests {
             [0x01, 1, 1, 0, 3, 0, 0, 0, 2, 1, 0, 0]
         );
         assert_eq!(encode(&Frame::Ack(vec![5])), [0x02, 1, 1, 0, 5, 0, 0, 0, 0, 0, 0, 0]);
-        let conn = encode(&Frame::Conn(vec![ConnItem { id: 0x0a0b, listener: 2 }]));
+        let conn = encode(&Frame::Conn(vec![ConnItem { id: 0x0a0b, listener: 2, addrs: None }]));
         assert_eq!(conn, [0x81, 1, 1, 0, 0x0b, 0x0a, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0]);
     }
 
@@ -295,7 +328,21 @@ mod tests {
     fn frame() -> impl Strategy<Value = Frame> {
         let ids = prop::collection::vec(any::<u64>(), 1..=MAX_IDS);
         let items = prop::collection::vec((any::<u64>(), any::<u16>()), 1..=MAX_CONNS)
-            .prop_map(|v| v.into_iter().map(|(id, listener)| ConnItem { id, listener }).collect());
+            .prop_map(|v| v.into_iter().map(|(id, listener)| ConnItem { id, listener, addrs: None }).collect());
+        let v4 = |(a, p): (u32, u16)| std::net::SocketAddr::from((std::net::Ipv4Addr::from(a), p));
+        let addr_items = prop::collection::vec(
+            (any::<u64>(), any::<u16>(), any::<(u32, u16)>(), any::<(u32, u16)>()),
+            1..=MAX_CONN_ADDRS,
+        )
+        .prop_map(move |v| {
+            v.into_iter()
+                .map(|(id, listener, s, d)| ConnItem {
+                    id,
+                    listener,
+                    addrs: Some(crate::proxy::ProxyHeader { source: Some(v4(s)), destination: Some(v4(d)) }),
+                })
+                .collect()
+        });
         prop_oneof![
             (any::<u32>(), any::<u32>()).prop_map(|(caps, pid)| Frame::Ready { version: VERSION, caps, pid }),
             ids.clone().prop_map(Frame::Ack),
@@ -303,6 +350,7 @@ mod tests {
             Just(Frame::Heartbeat),
             Just(Frame::Drain),
             items.prop_map(Frame::Conn),
+            addr_items.prop_map(Frame::Conn),
         ]
     }
 

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use handoff::config::ConfigFile;
-use handoff::listener::ListenAddr;
+use handoff::listener::ListenSpec;
 use handoff::master::{ConfigSource, Master};
 use handoff::policy::Policy;
 
@@ -77,9 +77,9 @@ enum CtlAction {
 
 #[derive(Args)]
 struct RunArgs {
-    /// Address to listen on (repeatable): 127.0.0.1:8080, [::1]:8080, unix:/path.sock [default: 127.0.0.1:8080]
+    /// Address to listen on (repeatable): 127.0.0.1:8080, [::1]:8080, unix:/path.sock; add ",proxy" for a PROXY protocol listener [default: 127.0.0.1:8080]
     #[arg(long, short = 'l', value_name = "ADDR")]
-    listen: Vec<ListenAddr>,
+    listen: Vec<ListenSpec>,
     /// Number of worker processes [default: one per core]
     #[arg(long, short = 'w', value_name = "N")]
     workers: Option<usize>,
@@ -101,6 +101,9 @@ struct RunArgs {
     /// Graceful stop waits this long (seconds) for workers to finish [default: 30]
     #[arg(long, value_name = "SECS")]
     shutdown_timeout: Option<f64>,
+    /// On SIGTERM keep accepting this long (seconds) with health at 503, so a load balancer stops sending first [default: 0]
+    #[arg(long, value_name = "SECS")]
+    drain_delay: Option<f64>,
     /// Recycle a worker after it took N connections
     #[arg(long, value_name = "N")]
     max_requests: Option<u64>,
@@ -144,6 +147,7 @@ impl RunArgs {
             static_dir: self.static_dir.clone(),
             worker_timeout: self.worker_timeout,
             shutdown_timeout: self.shutdown_timeout,
+            drain_delay: self.drain_delay,
             max_requests: self.max_requests,
             max_requests_jitter: self.max_requests_jitter,
             user: self.user.clone(),

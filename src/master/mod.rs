@@ -24,6 +24,7 @@
 pub mod admin;
 mod ops;
 pub mod privileges;
+mod proxied;
 pub mod supervisor;
 pub mod upgrade;
 
@@ -55,6 +56,11 @@ const RECV_BATCH: usize = 64;
 pub const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// Housekeeping period (timeouts, respawns).
 const TICK: Duration = Duration::from_millis(100);
+/// How long a client of a `,proxy` listener has to send its PROXY header.
+pub const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most connections waiting for their PROXY header at once; beyond it the master stops
+/// accepting on `,proxy` listeners until some complete.
+pub const MAX_PENDING_PROXY: usize = 4096;
 /// Time between SIGTERM and SIGKILL for a worker being killed.
 const KILL_GRACE: Duration = Duration::from_secs(3);
 /// A worker whose channel closed but which has not exited is killed after this.
@@ -65,6 +71,7 @@ const UPGRADE_TOKEN: Token = Token(1);
 const LISTENER_BASE: usize = 2;
 const ADMIN_BASE: usize = 1 << 20;
 const ADMIN_CONN_BASE: usize = ADMIN_BASE + 64;
+const PROXY_BASE: usize = 1 << 22;
 const WORKER_BASE: usize = 1 << 24;
 
 fn chan_token(key: usize) -> Token {
@@ -133,6 +140,7 @@ fn bind_hint(e: &io::Error) -> &'static str {
 struct Held {
     fd: OwnedFd,
     listener: u16,
+    addrs: Option<crate::proxy::ProxyHeader>,
 }
 
 #[derive(Debug)]
@@ -140,6 +148,16 @@ struct ListenerSlot {
     listener: Listener,
     /// An edge said connections are waiting and we have not seen EAGAIN since.
     readable: bool,
+    /// Connections start with a PROXY protocol header.
+    proxy: bool,
+}
+
+/// A connection from a `,proxy` listener whose header has not fully arrived.
+#[derive(Debug)]
+struct PendingProxy {
+    fd: OwnedFd,
+    listener: u16,
+    deadline: Instant,
 }
 
 /// Where the settings came from, so that a reload can read them again.
@@ -207,6 +225,9 @@ pub struct Totals {
     pub hung_kills: u64,
     /// Workers recycled after `--max-requests`.
     pub recycled: u64,
+    /// Connections closed for a bad or late PROXY header.
+    #[serde(default)]
+    pub proxy_errors: u64,
 }
 
 /// The master process: listeners, workers, and the loop that joins them.
@@ -231,8 +252,14 @@ pub struct Master {
     frame: Vec<u8>,
     recv_buf: Vec<u8>,
     cand: Vec<Candidate>,
+    /// `--drain-delay`: a stop was asked for; accepting goes on until then, with
+    /// health at 503, so that a load balancer notices first.
+    lingering: Option<(Instant, String)>,
     /// Reused buffer of the connections accepted in one pass.
     batch: Vec<Held>,
+    /// Connections waiting for their PROXY header, by token offset.
+    pending_proxy: Vec<Option<PendingProxy>>,
+    last_proxy_log: Option<Instant>,
     next_tick: Instant,
     /// The time at the top of this loop turn (one clock read per turn).
     now: Instant,
@@ -262,9 +289,10 @@ impl Master {
         let mut listeners = Vec::new();
         if origin == upgrade::Origin::Systemd && !cfg.listen_given {
             info!("socket activation: using the {} sockets systemd passed", pool.len());
-            listeners = std::mem::take(&mut pool);
+            listeners = std::mem::take(&mut pool).into_iter().map(|l| (l, false)).collect();
         } else {
-            for addr in &cfg.listen {
+            for spec in &cfg.listen {
+                let addr = &spec.addr;
                 // Port 0 ("any port") matches an inherited socket on the same IP: after an
                 // upgrade, the new master must keep the port the old one got.
                 let matches = |l: &Listener| match (l.addr(), addr) {
@@ -272,7 +300,7 @@ impl Master {
                     (a, b) => a == b,
                 };
                 if let Some(pos) = pool.iter().position(matches) {
-                    listeners.push(pool.remove(pos));
+                    listeners.push((pool.remove(pos), spec.proxy));
                     continue;
                 }
                 let l = Listener::bind(addr).map_err(|source| MasterError::Bind {
@@ -280,7 +308,7 @@ impl Master {
                     hint: bind_hint(&source),
                     source,
                 })?;
-                listeners.push(l);
+                listeners.push((l, spec.proxy));
             }
         }
         for l in pool {
@@ -298,7 +326,11 @@ impl Master {
     }
 
     /// Uses listeners opened elsewhere (socket activation, upgrade, tests).
+    /// Each listener takes the `,proxy` option of the `--listen` entry at its position.
     pub fn with_listeners(cfg: Config, listeners: Vec<Listener>) -> Result<Master, MasterError> {
+        let flags: Vec<bool> = cfg.listen.iter().map(|s| s.proxy).collect();
+        let listeners: Vec<(Listener, bool)> =
+            listeners.into_iter().enumerate().map(|(i, l)| (l, flags.get(i).copied().unwrap_or(false))).collect();
         let mut m = Master::with_listeners_inner(cfg, listeners, None)?;
         m.open_admin_servers()?;
         Ok(m)
@@ -306,7 +338,7 @@ impl Master {
 
     fn with_listeners_inner(
         cfg: Config,
-        listeners: Vec<Listener>,
+        listeners: Vec<(Listener, bool)>,
         upgrade_ready: Option<OwnedFd>,
     ) -> Result<Master, MasterError> {
         let _ = crate::sys::raise_nofile_limit();
@@ -314,14 +346,14 @@ impl Master {
         let mut signals = Signals::new([SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGCHLD, SIGTTIN, SIGTTOU, SIGUSR2])?;
         poll.registry().register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)?;
         let mut ls = Vec::new();
-        for (i, l) in listeners.into_iter().enumerate() {
+        for (i, (l, proxy)) in listeners.into_iter().enumerate() {
             poll.registry().register(
                 &mut SourceFd(&l.as_fd().as_raw_fd()),
                 Token(LISTENER_BASE + i),
                 Interest::READABLE,
             )?;
-            info!("listening on {}", l.local_addr());
-            ls.push(ListenerSlot { listener: l, readable: true });
+            info!("listening on {}{}", l.local_addr(), if proxy { " (PROXY protocol)" } else { "" });
+            ls.push(ListenerSlot { listener: l, readable: true, proxy });
         }
         let slots = (0..cfg.workers).map(|_| Slot::default()).collect();
         let m = Master {
@@ -346,6 +378,9 @@ impl Master {
             recv_buf: vec![0; wire::MAX_FRAME_LEN + 1],
             cand: Vec::new(),
             batch: Vec::with_capacity(ACCEPT_BATCH),
+            pending_proxy: Vec::new(),
+            lingering: None,
+            last_proxy_log: None,
             next_tick: Instant::now(),
             now: Instant::now(),
             interrupts: 0,
@@ -428,7 +463,9 @@ impl Master {
                     self.handle_signals();
                 } else if t == UPGRADE_TOKEN.0 {
                     self.upgrade_event();
-                } else if (ADMIN_CONN_BASE..WORKER_BASE).contains(&t) {
+                } else if (PROXY_BASE..WORKER_BASE).contains(&t) {
+                    self.proxy_readable(t - PROXY_BASE);
+                } else if (ADMIN_CONN_BASE..PROXY_BASE).contains(&t) {
                     self.admin_conn_event(t - ADMIN_CONN_BASE);
                 } else if (ADMIN_BASE..ADMIN_CONN_BASE).contains(&t) {
                     self.admin_accept(t - ADMIN_BASE);
@@ -689,7 +726,7 @@ impl Master {
         for (_, Inflight { fd, listener }) in unacked {
             if let Some(fd) = fd {
                 self.totals.redispatched += 1;
-                self.held.push_back(Held { fd, listener });
+                self.held.push_back(Held { fd, listener, addrs: None });
             }
         }
     }
@@ -861,10 +898,32 @@ impl Master {
     /// Stops accepting and drains every worker. `unlink`: remove Unix listener files
     /// (not when a new master goes on using them).
     fn begin_stop(&mut self, why: &str, unlink: bool) {
-        if self.phase != Phase::Running {
+        if self.phase != Phase::Running || self.lingering.is_some() {
             return;
         }
         upgrade::notify("STOPPING=1");
+        let delay = self.cfg.drain_delay;
+        if unlink && !delay.is_zero() {
+            // Health says 503 from now on; keep serving until the balancer has noticed.
+            info!("{why}: health is 503; still accepting for {delay:?} (--drain-delay) before draining");
+            self.lingering = Some((Instant::now() + delay, why.to_string()));
+            self.next_tick = self.next_tick.min(Instant::now() + delay);
+            return;
+        }
+        self.stop_now(why, unlink);
+    }
+
+    fn stop_now(&mut self, why: &str, unlink: bool) {
+        self.lingering = None;
+        if unlink {
+            // Hand out what is already in the kernel's backlog: those clients finished
+            // their handshake and would be reset when the listener closes.
+            let now = Instant::now();
+            for l in &mut self.listeners {
+                l.readable = true;
+            }
+            self.accept_pass(now);
+        }
         let deadline = Instant::now() + self.cfg.shutdown_timeout;
         info!(
             "{why}: stopping gracefully (draining {} workers, at most {:?})",
@@ -879,6 +938,7 @@ impl Master {
             }
         }
         self.rolling.clear();
+        self.proxy_clear();
         // Connections held for hand-on go to nobody now; closing them tells the client.
         self.held.clear();
         for i in 0..self.workers.len() {
@@ -914,6 +974,12 @@ impl Master {
                 if let Some(s) = self.pause_started.take() {
                     self.totals.paused += now.duration_since(s);
                 }
+            }
+        }
+        if let Some((until, why)) = &self.lingering {
+            if now >= *until {
+                let why = why.clone();
+                self.stop_now(&why, true);
             }
         }
         if let Phase::Stopping { deadline } = self.phase {
@@ -971,6 +1037,7 @@ impl Master {
             }
         }
         self.admin_timeouts(now);
+        self.proxy_timeouts(now);
         if let Some((every, last)) = self.watchdog {
             if now.duration_since(last) >= every {
                 upgrade::notify("WATCHDOG=1");
@@ -1029,13 +1096,20 @@ impl Master {
         let mut room = self.capacity();
         for li in 0..self.listeners.len() {
             let mut n = 0;
+            if self.listeners[li].proxy && self.pending_proxy.iter().flatten().count() >= MAX_PENDING_PROXY {
+                continue;
+            }
             while self.listeners[li].readable && n < ACCEPT_BATCH && room > 0 {
                 match self.listeners[li].listener.accept() {
                     Ok(fd) => {
                         n += 1;
                         room -= 1;
                         self.totals.accepted += 1;
-                        batch.push(Held { fd, listener: li as u16 });
+                        if self.listeners[li].proxy {
+                            self.proxy_accepted(fd, li as u16, now, &mut batch);
+                        } else {
+                            batch.push(Held { fd, listener: li as u16, addrs: None });
+                        }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.listeners[li].readable = false,
                     Err(e) if listener::accept_error_is_transient(&e) => {
@@ -1117,7 +1191,9 @@ impl Master {
                 }
             }
             let id = self.next_id();
-            plan[i].push((ConnItem { id, listener: h.listener }, h.fd));
+            // Addresses go only to workers that understand CONN_ADDR.
+            let addrs = h.addrs.filter(|_| self.workers[i].caps & cap::ADDRS != 0);
+            plan[i].push((ConnItem { id, listener: h.listener, addrs }, h.fd));
         }
         for (i, conns) in plan.into_iter().enumerate() {
             if !conns.is_empty() {
@@ -1128,7 +1204,11 @@ impl Master {
 
     /// Sends connections to worker `i`; those it cannot take go back to `held`.
     fn send_conns(&mut self, i: usize, mut conns: Vec<(ConnItem, OwnedFd)>) {
-        let per_frame = if self.workers[i].caps & cap::BATCH != 0 { wire::MAX_CONNS } else { 1 };
+        let per_frame = match (self.workers[i].caps & cap::BATCH != 0, conns.iter().any(|(it, _)| it.addrs.is_some())) {
+            (false, _) => 1,
+            (true, false) => wire::MAX_CONNS,
+            (true, true) => wire::MAX_CONN_ADDRS,
+        };
         let mut items = Vec::with_capacity(per_frame.min(conns.len()));
         while !conns.is_empty() {
             let n = per_frame.min(conns.len());
@@ -1171,7 +1251,7 @@ impl Master {
                     }
                     // Nothing of a failed send was transferred: hand these on later.
                     for (item, fd) in conns.drain(..) {
-                        self.held.push_back(Held { fd, listener: item.listener });
+                        self.held.push_back(Held { fd, listener: item.listener, addrs: item.addrs });
                     }
                 }
             }

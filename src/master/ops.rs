@@ -148,12 +148,14 @@ impl Master {
             }
             (AdminKind::Health, Request::Http { .. }) => {
                 let ready = self.phase == Phase::Running
+                    && self.lingering.is_none()
                     && self.upgrade.is_none()
                     && self.workers.iter().any(|w| w.ready && w.state == State::Running);
                 if ready {
                     admin::http_response(200, "text/plain", "ok\n")
                 } else {
                     let why = match (self.phase, self.upgrade.is_some()) {
+                        _ if self.lingering.is_some() => "draining\n",
                         (Phase::Running, true) => "upgrading\n",
                         (Phase::Running, false) => "no worker ready\n",
                         _ => "draining\n",
@@ -206,6 +208,7 @@ impl Master {
     pub fn status(&self) -> Status {
         let now = Instant::now();
         let phase = match (self.phase, self.upgrade.is_some()) {
+            _ if self.lingering.is_some() => "draining",
             (Phase::Running, false) => "running",
             (Phase::Running, true) => "upgrading",
             _ => "stopping",
@@ -352,21 +355,26 @@ impl Master {
 
     /// Opens listeners that the new config adds and closes those it drops; keeps the
     /// ones that stay (their sockets, and their queued clients, are untouched).
-    fn reconcile_listeners(&mut self, want: &[ListenAddr]) -> Result<(), String> {
+    fn reconcile_listeners(&mut self, want: &[crate::listener::ListenSpec]) -> Result<(), String> {
         let mut old: Vec<Option<ListenerSlot>> = self.listeners.drain(..).map(Some).collect();
         let mut next = Vec::new();
         let mut fresh = Vec::new();
-        for addr in want {
+        for spec in want {
+            let addr = &spec.addr;
             // Match on the configured address, or the bound one (port 0 resolved).
             let pos = old.iter().position(|o| {
                 o.as_ref().is_some_and(|l| l.listener.addr() == addr || &l.listener.local_addr() == addr)
             });
             match pos {
-                Some(p) => next.push(old[p].take().expect("present")),
+                Some(p) => {
+                    let mut l = old[p].take().expect("present");
+                    l.proxy = spec.proxy;
+                    next.push(l)
+                }
                 None => match Listener::bind(addr) {
                     Ok(l) => {
                         fresh.push(addr.clone());
-                        next.push(ListenerSlot { listener: l, readable: true })
+                        next.push(ListenerSlot { listener: l, readable: true, proxy: spec.proxy })
                     }
                     Err(e) => {
                         // Put everything back as it was.

@@ -23,12 +23,22 @@ pub struct Conn<S> {
     stream: S,
     id: u64,
     listener: u16,
+    addrs: Option<crate::proxy::ProxyHeader>,
     reporter: Option<Arc<Reporter>>,
 }
 
 impl<S> Conn<S> {
-    pub(crate) fn new(stream: S, id: u64, listener: u16, reporter: Arc<Reporter>) -> Conn<S> {
-        Conn { stream, id, listener, reporter: Some(reporter) }
+    pub(crate) fn new(stream: S, item: crate::wire::ConnItem, reporter: Arc<Reporter>) -> Conn<S> {
+        Conn { stream, id: item.id, listener: item.listener, addrs: item.addrs, reporter: Some(reporter) }
+    }
+
+    /// The addresses from the PROXY protocol header, for connections from a `,proxy`
+    /// listener: `source` is the real client, `destination` the address it connected
+    /// to. `None` for other listeners (then the socket's own addresses are the real
+    /// ones); both fields `None` for a header that carried no addresses (a balancer's
+    /// health check).
+    pub fn proxy_header(&self) -> Option<crate::proxy::ProxyHeader> {
+        self.addrs
     }
 
     /// The master's id for this connection (unique for the master's lifetime).
@@ -56,6 +66,20 @@ impl<S> Conn<S> {
         if let Some(r) = self.reporter.take() {
             r.done(self.id);
         }
+    }
+}
+
+impl Conn<Stream> {
+    /// The client's address: from the PROXY header if there was one, else the peer.
+    pub fn client_addr(&self) -> Option<SocketAddr> {
+        self.addrs.and_then(|a| a.source).or_else(|| self.stream.peer_addr())
+    }
+}
+
+impl Conn<TokioStream> {
+    /// The client's address: from the PROXY header if there was one, else the peer.
+    pub fn client_addr(&self) -> Option<SocketAddr> {
+        self.addrs.and_then(|a| a.source).or_else(|| self.stream.peer_addr())
     }
 }
 

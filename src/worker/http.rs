@@ -60,6 +60,21 @@ pub async fn serve_connection<I>(io: I, cfg: Arc<HttpConfig>, stop: tokio::sync:
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    serve_connection_from(io, cfg, stop, None).await
+}
+
+/// [`serve_connection`] for a client whose address is known: every response then
+/// carries `X-Handoff-Client: <address>` (the real client's, from a PROXY header when
+/// the connection came through a balancer).
+pub async fn serve_connection_from<I>(
+    io: I,
+    cfg: Arc<HttpConfig>,
+    stop: tokio::sync::watch::Receiver<bool>,
+    client: Option<std::net::SocketAddr>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let client = client.and_then(|c| HeaderValue::from_str(&c.to_string()).ok());
     let first = Arc::new(tokio::sync::Notify::new());
     let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let svc = {
@@ -69,7 +84,14 @@ where
             if !started.swap(true, std::sync::atomic::Ordering::Relaxed) {
                 first.notify_one();
             }
-            async move { Ok::<_, Infallible>(handle(req, &cfg).await) }
+            let client = client.clone();
+            async move {
+                let mut resp = handle(req, &cfg).await;
+                if let Some(c) = client {
+                    resp.headers_mut().insert("x-handoff-client", c);
+                }
+                Ok::<_, Infallible>(resp)
+            }
         })
     };
     let conn = hyper::server::conn::http1::Builder::new()
@@ -198,7 +220,8 @@ pub fn run_from_env(static_root: Option<PathBuf>) -> Result<(), WorkerError> {
         while let Some(conn) = incoming.accept().await {
             match conn {
                 Ok(conn) => {
-                    tasks.spawn(serve_connection(conn, cfg.clone(), stop_rx.clone()));
+                    let client = conn.client_addr();
+                    tasks.spawn(serve_connection_from(conn, cfg.clone(), stop_rx.clone(), client));
                 }
                 Err(e) => {
                     tracing::error!("worker {}: {e}", env.id);

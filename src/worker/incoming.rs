@@ -108,7 +108,7 @@ impl Iterator for Incoming {
                     self.reporter.ack(&ids);
                     for (item, fd) in conns {
                         match Stream::from_fd(fd) {
-                            Ok(s) => self.queue.push_back(Conn::new(s, item.id, item.listener, self.reporter.clone())),
+                            Ok(s) => self.queue.push_back(Conn::new(s, item, self.reporter.clone())),
                             // A socket we cannot even name is already dead: report it
                             // finished so the master's count stays right.
                             Err(_) => self.reporter.done(item.id),

@@ -53,7 +53,7 @@ pub const ENV_WORKERS: &str = "HANDOFF_WORKERS";
 pub const ENV_HEARTBEAT_MS: &str = "HANDOFF_HEARTBEAT_MS";
 
 /// Capabilities this crate's workers announce.
-pub const CAPS: u32 = cap::ACK | cap::DONE | cap::HEARTBEAT | cap::BATCH;
+pub const CAPS: u32 = cap::ACK | cap::DONE | cap::HEARTBEAT | cap::BATCH | cap::ADDRS;
 
 /// What went wrong on the worker side.
 #[derive(Debug, thiserror::Error)]

@@ -105,7 +105,7 @@ impl AsyncIncoming {
                     self.reporter.ack(&ids);
                     for (item, fd) in conns {
                         match Stream::from_fd(fd).and_then(Stream::into_tokio) {
-                            Ok(s) => self.queue.push_back(Conn::new(s, item.id, item.listener, self.reporter.clone())),
+                            Ok(s) => self.queue.push_back(Conn::new(s, item, self.reporter.clone())),
                             Err(_) => self.reporter.done(item.id),
                         }
                     }
@@ -141,7 +141,7 @@ impl axum::serve::Listener for AsyncIncoming {
         loop {
             match AsyncIncoming::accept(self).await {
                 Some(Ok(conn)) => {
-                    let addr = conn.get_ref().peer_addr();
+                    let addr = conn.client_addr();
                     return (conn, addr);
                 }
                 Some(Err(e)) => {

@@ -116,7 +116,7 @@ impl Handoff {
         self.lines()
             .iter()
             .filter_map(|l| l.split("listening on ").nth(1))
-            .filter_map(|a| a.trim().parse().ok())
+            .filter_map(|a| a.split_whitespace().next()?.parse().ok())
             .collect()
     }
 
@@ -258,8 +258,23 @@ fn parse_response(raw: &[u8]) -> Option<Response> {
 
 /// A one-shot `GET path` on a new connection (`Connection: close`), read to the end.
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<Response> {
-    let mut s = TcpStream::connect(addr)?;
+    http_get_with(TcpStream::connect(addr)?, path, b"")
+}
+
+/// A TCP connection to `to` from the local address `from` (any 127.x.y.z is loopback).
+pub fn connect_from(from: std::net::IpAddr, to: SocketAddr) -> std::io::Result<TcpStream> {
+    use rustix::net::{AddressFamily, SocketType};
+    let family = if to.is_ipv4() { AddressFamily::INET } else { AddressFamily::INET6 };
+    let fd = rustix::net::socket(family, SocketType::STREAM, None)?;
+    rustix::net::bind(&fd, &SocketAddr::new(from, 0))?;
+    rustix::net::connect(&fd, &to)?;
+    Ok(TcpStream::from(fd))
+}
+
+/// `GET path` on `s`, after writing `preamble` (a PROXY header, say), read to the end.
+pub fn http_get_with(mut s: TcpStream, path: &str, preamble: &[u8]) -> std::io::Result<Response> {
     s.set_read_timeout(Some(WAIT))?;
+    s.write_all(preamble)?;
     write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;

@@ -1,0 +1,110 @@
+//! `--listen ADDR,proxy`: the master reads the PROXY header (v1 or v2) before handing
+//! the connection on; the worker sees the client's first byte first, and the real
+//! client address (CONN_ADDR); a bad or late header closes that connection only.
+
+mod util;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+use util::*;
+
+fn v2(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
+    let (SocketAddr::V4(s), SocketAddr::V4(d)) = (src, dst) else { panic!("v4 only here") };
+    let mut b = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    b.extend_from_slice(&[0x21, 0x11, 0, 12]);
+    b.extend_from_slice(&s.ip().octets());
+    b.extend_from_slice(&d.ip().octets());
+    b.extend_from_slice(&s.port().to_be_bytes());
+    b.extend_from_slice(&d.port().to_be_bytes());
+    b
+}
+
+fn client_header(r: &Response) -> Option<String> {
+    r.headers.iter().find(|(k, _)| k == "x-handoff-client").map(|(_, v)| v.clone())
+}
+
+#[test]
+fn v1_and_v2_headers_give_the_worker_the_real_client() {
+    let h = Handoff::start(&["--listen", "127.0.0.1:0,proxy", "--workers", "2"]);
+    h.wait_ready(2);
+    assert!(h.wait_line("listening on").contains("(PROXY protocol)"));
+    let addr = h.addr();
+    let client: SocketAddr = "203.0.113.7:40001".parse().unwrap();
+    let r = http_get_with(TcpStream::connect(addr).unwrap(), "/", &v2(client, "198.51.100.1:443".parse().unwrap()))
+        .unwrap();
+    assert_eq!((r.status, client_header(&r).as_deref()), (200, Some("203.0.113.7:40001")));
+    let v1 = b"PROXY TCP4 192.0.2.9 198.51.100.1 5555 443\r\n";
+    let r = http_get_with(TcpStream::connect(addr).unwrap(), "/", v1).unwrap();
+    assert_eq!((r.status, client_header(&r).as_deref()), (200, Some("192.0.2.9:5555")));
+    // A LOCAL header (a balancer's own health check) carries no address: the socket's
+    // peer is the client.
+    let mut local = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    local.extend_from_slice(&[0x20, 0x00, 0, 0]);
+    let s = TcpStream::connect(addr).unwrap();
+    let me = s.local_addr().unwrap().to_string();
+    let r = http_get_with(s, "/", &local).unwrap();
+    assert_eq!(client_header(&r), Some(me));
+}
+
+#[test]
+fn a_header_split_across_packets_is_reassembled() {
+    let h = Handoff::start(&["--listen", "127.0.0.1:0,proxy", "--workers", "1"]);
+    h.wait_ready(1);
+    let mut s = TcpStream::connect(h.addr()).unwrap();
+    let hdr = v2("192.0.2.1:1000".parse().unwrap(), "192.0.2.2:80".parse().unwrap());
+    s.set_nodelay(true).unwrap();
+    for chunk in hdr.chunks(5) {
+        s.write_all(chunk).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let r = http_get_with(s, "/", b"").unwrap();
+    assert_eq!(client_header(&r).as_deref(), Some("192.0.2.1:1000"));
+}
+
+#[test]
+fn a_bad_header_closes_that_connection_only() {
+    let h = Handoff::start(&["--listen", "127.0.0.1:0,proxy", "--workers", "2"]);
+    h.wait_ready(2);
+    let addr = h.addr();
+    let mut bad = TcpStream::connect(addr).unwrap();
+    bad.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    bad.set_read_timeout(Some(WAIT)).unwrap();
+    let mut out = Vec::new();
+    let _ = bad.read_to_end(&mut out);
+    assert!(out.is_empty(), "a connection without a PROXY header must not reach a worker: {out:?}");
+    h.wait_line("closed a connection on a PROXY listener");
+    let r = http_get_with(TcpStream::connect(addr).unwrap(), "/", b"PROXY TCP4 192.0.2.9 198.51.100.1 5555 443\r\n")
+        .unwrap();
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn a_client_that_never_finishes_its_header_is_closed_after_the_timeout() {
+    let h = Handoff::start(&["--listen", "127.0.0.1:0,proxy", "--workers", "1"]);
+    h.wait_ready(1);
+    let mut s = TcpStream::connect(h.addr()).unwrap();
+    s.write_all(b"PROXY TCP4 192.0.2.9").unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    assert!(out.is_empty());
+    h.wait_line("no complete PROXY header within");
+}
+
+#[test]
+fn a_minimal_worker_gets_proxied_connections_without_addresses() {
+    let dir = TempDir::new("proxy-min");
+    let script = dir.join("w.py");
+    std::fs::write(
+        &script,
+        "import os, socket\nchan = socket.socket(fileno=int(os.environ['HANDOFF_FD']))\nwhile True:\n    msg, fds, _, _ = socket.recv_fds(chan, 4096, 1)\n    if not fds: break\n    c = socket.socket(fileno=fds[0])\n    first = c.recv(4096)\n    body = first[:3]\n    c.sendall(b'HTTP/1.1 200 OK\\r\\nContent-Length: 3\\r\\nConnection: close\\r\\n\\r\\n' + body)\n    c.close()\n",
+    )
+    .unwrap();
+    let h =
+        Handoff::start(&["--listen", "127.0.0.1:0,proxy", "--workers", "1", "--", "python3", script.to_str().unwrap()]);
+    let r =
+        http_get_with(TcpStream::connect(h.addr()).unwrap(), "/", b"PROXY TCP4 192.0.2.9 198.51.100.1 5555 443\r\n")
+            .unwrap();
+    // The worker's first bytes are the client's request, not the header.
+    assert_eq!(r.body, "GET");
+}
