@@ -77,10 +77,14 @@ fn drain_one_of_two_hosts_behind_haproxy_without_a_failed_request() {
         })
         .collect();
     std::thread::sleep(Duration::from_millis(500));
+    let a_before = status_json(&dir.path_str(&format!("{pa}.sock")))["totals"]["dispatched"].as_u64().unwrap();
+    let t0 = std::time::Instant::now();
     a.signal(15);
     // HAProxy sees the 503 and takes A out; A keeps accepting meanwhile, then drains.
     hap.wait_status(0, "DOWN");
+    let to_down = t0.elapsed();
     assert_eq!(a.wait_exit(), Some(0));
+    let to_exit = t0.elapsed();
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::Relaxed);
     let (mut ok, mut failed, mut wrong, mut errors) = (0, 0, 0, Vec::new());
@@ -91,6 +95,10 @@ fn drain_one_of_two_hosts_behind_haproxy_without_a_failed_request() {
         wrong += w;
         errors.extend(e);
     }
+    eprintln!(
+        "multi-host: {ok} requests ok, {failed} failed, {wrong} with a wrong client address; \
+         host A had served {a_before} before SIGTERM; HAProxy marked it DOWN after {to_down:?}; it exited after {to_exit:?}"
+    );
     assert!(ok > 50, "the load ran: {ok}");
     assert_eq!(failed, 0, "requests failed while a host drained: {errors:?}\nhaproxy log:\n{}", hap.log());
     assert_eq!(wrong, 0, "workers must see the client (127.0.0.2), not haproxy");
