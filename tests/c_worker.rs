@@ -8,14 +8,7 @@ use util::*;
 fn c_worker(policy: &str) -> (Handoff, TempDir) {
     let dir = TempDir::new("c-worker");
     let prog = build_c(&root().join("examples/c/worker.c"), &dir.0);
-    let h = Handoff::run(&[
-        "--workers",
-        "4",
-        "--policy",
-        policy,
-        "--",
-        prog.to_str().unwrap(),
-    ]);
+    let h = Handoff::run(&["--workers", "4", "--policy", policy, "--", prog.to_str().unwrap()]);
     (h, dir)
 }
 

@@ -10,15 +10,7 @@ const MINIMAL: &str = "examples/python/minimal.py";
 const WSGI: &str = "examples/python/wsgi.py";
 
 fn python(policy: &str, script: &str, extra: &[&str]) -> Handoff {
-    let mut args = vec![
-        "--workers",
-        "4",
-        "--policy",
-        policy,
-        "--",
-        "python3",
-        script,
-    ];
+    let mut args = vec!["--workers", "4", "--policy", policy, "--", "python3", script];
     args.extend_from_slice(extra);
     Handoff::run(&args)
 }

@@ -20,7 +20,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run a master and its workers (the built-in HTTP worker unless a command follows `--`).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Internal: the built-in HTTP worker, started by the master.
     #[command(hide = true)]
     Worker {
@@ -131,7 +131,7 @@ fn main() -> ExitCode {
     match cli.cmd {
         Cmd::Run(args) => {
             init_logging(args.verbose, args.quiet);
-            match run(args) {
+            match run(*args) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("handoff: error: {e}");

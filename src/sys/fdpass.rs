@@ -18,8 +18,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use rustix::io::Errno;
 use rustix::net::{
-    recvmsg, sendmsg, AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags,
-    ReturnFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
+    recvmsg, sendmsg, AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
+    SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
 };
 
 /// The kernel's limit on descriptors in one `SCM_RIGHTS` message (`SCM_MAX_FD`).
@@ -100,7 +100,9 @@ pub fn recv_with_fds(sock: impl AsFd, buf: &mut [u8], max_fds: usize) -> io::Res
             fds.extend(rights);
         }
     }
-    if msg.flags.contains(ReturnFlags::CTRUNC) {
+    // rustix rounds the control space up, so the kernel may deliver more than
+    // `max_fds` without MSG_CTRUNC: enforce the caller's limit ourselves.
+    if msg.flags.contains(ReturnFlags::CTRUNC) || fds.len() > max_fds {
         let n = fds.len();
         drop(fds);
         return Err(io::Error::new(
@@ -173,31 +175,57 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
     }
 
+    /// Sends the write ends of fresh pipes and drops our copies; returns the read
+    /// ends, non-blocking. A read end reads EOF only once every copy of its write end,
+    /// including any the receiver leaked, is closed.
+    fn send_write_ends(a: &OwnedFd, n: usize, payload: &[u8]) -> Vec<OwnedFd> {
+        let pipes: Vec<_> = (0..n).map(|_| pipe_pair()).collect();
+        let ends: Vec<_> = pipes.iter().map(|(_, w)| w.as_fd()).collect();
+        send_with_fds(a.as_fd(), payload, &ends).unwrap();
+        pipes
+            .into_iter()
+            .map(|(r, _w)| {
+                rustix::io::ioctl_fionbio(&r, true).unwrap();
+                r
+            })
+            .collect()
+    }
+
+    fn assert_all_closed(read_ends: &[OwnedFd]) {
+        for r in read_ends {
+            let mut b = [0u8; 1];
+            assert_eq!(rustix::io::read(r, &mut b), Ok(0), "a received descriptor was leaked (its pipe is still open)");
+        }
+    }
+
     #[test]
     fn truncated_control_message_is_an_error_and_closes_what_arrived() {
         let (a, b) = seqpacket_pair().unwrap();
-        let p1 = pipe_pair();
-        let p2 = pipe_pair();
-        let p3 = pipe_pair();
-        send_with_fds(a.as_fd(), b"m", &[p1.0.as_fd(), p2.0.as_fd(), p3.0.as_fd()]).unwrap();
-        let before = crate::sys::count_open_fds().unwrap();
+        let read_ends = send_write_ends(&a, 3, b"m");
         let mut buf = [0u8; 8];
         let err = recv_with_fds(&b, &mut buf, 1).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         assert!(err.to_string().contains("MSG_CTRUNC"), "{err}");
-        assert_eq!(crate::sys::count_open_fds().unwrap(), before, "a received descriptor leaked");
+        assert_all_closed(&read_ends);
     }
 
     #[test]
-    fn truncated_payload_is_an_error() {
+    fn descriptors_to_a_receiver_expecting_none_are_closed() {
         let (a, b) = seqpacket_pair().unwrap();
-        let p = pipe_pair();
-        send_with_fds(a.as_fd(), &[7u8; 100], &[p.0.as_fd()]).unwrap();
-        let before = crate::sys::count_open_fds().unwrap();
+        let read_ends = send_write_ends(&a, 1, b"m");
+        let mut buf = [0u8; 8];
+        assert!(recv_with_fds(&b, &mut buf, 0).is_err());
+        assert_all_closed(&read_ends);
+    }
+
+    #[test]
+    fn truncated_payload_is_an_error_and_closes_what_arrived() {
+        let (a, b) = seqpacket_pair().unwrap();
+        let read_ends = send_write_ends(&a, 2, &[7u8; 100]);
         let mut buf = [0u8; 10];
-        let err = recv_with_fds(&b, &mut buf, 1).unwrap_err();
+        let err = recv_with_fds(&b, &mut buf, 2).unwrap_err();
         assert!(err.to_string().contains("MSG_TRUNC"), "{err}");
-        assert_eq!(crate::sys::count_open_fds().unwrap(), before);
+        assert_all_closed(&read_ends);
     }
 
     #[test]

@@ -27,7 +27,7 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
         let target = max.unwrap_or(cur.max(1 << 20));
         if target > cur {
             lim.current = Some(target);
-            setrlimit(Resource::Nofile, lim.clone())?;
+            setrlimit(Resource::Nofile, lim)?;
         }
     }
     Ok(getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX))

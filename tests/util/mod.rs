@@ -31,7 +31,14 @@ pub struct Handoff {
     child: Child,
     /// The TCP port of its first listener.
     pub port: u16,
-    log: Arc<(Mutex<Vec<String>>, Condvar)>,
+    log: Arc<(Mutex<Log>, Condvar)>,
+}
+
+/// The master's stderr so far, and whether it has ended.
+#[derive(Default)]
+struct Log {
+    lines: Vec<String>,
+    eof: bool,
 }
 
 impl Handoff {
@@ -44,27 +51,22 @@ impl Handoff {
 
     /// Starts `cmd` (a master that logs `listening on 127.0.0.1:PORT` on stderr).
     pub fn spawn(mut cmd: Command) -> Handoff {
-        cmd.current_dir(root())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        cmd.current_dir(root()).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("start the master");
         let stderr = child.stderr.take().expect("piped stderr");
-        let log = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
+        let log = Arc::new((Mutex::new(Log::default()), Condvar::new()));
         let sink = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 eprintln!("[handoff] {line}");
-                sink.0.lock().unwrap().push(line);
+                sink.0.lock().unwrap_or_else(|p| p.into_inner()).lines.push(line);
                 sink.1.notify_all();
             }
+            sink.0.lock().unwrap_or_else(|p| p.into_inner()).eof = true;
+            sink.1.notify_all();
         });
-        let mut h = Handoff {
-            child,
-            port: 0,
-            log,
-        };
+        let mut h = Handoff { child, port: 0, log };
         let line = h.wait_line(|l| l.contains("listening on 127.0.0.1:"));
         let port = line.rsplit(':').next().and_then(|p| p.trim().parse().ok());
         h.port = port.unwrap_or_else(|| panic!("no port in {line:?}"));
@@ -78,7 +80,7 @@ impl Handoff {
 
     /// Every line logged so far.
     pub fn lines(&self) -> Vec<String> {
-        self.log.0.lock().unwrap().clone()
+        self.log.0.lock().unwrap_or_else(|p| p.into_inner()).lines.clone()
     }
 
     /// Waits for a line matching `pred` (panics after [`TIMEOUT`], showing the log).
@@ -90,28 +92,23 @@ impl Handoff {
     pub fn wait_until<T>(&mut self, f: impl Fn(&[String]) -> Option<T>) -> T {
         let deadline = Instant::now() + TIMEOUT;
         let (lock, cv) = &*self.log;
-        let mut lines = lock.lock().unwrap();
+        let mut log = lock.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            if let Some(v) = f(&lines) {
+            if let Some(v) = f(&log.lines) {
                 return v;
             }
             let now = Instant::now();
             if now >= deadline {
-                panic!(
-                    "timed out waiting in the master's log:\n{}",
-                    lines.join("\n")
-                );
+                panic!("timed out waiting in the master's log:\n{}", log.lines.join("\n"));
             }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "the master exited ({status}) while a test waited; its log:\n{}",
-                    lines.join("\n")
-                );
+            // Its whole stderr has been read and it has exited: nothing more will come.
+            if log.eof {
+                if let Ok(Some(status)) = self.child.try_wait() {
+                    panic!("the master exited ({status}) while a test waited; its log:\n{}", log.lines.join("\n"));
+                }
             }
-            lines = cv
-                .wait_timeout(lines, (deadline - now).min(Duration::from_millis(100)))
-                .unwrap()
-                .0;
+            let wait = (deadline - now).min(Duration::from_millis(100));
+            log = cv.wait_timeout(log, wait).unwrap_or_else(|p| p.into_inner()).0;
         }
     }
 
@@ -134,11 +131,7 @@ impl Handoff {
     /// The pids of the worker processes now alive (children of the master).
     pub fn children(&self) -> Vec<u32> {
         let path = format!("/proc/{0}/task/{0}/children", self.pid());
-        std::fs::read_to_string(path)
-            .unwrap_or_default()
-            .split_whitespace()
-            .filter_map(|p| p.parse().ok())
-            .collect()
+        std::fs::read_to_string(path).unwrap_or_default().split_whitespace().filter_map(|p| p.parse().ok()).collect()
     }
 }
 
@@ -178,11 +171,7 @@ pub fn worker_pids(lines: &[String], what: &str) -> HashMap<usize, u32> {
 
 /// Sends signal `sig` to `pid` (with the `kill` program: tests need no libc).
 pub fn kill(pid: u32, sig: i32) {
-    let _ = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .stderr(Stdio::null())
-        .status();
+    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).stderr(Stdio::null()).status();
 }
 
 /// A parsed HTTP response.
@@ -197,24 +186,14 @@ pub struct Response {
 }
 
 fn parse_head(head: &str) -> (u16, Option<String>, Option<usize>) {
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     let header = |name: &str| {
         head.lines().find_map(|l| {
             let (k, v) = l.split_once(':')?;
-            k.trim()
-                .eq_ignore_ascii_case(name)
-                .then(|| v.trim().to_string())
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
         })
     };
-    (
-        status,
-        header("x-handoff-worker"),
-        header("content-length").and_then(|v| v.parse().ok()),
-    )
+    (status, header("x-handoff-worker"), header("content-length").and_then(|v| v.parse().ok()))
 }
 
 /// One short connection: `GET path` with `Connection: close`, read to the end.
@@ -222,31 +201,20 @@ pub fn http_get(port: u16, path: &str) -> Response {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     s.set_read_timeout(Some(TIMEOUT)).unwrap();
     // One write: the textbook minimal worker reads the request with a single recv.
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes()).unwrap();
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw)
-        .expect("read the response to the end");
+    s.read_to_end(&mut raw).expect("read the response to the end");
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let (status, worker, _) = parse_head(head);
-    Response {
-        status,
-        worker,
-        body: body.to_string(),
-    }
+    Response { status, worker, body: body.to_string() }
 }
 
 /// The worker id that served a short `GET /`, as a number.
 pub fn served_by(port: u16) -> usize {
     let r = http_get(port, "/");
     assert_eq!(r.status, 200, "{r:?}");
-    r.worker
-        .as_deref()
-        .and_then(|w| w.parse().ok())
-        .unwrap_or_else(|| panic!("no X-Handoff-Worker header: {r:?}"))
+    r.worker.as_deref().and_then(|w| w.parse().ok()).unwrap_or_else(|| panic!("no X-Handoff-Worker header: {r:?}"))
 }
 
 /// A keep-alive connection held open after one request: a "long" connection.
@@ -262,9 +230,7 @@ impl LongConn {
     pub fn open(port: u16) -> LongConn {
         let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
         stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-        stream
-            .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
-            .unwrap();
+        stream.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
         let mut r = BufReader::new(&stream);
         let mut head = String::new();
         loop {
@@ -278,9 +244,7 @@ impl LongConn {
         assert_eq!(status, 200, "{head}");
         let mut body = vec![0; len.expect("content-length")];
         r.read_exact(&mut body).unwrap();
-        let worker = worker
-            .and_then(|w| w.parse().ok())
-            .expect("X-Handoff-Worker");
+        let worker = worker.and_then(|w| w.parse().ok()).expect("X-Handoff-Worker");
         LongConn { stream, worker }
     }
 }
@@ -309,11 +273,7 @@ pub fn assert_least_conn_with_done(h: &Handoff) {
     assert_eq!(busy.len(), 3, "long connections on three different workers");
     let free = (0..4).find(|w| !busy.contains(w)).unwrap();
     for i in 0..40 {
-        assert_eq!(
-            served_by(h.port),
-            free,
-            "short connection {i} must go to the idle worker {free}"
-        );
+        assert_eq!(served_by(h.port), free, "short connection {i} must go to the idle worker {free}");
     }
     drop(held);
 }
@@ -321,31 +281,17 @@ pub fn assert_least_conn_with_done(h: &Handoff) {
 /// Kills worker `slot` with SIGKILL and waits until a new process fills the slot.
 /// `ready` says whether to wait for its READY (full-protocol workers) or its start.
 pub fn kill_worker_and_wait_replacement(h: &mut Handoff, slot: usize, ready: bool) -> (u32, u32) {
-    let what = if ready {
-        "ready (pid "
-    } else {
-        "started (pid "
-    };
+    let what = if ready { "ready (pid " } else { "started (pid " };
     let old = h.wait_until(|l| worker_pids(l, what).get(&slot).copied());
     kill(old, 9);
-    let new = h.wait_until(|l| {
-        worker_pids(l, what)
-            .get(&slot)
-            .copied()
-            .filter(|&p| p != old)
-    });
+    let new = h.wait_until(|l| worker_pids(l, what).get(&slot).copied().filter(|&p| p != old));
     (old, new)
 }
 
 /// Compiles a C file with `cc` into `dir`; returns the program.
 pub fn build_c(src: &Path, dir: &Path) -> PathBuf {
     let out = dir.join(src.file_stem().unwrap());
-    let status = Command::new("cc")
-        .args(["-O2", "-Wall", "-o"])
-        .arg(&out)
-        .arg(src)
-        .status()
-        .expect("run cc");
+    let status = Command::new("cc").args(["-O2", "-Wall", "-o"]).arg(&out).arg(src).status().expect("run cc");
     assert!(status.success(), "cc failed on {}", src.display());
     out
 }
@@ -358,8 +304,7 @@ impl TempDir {
     pub fn new(name: &str) -> TempDir {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let p =
-            std::env::temp_dir().join(format!("handoff-test-{name}-{}-{n}", std::process::id()));
+        let p = std::env::temp_dir().join(format!("handoff-test-{name}-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&p).unwrap();
         TempDir(p)
     }
