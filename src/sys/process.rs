@@ -1,13 +1,16 @@
 //! Starting worker processes, signalling and reaping them.
 //!
 //! This is the only module with `unsafe` code: the closure that runs in the child
-//! between `fork` and `exec` (`pre_exec`), and taking ownership of a descriptor number
-//! inherited through the environment. Each block lists what makes it sound.
+//! between `fork` and `exec` (`pre_exec`), taking ownership of a descriptor number
+//! inherited through the environment, and [`fork_worker`], a `fork` without `exec` for
+//! closure workers (sound because the master is single-threaded). Each block lists what
+//! makes it sound.
 //!
 //! What a spawned worker inherits, and nothing more: stdin (`/dev/null`), stdout,
 //! stderr, and its end of the channel, whose number is in `HANDOFF_FD`. Every other
 //! descriptor of the master (listeners, other workers' channels, client sockets it
-//! still holds) is `CLOEXEC` and vanishes at `exec`.
+//! still holds) is `CLOEXEC` and vanishes at `exec`; a forked worker, which never
+//! execs, closes them all itself before running any user code.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
