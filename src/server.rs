@@ -240,3 +240,42 @@ impl Bound {
         Ok(self.master.run()?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn noop() -> Server {
+        Server::new().fork(|_ctx| Ok(()))
+    }
+
+    #[test]
+    fn bad_settings_are_errors_before_anything_starts() {
+        let e = noop().listen("127.0.0.1:nope").bind().unwrap_err();
+        assert!(matches!(e, ServerError::Listen(_)), "{e}");
+        let e = noop().listen("127.0.0.1:0").workers(0).bind().unwrap_err();
+        assert!(e.to_string().contains("at least 1"), "{e}");
+        let e = noop().listen("127.0.0.1:0").config(ConfigFile { user: Some("nobody".into()), ..Default::default() });
+        let e = e.bind().unwrap_err();
+        assert!(e.to_string().contains("forked worker"), "{e}");
+        let e = Server::new().listen("127.0.0.1:0").command(["/nonexistent/worker"]).bind().unwrap_err();
+        assert!(e.to_string().contains("not found"), "{e}");
+    }
+
+    #[test]
+    fn fork_and_command_replace_each_other() {
+        let s = Server::new().command(["python3", "w.py"]).fork(|_| Ok(()));
+        assert!(s.fork.is_some() && s.file.command.is_none());
+        let s = s.command(["python3", "w.py"]);
+        assert!(s.fork.is_none() && s.file.command.is_some());
+    }
+
+    #[test]
+    fn worker_fns_compare_by_identity_and_serialize_as_a_placeholder() {
+        let a = WorkerFn::new(|_| Ok(()));
+        let b = WorkerFn::new(|_| Ok(()));
+        assert_eq!(a, a.clone());
+        assert_ne!(a, b);
+        assert_eq!(serde_json::to_string(&WorkerKind::Fork(a)).unwrap(), r#"{"Fork":"<closure>"}"#);
+    }
+}

@@ -46,7 +46,10 @@ def serve(cid, sock):
     except OSError:
         pass
     finally:
-        send(DONE, [cid])  # before the close, so the master's count is right first
+        try:
+            send(DONE, [cid])  # before the close, so the master's count is right first
+        except OSError:  # the master is gone; nobody to tell
+            pass
         sock.close()
 
 

@@ -51,7 +51,10 @@ def serve(cid, sock):
     except Exception as e:  # a client that vanished mid-request must not kill the worker
         print(f"worker {ME}: connection {cid}: {e}", file=sys.stderr)
     finally:
-        send(DONE, [cid])  # before the close, so the master's count is right first
+        try:
+            send(DONE, [cid])  # before the close, so the master's count is right first
+        except OSError:  # the master is gone; nobody to tell
+            pass
         server.shutdown_request(sock)
 
 

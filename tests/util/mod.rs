@@ -278,6 +278,19 @@ pub fn assert_least_conn_with_done(h: &Handoff) {
     drop(held);
 }
 
+/// The least-conn check for workers that serve one request per connection: 3 idle
+/// connections (no request sent, so each holds a worker), then every new short
+/// connection goes to the one worker left idle. The master accepts in the kernel's
+/// FIFO order, so the idle ones are placed first: deterministic.
+pub fn assert_least_conn_with_idle_holders(h: &Handoff) {
+    let held: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(("127.0.0.1", h.port)).expect("connect")).collect();
+    let first = served_by(h.port);
+    for i in 0..40 {
+        assert_eq!(served_by(h.port), first, "short connection {i} must go to the one idle worker {first}");
+    }
+    drop(held);
+}
+
 /// Kills worker `slot` with SIGKILL and waits until a new process fills the slot.
 /// `ready` says whether to wait for its READY (full-protocol workers) or its start.
 pub fn kill_worker_and_wait_replacement(h: &mut Handoff, slot: usize, ready: bool) -> (u32, u32) {
