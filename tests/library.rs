@@ -96,6 +96,8 @@ fn blocking_worker(ctx: Context) -> Result<(), BoxError> {
 
 fn axum_worker(ctx: Context, graceful: bool) -> Result<(), BoxError> {
     let id = ctx.id();
+    // Outside a runtime: a clear error, not a panic, and the channel is still there.
+    assert!(matches!(ctx.listener(), Err(handoff::worker::WorkerError::NoRuntime)));
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async move {
         let app = axum::Router::new().route(

@@ -232,10 +232,12 @@ fn child_main(
     env: &[(String, String)],
     body: &dyn Fn() -> i32,
 ) -> ! {
-    // Any failure before `body` runs: a short message on the (new) stderr and exit 127,
-    // which the master reports as a failed start.
+    // Any failure before `body` runs: a short message on stderr (the master's own until
+    // it is redirected, then the pipe) and exit 127, which the master counts as a
+    // failed start.
     let fail = |what: &str, e: io::Error| -> ! {
-        let _ = std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("handoff: forked worker: {what}: {e}\n"));
+        let msg = format!("handoff: forked worker: {what}: {e}\n");
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), msg.as_bytes());
         // SAFETY: `_exit` ends the process without running atexit handlers or
         // destructors, which belong to the master's state copied into this child.
         unsafe { libc::_exit(127) }

@@ -36,6 +36,10 @@ pub struct AsyncIncoming {
 impl AsyncIncoming {
     /// Takes the channel from `HANDOFF_FD` and announces READY.
     pub fn from_env() -> Result<AsyncIncoming, WorkerError> {
+        // Checked before the channel is taken, so that a caller can retry in a runtime.
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(WorkerError::NoRuntime);
+        }
         AsyncIncoming::from_fd(channel_from_env()?, WorkerEnv::from_env())
     }
 
