@@ -35,3 +35,11 @@ fn replaced_when_killed() {
     let counts = tally(h.port, 8);
     assert_eq!(counts.len(), 4, "every slot serves again: {counts:?}");
 }
+
+#[test]
+fn drains_on_sigterm() {
+    let (mut h, _dir) = c_worker("round-robin");
+    h.wait_ready(4);
+    assert_eq!(tally(h.port, 4).len(), 4);
+    stop_gracefully(h, 4);
+}

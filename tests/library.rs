@@ -10,7 +10,7 @@ mod util;
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use handoff::policy::Policy;
 use handoff::worker::Context;
@@ -157,29 +157,10 @@ fn forked_worker_holds_no_master_descriptor() {
     }
 }
 
-/// SIGTERM the master and wait (bounded) for it to exit; returns its log.
-fn stop(mut h: Handoff) -> Vec<String> {
-    kill(h.pid(), 15);
-    h.wait_line(|l| l.contains("all workers exited"));
-    let lines = h.lines();
-    let deadline = Instant::now() + TIMEOUT;
-    while !h.children().is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(h.children().is_empty(), "workers left behind");
-    lines
-}
-
-fn assert_all_exited_cleanly(lines: &[String]) {
-    let exits: Vec<&String> = lines.iter().filter(|l| l.contains(") exited: ")).collect();
-    assert_eq!(exits.len(), 4, "{lines:#?}");
-    assert!(exits.iter().all(|l| l.ends_with("exited: exit status 0")), "{exits:#?}");
-}
-
 fn forked_workers_drain_on_sigterm() {
     let h = start("blocking", "round-robin");
     assert_eq!(tally(h.port, 4).len(), 4);
-    assert_all_exited_cleanly(&stop(h));
+    stop_gracefully(h, 4);
 }
 
 fn axum_round_robin_and_graceful_drain() {
@@ -190,12 +171,12 @@ fn axum_round_robin_and_graceful_drain() {
     assert_eq!(counts.values().copied().collect::<Vec<_>>(), vec![25; 4], "{counts:?}");
     // A keep-alive connection held open: graceful shutdown closes it when idle.
     let held = LongConn::open(h.port);
-    assert_all_exited_cleanly(&stop(h));
+    stop_gracefully(h, 4);
     drop(held);
 }
 
 fn axum_without_drained_still_exits_on_drain() {
     let h = start("axum-plain", "round-robin");
     assert_eq!(tally(h.port, 8).len(), 4);
-    assert_all_exited_cleanly(&stop(h));
+    stop_gracefully(h, 4);
 }

@@ -40,6 +40,29 @@ fn full_worker_replaced_when_killed() {
 }
 
 #[test]
+fn full_worker_drains_on_sigterm() {
+    let mut h = python("round-robin", WORKER, &[]);
+    h.wait_ready(4);
+    assert_eq!(tally(h.port, 4).len(), 4);
+    stop_gracefully(h, 4);
+}
+
+#[test]
+fn full_worker_heartbeat_keeps_a_busy_worker_alive() {
+    // A worker that announced HEARTBEAT and holds a connection is killed if silent for
+    // --worker-timeout; worker.py beats every half period, so it must survive this.
+    let mut h = Handoff::run(&["--workers", "1", "--worker-timeout", "2", "--", "python3", WORKER]);
+    let pid = h.wait_ready(1)[&0];
+    let mut held = LongConn::open(h.port);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    // The same process still serves the same connection.
+    let again = held.request();
+    assert_eq!(again, 0);
+    assert_eq!(h.wait_ready(1)[&0], pid, "the worker was replaced");
+    assert!(!h.lines().iter().any(|l| l.contains("exited")), "{:#?}", h.lines());
+}
+
+#[test]
 fn minimal_worker_round_robin_exact() {
     // A minimal worker never sends READY: wait until all four have started.
     let mut h = python("round-robin", MINIMAL, &[]);

@@ -228,10 +228,17 @@ pub struct LongConn {
 impl LongConn {
     /// Connects, sends one keep-alive `GET /`, reads exactly that response.
     pub fn open(port: u16) -> LongConn {
-        let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
         stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-        stream.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
-        let mut r = BufReader::new(&stream);
+        let mut c = LongConn { stream, worker: usize::MAX };
+        c.worker = c.request();
+        c
+    }
+
+    /// Sends one more keep-alive `GET /` on the connection; returns the worker id.
+    pub fn request(&mut self) -> usize {
+        self.stream.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+        let mut r = BufReader::new(&self.stream);
         let mut head = String::new();
         loop {
             let mut line = String::new();
@@ -244,8 +251,7 @@ impl LongConn {
         assert_eq!(status, 200, "{head}");
         let mut body = vec![0; len.expect("content-length")];
         r.read_exact(&mut body).unwrap();
-        let worker = worker.and_then(|w| w.parse().ok()).expect("X-Handoff-Worker");
-        LongConn { stream, worker }
+        worker.and_then(|w| w.parse().ok()).expect("X-Handoff-Worker")
     }
 }
 
@@ -299,6 +305,22 @@ pub fn kill_worker_and_wait_replacement(h: &mut Handoff, slot: usize, ready: boo
     kill(old, 9);
     let new = h.wait_until(|l| worker_pids(l, what).get(&slot).copied().filter(|&p| p != old));
     (old, new)
+}
+
+/// Sends SIGTERM to the master (a graceful stop: DRAIN to every worker), waits for it
+/// and its workers to exit, and asserts that each of the `workers` exited with status 0.
+pub fn stop_gracefully(mut h: Handoff, workers: usize) {
+    kill(h.pid(), 15);
+    h.wait_line(|l| l.contains("all workers exited"));
+    let deadline = Instant::now() + TIMEOUT;
+    while !h.children().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(h.children().is_empty(), "workers left behind: {:?}", h.children());
+    let lines = h.lines();
+    let exits: Vec<&String> = lines.iter().filter(|l| l.contains(") exited: ")).collect();
+    assert_eq!(exits.len(), workers, "{lines:#?}");
+    assert!(exits.iter().all(|l| l.ends_with("exited: exit status 0")), "{exits:#?}");
 }
 
 /// Compiles a C file with `cc` into `dir`; returns the program.
