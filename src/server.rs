@@ -25,6 +25,16 @@ use crate::policy::Policy;
 use crate::worker::Context;
 
 /// Why a [`Server`] could not start or stopped with an error.
+///
+/// Each says what to change:
+///
+/// ```
+/// let err = handoff::Server::new().listen("localhost:http").bind().unwrap_err();
+/// assert!(matches!(err, handoff::ServerError::Listen(_)));
+/// println!("{err}");
+/// let err = handoff::Server::new().listen("127.0.0.1:0").workers(0).bind().unwrap_err();
+/// assert!(err.to_string().contains("workers must be at least 1"));
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServerError {
@@ -37,6 +47,13 @@ pub enum ServerError {
     /// The master could not bind, start its workers, or keep them running.
     #[error(transparent)]
     Master(#[from] MasterError),
+    /// [`Server::serve`] was called from a process that already runs other threads,
+    /// where forking is unsound.
+    #[error(
+        "handoff::Server forks its workers, so it must start before the program starts any thread \
+         (this process has {0} threads): build tokio runtimes and thread pools inside the worker closure"
+    )]
+    Threads(usize),
 }
 
 /// A handoff master, configured in code.
@@ -212,6 +229,12 @@ impl Server {
                 )
                 .into());
             }
+            // Refuse rather than fork a copy of a process whose other threads may hold
+            // locks (allocator, stdio, a runtime's) that the child could never take.
+            let threads = std::fs::read_dir("/proc/self/task").map(|d| d.count()).unwrap_or(1);
+            if threads > 1 {
+                return Err(ServerError::Threads(threads));
+            }
             cfg.worker = WorkerKind::Fork(f);
         }
         Ok(Bound { master: Master::new(cfg)? })
@@ -260,6 +283,14 @@ mod tests {
         assert!(e.to_string().contains("forked worker"), "{e}");
         let e = Server::new().listen("127.0.0.1:0").command(["/nonexistent/worker"]).bind().unwrap_err();
         assert!(e.to_string().contains("not found"), "{e}");
+    }
+
+    #[test]
+    fn forking_from_a_threaded_process_is_refused() {
+        // The test harness runs this on a thread of its own: the process has several.
+        let e = noop().listen("127.0.0.1:0").workers(1).bind().unwrap_err();
+        assert!(matches!(e, ServerError::Threads(n) if n > 1), "{e}");
+        assert!(e.to_string().contains("before the program starts any thread"), "{e}");
     }
 
     #[test]
