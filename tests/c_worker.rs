@@ -1,9 +1,9 @@
 //! The C reference worker (`examples/c/worker.c`), built here with `cc`, under
 //! `handoff run -- ./worker`: the same correctness checks as the built-in worker.
 
-mod util;
+mod support;
 
-use util::*;
+use support::*;
 
 fn c_worker(policy: &str) -> (Handoff, TempDir) {
     let dir = TempDir::new("c-worker");

@@ -2,12 +2,12 @@
 //! forked workers serve, each names itself, and a SIGTERM drains them all to exit 0.
 //! `cargo test` builds the examples before it runs this, so they cannot rot.
 
-mod util;
+mod support;
 
 use std::path::PathBuf;
 use std::process::Command;
 
-use util::*;
+use support::*;
 
 fn example(name: &str) -> Handoff {
     // target/debug/handoff -> target/debug/examples/NAME

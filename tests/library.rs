@@ -6,7 +6,7 @@
 //! check starts this same executable again as a master (`HANDOFF_LIBRARY_ROLE`), then
 //! talks to it over TCP from here.
 
-mod util;
+mod support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::Command;
@@ -15,7 +15,7 @@ use std::time::Duration;
 use handoff::policy::Policy;
 use handoff::worker::Context;
 use handoff::{BoxError, Server};
-use util::*;
+use support::*;
 
 const ROLE: &str = "HANDOFF_LIBRARY_ROLE";
 

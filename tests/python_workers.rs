@@ -1,9 +1,9 @@
 //! The Python reference workers (`examples/python/`) under `handoff run -- python3 ...`:
 //! the same correctness checks as the built-in worker.
 
-mod util;
+mod support;
 
-use util::*;
+use support::*;
 
 const WORKER: &str = "examples/python/worker.py";
 const MINIMAL: &str = "examples/python/minimal.py";

@@ -64,95 +64,6 @@ pub fn spawn_with_channel(cmd: &mut Command, channel: BorrowedFd<'_>, no_new_pri
     cmd.spawn()
 }
 
-static INHERITED_TAKEN: AtomicBool = AtomicBool::new(false);
-
-/// Takes ownership of a descriptor inherited under number `raw` (from `HANDOFF_FD`),
-/// marking it `CLOEXEC` so it does not leak further into the worker's own children.
-///
-/// It can be taken once per process; a second call is an error, so that two owners
-/// never close the same number.
-pub fn take_inherited_fd(raw: RawFd) -> io::Result<OwnedFd> {
-    if raw < 0 {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("descriptor {raw} is negative")));
-    }
-    if INHERITED_TAKEN.swap(true, Ordering::SeqCst) {
-        return Err(io::Error::new(io::ErrorKind::AlreadyExists, "the inherited channel was already taken by this process"));
-    }
-    // SAFETY: borrow_raw requires `raw` to stay open for the borrow's lifetime; the
-    // borrow is used for one fcntl call, which itself reports EBADF if it is not open.
-    let flags = fcntl_getfd(unsafe { BorrowedFd::borrow_raw(raw) })?;
-    // SAFETY: the descriptor is open (checked above), nothing else in this process
-    // owns it (the master gave it to us through the environment, and the static flag
-    // above ensures this function hands it out once), so the OwnedFd is its one owner.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    fcntl_setfd(fd.as_fd(), flags | FdFlags::CLOEXEC)?;
-    Ok(fd)
-}
-
-/// Sends `sig` to `pid`; a process that is already gone is not an error.
-pub fn signal(pid: u32, sig: Signal) -> io::Result<()> {
-    let Some(pid) = Pid::from_raw(pid as i32) else {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "pid 0"));
-    };
-    match rustix::process::kill_process(pid, sig) {
-        Err(rustix::io::Errno::SRCH) => Ok(()),
-        r => Ok(r?),
-    }
-}
-
-/// How a reaped child ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exit {
-    /// `exit(code)`.
-    Code(i32),
-    /// Killed by this signal number.
-    Signal(i32),
-}
-
-impl std::fmt::Display for Exit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Exit::Code(c) => write!(f, "exit status {c}"),
-            Exit::Signal(s) => write!(f, "killed by signal {s}{}", signal_name(*s).map(|n| format!(" ({n})")).unwrap_or_default()),
-        }
-    }
-}
-
-fn signal_name(s: i32) -> Option<&'static str> {
-    Some(match s {
-        1 => "SIGHUP",
-        2 => "SIGINT",
-        3 => "SIGQUIT",
-        4 => "SIGILL",
-        6 => "SIGABRT",
-        7 => "SIGBUS",
-        8 => "SIGFPE",
-        9 => "SIGKILL",
-        11 => "SIGSEGV",
-        13 => "SIGPIPE",
-        15 => "SIGTERM",
-        _ => return None,
-    })
-}
-
-/// Reaps one exited child without blocking: `Ok(None)` when no child has exited.
-pub fn reap_any() -> io::Result<Option<(u32, Exit)>> {
-    match rustix::process::waitpid(None, WaitOptions::NOHANG) {
-        Ok(Some((pid, status))) => Ok(Some((pid.as_raw_nonzero().get() as u32, exit_of(status)))),
-        Ok(None) => Ok(None),
-        Err(rustix::io::Errno::CHILD) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
-}
-
-fn exit_of(status: WaitStatus) -> Exit {
-    if let Some(sig) = status.terminating_signal() {
-        Exit::Signal(sig)
-    } else {
-        Exit::Code(status.exit_status().unwrap_or(0))
-    }
-}
-
 // ---- forked closure workers ----
 //
 // `fork_worker` is the second place with `unsafe` here: a `fork` without `exec`. The
@@ -339,3 +250,93 @@ fn close_all_but(keep: RawFd) -> io::Result<()> {
         r => r,
     }
 }
+
+static INHERITED_TAKEN: AtomicBool = AtomicBool::new(false);
+
+/// Takes ownership of a descriptor inherited under number `raw` (from `HANDOFF_FD`),
+/// marking it `CLOEXEC` so it does not leak further into the worker's own children.
+///
+/// It can be taken once per process; a second call is an error, so that two owners
+/// never close the same number.
+pub fn take_inherited_fd(raw: RawFd) -> io::Result<OwnedFd> {
+    if raw < 0 {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("descriptor {raw} is negative")));
+    }
+    if INHERITED_TAKEN.swap(true, Ordering::SeqCst) {
+        return Err(io::Error::new(io::ErrorKind::AlreadyExists, "the inherited channel was already taken by this process"));
+    }
+    // SAFETY: borrow_raw requires `raw` to stay open for the borrow's lifetime; the
+    // borrow is used for one fcntl call, which itself reports EBADF if it is not open.
+    let flags = fcntl_getfd(unsafe { BorrowedFd::borrow_raw(raw) })?;
+    // SAFETY: the descriptor is open (checked above), nothing else in this process
+    // owns it (the master gave it to us through the environment, and the static flag
+    // above ensures this function hands it out once), so the OwnedFd is its one owner.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    fcntl_setfd(fd.as_fd(), flags | FdFlags::CLOEXEC)?;
+    Ok(fd)
+}
+
+/// Sends `sig` to `pid`; a process that is already gone is not an error.
+pub fn signal(pid: u32, sig: Signal) -> io::Result<()> {
+    let Some(pid) = Pid::from_raw(pid as i32) else {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "pid 0"));
+    };
+    match rustix::process::kill_process(pid, sig) {
+        Err(rustix::io::Errno::SRCH) => Ok(()),
+        r => Ok(r?),
+    }
+}
+
+/// How a reaped child ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// `exit(code)`.
+    Code(i32),
+    /// Killed by this signal number.
+    Signal(i32),
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exit::Code(c) => write!(f, "exit status {c}"),
+            Exit::Signal(s) => write!(f, "killed by signal {s}{}", signal_name(*s).map(|n| format!(" ({n})")).unwrap_or_default()),
+        }
+    }
+}
+
+fn signal_name(s: i32) -> Option<&'static str> {
+    Some(match s {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        3 => "SIGQUIT",
+        4 => "SIGILL",
+        6 => "SIGABRT",
+        7 => "SIGBUS",
+        8 => "SIGFPE",
+        9 => "SIGKILL",
+        11 => "SIGSEGV",
+        13 => "SIGPIPE",
+        15 => "SIGTERM",
+        _ => return None,
+    })
+}
+
+/// Reaps one exited child without blocking: `Ok(None)` when no child has exited.
+pub fn reap_any() -> io::Result<Option<(u32, Exit)>> {
+    match rustix::process::waitpid(None, WaitOptions::NOHANG) {
+        Ok(Some((pid, status))) => Ok(Some((pid.as_raw_nonzero().get() as u32, exit_of(status)))),
+        Ok(None) => Ok(None),
+        Err(rustix::io::Errno::CHILD) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn exit_of(status: WaitStatus) -> Exit {
+    if let Some(sig) = status.terminating_signal() {
+        Exit::Signal(sig)
+    } else {
+        Exit::Code(status.exit_status().unwrap_or(0))
+    }
+}
+

@@ -25,10 +25,11 @@
 //! ```
 
 mod conn;
-mod context;
 pub mod http;
 mod incoming;
 mod tokio_incoming;
+// Library additions (forked workers, axum): kept apart from the list above.
+mod context;
 
 pub use conn::{Conn, Stream, TokioStream};
 pub use context::{listener, Context};

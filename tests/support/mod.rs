@@ -1,4 +1,8 @@
-//! Shared helpers for the integration tests: start a master, follow its log, talk HTTP.
+//! Shared helpers for the reference-worker, library and example tests: start a master,
+//! follow its log, talk HTTP.
+//!
+//! (Kept apart from main's `tests/util/`, written at the same time with another API,
+//! so that the branches merge cleanly; the two can be unified later.)
 //!
 //! Every process a test starts is killed by pid when its handle drops (also when the
 //! test fails), and every wait is bounded, so a broken build fails instead of hanging.
