@@ -339,4 +339,3 @@ fn exit_of(status: WaitStatus) -> Exit {
         Exit::Code(status.exit_status().unwrap_or(0))
     }
 }
-
