@@ -84,16 +84,17 @@
 //!   (descriptor passing, spawning and forking), the crate's only `unsafe` code.
 #![warn(missing_docs)]
 
-pub mod config;
-pub mod listener;
-pub mod master;
-pub mod policy;
 mod server;
-pub mod sys;
-pub mod wire;
-pub mod worker;
 
 pub use server::{Bound, Server, ServerError};
 
 /// The error a worker closure may return: any error, boxed (so `?` works on all).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+pub mod sys;
+pub mod wire;
+pub mod worker;
+pub mod config;
+pub mod listener;
+pub mod policy;
+pub mod master;

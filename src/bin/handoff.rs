@@ -17,10 +17,12 @@ struct Cli {
     cmd: Cmd,
 }
 
+// RunArgs is big and parsed once: boxing it buys nothing (main boxes it; drop this then).
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// Run a master and its workers (the built-in HTTP worker unless a command follows `--`).
-    Run(Box<RunArgs>),
+    Run(RunArgs),
     /// Internal: the built-in HTTP worker, started by the master.
     #[command(hide = true)]
     Worker {
@@ -131,7 +133,7 @@ fn main() -> ExitCode {
     match cli.cmd {
         Cmd::Run(args) => {
             init_logging(args.verbose, args.quiet);
-            match run(*args) {
+            match run(args) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("handoff: error: {e}");
