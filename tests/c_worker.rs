@@ -32,8 +32,7 @@ fn replaced_when_killed() {
     h.wait_ready(4);
     let (old, new) = kill_worker_and_wait_replacement(&mut h, 0, true);
     assert_ne!(old, new);
-    let counts = tally(h.port, 8);
-    assert_eq!(counts.len(), 4, "every slot serves again: {counts:?}");
+    assert_every_slot_serves(&h, 4);
 }
 
 #[test]

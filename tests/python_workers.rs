@@ -35,8 +35,7 @@ fn full_worker_replaced_when_killed() {
     h.wait_ready(4);
     let (old, new) = kill_worker_and_wait_replacement(&mut h, 2, true);
     assert_ne!(old, new);
-    let counts = tally(h.port, 8);
-    assert_eq!(counts.len(), 4, "every slot serves again: {counts:?}");
+    assert_every_slot_serves(&h, 4);
 }
 
 #[test]
@@ -75,8 +74,7 @@ fn minimal_worker_replaced_when_killed() {
     let mut h = python("round-robin", MINIMAL, &[]);
     h.wait_started(4);
     kill_worker_and_wait_replacement(&mut h, 1, false);
-    let counts = tally(h.port, 8);
-    assert_eq!(counts.len(), 4, "every slot serves again: {counts:?}");
+    assert_every_slot_serves(&h, 4);
 }
 
 #[test]

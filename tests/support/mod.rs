@@ -12,10 +12,13 @@
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
+
+use rustix::process::{Pid, PidfdFlags, Signal};
 
 /// Longest wait for anything (a log line, a response).
 pub const TIMEOUT: Duration = Duration::from_secs(20);
@@ -142,12 +145,16 @@ impl Handoff {
 impl Drop for Handoff {
     fn drop(&mut self) {
         // Workers die with the master (PDEATHSIG), but kill them by pid too, so that a
-        // test leaves nothing behind even if that backstop failed.
-        let workers = self.children();
+        // test leaves nothing behind even if that backstop failed. Pin each one with a
+        // pidfd while the master is alive (so the pid is still its child's): a pid read
+        // earlier and used later may belong to someone else by then (pid_max is often
+        // 32768 and other tests spawn fast).
+        let master = self.pid();
+        let pinned: Vec<OwnedFd> = self.children().into_iter().filter_map(|pid| pin_child(master, pid)).collect();
         let _ = self.child.kill();
         let _ = self.child.wait();
-        for pid in workers {
-            kill(pid, 9);
+        for fd in pinned {
+            let _ = rustix::process::pidfd_send_signal(&fd, Signal::KILL);
         }
     }
 }
@@ -173,9 +180,21 @@ pub fn worker_pids(lines: &[String], what: &str) -> HashMap<usize, u32> {
     out
 }
 
-/// Sends signal `sig` to `pid` (with the `kill` program: tests need no libc).
-pub fn kill(pid: u32, sig: i32) {
-    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).stderr(Stdio::null()).status();
+/// A pidfd for `pid` if it is a child of `parent` now. The pidfd names that process
+/// and no other for as long as it is open, so signals sent through it cannot reach an
+/// unrelated process that got the same pid after this one died.
+pub fn pin_child(parent: u32, pid: u32) -> Option<OwnedFd> {
+    let fd = rustix::process::pidfd_open(Pid::from_raw(pid as i32)?, PidfdFlags::empty()).ok()?;
+    // Checked after pinning: if it is our child now, the pidfd is the right process.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let ppid: u32 = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+    (ppid == parent).then_some(fd)
+}
+
+/// Sends `sig` to worker `pid` of master `h`, safely (see [`pin_child`]); false if it
+/// is no longer the master's child.
+pub fn signal_worker(h: &Handoff, pid: u32, sig: Signal) -> bool {
+    pin_child(h.pid(), pid).is_some_and(|fd| rustix::process::pidfd_send_signal(&fd, sig).is_ok())
 }
 
 /// A parsed HTTP response.
@@ -306,7 +325,7 @@ pub fn assert_least_conn_with_idle_holders(h: &Handoff) {
 pub fn kill_worker_and_wait_replacement(h: &mut Handoff, slot: usize, ready: bool) -> (u32, u32) {
     let what = if ready { "ready (pid " } else { "started (pid " };
     let old = h.wait_until(|l| worker_pids(l, what).get(&slot).copied());
-    kill(old, 9);
+    assert!(signal_worker(h, old, Signal::KILL), "worker {slot} (pid {old}) is not the master's child");
     let new = h.wait_until(|l| worker_pids(l, what).get(&slot).copied().filter(|&p| p != old));
     (old, new)
 }
@@ -314,7 +333,8 @@ pub fn kill_worker_and_wait_replacement(h: &mut Handoff, slot: usize, ready: boo
 /// Sends SIGTERM to the master (a graceful stop: DRAIN to every worker), waits for it
 /// and its workers to exit, and asserts that each of the `workers` exited with status 0.
 pub fn stop_gracefully(mut h: Handoff, workers: usize) {
-    kill(h.pid(), 15);
+    // The master is our child and not yet waited for: its pid cannot be reused.
+    let _ = rustix::process::kill_process(Pid::from_raw(h.pid() as i32).unwrap(), Signal::TERM);
     h.wait_line(|l| l.contains("all workers exited"));
     let deadline = Instant::now() + TIMEOUT;
     while !h.children().is_empty() && Instant::now() < deadline {
@@ -325,6 +345,18 @@ pub fn stop_gracefully(mut h: Handoff, workers: usize) {
     let exits: Vec<&String> = lines.iter().filter(|l| l.contains(") exited: ")).collect();
     assert_eq!(exits.len(), workers, "{lines:#?}");
     assert!(exits.iter().all(|l| l.ends_with("exited: exit status 0")), "{exits:#?}");
+}
+
+/// Sends short requests until each of the `workers` slots has served one (bounded by
+/// [`TIMEOUT`]). For checks after a replacement: a new worker may become eligible a
+/// little after it starts (a minimal worker sends no READY), so poll, do not count.
+pub fn assert_every_slot_serves(h: &Handoff, workers: usize) {
+    let deadline = Instant::now() + TIMEOUT;
+    let mut seen = HashSet::new();
+    while seen.len() < workers {
+        assert!(Instant::now() < deadline, "only workers {seen:?} served within {TIMEOUT:?}");
+        seen.insert(served_by(h.port));
+    }
 }
 
 /// Compiles a C file with `cc` into `dir`; returns the program.
