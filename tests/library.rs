@@ -32,9 +32,30 @@ fn main() {
         ("axum_round_robin_and_graceful_drain", axum_round_robin_and_graceful_drain),
         ("axum_without_drained_still_exits_on_drain", axum_without_drained_still_exits_on_drain),
     ];
-    let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    // Understand the harness arguments cargo may pass: `--list`, name filters, and flags
+    // whose value must not be taken for a filter (`--test-threads 2`, `--skip NAME`).
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--list") {
+        for (name, _) in checks {
+            println!("{name}: test");
+        }
+        return;
+    }
+    let mut filter = Vec::new();
+    let mut skip = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--skip" => skip.extend(it.next().cloned()),
+            "--test-threads" | "--color" | "--format" | "--logfile" | "-Z" => drop(it.next()),
+            a if a.starts_with('-') => {}
+            a => filter.push(a.to_string()),
+        }
+    }
     for (name, check) in checks {
-        if !filter.is_empty() && !filter.iter().any(|f| name.contains(f.as_str())) {
+        if (!filter.is_empty() && !filter.iter().any(|f| name.contains(f.as_str())))
+            || skip.iter().any(|f| name.contains(f.as_str()))
+        {
             continue;
         }
         eprintln!("test {name} ...");
