@@ -99,7 +99,8 @@ impl Server {
     /// Adds a listen address: `127.0.0.1:8080`, `[::1]:8080` or `unix:/path.sock`.
     /// Connections carry the index of their listener, in the order added.
     pub fn listen(mut self, addr: &str) -> Server {
-        match addr.parse::<ListenAddr>() {
+        // The element type decides the parser (an address, or an address with options).
+        match addr.parse() {
             Ok(a) => self.file.listen.get_or_insert_with(Vec::new).push(a),
             Err(e) => {
                 self.bad_listen.get_or_insert(e);
