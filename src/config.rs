@@ -6,6 +6,7 @@
 //! silently ignored), and every error names the key or value and what to write instead.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -42,6 +43,47 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// The body of a forked worker: a Rust closure the master runs in each child it forks
+/// (see [`crate::Server::serve`]).
+///
+/// It is called once per worker process, after the fork, with the worker's
+/// [`Context`](crate::worker::Context); the process exits when it returns (status 0 on
+/// `Ok`, 1 on `Err`, 101 on a panic). Two `WorkerFn`s are equal only if they are the
+/// same closure (`Arc::ptr_eq`), and it serializes as the string `"<closure>"`, so that
+/// [`Config`] stays comparable and printable.
+#[derive(Clone)]
+pub struct WorkerFn(pub Arc<WorkerBody>);
+
+/// The closure type behind [`WorkerFn`].
+pub type WorkerBody = dyn Fn(crate::worker::Context) -> Result<(), crate::BoxError> + Send + Sync;
+
+impl WorkerFn {
+    /// Wraps a closure.
+    pub fn new(f: impl Fn(crate::worker::Context) -> Result<(), crate::BoxError> + Send + Sync + 'static) -> WorkerFn {
+        WorkerFn(Arc::new(f))
+    }
+}
+
+impl std::fmt::Debug for WorkerFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WorkerFn(<closure>)")
+    }
+}
+
+impl PartialEq for WorkerFn {
+    fn eq(&self, other: &WorkerFn) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for WorkerFn {}
+
+impl Serialize for WorkerFn {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<closure>")
+    }
+}
+
 /// What workers run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum WorkerKind {
@@ -52,6 +94,8 @@ pub enum WorkerKind {
     },
     /// An external program and its arguments.
     Command(Vec<String>),
+    /// A Rust closure run in a child the master forks (library use: [`crate::Server`]).
+    Fork(WorkerFn),
 }
 
 /// The complete, validated settings.

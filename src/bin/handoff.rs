@@ -21,6 +21,8 @@ struct Cli {
     cmd: Cmd,
 }
 
+// RunArgs is big and parsed once: boxing it buys nothing (main boxes it; drop this then).
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// Run a master and its workers (the built-in HTTP worker unless a command follows `--`).

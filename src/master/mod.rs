@@ -413,6 +413,7 @@ impl Master {
             match &self.cfg.worker {
                 WorkerKind::Builtin { .. } => "built-in HTTP worker".to_string(),
                 WorkerKind::Command(c) => format!("command {:?}", c.join(" ")),
+                WorkerKind::Fork(_) => "forked Rust closure".to_string(),
             },
             self.cfg.policy
         );

@@ -211,6 +211,7 @@ pub struct SpawnArgs<'a> {
 pub fn spawn(args: SpawnArgs<'_>) -> io::Result<(u32, Option<OwnedFd>)> {
     let SpawnArgs { cfg, slot, slots, channel } = args;
     let mut cmd = match &cfg.worker {
+        WorkerKind::Fork(f) => return spawn_fork(f, cfg, slot, slots, channel),
         WorkerKind::Command(argv) => {
             let mut c = Command::new(&argv[0]);
             c.args(&argv[1..]);
@@ -249,4 +250,27 @@ pub fn spawn(args: SpawnArgs<'_>) -> io::Result<(u32, Option<OwnedFd>)> {
 fn channel_number(fd: &OwnedFd) -> i32 {
     use std::os::fd::AsRawFd;
     fd.as_raw_fd()
+}
+
+/// Forks a worker that runs the closure `f` (no exec); the child sees the same
+/// environment variables as an exec'd worker, so the worker API works unchanged.
+fn spawn_fork(
+    f: &crate::config::WorkerFn,
+    cfg: &Config,
+    slot: usize,
+    slots: usize,
+    channel: &OwnedFd,
+) -> io::Result<(u32, Option<OwnedFd>)> {
+    if cfg.user.is_some() || cfg.group.is_some() {
+        return Err(io::Error::new(io::ErrorKind::Unsupported, "user and group apply to command workers only"));
+    }
+    let env = [
+        (crate::worker::ENV_WORKER_ID, slot.to_string()),
+        (crate::worker::ENV_WORKERS, slots.to_string()),
+        (crate::worker::ENV_HEARTBEAT_MS, cfg.heartbeat.as_millis().to_string()),
+    ]
+    .map(|(k, v)| (k.to_string(), v));
+    let body = || crate::worker::Context::run_fork_body(&*f.0, slot);
+    let (pid, stderr) = sysproc::fork_worker(channel.as_fd(), crate::worker::ENV_FD, &env, &body)?;
+    Ok((pid, Some(stderr)))
 }

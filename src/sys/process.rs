@@ -1,13 +1,16 @@
 //! Starting worker processes, signalling and reaping them.
 //!
 //! This is the only module with `unsafe` code: the closure that runs in the child
-//! between `fork` and `exec` (`pre_exec`), and taking ownership of a descriptor number
-//! inherited through the environment. Each block lists what makes it sound.
+//! between `fork` and `exec` (`pre_exec`), taking ownership of a descriptor number
+//! inherited through the environment, and [`fork_worker`], a `fork` without `exec` for
+//! closure workers (sound because the master is single-threaded). Each block lists what
+//! makes it sound.
 //!
 //! What a spawned worker inherits, and nothing more: stdin (`/dev/null`), stdout,
 //! stderr, and its end of the channel, whose number is in `HANDOFF_FD`. Every other
 //! descriptor of the master (listeners, other workers' channels, client sockets it
-//! still holds) is `CLOEXEC` and vanishes at `exec`.
+//! still holds) is `CLOEXEC` and vanishes at `exec`; a forked worker, which never
+//! execs, closes them all itself before running any user code.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -67,6 +70,193 @@ pub fn spawn_with_channel(cmd: &mut Command, channel: BorrowedFd<'_>, no_new_pri
         });
     }
     cmd.spawn()
+}
+
+// ---- forked closure workers ----
+//
+// `fork_worker` is the second place with `unsafe` here: a `fork` without `exec`. The
+// child goes on running Rust code (the user's closure) in a copy of the master, so it
+// must first shed everything of the master's it could trip over: signal handlers that
+// write into the master's self-pipe, and every descriptor but its own.
+
+/// Signals the master handles (signal-hook); a forked child puts them back to default.
+pub const MASTER_SIGNALS: [i32; 8] = [
+    libc::SIGTERM,
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGHUP,
+    libc::SIGCHLD,
+    libc::SIGTTIN,
+    libc::SIGTTOU,
+    libc::SIGUSR2,
+];
+
+/// Forks a worker that runs `body` in the child, with `channel` as its only descriptor
+/// besides stdin (`/dev/null`), stdout and stderr (a new pipe to the master).
+///
+/// Returns the child's pid and the read end of its stderr pipe. In the child:
+/// 1. the [`MASTER_SIGNALS`] get their default disposition and no signal is blocked,
+///    so a signal-hook handler of the master never runs there (it would write to a
+///    descriptor number that the child has closed, or reused);
+/// 2. `PR_SET_PDEATHSIG` is `SIGKILL`, and the child exits at once if the master is
+///    already gone;
+/// 3. stdin is `/dev/null`, stderr the new pipe, and every other descriptor but
+///    `channel` is closed (`close_range`): no listener, no other worker's channel, no
+///    epoll instance, no client socket of the master's;
+/// 4. `env` is set, and `fd_var` to the channel's number, so the worker API finds its
+///    channel exactly as an exec'd worker does;
+/// 5. `body` runs; its return value is the exit status. A panic exits with 101. The
+///    child then calls `_exit`: it never returns into the master's code, runs no
+///    destructor of the master's objects and flushes no buffer it copied from it.
+///
+/// # Fork safety
+/// The caller must be single-threaded (the master is: it never starts a thread). Then
+/// the child is an exact copy with no lock held by a vanished thread, so allocating
+/// and running ordinary Rust code in it is sound. A program that started threads
+/// before calling this may deadlock its child (a lock taken by another thread stays
+/// taken forever in the child); [`crate::Server::serve`] documents this.
+pub fn fork_worker(
+    channel: BorrowedFd<'_>,
+    fd_var: &str,
+    env: &[(String, String)],
+    body: &dyn Fn() -> i32,
+) -> io::Result<(u32, OwnedFd)> {
+    let (err_read, err_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    let devnull = rustix::fs::open("/dev/null", rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC, 0.into())?;
+    let master = getpid();
+    // SAFETY: `fork` has no memory-safety preconditions of its own; what makes the
+    // child sound is that the caller is single-threaded (see "Fork safety" above), so
+    // the child's copy of every lock and allocator is consistent. Both processes keep
+    // their own copies of the descriptors; the parent's `OwnedFd`s below are dropped
+    // in the parent only, and the child never returns from `child_main`.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => child_main(master, channel, devnull, err_write, fd_var, env, body),
+        pid => {
+            drop(err_write);
+            drop(devnull);
+            rustix::io::ioctl_fionbio(&err_read, true)?;
+            Ok((pid as u32, err_read))
+        }
+    }
+}
+
+/// The forked child: sets itself up, runs `body`, exits. Never returns.
+fn child_main(
+    master: Pid,
+    channel: BorrowedFd<'_>,
+    devnull: OwnedFd,
+    err_write: OwnedFd,
+    fd_var: &str,
+    env: &[(String, String)],
+    body: &dyn Fn() -> i32,
+) -> ! {
+    // Any failure before `body` runs: a short message on stderr (the master's own until
+    // it is redirected, then the pipe) and exit 127, which the master counts as a
+    // failed start.
+    let fail = |what: &str, e: io::Error| -> ! {
+        let msg = format!("handoff: forked worker: {what}: {e}\n");
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), msg.as_bytes());
+        // SAFETY: `_exit` ends the process without running atexit handlers or
+        // destructors, which belong to the master's state copied into this child.
+        unsafe { libc::_exit(127) }
+    };
+    // SAFETY: `sigaction` with SIG_DFL installs no handler, so there is no handler
+    // code whose safety matters; `sa` is a zeroed `sigaction`, which is a valid value
+    // (empty mask, no flags). Resetting to default is what the kernel does at exec.
+    // `sigprocmask` only reads the empty set we give it.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = libc::SIG_DFL;
+        for sig in MASTER_SIGNALS {
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+    }
+    if let Err(e) = rustix::process::set_parent_process_death_signal(Some(Signal::KILL)) {
+        fail("PR_SET_PDEATHSIG", e.into());
+    }
+    if rustix::process::getppid() != Some(master) {
+        // The master exited before PDEATHSIG was armed: nobody would ever stop us.
+        // SAFETY: as above, `_exit` runs none of the master's destructors.
+        unsafe { libc::_exit(0) }
+    }
+    // Keep the channel clear of 0..=2, which are about to be replaced (a master started
+    // with closed stdio may have been given one of those numbers for it).
+    let channel = if channel.as_raw_fd() > 2 {
+        channel
+    } else {
+        match rustix::io::fcntl_dupfd_cloexec(channel, 3) {
+            // Leaked on purpose: the child ends with `_exit`, and this is its channel.
+            Ok(fd) => {
+                let raw = fd.as_raw_fd();
+                std::mem::forget(fd);
+                // SAFETY: `raw` is open (just duplicated) and never closed before `_exit`.
+                unsafe { BorrowedFd::borrow_raw(raw) }
+            }
+            Err(e) => fail("moving the channel", e.into()),
+        }
+    };
+    if let Err(e) = rustix::stdio::dup2_stdin(&devnull).and_then(|()| rustix::stdio::dup2_stderr(&err_write)) {
+        fail("redirecting stdin and stderr", e.into());
+    }
+    // The two originals are closed with everything else below; forget them so that no
+    // destructor closes a number that the closure may have reused by then.
+    std::mem::forget(devnull);
+    std::mem::forget(err_write);
+    if let Err(e) = close_all_but(channel.as_raw_fd()) {
+        fail("closing the master's descriptors", e);
+    }
+    for key in SCRUBBED_ENV {
+        std::env::remove_var(key);
+    }
+    for (k, v) in env {
+        // The child is single-threaded, so no other thread reads the environment now.
+        std::env::set_var(k, v);
+    }
+    std::env::set_var(fd_var, channel.as_raw_fd().to_string());
+    let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).unwrap_or(101);
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    // SAFETY: `_exit` ends the child here, so it never unwinds or returns into the
+    // master's stack frames (whose objects own descriptors this child has closed).
+    unsafe { libc::_exit(code) }
+}
+
+/// Closes every descriptor from 3 up, except `keep`.
+fn close_all_but(keep: RawFd) -> io::Result<()> {
+    let close_range = |first: RawFd, last: u32| -> io::Result<()> {
+        if first as u32 > last {
+            return Ok(());
+        }
+        // SAFETY: close_range takes plain integers; it closes descriptors that this
+        // child owns no Rust object for (the master's objects are never dropped here:
+        // the child only leaves through `_exit`).
+        let r = unsafe { libc::syscall(libc::SYS_close_range, first as u32, last, 0u32) };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    };
+    let ranged = close_range(3, (keep as u32).saturating_sub(1)).and_then(|()| close_range(keep + 1, u32::MAX));
+    match ranged {
+        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
+            // Kernels before 5.9: close what /proc lists (the listing's own descriptor
+            // is closed by then; closing it again fails harmlessly with EBADF).
+            let raws: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")?
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .filter(|&fd| fd > 2 && fd != keep)
+                .collect();
+            for raw in raws {
+                // SAFETY: as above: no Rust object of this child owns `raw`.
+                unsafe { libc::close(raw) };
+            }
+            Ok(())
+        }
+        r => r,
+    }
 }
 
 static INHERITED_TAKEN: AtomicBool = AtomicBool::new(false);

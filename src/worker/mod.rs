@@ -30,8 +30,11 @@ pub mod faults;
 pub mod http;
 mod incoming;
 mod tokio_incoming;
+// Library additions (forked workers, axum): kept apart from the list above.
+mod context;
 
 pub use conn::{Conn, Stream, TokioStream};
+pub use context::{listener, Context};
 pub use incoming::{End, Incoming};
 pub use tokio_incoming::AsyncIncoming;
 
@@ -77,6 +80,9 @@ pub enum WorkerError {
     /// The master sent a frame this worker cannot decode.
     #[error("bad frame from the master: {0}")]
     Protocol(#[from] wire::DecodeError),
+    /// The async API was used outside a tokio runtime.
+    #[error("handoff::worker::listener() and AsyncIncoming need a tokio runtime: call them inside one")]
+    NoRuntime,
 }
 
 /// Facts about this worker from its environment.
@@ -126,6 +132,8 @@ pub fn channel_from_env() -> Result<OwnedFd, WorkerError> {
 pub(crate) struct Reporter {
     fd: Arc<OwnedFd>,
     state: Mutex<ReporterState>,
+    /// Connections received and not yet reported DONE.
+    open: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(Debug, Default)]
@@ -138,7 +146,7 @@ struct ReporterState {
 
 impl Reporter {
     pub(crate) fn new(fd: Arc<OwnedFd>) -> Reporter {
-        Reporter { fd, state: Mutex::new(ReporterState::default()) }
+        Reporter { fd, state: Mutex::new(ReporterState::default()), open: Default::default() }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ReporterState> {
@@ -164,13 +172,22 @@ impl Reporter {
         }
     }
 
+    /// Connections received and not yet finished.
+    pub(crate) fn open(&self) -> usize {
+        self.open.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     pub(crate) fn ack(&self, ids: &[u64]) {
+        self.open.fetch_add(ids.len(), std::sync::atomic::Ordering::SeqCst);
         let mut st = self.lock();
         st.acks.extend_from_slice(ids);
         let _ = self.flush_locked(&mut st);
     }
 
     pub(crate) fn done(&self, id: u64) {
+        let _ = self.open.fetch_update(std::sync::atomic::Ordering::SeqCst, std::sync::atomic::Ordering::SeqCst, |n| {
+            n.checked_sub(1)
+        });
         let mut st = self.lock();
         st.dones.push(id);
         let _ = self.flush_locked(&mut st);

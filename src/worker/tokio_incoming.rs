@@ -27,16 +27,28 @@ pub struct AsyncIncoming {
     queue: VecDeque<Conn<TokioStream>>,
     ended: Option<End>,
     beat: tokio::task::JoinHandle<()>,
+    /// Publishes `ended` to the futures returned by [`AsyncIncoming::drained`].
+    end_tx: tokio::sync::watch::Sender<Option<End>>,
+    /// Someone holds a `drained()` future: the program stops itself on DRAIN.
+    graceful: std::sync::atomic::AtomicBool,
 }
 
 impl AsyncIncoming {
     /// Takes the channel from `HANDOFF_FD` and announces READY.
     pub fn from_env() -> Result<AsyncIncoming, WorkerError> {
+        // Checked before the channel is taken, so that a caller can retry in a runtime.
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(WorkerError::NoRuntime);
+        }
         AsyncIncoming::from_fd(channel_from_env()?, WorkerEnv::from_env())
     }
 
     /// Uses `fd` (a non-blocking channel end) and announces READY.
     pub fn from_fd(fd: OwnedFd, env: WorkerEnv) -> Result<AsyncIncoming, WorkerError> {
+        // tokio::spawn below would panic outside a runtime: say so instead.
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(WorkerError::NoRuntime);
+        }
         let fd = Arc::new(fd);
         let reporter = Arc::new(Reporter::new(fd.clone()));
         reporter.ready()?;
@@ -66,6 +78,8 @@ impl AsyncIncoming {
             queue: VecDeque::new(),
             ended: None,
             beat,
+            end_tx: tokio::sync::watch::channel(None).0,
+            graceful: Default::default(),
         })
     }
 
@@ -77,6 +91,27 @@ impl AsyncIncoming {
     /// Why the stream ended, once it has.
     pub fn end(&self) -> Option<End> {
         self.ended
+    }
+
+    /// A future that completes when the master asks this worker to drain (or goes
+    /// away): the shutdown signal for `axum::serve(..).with_graceful_shutdown(..)` or
+    /// for a hyper server's graceful shutdown.
+    ///
+    /// It is `Send + 'static`, so take it before moving the listener into the server.
+    /// It completes only while something polls this `AsyncIncoming` for connections
+    /// (the server's accept loop does), or once the `AsyncIncoming` is dropped.
+    pub fn drained(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.graceful.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut rx = self.end_tx.subscribe();
+        async move {
+            // The guard of `borrow_and_update` is dropped within the condition, so it is
+            // never held across the await (it is not Send).
+            while rx.borrow_and_update().is_none() {
+                if rx.changed().await.is_err() {
+                    return; // the AsyncIncoming is gone: nothing more will come
+                }
+            }
+        }
     }
 
     /// The next connection, or `None` once the master has asked this worker to drain
@@ -93,6 +128,7 @@ impl AsyncIncoming {
             }
             if self.ended.is_some() {
                 let _ = self.reporter.flush();
+                self.end_tx.send_replace(self.ended);
                 return Poll::Ready(None);
             }
             let mut guard = match ready!(self.fd.poll_read_ready(cx)) {
@@ -151,7 +187,21 @@ impl axum::serve::Listener for AsyncIncoming {
                 // axum's serve loop has no notion of "no more connections": once the
                 // master asks us to drain, never yield again; the program's graceful
                 // shutdown future (see `AsyncIncoming::drained`) ends the server.
-                None => std::future::pending::<()>().await,
+                None if self.graceful.load(std::sync::atomic::Ordering::SeqCst) => std::future::pending::<()>().await,
+                // Nobody will stop the server: wait until every connection handed out is
+                // finished (at most a second when the master is gone, as the protocol
+                // asks), then end the process ourselves.
+                None => {
+                    let patience = match self.ended {
+                        Some(End::MasterGone) => std::time::Duration::from_secs(1),
+                        _ => std::time::Duration::MAX,
+                    };
+                    let start = tokio::time::Instant::now();
+                    while self.reporter.open() > 0 && start.elapsed() < patience {
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    }
+                    std::process::exit(0)
+                }
             }
         }
     }

@@ -1,0 +1,202 @@
+//! The library: `handoff::Server` forking Rust closures as workers (blocking and axum),
+//! checked from outside like every other worker kind.
+//!
+//! Forking is only sound from a single-threaded process, and the test harness runs
+//! tests on threads; so this file has its own `main` (`harness = false`), and each
+//! check starts this same executable again as a master (`HANDOFF_LIBRARY_ROLE`), then
+//! talks to it over TCP from here.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::Command;
+use std::time::Duration;
+
+use handoff::policy::Policy;
+use handoff::worker::Context;
+use handoff::{BoxError, Server};
+use support::*;
+
+const ROLE: &str = "HANDOFF_LIBRARY_ROLE";
+
+fn main() {
+    if let Ok(role) = std::env::var(ROLE) {
+        return master(&role);
+    }
+    let checks: &[(&str, fn())] = &[
+        ("forked_round_robin_exact", forked_round_robin_exact),
+        ("forked_least_conn_counts_done", forked_least_conn_counts_done),
+        ("forked_worker_replaced_when_killed", forked_worker_replaced_when_killed),
+        ("forked_worker_holds_no_master_descriptor", forked_worker_holds_no_master_descriptor),
+        ("forked_workers_drain_on_sigterm", forked_workers_drain_on_sigterm),
+        ("axum_round_robin_and_graceful_drain", axum_round_robin_and_graceful_drain),
+        ("axum_without_drained_still_exits_on_drain", axum_without_drained_still_exits_on_drain),
+    ];
+    // Understand the harness arguments cargo may pass: `--list`, name filters, and flags
+    // whose value must not be taken for a filter (`--test-threads 2`, `--skip NAME`).
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--list") {
+        for (name, _) in checks {
+            println!("{name}: test");
+        }
+        return;
+    }
+    let mut filter = Vec::new();
+    let mut skip = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--skip" => skip.extend(it.next().cloned()),
+            "--test-threads" | "--color" | "--format" | "--logfile" | "-Z" => drop(it.next()),
+            a if a.starts_with('-') => {}
+            a => filter.push(a.to_string()),
+        }
+    }
+    for (name, check) in checks {
+        if (!filter.is_empty() && !filter.iter().any(|f| name.contains(f.as_str())))
+            || skip.iter().any(|f| name.contains(f.as_str()))
+        {
+            continue;
+        }
+        eprintln!("test {name} ...");
+        check();
+        eprintln!("test {name} ... ok");
+    }
+}
+
+// ---- the master side (a child process of the checks) ----
+
+fn master(role: &str) {
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_ansi(false).with_target(false).init();
+    let policy =
+        std::env::var("HANDOFF_LIBRARY_POLICY").ok().and_then(|p| p.parse().ok()).unwrap_or(Policy::RoundRobin);
+    let server =
+        Server::new().listen("127.0.0.1:0").workers(4).policy(policy).shutdown_timeout(Duration::from_secs(10));
+    let result = match role {
+        "blocking" => server.serve(blocking_worker),
+        "axum" => server.serve(|ctx| axum_worker(ctx, true)),
+        "axum-plain" => server.serve(|ctx| axum_worker(ctx, false)),
+        other => panic!("unknown role {other}"),
+    };
+    if let Err(e) = result {
+        eprintln!("master: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// HTTP/1.1 keep-alive on std streams, a thread per connection.
+fn blocking_worker(ctx: Context) -> Result<(), BoxError> {
+    let id = ctx.id();
+    for conn in ctx.incoming()? {
+        let conn = conn?;
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(conn);
+            loop {
+                let (mut line, mut close, mut empty) = (String::new(), false, true);
+                while r.read_line(&mut line).map(|n| n > 0).unwrap_or(false) && line != "\r\n" {
+                    close |= line.to_ascii_lowercase().starts_with("connection: close");
+                    empty = false;
+                    line.clear();
+                }
+                if empty {
+                    return; // the client closed
+                }
+                let conn = r.get_mut();
+                let ka = if close { "close" } else { "keep-alive" };
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nX-Handoff-Worker: {id}\r\nContent-Length: 3\r\nConnection: {ka}\r\n\r\nhi\n"
+                );
+                if conn.write_all(head.as_bytes()).is_err() || close {
+                    return; // dropping the Conn sends DONE, then closes
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
+fn axum_worker(ctx: Context, graceful: bool) -> Result<(), BoxError> {
+    let id = ctx.id();
+    // Outside a runtime: a clear error, not a panic, and the channel is still there.
+    assert!(matches!(ctx.listener(), Err(handoff::worker::WorkerError::NoRuntime)));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let app = axum::Router::new().route(
+            "/",
+            axum::routing::get(move || async move { ([("x-handoff-worker", id.to_string())], "hello from axum\n") }),
+        );
+        let listener = ctx.listener()?;
+        if graceful {
+            let drained = listener.drained();
+            axum::serve(listener, app).with_graceful_shutdown(drained).await?;
+        } else {
+            axum::serve(listener, app).await?;
+        }
+        Ok(())
+    })
+}
+
+// ---- the checks ----
+
+fn start(role: &str, policy: &str) -> Handoff {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.env(ROLE, role).env("HANDOFF_LIBRARY_POLICY", policy);
+    let mut h = Handoff::spawn(cmd);
+    h.wait_ready(4);
+    h
+}
+
+fn forked_round_robin_exact() {
+    let h = start("blocking", "round-robin");
+    assert_round_robin_exact(&h, 4);
+}
+
+fn forked_least_conn_counts_done() {
+    let h = start("blocking", "least-conn");
+    assert_least_conn_with_done(&h);
+}
+
+fn forked_worker_replaced_when_killed() {
+    let mut h = start("blocking", "round-robin");
+    let (old, new) = kill_worker_and_wait_replacement(&mut h, 3, true);
+    assert_ne!(old, new);
+    assert_every_slot_serves(&h, 4);
+}
+
+fn forked_worker_holds_no_master_descriptor() {
+    let mut h = start("blocking", "round-robin");
+    for (slot, pid) in h.wait_ready(4) {
+        let fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .map(|p| p.display().to_string())
+            .collect();
+        // stdin, stdout, stderr and the channel: no listener, no other channel, no epoll.
+        assert_eq!(fds.len(), 4, "worker {slot} (pid {pid}) holds {fds:?}");
+        assert_eq!(fds.iter().filter(|f| f.starts_with("socket:")).count(), 1, "worker {slot}: {fds:?}");
+    }
+}
+
+fn forked_workers_drain_on_sigterm() {
+    let h = start("blocking", "round-robin");
+    assert_eq!(tally(h.port, 4).len(), 4);
+    stop_gracefully(h, 4);
+}
+
+fn axum_round_robin_and_graceful_drain() {
+    let h = start("axum", "round-robin");
+    let r = http_get(h.port, "/");
+    assert_eq!((r.status, r.body.as_str()), (200, "hello from axum\n"));
+    let counts = tally(h.port, 100);
+    assert_eq!(counts.values().copied().collect::<Vec<_>>(), vec![25; 4], "{counts:?}");
+    // A keep-alive connection held open: graceful shutdown closes it when idle.
+    let held = LongConn::open(h.port);
+    stop_gracefully(h, 4);
+    drop(held);
+}
+
+fn axum_without_drained_still_exits_on_drain() {
+    let h = start("axum-plain", "round-robin");
+    assert_eq!(tally(h.port, 8).len(), 4);
+    stop_gracefully(h, 4);
+}
