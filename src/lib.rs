@@ -9,3 +9,4 @@ pub mod config;
 pub mod listener;
 pub mod policy;
 pub mod master;
+pub mod bench;

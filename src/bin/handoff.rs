@@ -21,6 +21,11 @@ struct Cli {
 enum Cmd {
     /// Run a master and its workers (the built-in HTTP worker unless a command follows `--`).
     Run(RunArgs),
+    /// Measure handoff against the kernel's connection models (shared queue, SO_REUSEPORT).
+    Bench(handoff::bench::BenchArgs),
+    /// Internal: a worker of a `handoff bench` kernel model.
+    #[command(hide = true)]
+    BenchWorker(handoff::bench::WorkerArgs),
     /// Internal: the built-in HTTP worker, started by the master.
     #[command(hide = true)]
     Worker {
@@ -126,6 +131,16 @@ fn run(args: RunArgs) -> Result<(), String> {
     master.run().map_err(|e| e.to_string())
 }
 
+fn exit(r: Result<(), String>, what: &str) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{what}: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
@@ -139,6 +154,8 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::Bench(args) => exit(handoff::bench::main(args), "handoff bench"),
+        Cmd::BenchWorker(args) => exit(handoff::bench::worker_main(args), "handoff bench-worker"),
         Cmd::Worker { static_dir } => {
             init_logging(0, true);
             match handoff::worker::http::run_from_env(static_dir) {
