@@ -101,10 +101,14 @@ fn every_model_and_workload_answers_with_a_tiny_count() {
     assert_eq!(cells.len(), models.len() * workloads.len(), "{out}");
     for m in models {
         for w in workloads {
-            let c = cells.iter().find(|c| c["model"] == m && c["workload"] == w).unwrap_or_else(|| panic!("no cell {m} × {w}"));
+            let c = cells
+                .iter()
+                .find(|c| c["model"] == m && c["workload"] == w)
+                .unwrap_or_else(|| panic!("no cell {m} × {w}"));
             assert_eq!(c["errors"], 0, "{m} × {w}: {c}");
             assert_eq!(c["requests"], 24, "{m} × {w}: {c}");
-            let counts: Vec<u64> = c["conns_per_worker"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+            let counts: Vec<u64> =
+                c["conns_per_worker"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
             assert_eq!(counts.len(), 2, "{m} × {w}: only workers 0 and 1 may answer: {c}");
             assert_eq!(counts.iter().sum::<u64>(), c["connections"].as_u64().unwrap(), "{m} × {w}: {c}");
             let jain = c["jain"].as_f64().unwrap();

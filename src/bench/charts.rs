@@ -49,16 +49,13 @@ fn model_label(models: &[Model], x: f64) -> String {
 pub fn distribution(rows: &[Row], workers: usize, path: &Path) -> io::Result<()> {
     let (workloads, models) = layout(rows);
     let n = models.len().max(1);
-    let root =
-        SVGBackend::new(path, (1100, 260 * workloads.len().max(1) as u32)).into_drawing_area();
+    let root = SVGBackend::new(path, (1100, 260 * workloads.len().max(1) as u32)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let panels = root.split_evenly((workloads.len().max(1), 1));
     for (panel, &w) in panels.iter().zip(&workloads) {
         let mut chart = ChartBuilder::on(panel)
             .caption(
-                format!(
-                    "{w}: share of connections per worker ({workers} workers; dashed = fair share)"
-                ),
+                format!("{w}: share of connections per worker ({workers} workers; dashed = fair share)"),
                 ("sans-serif", 16),
             )
             .margin(8)
@@ -81,27 +78,15 @@ pub fn distribution(rows: &[Row], workers: usize, path: &Path) -> io::Result<()>
             };
             let total: u64 = r.conns_per_worker.iter().sum();
             let bars = r.conns_per_worker.iter().enumerate().map(|(k, &c)| {
-                let share = if total == 0 {
-                    0.0
-                } else {
-                    100.0 * c as f64 / total as f64
-                };
+                let share = if total == 0 { 0.0 } else { 100.0 * c as f64 / total as f64 };
                 let x0 = i as f64 + 0.1 + k as f64 * width;
-                Rectangle::new(
-                    [(x0, 0.0), (x0 + width * 0.9, share)],
-                    Palette99::pick(k).filled(),
-                )
+                Rectangle::new([(x0, 0.0), (x0 + width * 0.9, share)], Palette99::pick(k).filled())
             });
             chart.draw_series(bars).map_err(err)?;
         }
         let fair = 100.0 / workers.max(1) as f64;
         chart
-            .draw_series(DashedLineSeries::new(
-                vec![(0.0, fair), (n as f64, fair)],
-                6,
-                4,
-                BLACK.stroke_width(1),
-            ))
+            .draw_series(DashedLineSeries::new(vec![(0.0, fair), (n as f64, fair)], 6, 4, BLACK.stroke_width(1)))
             .map_err(err)?;
     }
     root.present().map_err(err)?;
@@ -114,8 +99,7 @@ pub fn latency(rows: &[Row], path: &Path) -> io::Result<()> {
     let n = models.len().max(1);
     let top = rows.iter().map(|r| r.latency.p999).fold(1.0f64, f64::max) * 2.0;
     let floor = 0.01f64;
-    let root =
-        SVGBackend::new(path, (1100, 260 * workloads.len().max(1) as u32)).into_drawing_area();
+    let root = SVGBackend::new(path, (1100, 260 * workloads.len().max(1) as u32)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let panels = root.split_evenly((workloads.len().max(1), 1));
     let series: [Series; 3] = [
@@ -125,10 +109,7 @@ pub fn latency(rows: &[Row], path: &Path) -> io::Result<()> {
     ];
     for (panel, &w) in panels.iter().zip(&workloads) {
         let mut chart = ChartBuilder::on(panel)
-            .caption(
-                format!("{w}: latency per request (ms, log scale)"),
-                ("sans-serif", 16),
-            )
+            .caption(format!("{w}: latency per request (ms, log scale)"), ("sans-serif", 16))
             .margin(8)
             .x_label_area_size(24)
             .y_label_area_size(44)
@@ -149,10 +130,7 @@ pub fn latency(rows: &[Row], path: &Path) -> io::Result<()> {
                 .filter_map(|(i, &m)| {
                     let r = rows.iter().find(|r| r.model == m && r.workload == w)?;
                     let x0 = i as f64 + 0.15 + k as f64 * 0.24;
-                    Some(Rectangle::new(
-                        [(x0, floor), (x0 + 0.22, get(r).max(floor))],
-                        color.filled(),
-                    ))
+                    Some(Rectangle::new([(x0, floor), (x0 + 0.22, get(r).max(floor))], color.filled()))
                 })
                 .collect();
             let color = *color;
@@ -160,9 +138,7 @@ pub fn latency(rows: &[Row], path: &Path) -> io::Result<()> {
                 .draw_series(bars)
                 .map_err(err)?
                 .label(*label)
-                .legend(move |(x, y)| {
-                    Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled())
-                });
+                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
         }
         chart
             .configure_series_labels()

@@ -42,19 +42,14 @@ const NGINX_REORDER_EVERY: u64 = 16;
 
 /// Runs a kernel-model worker until SIGTERM or SIGINT (or its parent dies).
 pub fn run(model: Model, id: usize) -> Result<(), String> {
-    let raw: i32 = std::env::var(ENV_LISTEN_FD)
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .ok_or_else(|| format!("{ENV_LISTEN_FD} is not set: bench-worker is started by `handoff bench`, not by hand"))?;
-    let listener = crate::sys::process::take_inherited_fd(raw)
-        .map_err(|e| format!("inherited listener {raw}: {e}"))?;
-    rustix::io::ioctl_fionbio(&listener, true)
-        .map_err(|e| format!("listener non-blocking: {e}"))?;
-    let ep =
-        epoll::create(epoll::CreateFlags::CLOEXEC).map_err(|e| format!("epoll_create: {e}"))?;
+    let raw: i32 = std::env::var(ENV_LISTEN_FD).ok().and_then(|v| v.trim().parse().ok()).ok_or_else(|| {
+        format!("{ENV_LISTEN_FD} is not set: bench-worker is started by `handoff bench`, not by hand")
+    })?;
+    let listener = crate::sys::process::take_inherited_fd(raw).map_err(|e| format!("inherited listener {raw}: {e}"))?;
+    rustix::io::ioctl_fionbio(&listener, true).map_err(|e| format!("listener non-blocking: {e}"))?;
+    let ep = epoll::create(epoll::CreateFlags::CLOEXEC).map_err(|e| format!("epoll_create: {e}"))?;
     let flags = listen_flags(model);
-    epoll::add(&ep, &listener, epoll::EventData::new_u64(0), flags)
-        .map_err(|e| format!("epoll add listener: {e}"))?;
+    epoll::add(&ep, &listener, epoll::EventData::new_u64(0), flags).map_err(|e| format!("epoll add listener: {e}"))?;
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -71,10 +66,8 @@ pub fn run(model: Model, id: usize) -> Result<(), String> {
     let cfg = Arc::new(HttpConfig::new(id, None));
     rt.block_on(async move {
         use tokio::signal::unix::{signal, SignalKind};
-        let mut term =
-            signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
-        let mut int =
-            signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT handler: {e}"))?;
+        let mut term = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
+        let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT handler: {e}"))?;
         let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         {
             let mut out = std::io::stdout().lock();
@@ -148,9 +141,7 @@ fn acceptor(
                 accepted += 1;
                 if reorder && accepted % NGINX_REORDER_EVERY == 0 {
                     let _ = epoll::delete(&ep, &listener);
-                    if let Err(e) =
-                        epoll::add(&ep, listener.as_fd(), epoll::EventData::new_u64(0), flags)
-                    {
+                    if let Err(e) = epoll::add(&ep, listener.as_fd(), epoll::EventData::new_u64(0), flags) {
                         eprintln!("bench-worker: epoll re-add listener: {e}");
                         return;
                     }

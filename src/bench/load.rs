@@ -115,10 +115,9 @@ pub async fn run(addr: SocketAddr, spec: &LoadSpec, workers: usize) -> LoadResul
         out.connections += t.connections;
         out.errors += t.errors;
         let _ = out.latency.add(&t.latency);
-        for (dst, src) in [
-            (&mut out.conns_per_worker, &t.conns_per_worker),
-            (&mut out.reqs_per_worker, &t.reqs_per_worker),
-        ] {
+        for (dst, src) in
+            [(&mut out.conns_per_worker, &t.conns_per_worker), (&mut out.reqs_per_worker, &t.reqs_per_worker)]
+        {
             if src.len() > dst.len() {
                 dst.resize(src.len(), 0);
             }
@@ -178,16 +177,12 @@ async fn client_task(
             let started = Instant::now();
             let res = tokio::time::timeout(limit, async {
                 if stream.is_none() {
-                    let s = TcpStream::connect(addr)
-                        .await
-                        .map_err(|e| format!("connect {addr}: {e}"))?;
+                    let s = TcpStream::connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
                     let _ = s.set_nodelay(true);
                     stream = Some(s);
                 }
                 let s = stream.as_mut().ok_or("no stream")?;
-                s.write_all(req.as_bytes())
-                    .await
-                    .map_err(|e| format!("write: {e}"))?;
+                s.write_all(req.as_bytes()).await.map_err(|e| format!("write: {e}"))?;
                 read_response(s, &mut buf).await
             })
             .await;
@@ -243,8 +238,7 @@ async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Response,
         }
         read_more(s, buf).await?;
     };
-    let head = std::str::from_utf8(&buf[..head_end])
-        .map_err(|_| "response header is not UTF-8".to_string())?;
+    let head = std::str::from_utf8(&buf[..head_end]).map_err(|_| "response header is not UTF-8".to_string())?;
     let mut lines = head.split("\r\n");
     let status = lines.next().unwrap_or("");
     if !status.starts_with("HTTP/1.1 200") && !status.starts_with("HTTP/1.0 200") {

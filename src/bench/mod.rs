@@ -109,12 +109,7 @@ pub enum Workload {
 
 impl Workload {
     /// Every workload, in report order.
-    pub const ALL: [Workload; 4] = [
-        Workload::Close,
-        Workload::Keepalive,
-        Workload::Uneven,
-        Workload::Trickle,
-    ];
+    pub const ALL: [Workload; 4] = [Workload::Close, Workload::Keepalive, Workload::Uneven, Workload::Trickle];
 
     /// The workload's name.
     pub fn name(self) -> &'static str {
@@ -216,16 +211,11 @@ pub fn worker_main(args: WorkerArgs) -> Result<(), String> {
 
 /// Entry point of `handoff bench`.
 pub fn main(args: BenchArgs) -> Result<(), String> {
-    let workers = args.workers.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2)
-    });
+    let workers = args.workers.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
     if workers == 0 || workers > 256 {
         return Err(format!("--workers {workers}: give between 1 and 256"));
     }
-    let exe = std::env::current_exe()
-        .map_err(|e| format!("cannot find the handoff binary to start workers: {e}"))?;
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find the handoff binary to start workers: {e}"))?;
     if let Some(model) = args.serve {
         return serve(model, workers, &exe, args.listen);
     }
@@ -233,59 +223,33 @@ pub fn main(args: BenchArgs) -> Result<(), String> {
         return Err(format!("--runs {}: give between 1 and 20", args.runs));
     }
     if args.concurrency == 0 || args.concurrency > 4096 {
-        return Err(format!(
-            "--concurrency {}: give between 1 and 4096",
-            args.concurrency
-        ));
+        return Err(format!("--concurrency {}: give between 1 and 4096", args.concurrency));
     }
-    let models = if args.models.is_empty() {
-        Model::ALL.to_vec()
-    } else {
-        args.models.clone()
-    };
-    let workloads = if args.workloads.is_empty() {
-        Workload::ALL.to_vec()
-    } else {
-        args.workloads.clone()
-    };
+    let models = if args.models.is_empty() { Model::ALL.to_vec() } else { args.models.clone() };
+    let workloads = if args.workloads.is_empty() { Workload::ALL.to_vec() } else { args.workloads.clone() };
     let results = report::run_matrix(&args, workers, &exe, &models, &workloads)?;
     let summary = report::Summary::new(&args, workers, results);
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?
-        );
+        println!("{}", serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?);
     } else {
         print!("{}", summary.table());
     }
     if let Some(dir) = &args.out {
-        summary
-            .write_dir(dir)
-            .map_err(|e| format!("writing the report to {}: {e}", dir.display()))?;
+        summary.write_dir(dir).map_err(|e| format!("writing the report to {}: {e}", dir.display()))?;
         eprintln!("report written to {}", dir.display());
     }
     Ok(())
 }
 
 /// `handoff bench --serve MODEL`: one model until SIGINT or SIGTERM.
-fn serve(
-    model: Model,
-    workers: usize,
-    exe: &std::path::Path,
-    listen: SocketAddr,
-) -> Result<(), String> {
+fn serve(model: Model, workers: usize, exe: &std::path::Path, listen: SocketAddr) -> Result<(), String> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     for sig in [SIGINT, SIGTERM] {
-        signal_hook::flag::register(sig, stop.clone())
-            .map_err(|e| format!("signal handler: {e}"))?;
+        signal_hook::flag::register(sig, stop.clone()).map_err(|e| format!("signal handler: {e}"))?;
     }
     let server = models::start(model, workers, exe, listen)?;
-    eprintln!(
-        "{model} with {workers} workers listening on {} (pids {:?}); Ctrl-C stops",
-        server.addr,
-        server.pids()
-    );
+    eprintln!("{model} with {workers} workers listening on {} (pids {:?}); Ctrl-C stops", server.addr, server.pids());
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -42,18 +42,8 @@ pub struct Server {
 
 /// Starts `model` with `workers` workers on `listen` (port 0: the kernel picks),
 /// running `exe` (this binary) for its processes. Returns once every worker is ready.
-pub fn start(
-    model: Model,
-    workers: usize,
-    exe: &Path,
-    listen: SocketAddr,
-) -> Result<Server, String> {
-    let mut server = Server {
-        addr: listen,
-        master_pid: None,
-        children: Vec::new(),
-        model,
-    };
+pub fn start(model: Model, workers: usize, exe: &Path, listen: SocketAddr) -> Result<Server, String> {
+    let mut server = Server { addr: listen, master_pid: None, children: Vec::new(), model };
     match model.policy() {
         Some(policy) => start_handoff(&mut server, policy, workers, exe, listen)?,
         None => start_kernel(&mut server, workers, exe, listen)?,
@@ -61,24 +51,15 @@ pub fn start(
     Ok(server)
 }
 
-fn start_kernel(
-    server: &mut Server,
-    workers: usize,
-    exe: &Path,
-    listen: SocketAddr,
-) -> Result<(), String> {
+fn start_kernel(server: &mut Server, workers: usize, exe: &Path, listen: SocketAddr) -> Result<(), String> {
     let model = server.model;
     let mut shared: Option<Listener> = None;
     let mut port = listen.port();
     for id in 0..workers {
         let own: OwnedFd;
         let fd = if model == Model::Reuseport {
-            own = reuseport_socket(SocketAddr::new(listen.ip(), port)).map_err(|e| {
-                format!(
-                    "{model}: SO_REUSEPORT socket on {}:{port}: {e}",
-                    listen.ip()
-                )
-            })?;
+            own = reuseport_socket(SocketAddr::new(listen.ip(), port))
+                .map_err(|e| format!("{model}: SO_REUSEPORT socket on {}:{port}: {e}", listen.ip()))?;
             if port == 0 {
                 port = local_port(&own)?;
             }
@@ -96,20 +77,11 @@ fn start_kernel(
             shared.as_ref().map(|l| l.as_fd()).ok_or("no listener")?
         };
         let mut cmd = Command::new(exe);
-        cmd.args([
-            "bench-worker",
-            "--model",
-            model.name(),
-            "--id",
-            &id.to_string(),
-        ])
-        .env(
-            kworker::ENV_LISTEN_FD,
-            std::os::fd::AsRawFd::as_raw_fd(&fd).to_string(),
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+        cmd.args(["bench-worker", "--model", model.name(), "--id", &id.to_string()])
+            .env(kworker::ENV_LISTEN_FD, std::os::fd::AsRawFd::as_raw_fd(&fd).to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
         let mut child = spawn_with_channel(&mut cmd, fd, false)
             .map_err(|e| format!("{model}: start worker {id} ({}): {e}", exe.display()))?;
         let stdout = child.stdout.take();
@@ -117,14 +89,10 @@ fn start_kernel(
         // A worker prints one line once it waits in epoll_wait; EOF means it died.
         let mut line = String::new();
         let ok = stdout
-            .map(|s| {
-                BufReader::new(s).read_line(&mut line).is_ok() && line.trim() == kworker::READY_LINE
-            })
+            .map(|s| BufReader::new(s).read_line(&mut line).is_ok() && line.trim() == kworker::READY_LINE)
             .unwrap_or(false);
         if !ok {
-            return Err(format!(
-                "{model}: worker {id} exited before it was ready (see its error above)"
-            ));
+            return Err(format!("{model}: worker {id} exited before it was ready (see its error above)"));
         }
         // Our copy of a worker's own reuseport socket is dropped here (`own`); the
         // shared listener's copy when this function returns. Only workers hold them.
@@ -134,17 +102,8 @@ fn start_kernel(
 }
 
 fn reuseport_socket(addr: SocketAddr) -> std::io::Result<OwnedFd> {
-    let family = if addr.is_ipv4() {
-        AddressFamily::INET
-    } else {
-        AddressFamily::INET6
-    };
-    let fd = rustix::net::socket_with(
-        family,
-        SocketType::STREAM,
-        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
-        None,
-    )?;
+    let family = if addr.is_ipv4() { AddressFamily::INET } else { AddressFamily::INET6 };
+    let fd = rustix::net::socket_with(family, SocketType::STREAM, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK, None)?;
     rustix::net::sockopt::set_socket_reuseaddr(&fd, true)?;
     rustix::net::sockopt::set_socket_reuseport(&fd, true)?;
     rustix::net::bind(&fd, &addr)?;
@@ -169,24 +128,14 @@ fn start_handoff(
 ) -> Result<(), String> {
     let model = server.model;
     let mut cmd = Command::new(exe);
-    cmd.args([
-        "run",
-        "--listen",
-        &listen.to_string(),
-        "--workers",
-        &workers.to_string(),
-        "--policy",
-        policy,
-    ])
-    .env("HANDOFF_LOG", "info")
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
+    cmd.args(["run", "--listen", &listen.to_string(), "--workers", &workers.to_string(), "--policy", policy])
+        .env("HANDOFF_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     // spawn_with_channel is used for its death signal; the master gets /dev/null as
     // an extra descriptor, which it marks close-on-exec at start-up and ignores.
-    let devnull: OwnedFd = std::fs::File::open("/dev/null")
-        .map_err(|e| format!("/dev/null: {e}"))?
-        .into();
+    let devnull: OwnedFd = std::fs::File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?.into();
     let mut child = spawn_with_channel(&mut cmd, devnull.as_fd(), false)
         .map_err(|e| format!("{model}: start `{} run`: {e}", exe.display()))?;
     drop(devnull);
@@ -213,7 +162,12 @@ fn start_handoff(
         let left = until.saturating_duration_since(Instant::now());
         let line = match rx.recv_timeout(left) {
             Ok(l) => l,
-            Err(_) => return Err(format!("{model}: `handoff run` was not ready within {START_TIMEOUT:?}; its last lines:\n{}", last.join("\n"))),
+            Err(_) => {
+                return Err(format!(
+                    "{model}: `handoff run` was not ready within {START_TIMEOUT:?}; its last lines:\n{}",
+                    last.join("\n")
+                ))
+            }
         };
         if let Some(rest) = line.split("listening on ").nth(1) {
             addr = rest.trim().parse().ok();
@@ -281,8 +235,7 @@ impl Drop for Server {
 /// utime + stime of `pid` from `/proc/<pid>/stat`, in µs.
 pub fn cpu_time_us(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_stat_cpu_ticks(&stat)
-        .map(|t| t * 1_000_000 / rustix::param::clock_ticks_per_second().max(1))
+    parse_stat_cpu_ticks(&stat).map(|t| t * 1_000_000 / rustix::param::clock_ticks_per_second().max(1))
 }
 
 /// utime + stime (fields 14 and 15) in clock ticks. The command name (field 2) may

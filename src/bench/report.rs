@@ -82,24 +82,14 @@ pub fn run_matrix(
                 let cpu0 = server.master_cpu_us();
                 let r = rt.block_on(load::run(server.addr, &spec, workers));
                 let cpu1 = server.master_cpu_us();
-                let cell = make_cell(
-                    model,
-                    workload,
-                    run,
-                    r,
-                    cpu0.zip(cpu1).map(|(a, b)| b.saturating_sub(a)),
-                );
+                let cell = make_cell(model, workload, run, r, cpu0.zip(cpu1).map(|(a, b)| b.saturating_sub(a)));
                 eprintln!(
                     "{:>8.0} req/s  p99 {:>7.2} ms  jain {:.3}{}",
                     cell.rps,
                     cell.latency.p99,
                     cell.jain,
                     if cell.errors > 0 {
-                        format!(
-                            "  {} errors: {}",
-                            cell.errors,
-                            cell.first_error.as_deref().unwrap_or("?")
-                        )
+                        format!("  {} errors: {}", cell.errors, cell.first_error.as_deref().unwrap_or("?"))
                     } else {
                         String::new()
                     }
@@ -112,13 +102,7 @@ pub fn run_matrix(
     Ok(cells)
 }
 
-fn make_cell(
-    model: Model,
-    workload: Workload,
-    run: usize,
-    r: load::LoadResult,
-    master_cpu_us: Option<u64>,
-) -> Cell {
+fn make_cell(model: Model, workload: Workload, run: usize, r: load::LoadResult, master_cpu_us: Option<u64>) -> Cell {
     let secs = r.elapsed.as_secs_f64().max(1e-9);
     Cell {
         model,
@@ -135,9 +119,7 @@ fn make_cell(
         jain: stats::jain(&r.conns_per_worker),
         conns_per_worker: r.conns_per_worker,
         reqs_per_worker: r.reqs_per_worker,
-        master_cpu_us_per_conn: master_cpu_us
-            .filter(|_| r.connections > 0)
-            .map(|us| us as f64 / r.connections as f64),
+        master_cpu_us_per_conn: master_cpu_us.filter(|_| r.connections > 0).map(|us| us as f64 / r.connections as f64),
     }
 }
 
@@ -211,41 +193,26 @@ impl Summary {
             }
         }
         for &(model, workload) in &seen {
-            let mine: Vec<&Cell> = cells
-                .iter()
-                .filter(|c| c.model == model && c.workload == workload)
-                .collect();
+            let mine: Vec<&Cell> = cells.iter().filter(|c| c.model == model && c.workload == workload).collect();
             rows.push(row_of(model, workload, &mine));
         }
         let ratios = ratios(&cells, args.runs);
         let command = std::env::args().collect::<Vec<_>>().join(" ");
-        Summary {
-            workers,
-            runs: args.runs,
-            concurrency: args.concurrency,
-            command,
-            rows,
-            ratios,
-            cells,
-        }
+        Summary { workers, runs: args.runs, concurrency: args.concurrency, command, rows, ratios, cells }
     }
 
     /// The terminal table.
     pub fn table(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "\nhandoff bench: {} workers, {} run(s), concurrency {} (trickle 1); medians over runs\n", self.workers, self.runs, self.concurrency);
+        let _ = writeln!(
+            s,
+            "\nhandoff bench: {} workers, {} run(s), concurrency {} (trickle 1); medians over runs\n",
+            self.workers, self.runs, self.concurrency
+        );
         let _ = writeln!(
             s,
             "{:<18} {:<9} {:>9} {:>8} {:>8} {:>8} {:>6} {:>7}  {:>8}  connections per worker",
-            "model",
-            "workload",
-            "req/s",
-            "p50 ms",
-            "p99 ms",
-            "p99.9ms",
-            "jain",
-            "max/min",
-            "cpu µs/c",
+            "model", "workload", "req/s", "p50 ms", "p99 ms", "p99.9ms", "jain", "max/min", "cpu µs/c",
         );
         for r in &self.rows {
             let _ = writeln!(
@@ -259,15 +226,9 @@ impl Summary {
                 r.latency.p999,
                 r.jain,
                 fmt_ratio(r.max_min),
-                r.master_cpu_us_per_conn
-                    .map(|v| format!("{v:.1}"))
-                    .unwrap_or_else(|| "-".into()),
+                r.master_cpu_us_per_conn.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into()),
                 fmt_counts(&r.conns_per_worker),
-                if r.errors > 0 {
-                    format!("  ({} errors)", r.errors)
-                } else {
-                    String::new()
-                }
+                if r.errors > 0 { format!("  ({} errors)", r.errors) } else { String::new() }
             );
         }
         if !self.ratios.is_empty() {
@@ -277,9 +238,7 @@ impl Summary {
                     s,
                     "{:<58} {:>7}  target {:<8} {}",
                     r.name,
-                    r.median
-                        .map(|v| format!("{v:.2}"))
-                        .unwrap_or_else(|| "-".into()),
+                    r.median.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into()),
                     r.target,
                     met_word(r.met)
                 );
@@ -293,10 +252,7 @@ impl Summary {
         let mut s = String::new();
         let _ = writeln!(s, "Workers: {}. Runs: {} (figures are medians over runs; ratios are computed within each run, then the median is taken). Concurrency: {} clients (trickle: 1). Latency is per request as the client measured it (no coordinated-omission correction).\n", self.workers, self.runs, self.concurrency);
         let _ = writeln!(s, "Command: `{}`\n", self.command);
-        let _ = writeln!(
-            s,
-            "![connections per worker]({dist_svg})\n\n![latency percentiles]({lat_svg})\n"
-        );
+        let _ = writeln!(s, "![connections per worker]({dist_svg})\n\n![latency percentiles]({lat_svg})\n");
         let _ = writeln!(s, "| model | workload | req/s | p50 ms | p99 ms | p99.9 ms | Jain | max/min | master CPU µs/conn | connections per worker |");
         let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---|");
         for r in &self.rows {
@@ -311,15 +267,9 @@ impl Summary {
                 r.latency.p999,
                 r.jain,
                 fmt_ratio(r.max_min),
-                r.master_cpu_us_per_conn
-                    .map(|v| format!("{v:.1}"))
-                    .unwrap_or_else(|| "–".into()),
+                r.master_cpu_us_per_conn.map(|v| format!("{v:.1}")).unwrap_or_else(|| "–".into()),
                 fmt_counts(&r.conns_per_worker),
-                if r.errors > 0 {
-                    format!(" ({} errors)", r.errors)
-                } else {
-                    String::new()
-                }
+                if r.errors > 0 { format!(" ({} errors)", r.errors) } else { String::new() }
             );
         }
         if !self.ratios.is_empty() {
@@ -332,9 +282,7 @@ impl Summary {
                     "| {} | {} | {} | {} | {} |",
                     r.name,
                     per.join(", "),
-                    r.median
-                        .map(|v| format!("{v:.2}"))
-                        .unwrap_or_else(|| "–".into()),
+                    r.median.map(|v| format!("{v:.2}")).unwrap_or_else(|| "–".into()),
                     r.target,
                     met_word(r.met)
                 );
@@ -347,20 +295,10 @@ impl Summary {
     /// `bench-latency.svg` into `dir`.
     pub fn write_dir(&self, dir: &Path) -> std::io::Result<()> {
         std::fs::create_dir_all(dir)?;
-        charts::distribution(
-            &self.rows,
-            self.workers,
-            &dir.join("bench-distribution.svg"),
-        )?;
+        charts::distribution(&self.rows, self.workers, &dir.join("bench-distribution.svg"))?;
         charts::latency(&self.rows, &dir.join("bench-latency.svg"))?;
-        std::fs::write(
-            dir.join("report.md"),
-            self.markdown("bench-distribution.svg", "bench-latency.svg"),
-        )?;
-        std::fs::write(
-            dir.join("results.json"),
-            serde_json::to_string_pretty(self).map_err(std::io::Error::other)?,
-        )?;
+        std::fs::write(dir.join("report.md"), self.markdown("bench-distribution.svg", "bench-latency.svg"))?;
+        std::fs::write(dir.join("results.json"), serde_json::to_string_pretty(self).map_err(std::io::Error::other)?)?;
         Ok(())
     }
 }
@@ -378,27 +316,16 @@ fn fmt_ratio(r: Option<f64>) -> String {
 }
 
 fn fmt_counts(v: &[u64]) -> String {
-    v.iter()
-        .map(|x| x.to_string())
-        .collect::<Vec<_>>()
-        .join(" / ")
+    v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(" / ")
 }
 
 fn row_of(model: Model, workload: Workload, cells: &[&Cell]) -> Row {
-    let med = |f: &dyn Fn(&Cell) -> f64| {
-        stats::median(&cells.iter().map(|c| f(c)).collect::<Vec<_>>()).unwrap_or(0.0)
-    };
+    let med = |f: &dyn Fn(&Cell) -> f64| stats::median(&cells.iter().map(|c| f(c)).collect::<Vec<_>>()).unwrap_or(0.0);
     // The run whose Jain's index is the median supplies the per-worker counts, so the
     // counts shown agree with the index shown.
     let jain = med(&|c| c.jain);
-    let rep = cells
-        .iter()
-        .min_by(|a, b| (a.jain - jain).abs().total_cmp(&(b.jain - jain).abs()))
-        .copied();
-    let cpu: Vec<f64> = cells
-        .iter()
-        .filter_map(|c| c.master_cpu_us_per_conn)
-        .collect();
+    let rep = cells.iter().min_by(|a, b| (a.jain - jain).abs().total_cmp(&(b.jain - jain).abs())).copied();
+    let cpu: Vec<f64> = cells.iter().filter_map(|c| c.master_cpu_us_per_conn).collect();
     Row {
         model,
         workload,
@@ -419,9 +346,7 @@ fn row_of(model: Model, workload: Workload, cells: &[&Cell]) -> Row {
 }
 
 fn find(cells: &[Cell], model: Model, workload: Workload, run: usize) -> Option<&Cell> {
-    cells
-        .iter()
-        .find(|c| c.model == model && c.workload == workload && c.run == run)
+    cells.iter().find(|c| c.model == model && c.workload == workload && c.run == run)
 }
 
 /// The targets that compare models, each computed within one run.
@@ -432,37 +357,22 @@ fn ratios(cells: &[Cell], runs: usize) -> Vec<Ratio> {
             return;
         }
         let median = stats::median(&per_run);
-        out.push(Ratio {
-            name,
-            per_run,
-            median,
-            target: target.into(),
-            met: median.map(ok),
-        });
+        out.push(Ratio { name, per_run, median, target: target.into(), met: median.map(ok) });
     };
     for m in [Model::HandoffRr, Model::HandoffLeastConn, Model::HandoffP2c] {
         let per: Vec<f64> = (0..runs)
             .filter_map(|r| {
                 Some(
                     find(cells, m, Workload::Close, r)?.rps
-                        / find(cells, Model::Reuseport, Workload::Close, r)?
-                            .rps
-                            .max(1e-9),
+                        / find(cells, Model::Reuseport, Workload::Close, r)?.rps.max(1e-9),
                 )
             })
             .collect();
-        push(
-            format!("close req/s, {m} / reuseport"),
-            per,
-            ">= 0.90",
-            &|v| v >= 0.9,
-        );
+        push(format!("close req/s, {m} / reuseport"), per, ">= 0.90", &|v| v >= 0.9);
     }
     let per: Vec<f64> = (0..runs)
         .filter_map(|r| {
-            let lc = find(cells, Model::HandoffLeastConn, Workload::Uneven, r)?
-                .latency
-                .p99;
+            let lc = find(cells, Model::HandoffLeastConn, Workload::Uneven, r)?.latency.p99;
             let best = [Model::Shared, Model::SharedNginx, Model::Reuseport]
                 .iter()
                 .filter_map(|&k| find(cells, k, Workload::Uneven, r).map(|c| c.latency.p99))
@@ -470,32 +380,14 @@ fn ratios(cells: &[Cell], runs: usize) -> Vec<Ratio> {
             Some(lc / best.max(1e-9))
         })
         .collect();
-    push(
-        "uneven p99, handoff-least-conn / best kernel model".into(),
-        per,
-        "<= 0.50",
-        &|v| v <= 0.5,
-    );
+    push("uneven p99, handoff-least-conn / best kernel model".into(), per, "<= 0.50", &|v| v <= 0.5);
     for w in Workload::ALL {
-        let per: Vec<f64> = (0..runs)
-            .filter_map(|r| Some(find(cells, Model::HandoffRr, w, r)?.jain))
-            .collect();
-        push(
-            format!("Jain's index, handoff-rr, {w}"),
-            per,
-            ">= 0.99",
-            &|v| v >= 0.99,
-        );
+        let per: Vec<f64> = (0..runs).filter_map(|r| Some(find(cells, Model::HandoffRr, w, r)?.jain)).collect();
+        push(format!("Jain's index, handoff-rr, {w}"), per, ">= 0.99", &|v| v >= 0.99);
     }
-    let per: Vec<f64> = (0..runs)
-        .filter_map(|r| Some(find(cells, Model::HandoffLeastConn, Workload::Uneven, r)?.jain))
-        .collect();
-    push(
-        "Jain's index, handoff-least-conn, uneven".into(),
-        per,
-        ">= 0.98",
-        &|v| v >= 0.98,
-    );
+    let per: Vec<f64> =
+        (0..runs).filter_map(|r| Some(find(cells, Model::HandoffLeastConn, Workload::Uneven, r)?.jain)).collect();
+    push("Jain's index, handoff-least-conn, uneven".into(), per, ">= 0.98", &|v| v >= 0.98);
     out
 }
 
@@ -503,14 +395,7 @@ fn ratios(cells: &[Cell], runs: usize) -> Vec<Ratio> {
 mod tests {
     use super::*;
 
-    fn cell(
-        model: Model,
-        workload: Workload,
-        run: usize,
-        rps: f64,
-        p99: f64,
-        counts: Vec<u64>,
-    ) -> Cell {
+    fn cell(model: Model, workload: Workload, run: usize, rps: f64, p99: f64, counts: Vec<u64>) -> Cell {
         Cell {
             model,
             workload,
@@ -521,12 +406,7 @@ mod tests {
             first_error: None,
             elapsed_s: 1.0,
             rps,
-            latency: Percentiles {
-                p50: 1.0,
-                p99,
-                p999: p99 * 2.0,
-                max: p99 * 3.0,
-            },
+            latency: Percentiles { p50: 1.0, p99, p999: p99 * 2.0, max: p99 * 3.0 },
             max_min: stats::max_min(&counts),
             jain: stats::jain(&counts),
             conns_per_worker: counts,
@@ -538,32 +418,12 @@ mod tests {
     #[test]
     fn ratios_are_taken_within_a_run_then_medianed() {
         let mut cells = Vec::new();
-        for (run, (rr, rp)) in [(900.0, 1000.0), (400.0, 500.0), (2000.0, 2000.0)]
-            .into_iter()
-            .enumerate()
-        {
-            cells.push(cell(
-                Model::HandoffRr,
-                Workload::Close,
-                run,
-                rr,
-                1.0,
-                vec![5, 5],
-            ));
-            cells.push(cell(
-                Model::Reuseport,
-                Workload::Close,
-                run,
-                rp,
-                1.0,
-                vec![5, 5],
-            ));
+        for (run, (rr, rp)) in [(900.0, 1000.0), (400.0, 500.0), (2000.0, 2000.0)].into_iter().enumerate() {
+            cells.push(cell(Model::HandoffRr, Workload::Close, run, rr, 1.0, vec![5, 5]));
+            cells.push(cell(Model::Reuseport, Workload::Close, run, rp, 1.0, vec![5, 5]));
         }
         let r = ratios(&cells, 3);
-        let close = r
-            .iter()
-            .find(|r| r.name.contains("handoff-rr / reuseport"))
-            .unwrap();
+        let close = r.iter().find(|r| r.name.contains("handoff-rr / reuseport")).unwrap();
         assert_eq!(close.per_run, vec![0.9, 0.8, 1.0]);
         assert_eq!(close.median, Some(0.9));
         assert_eq!(close.met, Some(true));
@@ -574,14 +434,7 @@ mod tests {
         let cells = vec![
             cell(Model::Shared, Workload::Uneven, 0, 1.0, 30.0, vec![1, 1]),
             cell(Model::Reuseport, Workload::Uneven, 0, 1.0, 20.0, vec![1, 1]),
-            cell(
-                Model::HandoffLeastConn,
-                Workload::Uneven,
-                0,
-                1.0,
-                5.0,
-                vec![1, 1],
-            ),
+            cell(Model::HandoffLeastConn, Workload::Uneven, 0, 1.0, 5.0, vec![1, 1]),
         ];
         let r = ratios(&cells, 1);
         let u = r.iter().find(|r| r.name.starts_with("uneven p99")).unwrap();

@@ -58,20 +58,10 @@ pub fn record(h: &mut Histogram<u64>, us: u64) {
 /// p50, p99, p99.9 and max of `h` (µs) in milliseconds; zeros for an empty histogram.
 pub fn percentiles(h: &Histogram<u64>) -> Percentiles {
     if h.is_empty() {
-        return Percentiles {
-            p50: 0.0,
-            p99: 0.0,
-            p999: 0.0,
-            max: 0.0,
-        };
+        return Percentiles { p50: 0.0, p99: 0.0, p999: 0.0, max: 0.0 };
     }
     let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-    Percentiles {
-        p50: ms(0.50),
-        p99: ms(0.99),
-        p999: ms(0.999),
-        max: h.max() as f64 / 1000.0,
-    }
+    Percentiles { p50: ms(0.50), p99: ms(0.99), p999: ms(0.999), max: h.max() as f64 / 1000.0 }
 }
 
 /// The median of `xs` (mean of the middle two for an even count); `None` if empty.
@@ -81,16 +71,9 @@ pub fn median(xs: &[f64]) -> Option<f64> {
         return None;
     }
     let mut v = xs.to_vec();
-    v.sort_by(|a, b| {
-        a.partial_cmp(b)
-            .unwrap_or_else(|| a.is_nan().cmp(&b.is_nan()))
-    });
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or_else(|| a.is_nan().cmp(&b.is_nan())));
     let m = v.len() / 2;
-    Some(if v.len() % 2 == 1 {
-        v[m]
-    } else {
-        (v[m - 1] + v[m]) / 2.0
-    })
+    Some(if v.len() % 2 == 1 { v[m] } else { (v[m - 1] + v[m]) / 2.0 })
 }
 
 #[cfg(test)]
