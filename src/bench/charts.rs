@@ -97,7 +97,7 @@ pub fn distribution(rows: &[Row], workers: usize, path: &Path) -> io::Result<()>
 pub fn latency(rows: &[Row], path: &Path) -> io::Result<()> {
     let (workloads, models) = layout(rows);
     let n = models.len().max(1);
-    let top = rows.iter().map(|r| r.latency.p999).fold(1.0f64, f64::max) * 2.0;
+    let top = rows.iter().map(|r| r.latency.p999).fold(1.0f64, f64::max) * 10.0; // headroom: the legend sits above the bars
     let floor = 0.01f64;
     let root = SVGBackend::new(path, (1100, 260 * workloads.len().max(1) as u32)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
