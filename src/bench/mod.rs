@@ -222,6 +222,9 @@ pub fn main(args: BenchArgs) -> Result<(), String> {
     if args.runs == 0 || args.runs > 20 {
         return Err(format!("--runs {}: give between 1 and 20", args.runs));
     }
+    if !(args.duration.is_finite() && args.duration > 0.0 && args.duration <= 600.0) {
+        return Err(format!("--duration {}: give a number of seconds between 0 and 600", args.duration));
+    }
     if args.concurrency == 0 || args.concurrency > 4096 {
         return Err(format!("--concurrency {}: give between 1 and 4096", args.concurrency));
     }

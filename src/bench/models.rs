@@ -86,13 +86,22 @@ fn start_kernel(server: &mut Server, workers: usize, exe: &Path, listen: SocketA
             .map_err(|e| format!("{model}: start worker {id} ({}): {e}", exe.display()))?;
         let stdout = child.stdout.take();
         server.children.push(child);
-        // A worker prints one line once it waits in epoll_wait; EOF means it died.
-        let mut line = String::new();
-        let ok = stdout
-            .map(|s| BufReader::new(s).read_line(&mut line).is_ok() && line.trim() == kworker::READY_LINE)
-            .unwrap_or(false);
-        if !ok {
-            return Err(format!("{model}: worker {id} exited before it was ready (see its error above)"));
+        // A worker prints one line once it waits in epoll_wait; EOF means it died. The
+        // line is read on a thread so that a worker stuck before it cannot hang the bench.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let ok = stdout.map(|s| BufReader::new(s).read_line(&mut line).is_ok()).unwrap_or(false);
+            let _ = tx.send(ok && line.trim() == kworker::READY_LINE);
+        });
+        match rx.recv_timeout(START_TIMEOUT) {
+            Ok(true) => {}
+            Ok(false) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(format!("{model}: worker {id} exited before it was ready (see its error above)"));
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                return Err(format!("{model}: worker {id} was not ready within {START_TIMEOUT:?}"));
+            }
         }
         // Our copy of a worker's own reuseport socket is dropped here (`own`); the
         // shared listener's copy when this function returns. Only workers hold them.

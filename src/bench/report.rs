@@ -74,7 +74,8 @@ pub fn run_matrix(
             for &workload in workloads {
                 done += 1;
                 eprint!(
-                    "[{done:>3}/{total}] {:>7.1}s  run {}  {model:<18} {workload:<9} ... ",
+                    "{} [{done:>3}/{total}] {:>6.1}s  run {}  {model:<18} {workload:<9} ... ",
+                    progress_bar(done - 1, total),
                     started.elapsed().as_secs_f64(),
                     run + 1
                 );
@@ -100,6 +101,12 @@ pub fn run_matrix(
         }
     }
     Ok(cells)
+}
+
+/// `[#####.....]`: `done` of `total` cells finished, 20 characters wide.
+fn progress_bar(done: usize, total: usize) -> String {
+    let filled = (done * 20).checked_div(total).unwrap_or(20).min(20);
+    format!("[{}{}]", "#".repeat(filled), ".".repeat(20 - filled))
 }
 
 fn make_cell(model: Model, workload: Workload, run: usize, r: load::LoadResult, master_cpu_us: Option<u64>) -> Cell {
@@ -413,6 +420,14 @@ mod tests {
             reqs_per_worker: vec![],
             master_cpu_us_per_conn: None,
         }
+    }
+
+    #[test]
+    fn progress_bar_fills_in_proportion() {
+        assert_eq!(progress_bar(0, 24), format!("[{}]", ".".repeat(20)));
+        assert_eq!(progress_bar(12, 24), format!("[{}{}]", "#".repeat(10), ".".repeat(10)));
+        assert_eq!(progress_bar(24, 24), format!("[{}]", "#".repeat(20)));
+        assert_eq!(progress_bar(0, 0), format!("[{}]", "#".repeat(20)));
     }
 
     #[test]
