@@ -118,6 +118,28 @@ fn every_model_and_workload_answers_with_a_tiny_count() {
         }
     }
     assert!(v["rows"].as_array().unwrap().len() == 24);
+
+    // The saved JSON redraws the report without measuring again.
+    let dir = std::env::temp_dir().join(format!("handoff-bench-smoke-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("in.json");
+    std::fs::write(&json, &out).unwrap();
+    let st = Command::new(env!("CARGO_BIN_EXE_handoff"))
+        .args(["bench", "--render"])
+        .arg(&json)
+        .arg("--out")
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    for f in ["report.md", "results.json", "bench-distribution.svg", "bench-latency.svg"] {
+        let meta = std::fs::metadata(dir.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+        assert!(meta.len() > 100, "{f} is nearly empty");
+    }
+    let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(md.contains("| handoff-least-conn | uneven |"), "{md}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -97,7 +97,7 @@ pub fn distribution(rows: &[Row], workers: usize, path: &Path) -> io::Result<()>
 pub fn latency(rows: &[Row], path: &Path) -> io::Result<()> {
     let (workloads, models) = layout(rows);
     let n = models.len().max(1);
-    let top = rows.iter().map(|r| r.latency.p999).fold(1.0f64, f64::max) * 10.0; // headroom: the legend sits above the bars
+    let top = rows.iter().map(|r| r.latency.p999).fold(1.0f64, f64::max) * 2.0;
     let floor = 0.01f64;
     let root = SVGBackend::new(path, (1100, 260 * workloads.len().max(1) as u32)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
@@ -113,12 +113,13 @@ pub fn latency(rows: &[Row], path: &Path) -> io::Result<()> {
             .margin(8)
             .x_label_area_size(24)
             .y_label_area_size(44)
-            .build_cartesian_2d(0f64..n as f64, (floor..top).log_scale())
+            // An empty strip left of the first model holds the legend, clear of every bar.
+            .build_cartesian_2d(-0.5f64..n as f64, (floor..top).log_scale())
             .map_err(err)?;
         chart
             .configure_mesh()
             .disable_x_mesh()
-            .x_labels(2 * n + 1)
+            .x_labels(2 * n + 2)
             .x_label_formatter(&|x| model_label(&models, *x))
             .y_desc("ms")
             .draw()

@@ -31,7 +31,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 /// How connections reach workers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Model {
     /// Workers accept on one inherited socket, each with its own epoll (`EPOLLEXCLUSIVE`).
@@ -94,7 +94,7 @@ impl fmt::Display for Model {
 }
 
 /// What the clients do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Workload {
     /// One request per connection, fixed concurrency.
@@ -179,6 +179,9 @@ pub struct BenchArgs {
     /// Write report.md, results.json and SVG charts into DIR
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// Redraw the report (with --out) or table from a results.json of an earlier run, without measuring
+    #[arg(long, value_name = "FILE", conflicts_with = "serve")]
+    pub render: Option<PathBuf>,
     /// Run MODEL alone as a server until SIGINT/SIGTERM, for outside load generators
     #[arg(long, value_enum, value_name = "MODEL")]
     pub serve: Option<Model>,
@@ -228,12 +231,23 @@ pub fn main(args: BenchArgs) -> Result<(), String> {
     if args.concurrency == 0 || args.concurrency > 4096 {
         return Err(format!("--concurrency {}: give between 1 and 4096", args.concurrency));
     }
+    if let Some(path) = &args.render {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+        let summary: report::Summary = serde_json::from_str(&text)
+            .map_err(|e| format!("{} is not a results.json written by `handoff bench --out`: {e}", path.display()))?;
+        return output(&args, &summary);
+    }
     let models = if args.models.is_empty() { Model::ALL.to_vec() } else { args.models.clone() };
     let workloads = if args.workloads.is_empty() { Workload::ALL.to_vec() } else { args.workloads.clone() };
     let results = report::run_matrix(&args, workers, &exe, &models, &workloads)?;
     let summary = report::Summary::new(&args, workers, results);
+    output(&args, &summary)
+}
+
+/// Prints `summary` (table or JSON) and writes the report directory if asked.
+fn output(args: &BenchArgs, summary: &report::Summary) -> Result<(), String> {
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?);
+        println!("{}", serde_json::to_string_pretty(summary).map_err(|e| e.to_string())?);
     } else {
         print!("{}", summary.table());
     }

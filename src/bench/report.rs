@@ -15,7 +15,7 @@ use super::stats::{self, Percentiles};
 use super::{charts, load, models, BenchArgs, Model, Workload};
 
 /// One model × workload × run.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Cell {
     /// The model.
     pub model: Model,
@@ -131,7 +131,7 @@ fn make_cell(model: Model, workload: Workload, run: usize, r: load::LoadResult, 
 }
 
 /// The median of each figure of one model × workload over the runs.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Row {
     /// The model.
     pub model: Model,
@@ -156,7 +156,7 @@ pub struct Row {
 }
 
 /// A ratio between two models, per run and its median.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Ratio {
     /// What it compares.
     pub name: String,
@@ -171,7 +171,7 @@ pub struct Ratio {
 }
 
 /// Everything `handoff bench` reports.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Summary {
     /// Workers per model.
     pub workers: usize,

@@ -30,7 +30,7 @@ pub fn max_min(xs: &[u64]) -> Option<f64> {
 }
 
 /// Latency percentiles in milliseconds.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Percentiles {
     /// Median.
     pub p50: f64,
