@@ -26,7 +26,7 @@ fn main() {
         let got = recv_with_fds(&worker, &mut buf, wire::MAX_CONNS).expect("recv CONN");
         let Ok(wire::Frame::Conn(items)) = wire::decode(&buf[..got.len]) else { panic!("bad CONN") };
         drop(got.fds); // the worker's copy
-        // worker → master: ACK, then DONE
+                       // worker → master: ACK, then DONE
         for kind in [wire::kind::ACK, wire::kind::DONE] {
             wire::encode_ids(&mut frame, kind, &[items[0].id]);
             send_with_fds(worker.as_fd(), &frame, &[]).expect("send ACK/DONE");

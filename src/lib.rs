@@ -91,6 +91,7 @@ pub use server::{Bound, Server, ServerError};
 /// The error a worker closure may return: any error, boxed (so `?` works on all).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+pub mod bench;
 pub mod config;
 pub mod control;
 pub mod listener;

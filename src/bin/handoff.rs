@@ -22,7 +22,6 @@ struct Cli {
 }
 
 // RunArgs is big and parsed once: boxing it buys nothing (main boxes it; drop this then).
-#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// Run a master and its workers (the built-in HTTP worker unless a command follows `--`).
@@ -44,6 +43,11 @@ enum Cmd {
         #[command(subcommand)]
         action: CtlAction,
     },
+    /// Measure handoff against the kernel's connection models (shared queue, SO_REUSEPORT).
+    Bench(handoff::bench::BenchArgs),
+    /// Internal: a worker of a `handoff bench` kernel model.
+    #[command(hide = true)]
+    BenchWorker(handoff::bench::WorkerArgs),
     /// Internal: the built-in HTTP worker, started by the master.
     #[command(hide = true)]
     Worker {
@@ -234,6 +238,8 @@ fn main() -> ExitCode {
         }
         Cmd::Status { control, json } => exit_with(status(control, json)),
         Cmd::Ctl { control, action } => exit_with(ctl(control, action)),
+        Cmd::Bench(args) => exit_with(handoff::bench::main(args)),
+        Cmd::BenchWorker(args) => exit_with(handoff::bench::worker_main(args)),
         Cmd::Worker { static_dir, misbehave, misbehave_slot } => {
             init_logging(0, true);
             let slot = handoff::worker::WorkerEnv::from_env().id;

@@ -1,0 +1,180 @@
+//! `handoff bench` end to end: every model × workload with a tiny request count, real
+//! processes on loopback, then `--serve`. No speed is asserted (this runs on noisy,
+//! shared 2-core machines): only that every request was answered by a worker of the
+//! model, that the report adds up, and that no process is left behind.
+//!
+//! Each run is tagged with a unique environment variable, which every process the
+//! bench starts inherits; after the run, no process in `/proc` may still carry it.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const TAG: &str = "HANDOFF_BENCH_SMOKE_TAG";
+
+fn tag() -> String {
+    format!("{}-{:?}", std::process::id(), Instant::now())
+}
+
+/// Pids of live processes whose environment holds `TAG=value`.
+fn tagged_processes(value: &str) -> Vec<u32> {
+    let needle = format!("{TAG}={value}");
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else { continue };
+        // Zombies have an empty environ; they are gone for our purpose.
+        if env.split(|&b| b == 0).any(|kv| kv == needle.as_bytes()) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+fn assert_no_leftovers(value: &str) {
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = tagged_processes(value);
+        if left.is_empty() {
+            return;
+        }
+        if Instant::now() > until {
+            for pid in &left {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            }
+            panic!("processes left behind by the bench: {left:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits for `child` at most `limit`, killing it (by pid) if it overruns.
+fn wait_bounded(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let until = Instant::now() + limit;
+    loop {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            return st;
+        }
+        if Instant::now() > until {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("handoff bench ran over {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn every_model_and_workload_answers_with_a_tiny_count() {
+    let t = tag();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_handoff"))
+        .args(["bench", "--workers", "2", "--requests", "24", "--duration", "5", "--concurrency", "4", "--json"])
+        .env(TAG, &t)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start handoff bench");
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let status = wait_bounded(&mut child, Duration::from_secs(240));
+    let out = out_reader.join().unwrap();
+    let err = err_reader.join().unwrap();
+    assert!(status.success(), "handoff bench failed: {status}\n{err}");
+    assert_no_leftovers(&t);
+
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("bad JSON ({e}):\n{out}\n{err}"));
+    let cells = v["cells"].as_array().expect("cells");
+    let models = ["shared", "shared-nginx", "reuseport", "handoff-rr", "handoff-least-conn", "handoff-p2c"];
+    let workloads = ["close", "keepalive", "uneven", "trickle"];
+    assert_eq!(cells.len(), models.len() * workloads.len(), "{out}");
+    for m in models {
+        for w in workloads {
+            let c = cells
+                .iter()
+                .find(|c| c["model"] == m && c["workload"] == w)
+                .unwrap_or_else(|| panic!("no cell {m} × {w}"));
+            assert_eq!(c["errors"], 0, "{m} × {w}: {c}");
+            assert_eq!(c["requests"], 24, "{m} × {w}: {c}");
+            let counts: Vec<u64> =
+                c["conns_per_worker"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+            assert_eq!(counts.len(), 2, "{m} × {w}: only workers 0 and 1 may answer: {c}");
+            assert_eq!(counts.iter().sum::<u64>(), c["connections"].as_u64().unwrap(), "{m} × {w}: {c}");
+            let jain = c["jain"].as_f64().unwrap();
+            assert!((0.5..=1.0 + 1e-9).contains(&jain), "{m} × {w}: {c}");
+            let is_handoff = m.starts_with("handoff");
+            assert_eq!(c["master_cpu_us_per_conn"].is_number(), is_handoff, "{m} × {w}: {c}");
+        }
+    }
+    assert!(v["rows"].as_array().unwrap().len() == 24);
+
+    // The saved JSON redraws the report without measuring again.
+    let dir = std::env::temp_dir().join(format!("handoff-bench-smoke-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("in.json");
+    std::fs::write(&json, &out).unwrap();
+    let st = Command::new(env!("CARGO_BIN_EXE_handoff"))
+        .args(["bench", "--render"])
+        .arg(&json)
+        .arg("--out")
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    for f in ["report.md", "results.json", "bench-distribution.svg", "bench-latency.svg"] {
+        let meta = std::fs::metadata(dir.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+        assert!(meta.len() > 100, "{f} is nearly empty");
+    }
+    let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(md.contains("| handoff-least-conn | uneven |"), "{md}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn serve_runs_one_model_until_sigterm() {
+    for model in ["shared-nginx", "reuseport", "handoff-least-conn"] {
+        let t = tag();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_handoff"))
+            .args(["bench", "--serve", model, "--listen", "127.0.0.1:0", "--workers", "2"])
+            .env(TAG, &t)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start handoff bench --serve");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let addr = loop {
+            let line = lines.next().expect("bench --serve ended before listening").unwrap();
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                break rest.split_whitespace().next().unwrap().to_string();
+            }
+        };
+        for _ in 0..4 {
+            let mut s = TcpStream::connect(&addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+            let mut resp = String::new();
+            s.read_to_string(&mut resp).unwrap();
+            assert!(resp.starts_with("HTTP/1.1 200"), "{model}: {resp}");
+            assert!(resp.to_ascii_lowercase().contains("x-handoff-worker: "), "{model}: {resp}");
+        }
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        // Drain the log so the server never blocks on a full pipe while stopping.
+        std::thread::spawn(move || for _ in lines {});
+        let st = wait_bounded(&mut child, Duration::from_secs(20));
+        assert!(st.success(), "{model}: --serve exited with {st}");
+        assert_no_leftovers(&t);
+    }
+}
