@@ -17,7 +17,7 @@ if hard < n + 100:
     sys.exit(f"need RLIMIT_NOFILE > {n + 100} (hard limit is {hard})")
 binary = os.path.join(os.path.dirname(__file__), "..", "target", "release", "handoff")
 ctl = f"/tmp/handoff-rss-{os.getpid()}.sock"
-p = subprocess.Popen([binary, "run", "-q", "--listen", "127.0.0.1:0", "--workers", "2", "--control", ctl],
+p = subprocess.Popen([binary, "run", "--listen", "127.0.0.1:0", "--workers", "2", "--control", ctl],
                      stderr=subprocess.PIPE, text=True)
 try:
     port = None
@@ -28,7 +28,6 @@ try:
             port = int(m.group(1))
         if not line and p.poll() is not None:
             sys.exit("handoff exited")
-    # -q hides the listening line on newer builds; fall back to status
     time.sleep(0.5)
     import json
     st = json.loads(subprocess.check_output([binary, "status", "--json", "--control", ctl]))

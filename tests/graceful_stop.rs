@@ -36,3 +36,28 @@ fn shutdown_timeout_kills_workers_that_do_not_finish() {
     assert!(stuck.join().unwrap().is_err(), "the stuck request was cut when its worker was killed");
     wait_no_processes(&h.marker, Duration::from_secs(5)).expect("nothing left behind");
 }
+
+#[test]
+fn ctrl_c_to_the_terminal_group_drains_instead_of_killing_workers() {
+    // The master leads its own process group, as a shell job would; a terminal Ctrl-C
+    // is SIGINT to that whole group. Workers have groups of their own, so only the
+    // master gets it, and the request in flight finishes.
+    let mut h = Handoff::start_with(&["--listen", "127.0.0.1:0", "--workers", "2"], |cmd| {
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+    });
+    h.wait_ready(2);
+    let addr = h.addr();
+    let slow = std::thread::spawn(move || http_get(addr, "/?sleep_ms=700"));
+    std::thread::sleep(Duration::from_millis(200));
+    signal_group(h.pid(), 2);
+    let r = slow.join().unwrap().expect("the request in flight is finished, not killed");
+    assert_eq!(r.status, 200);
+    assert_eq!(h.wait_exit(), Some(0));
+    let log = h.lines().join("\n");
+    assert!(log.contains("SIGINT: stopping gracefully") && !log.contains("unexpectedly"), "{log}");
+}
+
+fn signal_group(pgid: u32, sig: i32) {
+    let _ = std::process::Command::new("kill").arg(format!("-{sig}")).arg("--").arg(format!("-{pgid}")).status();
+}

@@ -66,6 +66,9 @@ pub fn spawn_with_channel(cmd: &mut Command, channel: BorrowedFd<'_>, no_new_pri
             if no_new_privs {
                 rustix::thread::set_no_new_privs(true)?;
             }
+            // A process group of its own: a terminal's Ctrl-C (SIGINT to the foreground
+            // group) reaches the master alone, which then drains the workers gracefully.
+            rustix::process::setpgid(None, None)?;
             Ok(())
         });
     }
@@ -178,6 +181,8 @@ fn child_main(
     if let Err(e) = rustix::process::set_parent_process_death_signal(Some(Signal::KILL)) {
         fail("PR_SET_PDEATHSIG", e.into());
     }
+    // Own process group, as for exec'd workers: Ctrl-C goes to the master alone.
+    let _ = rustix::process::setpgid(None, None);
     if rustix::process::getppid() != Some(master) {
         // The master exited before PDEATHSIG was armed: nobody would ever stop us.
         // SAFETY: as above, `_exit` runs none of the master's destructors.
@@ -337,7 +342,9 @@ fn signal_name(s: i32) -> Option<&'static str> {
 
 /// Reaps one exited child without blocking: `Ok(None)` when no child has exited.
 pub fn reap_any() -> io::Result<Option<(u32, Exit)>> {
-    match rustix::process::waitpid(None, WaitOptions::NOHANG) {
+    // `wait`, not `waitpid(None)`: rustix maps `None` to 0, "any child in my process
+    // group", and workers lead process groups of their own.
+    match rustix::process::wait(WaitOptions::NOHANG) {
         Ok(Some((pid, status))) => Ok(Some((pid.as_raw_nonzero().get() as u32, exit_of(status)))),
         Ok(None) => Ok(None),
         Err(rustix::io::Errno::CHILD) => Ok(None),

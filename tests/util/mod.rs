@@ -23,6 +23,17 @@ pub struct Handoff {
     /// A marker in the environment of the master and all its workers, to find every
     /// process it started.
     pub marker: String,
+    /// Set when the stderr reader has seen end of file.
+    eof: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Sets the flag when dropped (when the reader thread ends, however it ends).
+struct SetOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 pub fn handoff_bin() -> &'static str {
@@ -69,7 +80,10 @@ impl Handoff {
         let stderr = child.stderr.take().unwrap();
         let lines: Arc<(Mutex<Vec<String>>, Condvar)> = Arc::default();
         let sink = lines.clone();
+        let eof = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let eof_flag = eof.clone();
         std::thread::spawn(move || {
+            let _set_on_exit = SetOnDrop(eof_flag);
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 if std::env::var_os("HANDOFF_TEST_ECHO").is_some() {
@@ -79,7 +93,7 @@ impl Handoff {
                 sink.1.notify_all();
             }
         });
-        Handoff { child: Some(child), lines, marker }
+        Handoff { child: Some(child), lines, marker, eof }
     }
 
     pub fn pid(&self) -> u32 {
@@ -160,6 +174,13 @@ impl Handoff {
         let deadline = Instant::now() + WAIT;
         loop {
             if let Some(st) = child.try_wait().unwrap() {
+                // Let the reader take the last lines the master wrote (a process that
+                // inherited its stderr, like a new master after an upgrade, may keep
+                // the pipe open: wait a bounded time only).
+                let until = Instant::now() + Duration::from_secs(2);
+                while !self.eof.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
                 return st.code();
             }
             assert!(Instant::now() < deadline, "handoff did not exit; log:\n{}", self.lines().join("\n"));
