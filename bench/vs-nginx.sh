@@ -1,20 +1,29 @@
 #!/usr/bin/env bash
-# vs-nginx.sh: nginx (shared accept queue, and SO_REUSEPORT) against `handoff run` with
-# its built-in worker, the same number of workers, measured by wrk, a client nobody here
-# wrote, so that `handoff bench`'s own load generator is kept honest.
+# vs-nginx.sh: nginx (shared accept queue, and SO_REUSEPORT) and Node `cluster`
+# (SCHED_RR: the primary accepts and hands connections to workers, like handoff) against
+# `handoff run` with its built-in worker, the same number of workers, measured by wrk, a
+# client nobody here wrote, so that `handoff bench`'s own load generator is kept honest.
+#
+# For each server it also reports the server's CPU time per request: utime + stime of
+# every server process (master/primary and workers, from /proc/<pid>/stat) over the
+# connection-per-request run, divided by the requests served; and the master's share.
+# That figure does not depend on the client being the bottleneck.
 #
 # Loopback only. Every server is started by this script, stopped by its pid, and the
 # whole run is bounded (each wrk run lasts DURATION seconds, under `timeout`).
 #
 # Usage: bench/vs-nginx.sh            (after `cargo build --release`)
-# Knobs (environment): WORKERS (default: nproc), DURATION (s, default 5), CONNS (16),
-#   THREADS (wrk threads, 1), HANDOFF (path to the binary, target/release/handoff).
+# Knobs (environment): WORKERS (default: nproc), DURATION (s, default 5), CONNS (50),
+#   THREADS (wrk threads, 2), RUNS (3: the table shows medians, ratios are taken within
+#   each run), NODE=0 to skip Node, HANDOFF (path to the binary, target/release/handoff).
 set -euo pipefail
 
 WORKERS=${WORKERS:-$(nproc)}
 DURATION=${DURATION:-5}
-CONNS=${CONNS:-16}
-THREADS=${THREADS:-1}
+CONNS=${CONNS:-50}
+THREADS=${THREADS:-2}
+RUNS=${RUNS:-3}
+NODE=${NODE:-1}
 HANDOFF=${HANDOFF:-target/release/handoff}
 
 die() { echo "vs-nginx: $*" >&2; exit 1; }
@@ -29,6 +38,10 @@ if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ] || ! command -
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx wrk >/dev/null
 fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+if [ "$NODE" = 1 ] && ! command -v node >/dev/null 2>&1; then
+  echo "node not found: skipping Node cluster (apt-get install nodejs)" >&2
+  NODE=0
+fi
 
 TMP=$(mktemp -d /tmp/vs-nginx.XXXXXX)
 PIDS=()
@@ -96,31 +109,100 @@ start_handoff() { # port, policy; sets SERVER_PID
   sleep 0.5 # the port opens before every worker is READY
 }
 
-ROWS=()
-measure() { # name, port
-  local name=$1 port=$2 mode hdr out rps p50 p99 errs
+RESULTS="$TMP/results.tsv"
+: >"$RESULTS"
+
+# CPU ticks (utime + stime) of a process and all its descendants, and of the process alone.
+ticks() { # pid -> "total self"
+  python3 - "$1" <<'PY'
+import os, sys
+root = int(sys.argv[1])
+def stat(p):
+    try:
+        f = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
+        return int(f[11]) + int(f[12]), int(f[1])
+    except OSError:
+        return 0, -1
+kids = {}
+for d in os.listdir("/proc"):
+    if d.isdigit():
+        t, ppid = stat(d)
+        kids.setdefault(ppid, []).append(int(d))
+total, todo = 0, [root]
+while todo:
+    p = todo.pop()
+    total += stat(p)[0]
+    todo += kids.get(p, [])
+print(total, stat(root)[0])
+PY
+}
+
+measure() { # run, name, port, pid
+  local run=$1 name=$2 port=$3 pid=$4 mode hdr out rps p50 p99 errs reqs before after
   for mode in close keepalive; do
     hdr=()
     [ "$mode" = close ] && hdr=(-H 'Connection: close')
+    before=$(ticks "$pid")
     out=$(timeout $((DURATION + 20)) wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency "${hdr[@]}" "http://127.0.0.1:$port/" 2>&1) \
       || die "wrk failed against $name: $out"
+    after=$(ticks "$pid")
     rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
+    reqs=$(awk '/requests in/ {print $1}' <<<"$out")
     p50=$(awk '$1 == "50%" {print $2}' <<<"$out")
     p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
     errs=$(awk '/Socket errors|Non-2xx/ {sub(/^ +/, ""); printf "%s; ", $0}' <<<"$out")
-    ROWS+=("$(printf '%-20s %-10s %10s %10s %10s  %s' "$name" "$mode" "$rps" "$p50" "$p99" "${errs:-none}")")
-    echo "${ROWS[-1]}" >&2
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$run" "$name" "$mode" "$rps" "$reqs" "$p50" "$p99" \
+      "${before% *}:${after% *}" "${before#* }:${after#* }" "${errs:-none}" >>"$RESULTS"
+    printf 'run %s  %-20s %-10s %10s req/s  p50 %8s  p99 %8s  %s\n' "$run" "$name" "$mode" "$rps" "$p50" "$p99" "${errs:-}" >&2
   done
 }
 
-echo "workers=$WORKERS wrk: -t$THREADS -c$CONNS -d${DURATION}s; $(nproc) cores, $(uname -r)" >&2
+echo "workers=$WORKERS wrk: -t$THREADS -c$CONNS -d${DURATION}s, $RUNS runs; $(nproc) cores, $(uname -r)" >&2
 
-p=$(free_port); start_nginx "$p" ""; measure "nginx-shared" "$p"; stop "$SERVER_PID"
-p=$(free_port); start_nginx "$p" "reuseport"; measure "nginx-reuseport" "$p"; stop "$SERVER_PID"
-for policy in round-robin least-conn; do
-  p=$(free_port); start_handoff "$p" "$policy"; measure "handoff-$policy" "$p"; stop "$SERVER_PID"
+for run in $(seq "$RUNS"); do
+  p=$(free_port); start_nginx "$p" ""; measure "$run" "nginx-shared" "$p" "$SERVER_PID"; stop "$SERVER_PID"
+  p=$(free_port); start_nginx "$p" "reuseport"; measure "$run" "nginx-reuseport" "$p" "$SERVER_PID"; stop "$SERVER_PID"
+  if [ "$NODE" = 1 ]; then
+    p=$(free_port)
+    node "$(dirname "$0")/node-cluster.js" "$p" "$WORKERS" &
+    SERVER_PID=$!; PIDS+=("$SERVER_PID"); wait_port "$p"; sleep 0.5
+    measure "$run" "node-cluster-rr" "$p" "$SERVER_PID"; stop "$SERVER_PID"
+  fi
+  for policy in round-robin least-conn; do
+    p=$(free_port); start_handoff "$p" "$policy"; measure "$run" "handoff-$policy" "$p" "$SERVER_PID"; stop "$SERVER_PID"
+  done
 done
 
 echo
-printf '%-20s %-10s %10s %10s %10s  %s\n' server mode req/s p50 p99 errors
-for r in "${ROWS[@]}"; do echo "$r"; done
+python3 - "$RESULTS" "$(getconf CLK_TCK)" <<'PY'
+import statistics, sys
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
+hz = int(sys.argv[2])
+cell = {}
+for run, name, mode, rps, reqs, p50, p99, tot, own, errs in rows:
+    a, b = map(int, tot.split(":")); c, d = map(int, own.split(":"))
+    reqs = int(reqs)
+    cell.setdefault((name, mode), []).append(dict(run=run, rps=float(rps), p50=p50, p99=p99,
+        cpu=(b - a) / hz / reqs * 1e6, master=(d - c) / hz / reqs * 1e6, errs=errs))
+names = list(dict.fromkeys(n for n, _ in cell))
+med = lambda xs: statistics.median(xs)
+print(f"{'server':<18} {'mode':<10} {'req/s':>9} {'p50':>9} {'p99':>9} {'CPU µs/req':>11} {'master µs':>10}  errors (run 1)")
+for mode in ("close", "keepalive"):
+    for n in names:
+        c = cell[(n, mode)]
+        print(f"{n:<18} {mode:<10} {med([x['rps'] for x in c]):>9.0f} {c[0]['p50']:>9} {c[0]['p99']:>9} "
+              f"{med([x['cpu'] for x in c]):>11.1f} {med([x['master'] for x in c]):>10.1f}  {c[0]['errs']}")
+print()
+print("ratios (median over runs of the ratio within each run):")
+def ratio(a, b, mode, key="rps"):
+    rs = []
+    for x in cell.get((a, mode), []):
+        for y in cell.get((b, mode), []):
+            if x["run"] == y["run"] and y[key]:
+                rs.append(x[key] / y[key])
+    return med(rs) if rs else float("nan")
+for h in [n for n in names if n.startswith("handoff")]:
+    for peer in [n for n in names if not n.startswith("handoff")]:
+        print(f"  {h} / {peer}: close req/s {ratio(h, peer, 'close'):.2f}x, keepalive req/s {ratio(h, peer, 'keepalive'):.2f}x, "
+              f"close CPU/req {ratio(h, peer, 'close', 'cpu'):.2f}x")
+PY

@@ -268,6 +268,7 @@ impl ConfigFile {
         if !(10..=600_000).contains(&heartbeat_ms) {
             return invalid(format!("heartbeat-ms must be between 10 and 600000, not {heartbeat_ms}"));
         }
+        let worker_timeout = secs("worker-timeout", self.worker_timeout, 30.0)?;
         Ok(Config {
             listen,
             listen_given,
@@ -275,7 +276,7 @@ impl ConfigFile {
             policy: self.policy.unwrap_or_default(),
             max_conns_per_worker: self.max_conns_per_worker,
             worker,
-            worker_timeout: secs("worker-timeout", self.worker_timeout, 30.0)?,
+            worker_timeout,
             shutdown_timeout: secs("shutdown-timeout", self.shutdown_timeout, 30.0)?,
             drain_delay: match self.drain_delay {
                 None | Some(0.0) => Duration::ZERO,
@@ -283,7 +284,9 @@ impl ConfigFile {
             },
             max_requests: self.max_requests,
             max_requests_jitter: self.max_requests_jitter.unwrap_or(0),
-            heartbeat: Duration::from_millis(heartbeat_ms),
+            // A worker must be able to beat several times within the timeout, or healthy
+            // workers would be taken for hung ones.
+            heartbeat: Duration::from_millis(heartbeat_ms).min(worker_timeout / 3),
             control: self.control,
             metrics: self.metrics,
             health: self.health,
@@ -367,6 +370,14 @@ mod tests {
         assert!(e.contains("$PATH"), "{e}");
         let e = ConfigFile { worker_timeout: Some(-1.0), ..Default::default() }.resolve().unwrap_err().to_string();
         assert!(e.contains("worker-timeout"), "{e}");
+    }
+
+    #[test]
+    fn heartbeat_fits_several_times_in_the_worker_timeout() {
+        let c = ConfigFile { worker_timeout: Some(0.6), ..Default::default() }.resolve().unwrap();
+        assert_eq!(c.heartbeat, Duration::from_millis(200));
+        let c = ConfigFile::default().resolve().unwrap();
+        assert_eq!(c.heartbeat, Duration::from_millis(1000));
     }
 
     #[test]

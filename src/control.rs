@@ -169,28 +169,3 @@ pub fn format_table(s: &Status) -> String {
     );
     out
 }
-
-/// Jain's fairness index of `xs`: (Σx)² / (n·Σx²); 1 when all are equal, 1/n when one
-/// has everything. 1 for an empty or all-zero list.
-pub fn jain(xs: &[f64]) -> f64 {
-    let sum: f64 = xs.iter().sum();
-    let sq: f64 = xs.iter().map(|x| x * x).sum();
-    if xs.is_empty() || sq == 0.0 {
-        1.0
-    } else {
-        sum * sum / (xs.len() as f64 * sq)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn jain_index() {
-        assert_eq!(jain(&[5.0, 5.0, 5.0, 5.0]), 1.0);
-        assert!((jain(&[4.0, 0.0, 0.0, 0.0]) - 0.25).abs() < 1e-12);
-        assert_eq!(jain(&[]), 1.0);
-        assert!((jain(&[1.0, 2.0]) - 0.9).abs() < 1e-12);
-    }
-}

@@ -129,6 +129,22 @@ impl Balancer {
     }
 }
 
+/// Jain's fairness index of connections per worker, `(Σx)² / (n·Σx²)`: 1.0 when every
+/// worker got the same number, `1/n` when one worker got them all. Used by the master's
+/// status and metrics and by `handoff bench`.
+///
+/// An empty list, or one where nobody got anything, counts as fair (1.0): there was
+/// nothing to share out unevenly.
+pub fn jain(xs: &[u64]) -> f64 {
+    let n = xs.len() as f64;
+    let sum: f64 = xs.iter().map(|&x| x as f64).sum();
+    let sum_sq: f64 = xs.iter().map(|&x| (x as f64) * (x as f64)).sum();
+    if sum_sq == 0.0 {
+        return 1.0;
+    }
+    sum * sum / (n * sum_sq)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

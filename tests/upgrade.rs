@@ -6,6 +6,14 @@ mod util;
 use std::time::Duration;
 use util::*;
 
+/// Makes `cmd` run `bin` (a copy of handoff) with the same arguments and environment.
+fn run_copy(cmd: &mut std::process::Command, bin: &str) {
+    let mut c = std::process::Command::new(bin);
+    c.args(cmd.get_args()).envs(cmd.get_envs().filter_map(|(k, v)| Some((k, v?))));
+    c.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+    *cmd = c;
+}
+
 fn copy_binary(dir: &TempDir) -> String {
     let p = dir.path_str("handoff-copy");
     std::fs::copy(handoff_bin(), &p).unwrap();
@@ -18,14 +26,7 @@ fn upgrade_to_a_copy_of_the_binary_under_load() {
     let bin = copy_binary(&dir);
     let control = dir.path_str("ctl.sock");
     let mut h = Handoff::spawn(&["--listen", "127.0.0.1:0", "--workers", "2", "--control", &control], |cmd| {
-        *cmd = {
-            let mut c = std::process::Command::new(&bin);
-            c.args(cmd.get_args()).envs(cmd.get_envs().filter_map(|(k, v)| Some((k, v?))));
-            c.stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::piped());
-            c
-        };
+        run_copy(cmd, &bin)
     });
     h.wait_ready(2);
     let old_pid = h.pid();
@@ -59,14 +60,7 @@ fn a_new_binary_that_fails_leaves_the_old_master_serving() {
     let bin = copy_binary(&dir);
     let control = dir.path_str("ctl.sock");
     let h = Handoff::spawn(&["--listen", "127.0.0.1:0", "--workers", "2", "--control", &control], |cmd| {
-        *cmd = {
-            let mut c = std::process::Command::new(&bin);
-            c.args(cmd.get_args()).envs(cmd.get_envs().filter_map(|(k, v)| Some((k, v?))));
-            c.stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::piped());
-            c
-        };
+        run_copy(cmd, &bin)
     });
     h.wait_ready(2);
     // Replace the binary on disk with one that fails at once.

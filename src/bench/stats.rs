@@ -6,20 +6,7 @@
 
 use hdrhistogram::Histogram;
 
-/// Jain's fairness index, `(Σx)² / (n·Σx²)`: 1.0 when every worker got the same
-/// number of connections, `1/n` when one worker got them all.
-///
-/// An empty list, or one where nobody got anything, counts as fair (1.0): there was
-/// nothing to share out unevenly.
-pub fn jain(xs: &[u64]) -> f64 {
-    let n = xs.len() as f64;
-    let sum: f64 = xs.iter().map(|&x| x as f64).sum();
-    let sum_sq: f64 = xs.iter().map(|&x| (x as f64) * (x as f64)).sum();
-    if sum_sq == 0.0 {
-        return 1.0;
-    }
-    sum * sum / (n * sum_sq)
-}
+pub use crate::policy::jain;
 
 /// The busiest worker's count over the idlest one's; `None` when some worker got
 /// nothing (the ratio is infinite) or the list is empty.

@@ -257,6 +257,8 @@ pub struct Master {
     lingering: Option<(Instant, String)>,
     /// Reused buffer of the connections accepted in one pass.
     batch: Vec<Held>,
+    /// Workers whose channel may hold more frames than one turn read.
+    unread: Vec<usize>,
     /// Connections waiting for their PROXY header, by token offset.
     pending_proxy: Vec<Option<PendingProxy>>,
     last_proxy_log: Option<Instant>,
@@ -378,6 +380,7 @@ impl Master {
             recv_buf: vec![0; wire::MAX_FRAME_LEN + 1],
             cand: Vec::new(),
             batch: Vec::with_capacity(ACCEPT_BATCH),
+            unread: Vec::new(),
             pending_proxy: Vec::new(),
             lingering: None,
             last_proxy_log: None,
@@ -440,6 +443,9 @@ impl Master {
                 return Err(e.into());
             }
             // Workers first: their DONEs and exits decide where the next accept goes.
+            for key in std::mem::take(&mut self.unread) {
+                self.read_worker(key);
+            }
             for ev in events.iter() {
                 let t = ev.token().0;
                 if t >= WORKER_BASE {
@@ -510,7 +516,7 @@ impl Master {
             && self.paused_until.is_none()
             && (!self.held.is_empty() || self.listeners.iter().any(|l| l.readable))
             && self.workers.iter().any(|w| self.eligible(w));
-        if can_accept {
+        if can_accept || !self.unread.is_empty() {
             Duration::ZERO
         } else {
             self.next_tick.saturating_duration_since(now)
@@ -626,8 +632,11 @@ impl Master {
                 return;
             }
         }
-        // More may be queued; the edge will not fire again for it, so come back soon.
-        self.next_tick = Instant::now();
+        // More may be queued, and the edge will not fire again for it: read on in the
+        // next turn, after the other events (a chatty worker cannot starve the loop).
+        if !self.unread.contains(&key) {
+            self.unread.push(key);
+        }
     }
 
     fn handle_frame(&mut self, i: usize, frame: Frame) -> Result<(), String> {
@@ -1276,6 +1285,18 @@ impl Master {
             error!("{e}; worker {slot} keeps running");
             self.workers[i].state = State::Running;
             self.workers[i].max_requests = None;
+        }
+    }
+}
+
+/// The index of a free entry of a token table (its position names the mio token),
+/// growing the table if none is free.
+fn free_slot<T>(table: &mut Vec<Option<T>>) -> usize {
+    match table.iter().position(Option::is_none) {
+        Some(i) => i,
+        None => {
+            table.push(None);
+            table.len() - 1
         }
     }
 }

@@ -16,8 +16,9 @@ use super::upgrade;
 use super::{
     AdminServer, ListenerSlot, Master, MasterError, Phase, ADMIN_BASE, ADMIN_CONN_BASE, LISTENER_BASE, UPGRADE_TOKEN,
 };
-use crate::control::{jain, Reply, Status, WorkerStatus};
+use crate::control::{Reply, Status, WorkerStatus};
 use crate::listener::{ListenAddr, Listener};
+use crate::policy::jain;
 
 impl Master {
     /// Opens the control socket, metrics and health endpoints the config asks for.
@@ -84,13 +85,7 @@ impl Master {
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(_) => return,
             };
-            let slot = match self.admin_conns.iter().position(Option::is_none) {
-                Some(s) => s,
-                None => {
-                    self.admin_conns.push(None);
-                    self.admin_conns.len() - 1
-                }
-            };
+            let slot = super::free_slot(&mut self.admin_conns);
             let token = Token(ADMIN_CONN_BASE + slot);
             if self
                 .poll
@@ -244,7 +239,7 @@ impl Master {
     }
 
     fn fairness(&self) -> f64 {
-        let per_slot: Vec<f64> = self.slots.iter().map(|s| s.dispatched as f64).collect();
+        let per_slot: Vec<u64> = self.slots.iter().map(|s| s.dispatched).collect();
         jain(&per_slot)
     }
 

@@ -24,13 +24,7 @@ impl Master {
         match crate::proxy::read_header(fd.as_fd()) {
             Ok(h) => ready.push(Held { fd, listener, addrs: Some(h) }),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                let slot = match self.pending_proxy.iter().position(Option::is_none) {
-                    Some(s) => s,
-                    None => {
-                        self.pending_proxy.push(None);
-                        self.pending_proxy.len() - 1
-                    }
-                };
+                let slot = super::free_slot(&mut self.pending_proxy);
                 let token = Token(PROXY_BASE + slot);
                 if self.poll.registry().register(&mut SourceFd(&fd.as_raw_fd()), token, Interest::READABLE).is_ok() {
                     self.pending_proxy[slot] =
