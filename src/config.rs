@@ -183,6 +183,14 @@ pub struct ConfigFile {
 impl ConfigFile {
     /// Reads and parses a TOML file.
     pub fn load(path: &Path) -> Result<ConfigFile, ConfigError> {
+        // A FIFO or device would block the master's loop on reload.
+        match std::fs::metadata(path) {
+            Ok(m) if !m.is_file() => {
+                let source = std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file");
+                return Err(ConfigError::Read { path: path.into(), source });
+            }
+            _ => {}
+        }
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
         toml::from_str(&text)
             .map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string().trim_end().to_string() })

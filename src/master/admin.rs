@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 
 /// Largest request accepted.
 pub const MAX_REQUEST: usize = 8192;
+/// Most admin connections open at once; more are closed at once (a flood on the health
+/// port must not take the descriptors the master needs for clients).
+pub const MAX_ADMIN_CONNS: usize = 256;
 /// An admin connection idle this long is closed.
 pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -62,7 +65,10 @@ impl AdminConn {
         let mut buf = [0u8; 2048];
         loop {
             match rustix::io::read(&self.fd, &mut buf) {
-                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                // The client may half-close right after its request: answer what came.
+                Ok(0) => {
+                    return parse(self.kind, &self.inbuf).map(Some).ok_or_else(|| io::ErrorKind::UnexpectedEof.into())
+                }
                 Ok(n) => {
                     self.inbuf.extend_from_slice(&buf[..n]);
                     if self.inbuf.len() > MAX_REQUEST {

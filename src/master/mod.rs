@@ -452,8 +452,9 @@ impl Master {
                     let key = (t - WORKER_BASE) / 2;
                     if t % 2 == 0 {
                         if ev.is_writable() {
-                            if let Some(w) = self.worker_mut(key) {
-                                w.blocked_since = None;
+                            if let Some(i) = self.worker_index(key) {
+                                self.workers[i].blocked_since = None;
+                                self.send_drain(i);
                             }
                         }
                         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
@@ -527,10 +528,6 @@ impl Master {
         self.workers.iter().position(|w| w.key == key)
     }
 
-    fn worker_mut(&mut self, key: usize) -> Option<&mut Worker> {
-        self.workers.iter_mut().find(|w| w.key == key)
-    }
-
     // ---- starting workers ----
 
     fn spawn_worker(&mut self, slot: usize) -> Result<usize, MasterError> {
@@ -553,7 +550,11 @@ impl Master {
         }
         let now = Instant::now();
         let max_requests = self.cfg.max_requests.map(|m| {
-            m + if self.cfg.max_requests_jitter > 0 { fastrand::u64(0..=self.cfg.max_requests_jitter) } else { 0 }
+            m.saturating_add(if self.cfg.max_requests_jitter > 0 {
+                fastrand::u64(0..=self.cfg.max_requests_jitter)
+            } else {
+                0
+            })
         });
         self.workers.push(Worker {
             key,
@@ -567,6 +568,7 @@ impl Master {
             state: State::Running,
             inflight: Default::default(),
             dispatched: 0,
+            drain_pending: false,
             max_requests,
             blocked_since: None,
             started: now,
@@ -674,6 +676,9 @@ impl Master {
                 }
             }
             Frame::Done(ids) => {
+                if w.caps & cap::DONE == 0 && w.ready {
+                    return Err("DONE without the DONE capability".into());
+                }
                 for id in ids {
                     if id < w.tracked_from {
                         continue;
@@ -727,16 +732,19 @@ impl Master {
         if !matches!(w.state, State::Killing | State::Draining) {
             w.state = State::Lost;
         }
-        w.kill_at = Some(Instant::now() + LOST_GRACE);
+        // A draining worker may close its channel first and finish its connections
+        // after: give it the shutdown timeout, not the lost-worker grace.
+        let grace = if w.state == State::Draining { self.cfg.shutdown_timeout } else { LOST_GRACE };
+        w.kill_at = Some(Instant::now() + grace);
         let (slot, pid) = (w.slot, w.pid);
         if !unacked.is_empty() || lost > 0 {
             warn!("worker {slot} (pid {pid}) is gone: handing on {} connections it had not taken; {lost} it was serving are lost with it", unacked.len());
         }
         self.totals.lost_with_worker += lost;
-        for (_, Inflight { fd, listener }) in unacked {
+        for (_, Inflight { fd, listener, addrs }) in unacked {
             if let Some(fd) = fd {
                 self.totals.redispatched += 1;
-                self.held.push_back(Held { fd, listener, addrs: None });
+                self.held.push_back(Held { fd, listener, addrs });
             }
         }
     }
@@ -790,8 +798,7 @@ impl Master {
     fn worker_exited(&mut self, pid: u32, exit: Exit) {
         if self.upgrade.as_ref().is_some_and(|u| u.pid == pid) {
             if self.phase == Phase::Running {
-                error!("upgrade failed: the new master (pid {pid}) exited before it was ready ({exit}); carrying on");
-                self.end_upgrade();
+                self.upgrade_failed(&format!("the new master (pid {pid}) exited before it was ready ({exit})"));
             }
             return;
         }
@@ -894,15 +901,34 @@ impl Master {
             return;
         }
         w.state = State::Draining;
-        if let Some(chan) = &w.chan {
-            wire::encode_empty(&mut self.frame, wire::kind::DRAIN);
-            if let Err(e) = fdpass::send_with_fds(chan.as_fd(), &self.frame, &[]) {
-                // A full channel cannot take DRAIN: fall back to SIGTERM.
-                debug!("DRAIN to worker {}: {e}; sending SIGTERM", w.slot);
-                let _ = sysproc::signal(w.pid, rustix::process::Signal::TERM);
+        w.drain_pending = true;
+        debug!("worker {} (pid {}) draining", w.slot, w.pid);
+        self.send_drain(i);
+    }
+
+    /// Sends an owed DRAIN. A full channel keeps it owed until the channel is writable
+    /// again (a worker busy with its connections is no reason to kill them); a channel
+    /// full for `--worker-timeout` gets the worker killed like any stuck one.
+    fn send_drain(&mut self, i: usize) {
+        let w = &mut self.workers[i];
+        if !w.drain_pending {
+            return;
+        }
+        let Some(chan) = &w.chan else {
+            w.drain_pending = false;
+            return;
+        };
+        wire::encode_empty(&mut self.frame, wire::kind::DRAIN);
+        match fdpass::send_with_fds(chan.as_fd(), &self.frame, &[]) {
+            Ok(_) => w.drain_pending = false,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                w.blocked_since.get_or_insert(self.now);
+            }
+            Err(e) => {
+                debug!("DRAIN to worker {}: {e}", w.slot);
+                w.drain_pending = false;
             }
         }
-        debug!("worker {} (pid {}) draining", w.slot, w.pid);
     }
 
     /// Stops accepting and drains every worker. `unlink`: remove Unix listener files
@@ -925,15 +951,15 @@ impl Master {
 
     fn stop_now(&mut self, why: &str, unlink: bool) {
         self.lingering = None;
-        if unlink {
-            // Hand out what is already in the kernel's backlog: those clients finished
-            // their handshake and would be reset when the listener closes.
-            let now = Instant::now();
-            for l in &mut self.listeners {
-                l.readable = true;
-            }
-            self.accept_pass(now);
+        // Hand out what the master holds, and what is already in the kernel's backlog:
+        // those clients finished their handshake and would be reset when the listener
+        // closes (after an upgrade the new master would take them, but the old
+        // workers can serve them as well before they drain).
+        let now = Instant::now();
+        for l in &mut self.listeners {
+            l.readable = true;
         }
+        self.accept_pass(now);
         let deadline = Instant::now() + self.cfg.shutdown_timeout;
         info!(
             "{why}: stopping gracefully (draining {} workers, at most {:?})",
@@ -1047,6 +1073,7 @@ impl Master {
             }
         }
         self.admin_timeouts(now);
+        self.upgrade_timeout(now);
         self.proxy_timeouts(now);
         if let Some((every, last)) = self.watchdog {
             if now.duration_since(last) >= every {
@@ -1201,9 +1228,7 @@ impl Master {
                 }
             }
             let id = self.next_id();
-            // Addresses go only to workers that understand CONN_ADDR.
-            let addrs = h.addrs.filter(|_| self.workers[i].caps & cap::ADDRS != 0);
-            plan[i].push((ConnItem { id, listener: h.listener, addrs }, h.fd));
+            plan[i].push((ConnItem { id, listener: h.listener, addrs: h.addrs }, h.fd));
         }
         for (i, conns) in plan.into_iter().enumerate() {
             if !conns.is_empty() {
@@ -1214,7 +1239,13 @@ impl Master {
 
     /// Sends connections to worker `i`; those it cannot take go back to `held`.
     fn send_conns(&mut self, i: usize, mut conns: Vec<(ConnItem, OwnedFd)>) {
-        let per_frame = match (self.workers[i].caps & cap::BATCH != 0, conns.iter().any(|(it, _)| it.addrs.is_some())) {
+        // Addresses go only to workers that understand CONN_ADDR (they stay in `conns`,
+        // and in the in-flight table, for a hand-on to one that does).
+        let addrs_ok = self.workers[i].caps & cap::ADDRS != 0;
+        let per_frame = match (
+            self.workers[i].caps & cap::BATCH != 0,
+            addrs_ok && conns.iter().any(|(it, _)| it.addrs.is_some()),
+        ) {
             (false, _) => 1,
             (true, false) => wire::MAX_CONNS,
             (true, true) => wire::MAX_CONN_ADDRS,
@@ -1223,7 +1254,7 @@ impl Master {
         while !conns.is_empty() {
             let n = per_frame.min(conns.len());
             items.clear();
-            items.extend(conns[..n].iter().map(|(it, _)| *it));
+            items.extend(conns[..n].iter().map(|(it, _)| ConnItem { addrs: it.addrs.filter(|_| addrs_ok), ..*it }));
             wire::encode_conn(&mut self.frame, &items);
             let w = &mut self.workers[i];
             let sent = match w.chan.as_ref() {
@@ -1240,7 +1271,10 @@ impl Master {
                     for (item, fd) in conns.drain(..n) {
                         w.dispatched += 1;
                         if track && item.id >= w.tracked_from {
-                            w.inflight.insert(item.id, Inflight { fd: keep.then_some(fd), listener: item.listener });
+                            w.inflight.insert(
+                                item.id,
+                                Inflight { fd: keep.then_some(fd), listener: item.listener, addrs: item.addrs },
+                            );
                         }
                         // Otherwise `fd` drops here: the worker has its own copy.
                     }
@@ -1253,11 +1287,22 @@ impl Master {
                     }
                 }
                 Err(e) => {
-                    if e.kind() == io::ErrorKind::WouldBlock {
-                        w.blocked_since = Some(Instant::now());
-                    } else {
+                    use rustix::io::Errno;
+                    let gone = [Errno::PIPE, Errno::CONNRESET, Errno::NOTCONN]
+                        .iter()
+                        .any(|x| e.raw_os_error() == Some(x.raw_os_error()))
+                        || e.kind() == io::ErrorKind::BrokenPipe;
+                    if gone {
                         debug!("send to worker {}: {e}", w.slot);
                         self.channel_closed(i);
+                    } else {
+                        // Full channel, or the kernel short of memory or of room for
+                        // descriptors in flight (ENOBUFS, ENOMEM, ETOOMANYREFS): not the
+                        // worker's fault; try again when it is writable.
+                        if e.kind() != io::ErrorKind::WouldBlock {
+                            warn!("send to worker {}: {e}; will retry", w.slot);
+                        }
+                        w.blocked_since = Some(Instant::now());
                     }
                     // Nothing of a failed send was transferred: hand these on later.
                     for (item, fd) in conns.drain(..) {
@@ -1302,12 +1347,17 @@ fn free_slot<T>(table: &mut Vec<Option<T>>) -> usize {
 }
 
 fn caps_names(caps: u32) -> String {
-    let names: Vec<&str> =
-        [(cap::ACK, "ack"), (cap::DONE, "done"), (cap::HEARTBEAT, "heartbeat"), (cap::BATCH, "batch")]
-            .iter()
-            .filter(|(b, _)| caps & b != 0)
-            .map(|(_, n)| *n)
-            .collect();
+    let names: Vec<&str> = [
+        (cap::ACK, "ack"),
+        (cap::DONE, "done"),
+        (cap::HEARTBEAT, "heartbeat"),
+        (cap::BATCH, "batch"),
+        (cap::ADDRS, "addrs"),
+    ]
+    .iter()
+    .filter(|(b, _)| caps & b != 0)
+    .map(|(_, n)| *n)
+    .collect();
     if names.is_empty() {
         "none".into()
     } else {

@@ -85,6 +85,9 @@ impl Master {
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(_) => return,
             };
+            if self.admin_conns.iter().flatten().count() >= admin::MAX_ADMIN_CONNS {
+                continue; // `fd` drops: closed
+            }
             let slot = super::free_slot(&mut self.admin_conns);
             let token = Token(ADMIN_CONN_BASE + slot);
             if self
@@ -351,50 +354,66 @@ impl Master {
     /// Opens listeners that the new config adds and closes those it drops; keeps the
     /// ones that stay (their sockets, and their queued clients, are untouched).
     fn reconcile_listeners(&mut self, want: &[crate::listener::ListenSpec]) -> Result<(), String> {
-        let mut old: Vec<Option<ListenerSlot>> = self.listeners.drain(..).map(Some).collect();
-        let mut next = Vec::new();
-        let mut fresh = Vec::new();
+        // Match on the configured address, or the bound one (port 0 resolved).
+        let same = |l: &ListenerSlot, addr: &ListenAddr| l.listener.addr() == addr || &l.listener.local_addr() == addr;
+        // Bind every new address first: if one fails, nothing has changed yet.
+        let mut fresh: Vec<Option<Listener>> = Vec::new();
         for spec in want {
-            let addr = &spec.addr;
-            // Match on the configured address, or the bound one (port 0 resolved).
-            let pos = old.iter().position(|o| {
-                o.as_ref().is_some_and(|l| l.listener.addr() == addr || &l.listener.local_addr() == addr)
+            let kept = self.listeners.iter().any(|l| same(l, &spec.addr));
+            let twice = want.iter().filter(|w| w.addr == spec.addr).count() > 1;
+            if twice {
+                return Err(format!("{} is listed twice", spec.addr));
+            }
+            fresh.push(if kept {
+                None
+            } else {
+                match Listener::bind(&spec.addr) {
+                    Ok(l) => Some(l),
+                    Err(e) => {
+                        for l in fresh.into_iter().flatten() {
+                            l.unlink();
+                        }
+                        return Err(format!("cannot listen on {}: {e}", spec.addr));
+                    }
+                }
             });
-            match pos {
-                Some(p) => {
+        }
+        // Tokens follow positions: deregister everything, then register the new list.
+        for l in &self.listeners {
+            let _ = self.poll.registry().deregister(&mut SourceFd(&l.listener.as_fd().as_raw_fd()));
+        }
+        let mut old: Vec<Option<ListenerSlot>> = self.listeners.drain(..).map(Some).collect();
+        let mut next = Vec::with_capacity(want.len());
+        for (spec, new) in want.iter().zip(fresh) {
+            let slot = match new {
+                Some(listener) => {
+                    info!(
+                        "listening on {}{}",
+                        listener.local_addr(),
+                        if spec.proxy { " (PROXY protocol)" } else { "" }
+                    );
+                    ListenerSlot { listener, readable: true, proxy: spec.proxy }
+                }
+                None => {
+                    let p = old.iter().position(|o| o.as_ref().is_some_and(|l| same(l, &spec.addr))).expect("kept");
                     let mut l = old[p].take().expect("present");
                     l.proxy = spec.proxy;
-                    next.push(l)
+                    l.readable = true;
+                    l
                 }
-                None => match Listener::bind(addr) {
-                    Ok(l) => {
-                        fresh.push(addr.clone());
-                        next.push(ListenerSlot { listener: l, readable: true, proxy: spec.proxy })
-                    }
-                    Err(e) => {
-                        // Put everything back as it was.
-                        self.listeners = old.into_iter().flatten().collect();
-                        return Err(format!("cannot listen on {addr}: {e}"));
-                    }
-                },
-            }
+            };
+            next.push(slot);
         }
         for l in old.into_iter().flatten() {
-            let _ = self.poll.registry().deregister(&mut SourceFd(&l.listener.as_fd().as_raw_fd()));
             info!("closing listener {}", l.listener.local_addr());
             l.listener.unlink();
         }
-        // Tokens follow positions: register everything again under its new index.
-        for (i, l) in next.iter_mut().enumerate() {
+        for (i, l) in next.iter().enumerate() {
             let fd = l.listener.as_fd().as_raw_fd();
-            let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
-            self.poll
-                .registry()
-                .register(&mut SourceFd(&fd), Token(LISTENER_BASE + i), Interest::READABLE)
-                .map_err(|e| e.to_string())?;
-            l.readable = true;
-            if fresh.contains(l.listener.addr()) {
-                info!("listening on {}", l.listener.local_addr());
+            if let Err(e) =
+                self.poll.registry().register(&mut SourceFd(&fd), Token(LISTENER_BASE + i), Interest::READABLE)
+            {
+                error!("listener {}: cannot watch it: {e}", l.listener.local_addr());
             }
         }
         self.listeners = next;
@@ -451,9 +470,49 @@ impl Master {
             }
             Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => {}
             _ => {
-                error!("upgrade failed: the new master (pid {}) gave up before it was ready; carrying on", child.pid);
-                self.end_upgrade();
+                let pid = child.pid;
+                self.upgrade_failed(&format!("the new master (pid {pid}) gave up before it was ready"));
             }
+        }
+    }
+
+    /// The new master will not take over: stop it if it still runs, take the control
+    /// socket path back if it had taken it, and carry on.
+    pub(super) fn upgrade_failed(&mut self, why: &str) {
+        error!("upgrade failed: {why}; carrying on");
+        if let Some(child) = &self.upgrade {
+            let _ = crate::sys::process::signal(child.pid, rustix::process::Signal::TERM);
+        }
+        self.end_upgrade();
+        self.reclaim_control();
+    }
+
+    /// Binds the control socket path again if a failed new master took it over.
+    fn reclaim_control(&mut self) {
+        for idx in 0..self.admin.len() {
+            let Some((path, ino)) = self.admin[idx].path.clone() else { continue };
+            if inode(&path) == Some(ino) {
+                continue;
+            }
+            match bind_control(&path, true) {
+                Ok(fd) => {
+                    let old = std::mem::replace(&mut self.admin[idx].fd, fd);
+                    let _ = self.poll.registry().deregister(&mut SourceFd(&old.as_raw_fd()));
+                    let new = self.admin[idx].fd.as_raw_fd();
+                    let _ =
+                        self.poll.registry().register(&mut SourceFd(&new), Token(ADMIN_BASE + idx), Interest::READABLE);
+                    self.admin[idx].path = inode(&path).map(|i| (path.clone(), i));
+                    info!("control socket at {} is this master's again", path.display());
+                }
+                Err(e) => warn!("cannot take the control socket {} back: {e}", path.display()),
+            }
+        }
+    }
+
+    /// Gives up on a new master that is not ready in time.
+    pub(super) fn upgrade_timeout(&mut self, now: Instant) {
+        if self.upgrade.as_ref().is_some_and(|u| now.duration_since(u.started) > upgrade::READY_TIMEOUT) {
+            self.upgrade_failed(&format!("the new master was not ready within {:?}", upgrade::READY_TIMEOUT));
         }
     }
 

@@ -56,6 +56,9 @@ pub struct Inflight {
     pub fd: Option<OwnedFd>,
     /// Listener index, to hand it on unchanged.
     pub listener: u16,
+    /// The PROXY header's addresses, to hand it on unchanged (the header itself was
+    /// consumed by the master).
+    pub addrs: Option<crate::proxy::ProxyHeader>,
 }
 
 /// One worker process.
@@ -83,6 +86,8 @@ pub struct Worker {
     pub inflight: HashMap<u64, Inflight>,
     /// Connections sent, ever.
     pub dispatched: u64,
+    /// DRAIN is owed but the channel was full: sent when it becomes writable.
+    pub drain_pending: bool,
     /// Connections this worker may take before it is recycled.
     pub max_requests: Option<u64>,
     /// The last send hit a full channel; wait for it to become writable.

@@ -76,6 +76,9 @@ pub fn inherited() -> io::Result<(Vec<Listener>, Origin, Option<OwnedFd>)> {
         for k in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
             std::env::remove_var(k);
         }
+        if !(0..=4096).contains(&n) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("LISTEN_FDS={n} is out of range")));
+        }
         let fds = sysproc::adopt_fds(&(3..3 + n).collect::<Vec<_>>())?;
         let ls = fds.into_iter().map(Listener::from_fd).collect::<io::Result<_>>()?;
         return Ok((ls, Origin::Systemd, None));
@@ -83,11 +86,16 @@ pub fn inherited() -> io::Result<(Vec<Listener>, Origin, Option<OwnedFd>)> {
     Ok((Vec::new(), Origin::None, None))
 }
 
+/// How long a new master may take to have all its workers ready.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// A new master started by SIGUSR2.
 #[derive(Debug)]
 pub struct Child {
     /// Its pid.
     pub pid: u32,
+    /// When it was started.
+    pub started: std::time::Instant,
     /// The read end of its ready pipe (non-blocking).
     pub ready: OwnedFd,
 }
@@ -106,7 +114,7 @@ pub fn start_new_master(exe: &PathBuf, listeners: &[BorrowedFd<'_>]) -> io::Resu
     let mut keep: Vec<BorrowedFd<'_>> = listeners.to_vec();
     keep.push(w.as_fd());
     let child = sysproc::spawn_keeping(&mut cmd, &keep)?;
-    Ok(Child { pid: child.id(), ready: r })
+    Ok(Child { pid: child.id(), started: std::time::Instant::now(), ready: r })
 }
 
 /// Tells systemd something, if it listens. Errors are ignored: a lost notification

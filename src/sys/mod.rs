@@ -4,8 +4,10 @@
 //! rest of the crate reasons about `OwnedFd`s and typed results only. Functions return
 //! plain [`std::io::Error`]s; the layers above add the context a user needs.
 //!
-//! The `unsafe` code of the crate is confined to [`process`] (the code that runs
-//! between `fork` and `exec`); descriptor passing is built on `rustix`, whose
+//! The `unsafe` code of the crate is confined to this module: [`process`] (the code
+//! that runs between `fork` and `exec`, and adopting inherited descriptors), and two
+//! small functions here (marking inherited descriptors close-on-exec, registering a
+//! channel with tokio); descriptor passing is built on `rustix`, whose
 //! `sendmsg`/`recvmsg` take `BorrowedFd`s and hand back `OwnedFd`s, so no raw
 //! descriptor is ever stored.
 
@@ -61,4 +63,18 @@ pub fn cloexec_inherited_fds() -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Registers a worker's channel with the current tokio runtime, for reading.
+///
+/// Must be called inside a tokio runtime.
+pub fn async_fd(
+    fd: std::sync::Arc<std::os::fd::OwnedFd>,
+) -> io::Result<tokio::io::unix::AsyncFd<std::sync::Arc<std::os::fd::OwnedFd>>> {
+    // SAFETY: `register_with_interest` requires the descriptor to stay open and the
+    // same for the AsyncFd's lifetime. It is an `Arc<OwnedFd>`: the AsyncFd holds one
+    // strong reference, so the descriptor is closed only after the AsyncFd is dropped,
+    // and an `OwnedFd` never changes the number it returns.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)
 }

@@ -271,7 +271,7 @@ static INHERITED_TAKEN: AtomicBool = AtomicBool::new(false);
 ///
 /// It can be taken once per process; a second call is an error, so that two owners
 /// never close the same number.
-pub fn take_inherited_fd(raw: RawFd) -> io::Result<OwnedFd> {
+pub(crate) fn take_inherited_fd(raw: RawFd) -> io::Result<OwnedFd> {
     if raw < 0 {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("descriptor {raw} is negative")));
     }
@@ -367,7 +367,7 @@ static ADOPTED: AtomicBool = AtomicBool::new(false);
 ///
 /// Callable once per process: the numbers come from the environment, which names them
 /// for exactly one owner.
-pub fn adopt_fds(raws: &[RawFd]) -> io::Result<Vec<OwnedFd>> {
+pub(crate) fn adopt_fds(raws: &[RawFd]) -> io::Result<Vec<OwnedFd>> {
     if ADOPTED.swap(true, Ordering::SeqCst) {
         return Err(io::Error::new(io::ErrorKind::AlreadyExists, "inherited listeners were already taken"));
     }

@@ -64,12 +64,7 @@ impl AsyncIncoming {
                 }
             })
         };
-        // SAFETY: `register_with_interest` requires the descriptor to stay open and
-        // the same for the AsyncFd's lifetime. It is an `Arc<OwnedFd>`: the AsyncFd
-        // holds one strong reference, so the descriptor is closed only after the
-        // AsyncFd is dropped, and an `OwnedFd` never changes the number it returns.
-        let fd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
-            .map_err(|e| e.into_parts().1)?;
+        let fd = crate::sys::async_fd(fd)?;
         Ok(AsyncIncoming {
             fd,
             reporter,
