@@ -2,16 +2,16 @@
 //! forked workers serve, each names itself, and a SIGTERM drains them all to exit 0.
 //! `cargo test` builds the examples before it runs this, so they cannot rot.
 
-mod support;
+mod util;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use support::*;
+use util::*;
 
 fn example(name: &str) -> Handoff {
     // target/debug/handoff -> target/debug/examples/NAME
-    let bin: PathBuf = handoff_bin().parent().unwrap().join("examples").join(name);
+    let bin: PathBuf = Path::new(handoff_bin()).parent().unwrap().join("examples").join(name);
     assert!(
         bin.exists(),
         "{} is missing: run `cargo test` (which builds the examples) or `cargo build --examples`",
@@ -19,19 +19,19 @@ fn example(name: &str) -> Handoff {
     );
     let mut cmd = Command::new(bin);
     cmd.arg("127.0.0.1:0");
-    let mut h = Handoff::spawn(cmd);
-    h.wait_ready(4);
+    let h = Handoff::start_command(cmd);
+    h.wait_ready_slots(4);
     h
 }
 
 fn check(name: &str, body: &str) {
     let h = example(name);
-    let r = http_get(h.port, "/");
+    let r = http_get(h.addr(), "/").unwrap();
     assert_eq!(r.status, 200, "{r:?}");
     assert!(r.body.contains(body), "{r:?}");
     // The default policy is least-conn: sequential requests find every worker idle,
     // and ties rotate, so eight requests reach all four workers.
-    assert_eq!(tally(h.port, 8).len(), 4);
+    assert_eq!(served_counts(h.addr(), 8).len(), 4);
     stop_gracefully(h, 4);
 }
 
@@ -52,9 +52,18 @@ fn hyper() {
 
 #[test]
 fn hyper_as_an_external_worker() {
-    let bin = handoff_bin().parent().unwrap().join("examples/hyper");
-    let mut h = Handoff::run(&["--workers", "2", "--policy", "round-robin", "--", bin.to_str().unwrap()]);
-    h.wait_ready(2);
-    assert_eq!(tally(h.port, 4), [(0, 2), (1, 2)].into_iter().collect());
+    let bin = Path::new(handoff_bin()).parent().unwrap().join("examples/hyper");
+    let h = Handoff::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "2",
+        "--policy",
+        "round-robin",
+        "--",
+        bin.to_str().unwrap(),
+    ]);
+    h.wait_ready_slots(2);
+    assert_eq!(served_counts(h.addr(), 4), [(0, 2), (1, 2)].into_iter().collect());
     stop_gracefully(h, 2);
 }

@@ -28,7 +28,7 @@ fn ten_thousand_connections_and_killed_workers_leave_no_descriptor_behind() {
         .collect();
     for (k, at) in [2500u64, 5000, 7500].iter().enumerate() {
         wait_until("progress", || done.load(Ordering::Relaxed) >= *at);
-        signal(h.worker_pid(k % 2), 9);
+        h.kill_worker(h.worker_pid(k % 2));
     }
     for c in clients {
         c.join().unwrap();

@@ -14,7 +14,7 @@ fn sigterm_lets_slow_requests_finish() {
     // Let the eight reach the workers (a connection still in the backlog when the
     // listener closes would be refused, which is what a stop means).
     std::thread::sleep(Duration::from_millis(200));
-    h.signal(15);
+    h.signal(Signal::TERM);
     for s in slow {
         let r = s.join().unwrap().expect("an in-flight request is finished, not cut");
         assert_eq!(r.status, 200);
@@ -30,7 +30,7 @@ fn shutdown_timeout_kills_workers_that_do_not_finish() {
     let addr = h.addr();
     let stuck = std::thread::spawn(move || http_get(addr, "/?sleep_ms=10000"));
     std::thread::sleep(Duration::from_millis(200));
-    h.signal(15);
+    h.signal(Signal::TERM);
     assert_eq!(h.wait_exit(), Some(0));
     h.wait_line("shutdown timeout: killing 1 workers");
     assert!(stuck.join().unwrap().is_err(), "the stuck request was cut when its worker was killed");
@@ -50,14 +50,12 @@ fn ctrl_c_to_the_terminal_group_drains_instead_of_killing_workers() {
     let addr = h.addr();
     let slow = std::thread::spawn(move || http_get(addr, "/?sleep_ms=700"));
     std::thread::sleep(Duration::from_millis(200));
-    signal_group(h.pid(), 2);
+    // The master is our child, not yet waited for, and leads the group: its pid names
+    // the group and nothing else.
+    let _ = rustix::process::kill_process_group(rustix::process::Pid::from_raw(h.pid() as i32).unwrap(), Signal::INT);
     let r = slow.join().unwrap().expect("the request in flight is finished, not killed");
     assert_eq!(r.status, 200);
     assert_eq!(h.wait_exit(), Some(0));
     let log = h.lines().join("\n");
     assert!(log.contains("SIGINT: stopping gracefully") && !log.contains("unexpectedly"), "{log}");
-}
-
-fn signal_group(pgid: u32, sig: i32) {
-    let _ = std::process::Command::new("kill").arg(format!("-{sig}")).arg("--").arg(format!("-{pgid}")).status();
 }

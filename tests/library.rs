@@ -6,7 +6,7 @@
 //! check starts this same executable again as a master (`HANDOFF_LIBRARY_ROLE`), then
 //! talks to it over TCP from here.
 
-mod support;
+mod util;
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::Command;
@@ -15,7 +15,7 @@ use std::time::Duration;
 use handoff::policy::Policy;
 use handoff::worker::Context;
 use handoff::{BoxError, Server};
-use support::*;
+use util::*;
 
 const ROLE: &str = "HANDOFF_LIBRARY_ROLE";
 
@@ -141,8 +141,8 @@ fn axum_worker(ctx: Context, graceful: bool) -> Result<(), BoxError> {
 fn start(role: &str, policy: &str) -> Handoff {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.env(ROLE, role).env("HANDOFF_LIBRARY_POLICY", policy);
-    let mut h = Handoff::spawn(cmd);
-    h.wait_ready(4);
+    let h = Handoff::start_command(cmd);
+    h.wait_ready_slots(4);
     h
 }
 
@@ -157,20 +157,16 @@ fn forked_least_conn_counts_done() {
 }
 
 fn forked_worker_replaced_when_killed() {
-    let mut h = start("blocking", "round-robin");
-    let (old, new) = kill_worker_and_wait_replacement(&mut h, 3, true);
+    let h = start("blocking", "round-robin");
+    let (old, new) = kill_worker_and_wait_replacement(&h, 3, true);
     assert_ne!(old, new);
     assert_every_slot_serves(&h, 4);
 }
 
 fn forked_worker_holds_no_master_descriptor() {
-    let mut h = start("blocking", "round-robin");
-    for (slot, pid) in h.wait_ready(4) {
-        let fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .unwrap()
-            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-            .map(|p| p.display().to_string())
-            .collect();
+    let h = start("blocking", "round-robin");
+    for (slot, pid) in h.wait_ready_slots(4) {
+        let fds: Vec<String> = fd_links(pid).into_iter().map(|(_, link)| link).collect();
         // stdin, stdout, stderr and the channel: no listener, no other channel, no epoll.
         assert_eq!(fds.len(), 4, "worker {slot} (pid {pid}) holds {fds:?}");
         assert_eq!(fds.iter().filter(|f| f.starts_with("socket:")).count(), 1, "worker {slot}: {fds:?}");
@@ -179,24 +175,24 @@ fn forked_worker_holds_no_master_descriptor() {
 
 fn forked_workers_drain_on_sigterm() {
     let h = start("blocking", "round-robin");
-    assert_eq!(tally(h.port, 4).len(), 4);
+    assert_eq!(served_counts(h.addr(), 4).len(), 4);
     stop_gracefully(h, 4);
 }
 
 fn axum_round_robin_and_graceful_drain() {
     let h = start("axum", "round-robin");
-    let r = http_get(h.port, "/");
+    let r = http_get(h.addr(), "/").unwrap();
     assert_eq!((r.status, r.body.as_str()), (200, "hello from axum\n"));
-    let counts = tally(h.port, 100);
+    let counts = served_counts(h.addr(), 100);
     assert_eq!(counts.values().copied().collect::<Vec<_>>(), vec![25; 4], "{counts:?}");
     // A keep-alive connection held open: graceful shutdown closes it when idle.
-    let held = LongConn::open(h.port);
+    let held = hold(h.addr());
     stop_gracefully(h, 4);
     drop(held);
 }
 
 fn axum_without_drained_still_exits_on_drain() {
     let h = start("axum-plain", "round-robin");
-    assert_eq!(tally(h.port, 8).len(), 4);
+    assert_eq!(served_counts(h.addr(), 8).len(), 4);
     stop_gracefully(h, 4);
 }

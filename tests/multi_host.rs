@@ -79,7 +79,7 @@ fn drain_one_of_two_hosts_behind_haproxy_without_a_failed_request() {
     std::thread::sleep(Duration::from_millis(500));
     let a_before = status_json(&dir.path_str(&format!("{pa}.sock")))["totals"]["dispatched"].as_u64().unwrap();
     let t0 = std::time::Instant::now();
-    a.signal(15);
+    a.signal(Signal::TERM);
     // HAProxy sees the 503 and takes A out; A keeps accepting meanwhile, then drains.
     hap.wait_status(0, "DOWN");
     let to_down = t0.elapsed();

@@ -1,48 +1,48 @@
 //! The Python reference workers (`examples/python/`) under `handoff run -- python3 ...`:
 //! the same correctness checks as the built-in worker.
 
-mod support;
+mod util;
 
-use support::*;
+use util::*;
 
 const WORKER: &str = "examples/python/worker.py";
 const MINIMAL: &str = "examples/python/minimal.py";
 const WSGI: &str = "examples/python/wsgi.py";
 
 fn python(policy: &str, script: &str, extra: &[&str]) -> Handoff {
-    let mut args = vec!["--workers", "4", "--policy", policy, "--", "python3", script];
+    let mut args = vec!["--listen", "127.0.0.1:0", "--workers", "4", "--policy", policy, "--", "python3", script];
     args.extend_from_slice(extra);
-    Handoff::run(&args)
+    Handoff::start(&args)
 }
 
 #[test]
 fn full_worker_round_robin_exact() {
-    let mut h = python("round-robin", WORKER, &[]);
-    h.wait_ready(4);
+    let h = python("round-robin", WORKER, &[]);
+    h.wait_ready_slots(4);
     assert_round_robin_exact(&h, 4);
 }
 
 #[test]
 fn full_worker_least_conn_counts_done() {
-    let mut h = python("least-conn", WORKER, &[]);
-    h.wait_ready(4);
+    let h = python("least-conn", WORKER, &[]);
+    h.wait_ready_slots(4);
     assert_least_conn_with_done(&h);
 }
 
 #[test]
 fn full_worker_replaced_when_killed() {
-    let mut h = python("round-robin", WORKER, &[]);
-    h.wait_ready(4);
-    let (old, new) = kill_worker_and_wait_replacement(&mut h, 2, true);
+    let h = python("round-robin", WORKER, &[]);
+    h.wait_ready_slots(4);
+    let (old, new) = kill_worker_and_wait_replacement(&h, 2, true);
     assert_ne!(old, new);
     assert_every_slot_serves(&h, 4);
 }
 
 #[test]
 fn full_worker_drains_on_sigterm() {
-    let mut h = python("round-robin", WORKER, &[]);
-    h.wait_ready(4);
-    assert_eq!(tally(h.port, 4).len(), 4);
+    let h = python("round-robin", WORKER, &[]);
+    h.wait_ready_slots(4);
+    assert_eq!(served_counts(h.addr(), 4).len(), 4);
     stop_gracefully(h, 4);
 }
 
@@ -50,50 +50,60 @@ fn full_worker_drains_on_sigterm() {
 fn full_worker_heartbeat_keeps_a_busy_worker_alive() {
     // A worker that announced HEARTBEAT and holds a connection is killed if silent for
     // --worker-timeout; worker.py beats every half period, so it must survive this.
-    let mut h = Handoff::run(&["--workers", "1", "--worker-timeout", "2", "--", "python3", WORKER]);
-    let pid = h.wait_ready(1)[&0];
-    let mut held = LongConn::open(h.port);
+    let h = Handoff::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+        "--worker-timeout",
+        "2",
+        "--",
+        "python3",
+        WORKER,
+    ]);
+    let pid = h.wait_ready_slots(1)[&0];
+    let mut held = hold(h.addr());
     std::thread::sleep(std::time::Duration::from_secs(3));
     // The same process still serves the same connection.
     let again = held.request();
     assert_eq!(again, 0);
-    assert_eq!(h.wait_ready(1)[&0], pid, "the worker was replaced");
+    assert_eq!(h.wait_ready_slots(1)[&0], pid, "the worker was replaced");
     assert!(!h.lines().iter().any(|l| l.contains("exited")), "{:#?}", h.lines());
 }
 
 #[test]
 fn minimal_worker_round_robin_exact() {
     // A minimal worker never sends READY: wait until all four have started.
-    let mut h = python("round-robin", MINIMAL, &[]);
-    h.wait_started(4);
+    let h = python("round-robin", MINIMAL, &[]);
+    h.wait_started_slots(4);
     assert_round_robin_exact(&h, 4);
 }
 
 #[test]
 fn minimal_worker_replaced_when_killed() {
-    let mut h = python("round-robin", MINIMAL, &[]);
-    h.wait_started(4);
-    kill_worker_and_wait_replacement(&mut h, 1, false);
+    let h = python("round-robin", MINIMAL, &[]);
+    h.wait_started_slots(4);
+    kill_worker_and_wait_replacement(&h, 1, false);
     assert_every_slot_serves(&h, 4);
 }
 
 #[test]
 fn wsgi_app_round_robin_exact() {
-    let mut h = python("round-robin", WSGI, &["app:app"]);
-    h.wait_ready(4);
-    let r = http_get(h.port, "/");
+    let h = python("round-robin", WSGI, &["app:app"]);
+    h.wait_ready_slots(4);
+    let r = http_get(h.addr(), "/").unwrap();
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.body, "hello from a WSGI app\n");
-    assert_eq!(http_get(h.port, "/nope").status, 404);
-    assert_eq!(http_get(h.port, "/health").body, "ok\n");
+    assert_eq!(http_get(h.addr(), "/nope").unwrap().status, 404);
+    assert_eq!(http_get(h.addr(), "/health").unwrap().body, "ok\n");
     // Three requests so far: start the exact count from worker 3's turn.
-    assert_eq!(served_by(h.port), 3);
+    assert_eq!(served_by(h.addr()), 3);
     assert_round_robin_exact(&h, 4);
 }
 
 #[test]
 fn wsgi_app_least_conn_counts_done() {
-    let mut h = python("least-conn", WSGI, &["app:app"]);
-    h.wait_ready(4);
+    let h = python("least-conn", WSGI, &["app:app"]);
+    h.wait_ready_slots(4);
     assert_least_conn_with_idle_holders(&h);
 }

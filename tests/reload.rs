@@ -20,7 +20,7 @@ fn rolling_reload_two_to_four_workers_and_new_policy_without_a_failed_request() 
     let port = h.addr().port();
     let load = Load::start(h.addr(), 3, "/?sleep_ms=2");
     std::fs::write(&cfg, format!("listen = [\"127.0.0.1:{port}\"]\nworkers = 4\npolicy = \"least-conn\"\n")).unwrap();
-    h.signal(1);
+    h.signal(Signal::HUP);
     wait_until("four ready workers and no old one", || {
         let st = status_json(&control);
         let pids: Vec<u64> = st["workers"].as_array().unwrap().iter().map(|w| w["pid"].as_u64().unwrap()).collect();
@@ -50,7 +50,7 @@ fn an_invalid_config_is_refused_and_the_running_setup_stays() {
         let (ok, out) = ctl(&control, &["reload"]);
         assert!(!ok && out.contains("reload refused, running setup unchanged"), "{bad}: {out}");
     }
-    h.signal(1);
+    h.signal(Signal::HUP);
     h.wait_line("reload refused");
     let after = status_json(&control);
     let pids = |s: &serde_json::Value| -> Vec<u64> {

@@ -11,12 +11,12 @@ fn scale_up_and_down_under_load() {
     let h = Handoff::start(&["--listen", "127.0.0.1:0", "--workers", "2", "--control", &control]);
     h.wait_ready(2);
     let load = Load::start(h.addr(), 3, "/?sleep_ms=2");
-    h.signal(21); // SIGTTIN
+    h.signal(Signal::TTIN);
     wait_until("3 workers", || {
         running_workers(&status_json(&control)) == 3 && status_json(&control)["workers_wanted"] == 3
     });
-    h.signal(22); // SIGTTOU
-    h.signal(22);
+    h.signal(Signal::TTOU);
+    h.signal(Signal::TTOU);
     wait_until("1 worker", || status_json(&control)["workers"].as_array().unwrap().len() == 1);
     let (ok, out) = ctl(&control, &["scale", "4"]);
     assert!(ok, "{out}");

@@ -75,7 +75,7 @@ fn status_metrics_and_health() {
     let addr = h.addr();
     let slow = std::thread::spawn(move || http_get(addr, "/?sleep_ms=1500"));
     std::thread::sleep(std::time::Duration::from_millis(200));
-    h.signal(15);
+    h.signal(Signal::TERM);
     wait_until("health 503 while draining", || get(hp, "/") == (503, "draining\n".to_string()));
     assert_eq!(slow.join().unwrap().unwrap().status, 200);
     assert_eq!(h.wait_exit(), Some(0));

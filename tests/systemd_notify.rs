@@ -37,7 +37,7 @@ fn ready_reloading_stopping_and_watchdog() {
         }
         seen.push(m);
         if seen.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 2 {
-            h.signal(1);
+            h.signal(Signal::HUP);
         }
     };
     assert!(seen.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 2, "{seen:?}");
@@ -48,7 +48,7 @@ fn ready_reloading_stopping_and_watchdog() {
             break;
         }
     }
-    h.signal(15);
+    h.signal(Signal::TERM);
     loop {
         let m = next(&sock);
         if m.contains("STOPPING=1") {

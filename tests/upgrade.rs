@@ -33,9 +33,9 @@ fn upgrade_to_a_copy_of_the_binary_under_load() {
     assert_eq!(status_json(&control)["pid"].as_u64(), Some(old_pid as u64));
     let load = Load::start(h.addr(), 3, "/?sleep_ms=3");
     std::thread::sleep(Duration::from_millis(300));
-    h.signal(12); // SIGUSR2
-                  // The old master exits by itself once the new one is ready and its own workers
-                  // have drained.
+    h.signal(Signal::USR2);
+    // The old master exits by itself once the new one is ready and its own workers have
+    // drained.
     assert_eq!(h.wait_exit(), Some(0));
     let log = h.lines().join("\n");
     assert!(log.contains("is ready: this master stops accepting and drains"), "{log}");
@@ -49,8 +49,9 @@ fn upgrade_to_a_copy_of_the_binary_under_load() {
     assert_ne!(new_pid, old_pid as u64);
     assert_eq!(running_workers(&st), 2);
     assert_eq!(http_get(h.addr(), "/").unwrap().status, 200);
-    // Stop the new master (it is not our child: find it by pid, stop it by pid).
-    signal(new_pid as u32, 15);
+    // Stop the new master (it is not our child: found by pid, pinned, checked to carry
+    // this run's marker, stopped through the pin).
+    assert!(h.signal_own(new_pid as u32, Signal::TERM), "the new master {new_pid} is gone or not ours");
     wait_no_processes(&h.marker, Duration::from_secs(10)).expect("the new master and its workers stopped");
 }
 
@@ -68,7 +69,7 @@ fn a_new_binary_that_fails_leaves_the_old_master_serving() {
     std::fs::write(&bin, "#!/bin/sh\necho 'broken build' >&2\nexit 7\n").unwrap();
     std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let load = Load::start(h.addr(), 2, "/");
-    h.signal(12);
+    h.signal(Signal::USR2);
     h.wait_line("upgrade failed");
     let r = load.stop();
     assert_eq!(r.failed, 0, "{:?}", r.errors);

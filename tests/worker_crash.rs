@@ -19,7 +19,7 @@ fn kill_a_worker_every_second_under_load() {
         std::thread::sleep(Duration::from_secs(1));
         let slot = round % 4;
         let pid = h.worker_pid(slot);
-        signal(pid, 9);
+        h.kill_worker(pid);
         // Its replacement in the same slot is started and announces READY.
         h.wait_lines(&format!("worker {slot} ready"), round / 4 + 2);
     }
@@ -43,7 +43,7 @@ fn a_killed_worker_is_replaced_in_its_slot() {
     let h = Handoff::start(&["--listen", "127.0.0.1:0", "--workers", "2", "--policy", "round-robin"]);
     h.wait_ready(2);
     let old = h.worker_pid(1);
-    signal(old, 9);
+    h.kill_worker(old);
     h.wait_lines("worker 1 ready", 2);
     let new = h.worker_pid(1);
     assert_ne!(old, new);

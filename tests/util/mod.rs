@@ -1,43 +1,94 @@
-//! Shared helpers for the integration tests: start `handoff` as a real process, talk
-//! HTTP to it over real sockets, look at descriptors and processes in `/proc`.
+//! Shared helpers for every integration test that runs a master: start `handoff run`
+//! (or any program that serves with `handoff::Server`) as a real process, follow its
+//! log, talk HTTP to it over loopback sockets, look at descriptors and processes in
+//! `/proc`, and the correctness checks every kind of worker must pass.
 //!
-//! Every process a test starts is killed by pid when its handle drops, and every wait
-//! is bounded, so a failing test never hangs or leaves processes behind.
+//! Every process a test starts is killed when its [`Handoff`] drops (also when the test
+//! fails), and every wait is bounded by [`WAIT`], so a failing test never hangs or
+//! leaves processes behind. Processes are signalled by pid only, and never by a bare
+//! pid read earlier: the master is pinned with a pidfd while it is our unreaped child,
+//! and a worker with a pidfd checked, after pinning, to be the master's child (or to
+//! carry this run's marker). A pid read earlier and used later may belong to someone
+//! else by then (pid_max is often 32768 and other tests spawn fast); a pidfd names its
+//! process and no other.
+//!
+//! Nothing measures speed: tests wait for log lines, never for wall-clock time.
 
 #![allow(dead_code)]
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+pub use rustix::process::Signal;
+use rustix::process::{Pid, PidfdFlags};
 
 /// How long any single wait in a test may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(20);
 
-/// A running `handoff run` master, with its stderr collected line by line.
-pub struct Handoff {
-    child: Option<Child>,
-    lines: Arc<(Mutex<Vec<String>>, Condvar)>,
-    /// A marker in the environment of the master and all its workers, to find every
-    /// process it started.
-    pub marker: String,
-    /// Set when the stderr reader has seen end of file.
-    eof: Arc<std::sync::atomic::AtomicBool>,
+/// The repository root (where `examples/` lives); masters run there.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Sets the flag when dropped (when the reader thread ends, however it ends).
-struct SetOnDrop(Arc<std::sync::atomic::AtomicBool>);
+/// The `handoff` binary built for these tests.
+pub fn handoff_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_handoff")
+}
 
-impl Drop for SetOnDrop {
+/// A name no other test, run or process uses: `handoff-test-PID-N-RANDOM`.
+fn unique(tag: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    format!("handoff-{tag}-{}-{n}-{:x}", std::process::id(), fastrand::u64(..))
+}
+
+// ---- a master and its log ----
+
+/// A running master (`handoff run`, or a program built on `handoff::Server`), with its
+/// stderr collected line by line.
+pub struct Handoff {
+    child: Child,
+    /// The master, pinned right after it was started (an unreaped child of ours, so the
+    /// pid was its): signals through it reach the master and nothing else, ever.
+    pidfd: OwnedFd,
+    /// Its exit status once [`Handoff::wait_exit`] has reaped it (from then on its pid
+    /// may be anyone's, and its children are no longer found through it).
+    status: Option<ExitStatus>,
+    log: Arc<(Mutex<Log>, Condvar)>,
+    /// A marker in the environment of the master and all its workers (and of a master
+    /// it upgrades to), to find every process it started.
+    pub marker: String,
+}
+
+/// The master's stderr so far, and whether it has ended.
+#[derive(Default)]
+struct Log {
+    lines: Vec<String>,
+    eof: bool,
+}
+
+/// Marks the log ended when dropped (when the reader thread ends, however it ends).
+struct EofOnDrop(Arc<(Mutex<Log>, Condvar)>);
+
+impl Drop for EofOnDrop {
     fn drop(&mut self) {
-        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        let (mutex, cv) = &*self.0;
+        lock(mutex).eof = true;
+        cv.notify_all();
     }
 }
 
-pub fn handoff_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_handoff")
+/// Locks, also after another thread panicked holding the lock (a failed test must
+/// still show its log and clean up).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Handoff {
@@ -53,17 +104,32 @@ impl Handoff {
         h
     }
 
-    /// Starts `handoff run ARGS` without waiting for anything.
+    /// Starts `handoff run ARGS` without waiting for anything. `adjust` may change the
+    /// command or replace it (keeping its arguments and environment).
     pub fn spawn(args: &[&str], adjust: impl FnOnce(&mut Command)) -> Handoff {
-        let marker = format!("handoff-test-{}-{}", std::process::id(), fastrand_u64());
         let mut cmd = Command::new(handoff_bin());
-        cmd.arg("run")
-            .args(args)
+        cmd.arg("run").args(args);
+        adjust(&mut cmd);
+        Handoff::spawn_command(cmd)
+    }
+
+    /// Starts `cmd`, a master of any kind (an example, the library test itself), and
+    /// waits for its listeners.
+    pub fn start_command(cmd: Command) -> Handoff {
+        let h = Handoff::spawn_command(cmd);
+        h.wait_line("listening on");
+        h
+    }
+
+    /// Starts `cmd`, a master of any kind, without waiting for anything: in the
+    /// repository root, with this run's marker, stdin and stdout null, stderr followed.
+    pub fn spawn_command(mut cmd: Command) -> Handoff {
+        let marker = unique("test");
+        cmd.current_dir(root())
             .env("HANDOFF_TEST_MARKER", &marker)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        adjust(&mut cmd);
         // A binary the test has just written may be "busy" for a moment: another test
         // thread may have forked while it was open for writing.
         let mut tries = 0;
@@ -74,50 +140,72 @@ impl Handoff {
                     tries += 1;
                     std::thread::sleep(Duration::from_millis(20));
                 }
-                Err(e) => panic!("start handoff: {e}"),
+                Err(e) => panic!("start the master {cmd:?}: {e}"),
             }
         };
-        let stderr = child.stderr.take().unwrap();
-        let lines: Arc<(Mutex<Vec<String>>, Condvar)> = Arc::default();
-        let sink = lines.clone();
-        let eof = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let eof_flag = eof.clone();
+        // Our child, not yet waited for: the pid cannot have been reused.
+        let pidfd = match pid_of(child.id()).and_then(|p| rustix::process::pidfd_open(p, PidfdFlags::empty()).ok()) {
+            Some(fd) => fd,
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("pidfd_open on the master {}", child.id());
+            }
+        };
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log: Arc<(Mutex<Log>, Condvar)> = Arc::default();
+        let sink = log.clone();
         std::thread::spawn(move || {
-            let _set_on_exit = SetOnDrop(eof_flag);
+            let _eof = EofOnDrop(sink.clone());
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if std::env::var_os("HANDOFF_TEST_ECHO").is_some() {
-                    eprintln!("[handoff] {line}");
-                }
-                sink.0.lock().unwrap().push(line);
+                // Captured by the test harness: shown only when the test fails.
+                eprintln!("[handoff] {line}");
+                lock(&sink.0).lines.push(line);
                 sink.1.notify_all();
             }
         });
-        Handoff { child: Some(child), lines, marker, eof }
+        Handoff { child, pidfd, status: None, log, marker }
     }
 
+    /// The master's pid.
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().unwrap().id()
+        self.child.id()
     }
 
     /// All stderr lines so far.
     pub fn lines(&self) -> Vec<String> {
-        self.lines.0.lock().unwrap().clone()
+        lock(&self.log.0).lines.clone()
+    }
+
+    /// Waits until `f` finds what it wants in the log (`what` names it if it never
+    /// does); fails at once if the log has ended without it.
+    pub fn wait_log<T>(&self, what: &str, f: impl Fn(&[String]) -> Option<T>) -> T {
+        let deadline = Instant::now() + WAIT;
+        let (mutex, cv) = &*self.log;
+        let mut log = lock(mutex);
+        loop {
+            if let Some(v) = f(&log.lines) {
+                return v;
+            }
+            // Its whole stderr has been read: nothing more will come.
+            assert!(
+                !log.eof,
+                "the master's log ended (it exited) while waiting for {what}; its log:\n{}",
+                log.lines.join("\n")
+            );
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "timed out waiting for {what}; the master's log:\n{}", log.lines.join("\n"));
+            log = cv.wait_timeout(log, left.min(Duration::from_millis(100))).unwrap_or_else(|p| p.into_inner()).0;
+        }
     }
 
     /// Waits until `n` lines contain `needle`; returns them.
     pub fn wait_lines(&self, needle: &str, n: usize) -> Vec<String> {
-        let deadline = Instant::now() + WAIT;
-        let mut g = self.lines.0.lock().unwrap();
-        loop {
-            let found: Vec<String> = g.iter().filter(|l| l.contains(needle)).cloned().collect();
-            if found.len() >= n {
-                return found;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "timed out waiting for {n} lines with {needle:?}; got:\n{}", g.join("\n"));
-            g = self.lines.1.wait_timeout(g, left.min(Duration::from_millis(100))).unwrap().0;
-        }
+        self.wait_log(&format!("{n} lines with {needle:?}"), |lines| {
+            let found: Vec<String> = lines.iter().filter(|l| l.contains(needle)).cloned().collect();
+            (found.len() >= n).then_some(found)
+        })
     }
 
     /// Waits for a line containing `needle`; returns the first.
@@ -139,12 +227,30 @@ impl Handoff {
         self.tcp_addrs()[0]
     }
 
-    /// Waits until `n` workers have announced READY.
+    /// Waits until `n` READY lines have been logged (replacements count too).
     pub fn wait_ready(&self, n: usize) {
         self.wait_lines("ready (pid", n);
     }
 
-    /// Pids of every worker started so far, by slot order of the log.
+    /// Waits until `n` different slots have announced READY; returns slot → the latest
+    /// pid in each.
+    pub fn wait_ready_slots(&self, n: usize) -> HashMap<usize, u32> {
+        self.wait_log(&format!("{n} slots ready"), |lines| {
+            let ready = slot_pids(lines, "ready (pid ");
+            (ready.len() >= n).then_some(ready)
+        })
+    }
+
+    /// Waits until `n` different slots have started a worker (for workers that never
+    /// send READY); returns slot → the latest pid in each.
+    pub fn wait_started_slots(&self, n: usize) -> HashMap<usize, u32> {
+        self.wait_log(&format!("{n} slots started"), |lines| {
+            let started = slot_pids(lines, "started (pid ");
+            (started.len() >= n).then_some(started)
+        })
+    }
+
+    /// Pids of every worker started so far, in the order of the log.
     pub fn worker_pids(&self) -> Vec<u32> {
         self.lines()
             .iter()
@@ -163,61 +269,143 @@ impl Handoff {
             .expect("worker started")
     }
 
-    /// Sends a signal to the master.
-    pub fn signal(&self, sig: i32) {
-        signal(self.pid(), sig);
+    /// The pids of the master's children now (its workers), while it is not reaped.
+    pub fn children(&self) -> Vec<u32> {
+        if self.status.is_some() {
+            return Vec::new(); // its pid may be someone else's by now
+        }
+        let path = format!("/proc/{0}/task/{0}/children", self.pid());
+        std::fs::read_to_string(path).unwrap_or_default().split_whitespace().filter_map(|p| p.parse().ok()).collect()
+    }
+
+    /// Sends a signal to the master (through its pidfd: never to another process,
+    /// also after it exited).
+    pub fn signal(&self, sig: Signal) {
+        let _ = rustix::process::pidfd_send_signal(&self.pidfd, sig);
+    }
+
+    /// Sends `sig` to worker `pid` if it is the master's child now (see [`pin_child`]);
+    /// false if it is not (or no longer).
+    pub fn signal_worker(&self, pid: u32, sig: Signal) -> bool {
+        self.status.is_none()
+            && pin_child(self.pid(), pid).is_some_and(|fd| rustix::process::pidfd_send_signal(&fd, sig).is_ok())
+    }
+
+    /// SIGKILLs worker `pid`, which must be the master's child.
+    pub fn kill_worker(&self, pid: u32) {
+        assert!(self.signal_worker(pid, Signal::KILL), "pid {pid} is not a worker of master {}", self.pid());
+    }
+
+    /// Sends `sig` to `pid` if it is a process of this run (it carries [`Handoff::marker`]:
+    /// a master started by an upgrade, say, which is not our child); false if not.
+    pub fn signal_own(&self, pid: u32, sig: Signal) -> bool {
+        pin_marked(pid, &self.marker).is_some_and(|fd| rustix::process::pidfd_send_signal(&fd, sig).is_ok())
     }
 
     /// Waits for the master to exit; returns its exit code (None if killed).
     pub fn wait_exit(&mut self) -> Option<i32> {
-        let child = self.child.as_mut().unwrap();
         let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                // Let the reader take the last lines the master wrote (a process that
-                // inherited its stderr, like a new master after an upgrade, may keep
-                // the pipe open: wait a bounded time only).
-                let until = Instant::now() + Duration::from_secs(2);
-                while !self.eof.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < until {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                return st.code();
+        let status = loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                break st;
             }
             assert!(Instant::now() < deadline, "handoff did not exit; log:\n{}", self.lines().join("\n"));
             std::thread::sleep(Duration::from_millis(10));
+        };
+        self.status = Some(status);
+        // Let the reader take the last lines the master wrote (a process that inherited
+        // its stderr, like a new master after an upgrade, may keep the pipe open: wait a
+        // bounded time only).
+        let (mutex, cv) = &*self.log;
+        let until = Instant::now() + Duration::from_secs(2);
+        let mut log = lock(mutex);
+        while !log.eof {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            log = cv.wait_timeout(log, left).unwrap_or_else(|p| p.into_inner()).0;
         }
+        status.code()
     }
 
     /// Every live process (master or worker) carrying this run's marker.
     pub fn processes(&self) -> Vec<u32> {
         processes_with_env(&self.marker)
     }
+
+    /// Pins every live process carrying this run's marker.
+    fn pin_own(&self) -> Vec<OwnedFd> {
+        self.processes().into_iter().filter_map(|pid| pin_marked(pid, &self.marker)).collect()
+    }
 }
 
 impl Drop for Handoff {
     fn drop(&mut self) {
-        let mut pids = self.processes();
-        if let Some(c) = &self.child {
-            pids.push(c.id());
+        // Workers die with the master (PDEATHSIG), but kill every process of the run
+        // too, so that a test leaves nothing behind even if that backstop failed. Pin
+        // them first: the workers as the master's children while it is alive (also a
+        // worker whose program cleared its environment), and whatever carries the
+        // marker (a master an upgrade started, its workers).
+        let mut pinned: Vec<OwnedFd> =
+            self.children().into_iter().filter_map(|pid| pin_child(self.pid(), pid)).collect();
+        pinned.extend(self.pin_own());
+        let _ = rustix::process::pidfd_send_signal(&self.pidfd, Signal::KILL);
+        let _ = self.child.wait();
+        for fd in &pinned {
+            let _ = rustix::process::pidfd_send_signal(fd, Signal::KILL);
         }
-        for pid in pids {
-            signal(pid, 9);
-        }
-        if let Some(mut c) = self.child.take() {
-            let _ = c.wait();
+        // Anything started while the master was dying.
+        for fd in self.pin_own() {
+            let _ = rustix::process::pidfd_send_signal(&fd, Signal::KILL);
         }
     }
 }
 
-fn fastrand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(Instant::now().elapsed().as_nanos() as u64);
-    h.finish()
+/// Parses `worker N <what>PID` log lines into slot → pid (the latest per slot).
+pub fn slot_pids(lines: &[String], what: &str) -> HashMap<usize, u32> {
+    let mut out = HashMap::new();
+    for l in lines {
+        let Some(rest) = l.split("worker ").nth(1) else { continue };
+        let Some((slot, tail)) = rest.split_once(' ') else { continue };
+        let Some(pid) = tail.strip_prefix(what) else { continue };
+        let pid: String = pid.chars().take_while(|c| c.is_ascii_digit()).collect();
+        if let (Ok(slot), Ok(pid)) = (slot.parse(), pid.parse()) {
+            out.insert(slot, pid);
+        }
+    }
+    out
 }
 
-pub fn signal(pid: u32, sig: i32) {
-    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).stderr(Stdio::null()).status();
+// ---- processes ----
+
+fn pid_of(pid: u32) -> Option<Pid> {
+    Pid::from_raw(i32::try_from(pid).ok()?)
+}
+
+/// A pidfd for `pid` if it is a child of `parent` now. The pidfd names that process
+/// and no other for as long as it is open, so signals sent through it cannot reach an
+/// unrelated process that got the same pid after this one died. `parent` must be a
+/// process whose pid cannot be reused meanwhile (our unreaped child).
+pub fn pin_child(parent: u32, pid: u32) -> Option<OwnedFd> {
+    let fd = rustix::process::pidfd_open(pid_of(pid)?, PidfdFlags::empty()).ok()?;
+    // Checked after pinning: if it is the parent's child now, the pidfd is that process
+    // (or one that has died since, which a signal no longer reaches).
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let ppid: u32 = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+    (ppid == parent).then_some(fd)
+}
+
+/// A pidfd for `pid` if it carries `marker` in its environment now (checked after
+/// pinning, as in [`pin_child`]).
+pub fn pin_marked(pid: u32, marker: &str) -> Option<OwnedFd> {
+    let fd = rustix::process::pidfd_open(pid_of(pid)?, PidfdFlags::empty()).ok()?;
+    has_env(pid, marker).then_some(fd)
+}
+
+fn has_env(pid: u32, needle: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .is_ok_and(|env| env.windows(needle.len()).any(|w| w == needle.as_bytes()))
 }
 
 /// Live processes whose environment contains `needle` (zombies excluded).
@@ -226,8 +414,7 @@ pub fn processes_with_env(needle: &str) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else { return out };
     for e in dir.flatten() {
         let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else { continue };
-        if !env.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+        if !has_env(pid, needle) {
             continue;
         }
         let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -255,11 +442,59 @@ pub fn wait_no_processes(marker: &str, within: Duration) -> Result<(), Vec<u32>>
     }
 }
 
+/// The targets of a process's descriptors: fd number → link text.
+pub fn fd_links(pid: u32) -> Vec<(i32, String)> {
+    let mut out: Vec<(i32, String)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| {
+                    let n = e.file_name().to_str()?.parse().ok()?;
+                    let link = std::fs::read_link(e.path()).ok()?;
+                    Some((n, link.to_string_lossy().into_owned()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// The socket inodes a process holds.
+pub fn socket_inodes(pid: u32) -> BTreeSet<String> {
+    fd_links(pid).into_iter().filter(|(_, l)| l.starts_with("socket:")).map(|(_, l)| l).collect()
+}
+
+/// Number of open descriptors of a process.
+pub fn fd_count(pid: u32) -> usize {
+    fd_links(pid).len()
+}
+
+/// utime + stime of a process, in clock ticks.
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    fields.get(11).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0)
+}
+
+/// Waits until `f` is true, or fails the test with `what`.
+pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+// ---- HTTP over loopback ----
+
 /// One HTTP response, as far as the tests care.
 #[derive(Debug)]
 pub struct Response {
     pub status: u16,
+    /// The `X-Handoff-Worker` header.
     pub worker: Option<usize>,
+    /// Names lowercased.
     pub headers: Vec<(String, String)>,
     pub body: String,
 }
@@ -297,7 +532,8 @@ pub fn http_get_with(mut s: TcpStream, path: &str, preamble: &[u8]) -> std::io::
     s.set_read_timeout(Some(WAIT))?;
     s.write_all(preamble)?;
     // One write: `write!` on a socket writes each formatted piece separately, and Nagle
-    // with delayed ACKs would then stall every request by up to 40 ms.
+    // with delayed ACKs would then stall every request by up to 40 ms; and the textbook
+    // minimal worker reads the request with a single recv.
     s.write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes())?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
@@ -307,21 +543,6 @@ pub fn http_get_with(mut s: TcpStream, path: &str, preamble: &[u8]) -> std::io::
             format!("bad response: {:?}", String::from_utf8_lossy(&raw)),
         )
     })
-}
-
-/// A keep-alive connection that stays open after its first response.
-pub struct Held {
-    pub stream: TcpStream,
-    pub worker: usize,
-}
-
-/// Opens a connection, makes one keep-alive request, and keeps the connection.
-pub fn hold(addr: SocketAddr) -> Held {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(WAIT)).unwrap();
-    write!(s, "GET / HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
-    let r = read_one_response(&mut s).expect("response on held connection");
-    Held { stream: s, worker: r.worker.expect("worker header") }
 }
 
 /// Reads exactly one response with a Content-Length body from a keep-alive stream.
@@ -343,29 +564,52 @@ pub fn read_one_response(s: &mut TcpStream) -> Option<Response> {
     Some(r)
 }
 
-/// The targets of a process's descriptors: fd number → link text.
-pub fn fd_links(pid: u32) -> Vec<(i32, String)> {
-    let mut out: Vec<(i32, String)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| {
-                    let n = e.file_name().to_str()?.parse().ok()?;
-                    let link = std::fs::read_link(e.path()).ok()?;
-                    Some((n, link.to_string_lossy().into_owned()))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    out.sort();
-    out
+/// A keep-alive connection that stays open after its first response: a "long"
+/// connection, held by one worker.
+pub struct Held {
+    pub stream: TcpStream,
+    /// The worker that answered the first request.
+    pub worker: usize,
 }
 
-/// The socket inodes a process holds.
-pub fn socket_inodes(pid: u32) -> BTreeSet<String> {
-    fd_links(pid).into_iter().filter(|(_, l)| l.starts_with("socket:")).map(|(_, l)| l).collect()
+/// Opens a connection, makes one keep-alive request, and keeps the connection.
+pub fn hold(addr: SocketAddr) -> Held {
+    let stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let mut held = Held { stream, worker: usize::MAX };
+    held.worker = held.request();
+    held
 }
 
-/// Counts responses per worker id.
+impl Held {
+    /// One more keep-alive `GET /` on the connection: must be a 200 with a
+    /// Content-Length body; returns the worker that answered.
+    pub fn request(&mut self) -> usize {
+        self.stream.write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+        let r = read_one_response(&mut self.stream).expect("response on held connection");
+        assert_eq!(r.status, 200, "{r:?}");
+        assert!(r.headers.iter().any(|(k, _)| k == "content-length"), "no Content-Length: {r:?}");
+        r.worker.unwrap_or_else(|| panic!("no X-Handoff-Worker header: {r:?}"))
+    }
+}
+
+/// The worker that served a short `GET /` (which must succeed).
+pub fn served_by(addr: SocketAddr) -> usize {
+    let r = http_get(addr, "/").unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    r.worker.unwrap_or_else(|| panic!("no X-Handoff-Worker header: {r:?}"))
+}
+
+/// How many of `n` sequential short connections each worker served: worker → count.
+pub fn served_counts(addr: SocketAddr, n: usize) -> HashMap<usize, usize> {
+    let mut counts = HashMap::new();
+    for _ in 0..n {
+        *counts.entry(served_by(addr)).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Counts responses per worker id (ids below `n`).
 pub fn tally(workers: impl IntoIterator<Item = usize>, n: usize) -> Vec<usize> {
     let mut count = vec![0; n];
     for w in workers {
@@ -377,7 +621,7 @@ pub fn tally(workers: impl IntoIterator<Item = usize>, n: usize) -> Vec<usize> {
 /// Steady load: `threads` clients making one-request connections in a loop until
 /// stopped, counting successes and failures.
 pub struct Load {
-    stop: Arc<std::sync::atomic::AtomicBool>,
+    stop: Arc<AtomicBool>,
     handles: Vec<std::thread::JoinHandle<(u64, u64, Vec<String>)>>,
 }
 
@@ -391,13 +635,13 @@ pub struct LoadResult {
 
 impl Load {
     pub fn start(addr: SocketAddr, threads: usize, path: &'static str) -> Load {
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
         let handles = (0..threads)
             .map(|_| {
                 let stop = stop.clone();
                 std::thread::spawn(move || {
                     let (mut ok, mut failed, mut errors) = (0, 0, Vec::new());
-                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    while !stop.load(Ordering::Relaxed) {
                         match http_get(addr, path) {
                             Ok(r) if r.status == 200 => ok += 1,
                             Ok(r) => {
@@ -422,7 +666,7 @@ impl Load {
     }
 
     pub fn stop(self) -> LoadResult {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.stop.store(true, Ordering::Relaxed);
         let mut r = LoadResult { ok: 0, failed: 0, errors: Vec::new() };
         for h in self.handles {
             let (ok, failed, errors) = h.join().unwrap();
@@ -434,38 +678,19 @@ impl Load {
     }
 }
 
-/// utime + stime of a process, in clock ticks.
-pub fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-    fields.get(11).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0)
-}
-
-/// Number of open descriptors of a process.
-pub fn fd_count(pid: u32) -> usize {
-    fd_links(pid).len()
-}
-
-/// Waits until `f` is true, or fails the test with `what`.
-pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
+// ---- files and the control socket ----
 
 /// A fresh temporary directory for one test, removed on drop.
-pub struct TempDir(pub std::path::PathBuf);
+pub struct TempDir(pub PathBuf);
 
 impl TempDir {
+    /// Creates `$TMPDIR/handoff-TAG-PID-N-RANDOM`.
     pub fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("handoff-{tag}-{}-{}", std::process::id(), fastrand_u64()));
+        let p = std::env::temp_dir().join(unique(tag));
         std::fs::create_dir_all(&p).unwrap();
         TempDir(p)
     }
-    pub fn join(&self, name: &str) -> std::path::PathBuf {
+    pub fn join(&self, name: &str) -> PathBuf {
         self.0.join(name)
     }
     pub fn path_str(&self, name: &str) -> String {
@@ -495,4 +720,80 @@ pub fn ctl(control: &str, args: &[&str]) -> (bool, String) {
 /// Running workers (state "running") in a status document.
 pub fn running_workers(st: &serde_json::Value) -> usize {
     st["workers"].as_array().unwrap().iter().filter(|w| w["state"] == "running").count()
+}
+
+// ---- the checks every kind of worker passes (reference workers, library, examples) ----
+
+/// Asserts the exact round robin: `workers` workers, 100 sequential connections each.
+pub fn assert_round_robin_exact(h: &Handoff, workers: usize) {
+    let counts = served_counts(h.addr(), 100 * workers);
+    let expected: HashMap<usize, usize> = (0..workers).map(|w| (w, 100)).collect();
+    assert_eq!(counts, expected, "round robin must be exact");
+}
+
+/// The least-conn check: 3 long connections land on 3 different workers, then every new
+/// short connection goes to the fourth. Needs workers that send DONE, all ready.
+pub fn assert_least_conn_with_done(h: &Handoff) {
+    let held: Vec<Held> = (0..3).map(|_| hold(h.addr())).collect();
+    let busy: HashSet<usize> = held.iter().map(|c| c.worker).collect();
+    assert_eq!(busy.len(), 3, "long connections on three different workers");
+    let free = (0..4).find(|w| !busy.contains(w)).unwrap();
+    for i in 0..40 {
+        assert_eq!(served_by(h.addr()), free, "short connection {i} must go to the idle worker {free}");
+    }
+    drop(held);
+}
+
+/// The least-conn check for workers that serve one request per connection: 3 idle
+/// connections (no request sent, so each holds a worker), then every new short
+/// connection goes to the one worker left idle. The master accepts in the kernel's
+/// FIFO order, so the idle ones are placed first: deterministic.
+pub fn assert_least_conn_with_idle_holders(h: &Handoff) {
+    let held: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(h.addr()).expect("connect")).collect();
+    let first = served_by(h.addr());
+    for i in 0..40 {
+        assert_eq!(served_by(h.addr()), first, "short connection {i} must go to the one idle worker {first}");
+    }
+    drop(held);
+}
+
+/// Kills worker `slot` with SIGKILL and waits until a new process fills the slot.
+/// `ready` says whether to wait for its READY (full-protocol workers) or its start.
+/// Returns (old pid, new pid).
+pub fn kill_worker_and_wait_replacement(h: &Handoff, slot: usize, ready: bool) -> (u32, u32) {
+    let what = if ready { "ready (pid " } else { "started (pid " };
+    let old = h.wait_log(&format!("worker {slot} {what}"), |l| slot_pids(l, what).get(&slot).copied());
+    h.kill_worker(old);
+    let new = h.wait_log(&format!("a new worker {slot} {what}"), |l| {
+        slot_pids(l, what).get(&slot).copied().filter(|&p| p != old)
+    });
+    (old, new)
+}
+
+/// Sends SIGTERM to the master (a graceful stop: DRAIN to every worker), waits for it
+/// and its workers to exit, and asserts that each of the `workers` exited with status 0.
+pub fn stop_gracefully(h: Handoff, workers: usize) {
+    h.signal(Signal::TERM);
+    h.wait_line("all workers exited");
+    let deadline = Instant::now() + WAIT;
+    while !h.children().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(h.children().is_empty(), "workers left behind: {:?}", h.children());
+    let lines = h.lines();
+    let exits: Vec<&String> = lines.iter().filter(|l| l.contains(") exited: ")).collect();
+    assert_eq!(exits.len(), workers, "{lines:#?}");
+    assert!(exits.iter().all(|l| l.ends_with("exited: exit status 0")), "{exits:#?}");
+}
+
+/// Sends short requests until each of the `workers` slots has served one (bounded by
+/// [`WAIT`]). For checks after a replacement: a new worker may become eligible a
+/// little after it starts (a minimal worker sends no READY), so poll, do not count.
+pub fn assert_every_slot_serves(h: &Handoff, workers: usize) {
+    let deadline = Instant::now() + WAIT;
+    let mut seen = HashSet::new();
+    while seen.len() < workers {
+        assert!(Instant::now() < deadline, "only workers {seen:?} served within {WAIT:?}");
+        seen.insert(served_by(h.addr()));
+    }
 }
