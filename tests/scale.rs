@@ -15,7 +15,10 @@ fn scale_up_and_down_under_load() {
     wait_until("3 workers", || {
         running_workers(&status_json(&control)) == 3 && status_json(&control)["workers_wanted"] == 3
     });
+    // Two of the same signal sent at once merge into one (standard signals do not
+    // queue): wait for the first to be taken before sending the second.
     h.signal(Signal::TTOU);
+    wait_until("2 wanted", || status_json(&control)["workers_wanted"] == 2);
     h.signal(Signal::TTOU);
     wait_until("1 worker", || status_json(&control)["workers"].as_array().unwrap().len() == 1);
     let (ok, out) = ctl(&control, &["scale", "4"]);
