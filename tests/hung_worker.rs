@@ -39,3 +39,35 @@ fn a_stalled_worker_is_replaced_and_its_queued_connections_are_served() {
     assert!(log.contains("handing on"), "{log}");
     h.wait_lines("worker 0 started", 2);
 }
+
+#[test]
+fn a_worker_that_never_acks_is_replaced_and_its_connections_handed_on() {
+    let h = Handoff::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "2",
+        "--policy",
+        "round-robin",
+        "--worker-timeout",
+        "1",
+        "--",
+        handoff_bin(),
+        "worker",
+        "--misbehave",
+        "no-ack",
+        "--misbehave-slot",
+        "0",
+    ]);
+    h.wait_ready(2);
+    let addr = h.addr();
+    // Every other connection goes to the worker that takes them and never ACKs; the
+    // master still holds each one and hands it on once that worker is found out.
+    let clients: Vec<_> = (0..6).map(|_| std::thread::spawn(move || http_get(addr, "/"))).collect();
+    for c in clients {
+        let r = c.join().unwrap().expect("every connection is served");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.worker, Some(1));
+    }
+    h.wait_line("has not acknowledged a connection for");
+}

@@ -568,6 +568,7 @@ impl Master {
             state: State::Running,
             inflight: Default::default(),
             dispatched: 0,
+            ack_queue: VecDeque::new(),
             drain_pending: false,
             max_requests,
             blocked_since: None,
@@ -1045,11 +1046,16 @@ impl Master {
             let silent =
                 w.caps & cap::HEARTBEAT != 0 && !w.inflight.is_empty() && now.duration_since(w.last_heard) > timeout;
             let stuck = w.blocked_since.is_some_and(|b| now.duration_since(b) > timeout);
-            if silent || stuck {
+            // A worker that announced ACK but does not ACK would make the master hold a
+            // descriptor for every connection it is sent: bounded by the timeout.
+            let unacking = w.oldest_unacked().is_some_and(|t| now.duration_since(t) > timeout);
+            if silent || stuck || unacking {
                 let why = if silent {
                     format!("sent nothing for {timeout:?} while holding connections")
-                } else {
+                } else if stuck {
                     format!("has not read its channel for {timeout:?}")
+                } else {
+                    format!("has not acknowledged a connection for {timeout:?}")
                 };
                 error!("worker {} (pid {}) {why}: killing it", w.slot, w.pid);
                 self.totals.hung_kills += 1;
@@ -1275,6 +1281,9 @@ impl Master {
                                 item.id,
                                 Inflight { fd: keep.then_some(fd), listener: item.listener, addrs: item.addrs },
                             );
+                            if keep {
+                                w.ack_queue.push_back((item.id, self.now));
+                            }
                         }
                         // Otherwise `fd` drops here: the worker has its own copy.
                     }

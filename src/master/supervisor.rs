@@ -84,6 +84,10 @@ pub struct Worker {
     pub state: State,
     /// Connections sent and not yet DONE (only for workers that report DONE or ACK).
     pub inflight: HashMap<u64, Inflight>,
+    /// Ids of connections kept for an ACK, with when they were sent, in sending order;
+    /// entries already ACKed are dropped lazily from the front. The front is the
+    /// oldest connection still waiting for its ACK.
+    pub ack_queue: VecDeque<(u64, Instant)>,
     /// Connections sent, ever.
     pub dispatched: u64,
     /// DRAIN is owed but the channel was full: sent when it becomes writable.
@@ -125,6 +129,17 @@ impl Worker {
     /// Counts as ready for a rolling restart.
     pub fn is_ready(&self, now: Instant) -> bool {
         self.ready || now.duration_since(self.started) >= MINIMAL_READY_AFTER
+    }
+
+    /// When the oldest connection still waiting for its ACK was sent.
+    pub fn oldest_unacked(&mut self) -> Option<Instant> {
+        while let Some(&(id, at)) = self.ack_queue.front() {
+            if self.inflight.get(&id).is_some_and(|i| i.fd.is_some()) {
+                return Some(at);
+            }
+            self.ack_queue.pop_front();
+        }
+        None
     }
 
     /// Hands back every connection the worker has not ACKed, for another worker.

@@ -23,6 +23,9 @@ pub enum Fault {
     SendFd,
     /// Send READY, then an ACK for a connection it was never sent.
     UnknownAck,
+    /// Send READY announcing ACK, then take connections and never ACK them, while
+    /// sending HEARTBEAT (alive, but keeping the master's copies forever).
+    NoAck,
 }
 
 /// Runs `fault` on the channel from the environment; never returns normally unless
@@ -45,6 +48,21 @@ pub fn run(fault: Fault) -> Result<(), WorkerError> {
         Fault::UnknownAck => {
             wire::encode_ids(&mut buf, wire::kind::ACK, &[u64::MAX - 1]);
             fdpass::send_with_fds(chan.as_fd(), &buf, &[])?;
+        }
+        Fault::NoAck => {
+            eprintln!("worker {}: misbehaving ({fault:?})", env.id);
+            let mut rbuf = vec![0u8; wire::MAX_FRAME_LEN];
+            loop {
+                // Take (and drop) whatever arrives, and beat.
+                while let Ok(got) = fdpass::recv_with_fds(&chan, &mut rbuf, wire::MAX_CONNS) {
+                    if got.len == 0 && got.fds.is_empty() {
+                        return Ok(());
+                    }
+                }
+                wire::encode_empty(&mut buf, wire::kind::HEARTBEAT);
+                fdpass::send_with_fds(chan.as_fd(), &buf, &[])?;
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
     }
     eprintln!("worker {}: misbehaving ({fault:?})", env.id);
