@@ -24,8 +24,12 @@ fn ready_reloading_stopping_and_watchdog() {
     while !seen.iter().any(|m: &String| m.contains("READY=1")) {
         seen.push(next(&sock));
     }
-    // READY only after both workers announced themselves.
-    assert_eq!(h.lines().iter().filter(|l| l.contains("ready (pid")).count(), 2, "{seen:?}");
+    // READY only after both workers announced themselves: the master logs each worker's
+    // READY, then "all 2 workers ready" just before it notifies systemd.
+    h.wait_line("all 2 workers ready");
+    let lines = h.lines();
+    let all_at = lines.iter().position(|l| l.contains("all 2 workers ready")).unwrap();
+    assert_eq!(lines[..all_at].iter().filter(|l| l.contains("ready (pid")).count(), 2, "{seen:?}");
     for pid in h.worker_pids() {
         let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
         assert!(!env.windows(13).any(|w| w == b"NOTIFY_SOCKET"), "worker {pid} sees NOTIFY_SOCKET");

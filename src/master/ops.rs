@@ -540,6 +540,7 @@ impl Master {
             info!("all workers ready; told the old master to stop");
             upgrade::notify(&format!("MAINPID={}\nREADY=1", std::process::id()));
         } else {
+            info!("all {} workers ready", self.slots.len());
             upgrade::notify("READY=1");
         }
     }
