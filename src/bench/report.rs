@@ -222,20 +222,11 @@ impl Summary {
             "model", "workload", "req/s", "p50 ms", "p99 ms", "p99.9ms", "jain", "max/min", "cpu µs/c",
         );
         for r in &self.rows {
+            let c = cells(r, "-");
             let _ = writeln!(
                 s,
-                "{:<18} {:<9} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>6.3} {:>7}  {:>8}  {}{}",
-                r.model.name(),
-                r.workload.name(),
-                r.rps,
-                r.latency.p50,
-                r.latency.p99,
-                r.latency.p999,
-                r.jain,
-                fmt_ratio(r.max_min),
-                r.master_cpu_us_per_conn.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into()),
-                fmt_counts(&r.conns_per_worker),
-                if r.errors > 0 { format!("  ({} errors)", r.errors) } else { String::new() }
+                "{:<18} {:<9} {:>9} {:>8} {:>8} {:>8} {:>6} {:>7}  {:>8}  {}{}",
+                c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9], c[10]
             );
         }
         if !self.ratios.is_empty() {
@@ -263,21 +254,8 @@ impl Summary {
         let _ = writeln!(s, "| model | workload | req/s | p50 ms | p99 ms | p99.9 ms | Jain | max/min | master CPU µs/conn | connections per worker |");
         let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---|");
         for r in &self.rows {
-            let _ = writeln!(
-                s,
-                "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.3} | {} | {} | {}{} |",
-                r.model.name(),
-                r.workload.name(),
-                r.rps,
-                r.latency.p50,
-                r.latency.p99,
-                r.latency.p999,
-                r.jain,
-                fmt_ratio(r.max_min),
-                r.master_cpu_us_per_conn.map(|v| format!("{v:.1}")).unwrap_or_else(|| "–".into()),
-                fmt_counts(&r.conns_per_worker),
-                if r.errors > 0 { format!(" ({} errors)", r.errors) } else { String::new() }
-            );
+            let c = cells(r, "–");
+            let _ = writeln!(s, "| {}{} |", c[..10].join(" | "), c[10]);
         }
         if !self.ratios.is_empty() {
             let _ = writeln!(s, "\n| comparison | per run | median | target | met |");
@@ -316,6 +294,25 @@ fn met_word(m: Option<bool>) -> &'static str {
         Some(false) => "MISSED",
         None => "n/a",
     }
+}
+
+/// One result row as text cells, the same for the terminal table and the Markdown
+/// report: model, workload, req/s, p50, p99, p99.9, Jain, max/min, master CPU (`none`
+/// where there is no master), connections per worker, and an errors suffix.
+fn cells(r: &Row, none: &str) -> [String; 11] {
+    [
+        r.model.name().to_string(),
+        r.workload.name().to_string(),
+        format!("{:.0}", r.rps),
+        format!("{:.2}", r.latency.p50),
+        format!("{:.2}", r.latency.p99),
+        format!("{:.2}", r.latency.p999),
+        format!("{:.3}", r.jain),
+        fmt_ratio(r.max_min),
+        r.master_cpu_us_per_conn.map(|v| format!("{v:.1}")).unwrap_or_else(|| none.into()),
+        fmt_counts(&r.conns_per_worker),
+        if r.errors > 0 { format!(" ({} errors)", r.errors) } else { String::new() },
+    ]
 }
 
 fn fmt_ratio(r: Option<f64>) -> String {
