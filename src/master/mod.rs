@@ -52,6 +52,8 @@ use supervisor::{Inflight, Slot, State, Worker};
 pub const ACCEPT_BATCH: usize = 64;
 /// Frames read from one worker before the loop looks at other events.
 const RECV_BATCH: usize = 64;
+/// 8 KiB reads of one worker's stderr before the loop looks at other events.
+const STDERR_CHUNKS: usize = 8;
 /// Pause after `accept` fails for lack of descriptors or memory.
 pub const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// Housekeeping period (timeouts, respawns).
@@ -259,6 +261,8 @@ pub struct Master {
     batch: Vec<Held>,
     /// Workers whose channel may hold more frames than one turn read.
     unread: Vec<usize>,
+    /// Workers whose stderr pipe may hold more than one turn read.
+    unread_stderr: Vec<usize>,
     /// Connections waiting for their PROXY header, by token offset.
     pending_proxy: Vec<Option<PendingProxy>>,
     last_proxy_log: Option<Instant>,
@@ -381,6 +385,7 @@ impl Master {
             cand: Vec::new(),
             batch: Vec::with_capacity(ACCEPT_BATCH),
             unread: Vec::new(),
+            unread_stderr: Vec::new(),
             pending_proxy: Vec::new(),
             lingering: None,
             last_proxy_log: None,
@@ -445,6 +450,9 @@ impl Master {
             // Workers first: their DONEs and exits decide where the next accept goes.
             for key in std::mem::take(&mut self.unread) {
                 self.read_worker(key);
+            }
+            for key in std::mem::take(&mut self.unread_stderr) {
+                self.read_stderr(key);
             }
             for ev in events.iter() {
                 let t = ev.token().0;
@@ -517,7 +525,7 @@ impl Master {
             && self.paused_until.is_none()
             && (!self.held.is_empty() || self.listeners.iter().any(|l| l.readable))
             && self.workers.iter().any(|w| self.eligible(w));
-        if can_accept || !self.unread.is_empty() {
+        if can_accept || !self.unread.is_empty() || !self.unread_stderr.is_empty() {
             Duration::ZERO
         } else {
             self.next_tick.saturating_duration_since(now)
@@ -702,9 +710,18 @@ impl Master {
             let mut gone = Slot::default();
             // A worker of a slot removed by scaling down still has its output forwarded.
             let slot = self.slots.get_mut(w.slot).unwrap_or(&mut gone);
-            if !supervisor::drain_stderr(fd, slot) {
-                let _ = self.poll.registry().deregister(&mut SourceFd(&fd.as_raw_fd()));
-                w.stderr = None;
+            match supervisor::read_stderr(fd, slot, STDERR_CHUNKS) {
+                supervisor::StderrRead::Empty => {}
+                // The edge will not fire again for what is left: read on next turn.
+                supervisor::StderrRead::More => {
+                    if !self.unread_stderr.contains(&key) {
+                        self.unread_stderr.push(key);
+                    }
+                }
+                supervisor::StderrRead::Eof => {
+                    let _ = self.poll.registry().deregister(&mut SourceFd(&fd.as_raw_fd()));
+                    w.stderr = None;
+                }
             }
         }
     }

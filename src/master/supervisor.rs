@@ -204,15 +204,37 @@ impl Slot {
 /// Reads what is available from a non-blocking stderr pipe into `slot`.
 /// Returns false at end of file.
 pub fn drain_stderr(fd: &OwnedFd, slot: &mut Slot) -> bool {
+    !matches!(read_stderr(fd, slot, usize::MAX), StderrRead::Eof)
+}
+
+/// What one bounded read of a stderr pipe found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum StderrRead {
+    /// The pipe is empty for now.
+    Empty,
+    /// The read stopped at its bound with more perhaps waiting.
+    More,
+    /// The worker closed its end.
+    Eof,
+}
+
+/// Reads at most `chunks` buffers of a non-blocking stderr pipe into `slot`, so a
+/// worker writing without pause cannot hold the master's loop.
+pub fn read_stderr(fd: &OwnedFd, slot: &mut Slot, chunks: usize) -> StderrRead {
     let mut buf = [0u8; 8192];
-    loop {
+    let mut n_read = 0;
+    while n_read < chunks {
         match rustix::io::read(fd, &mut buf) {
-            Ok(0) => return false,
-            Ok(n) => slot.take_stderr(&buf[..n]),
+            Ok(0) => return StderrRead::Eof,
+            Ok(n) => {
+                n_read += 1;
+                slot.take_stderr(&buf[..n])
+            }
             Err(rustix::io::Errno::INTR) => continue,
-            Err(_) => return true,
+            Err(_) => return StderrRead::Empty,
         }
     }
+    StderrRead::More
 }
 
 /// What a new worker gets.
