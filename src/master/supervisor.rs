@@ -255,8 +255,12 @@ pub fn spawn(args: SpawnArgs<'_>) -> io::Result<(u32, Option<OwnedFd>)> {
     let mut cmd = match &cfg.worker {
         WorkerKind::Fork(f) => return spawn_fork(f, cfg, slot, slots, channel),
         WorkerKind::Command(argv) => {
-            let mut c = Command::new(&argv[0]);
-            c.args(&argv[1..]);
+            // Validated non-empty by the config; a library caller may still hand us one.
+            let Some((prog, rest)) = argv.split_first() else {
+                return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty worker command"));
+            };
+            let mut c = Command::new(prog);
+            c.args(rest);
             c
         }
         WorkerKind::Builtin { static_dir } => {
