@@ -72,6 +72,18 @@ pub mod cap {
     pub const ALL: u32 = ACK | DONE | HEARTBEAT | BATCH | ADDRS;
 }
 
+/// What kind of socket a CONN item carries (byte 10 of the item): a hint that saves
+/// the worker a `getsockname`. Workers must accept [`sock::UNKNOWN`] and look for
+/// themselves.
+pub mod sock {
+    /// Not said: ask the socket.
+    pub const UNKNOWN: u8 = 0;
+    /// A TCP socket (IPv4 or IPv6).
+    pub const TCP: u8 = 1;
+    /// A Unix stream socket.
+    pub const UNIX: u8 = 2;
+}
+
 /// One connection handed to a worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnItem {
@@ -79,6 +91,8 @@ pub struct ConnItem {
     pub id: u64,
     /// Index of the listener (in `--listen` order) that accepted the connection.
     pub listener: u16,
+    /// A [`sock`] value.
+    pub sock: u8,
     /// The addresses a PROXY protocol header gave (CONN_ADDR frames only).
     pub addrs: Option<crate::proxy::ProxyHeader>,
 }
@@ -223,6 +237,7 @@ pub fn decode(b: &[u8]) -> Result<Frame, DecodeError> {
                     None
                 };
                 items.push(ConnItem {
+                    sock: body[at + 10],
                     id: u64_at(body, at),
                     listener: u16::from_le_bytes([body[at + 8], body[at + 9]]),
                     addrs,
@@ -273,7 +288,8 @@ pub fn encode_conn(out: &mut Vec<u8>, items: &[ConnItem]) {
     for it in items {
         out.extend_from_slice(&it.id.to_le_bytes());
         out.extend_from_slice(&it.listener.to_le_bytes());
-        out.extend_from_slice(&[0u8; 6]);
+        out.push(it.sock);
+        out.extend_from_slice(&[0u8; 5]);
         if with_addrs {
             crate::proxy::encode_addrs(&it.addrs.unwrap_or_default(), out);
         }
@@ -309,8 +325,8 @@ mod tests {
             [0x01, 1, 1, 0, 3, 0, 0, 0, 2, 1, 0, 0]
         );
         assert_eq!(encode(&Frame::Ack(vec![5])), [0x02, 1, 1, 0, 5, 0, 0, 0, 0, 0, 0, 0]);
-        let conn = encode(&Frame::Conn(vec![ConnItem { id: 0x0a0b, listener: 2, addrs: None }]));
-        assert_eq!(conn, [0x81, 1, 1, 0, 0x0b, 0x0a, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0]);
+        let conn = encode(&Frame::Conn(vec![ConnItem { id: 0x0a0b, listener: 2, sock: sock::TCP, addrs: None }]));
+        assert_eq!(conn, [0x81, 1, 1, 0, 0x0b, 0x0a, 0, 0, 0, 0, 0, 0, 2, 0, 1, 0, 0, 0, 0, 0]);
     }
 
     #[test]
@@ -327,8 +343,9 @@ mod tests {
 
     fn frame() -> impl Strategy<Value = Frame> {
         let ids = prop::collection::vec(any::<u64>(), 1..=MAX_IDS);
-        let items = prop::collection::vec((any::<u64>(), any::<u16>()), 1..=MAX_CONNS)
-            .prop_map(|v| v.into_iter().map(|(id, listener)| ConnItem { id, listener, addrs: None }).collect());
+        let items = prop::collection::vec((any::<u64>(), any::<u16>(), 0u8..=2), 1..=MAX_CONNS).prop_map(|v| {
+            v.into_iter().map(|(id, listener, sock)| ConnItem { id, listener, sock, addrs: None }).collect()
+        });
         let v4 = |(a, p): (u32, u16)| std::net::SocketAddr::from((std::net::Ipv4Addr::from(a), p));
         let addr_items = prop::collection::vec(
             (any::<u64>(), any::<u16>(), any::<(u32, u16)>(), any::<(u32, u16)>()),
@@ -337,6 +354,7 @@ mod tests {
         .prop_map(move |v| {
             v.into_iter()
                 .map(|(id, listener, s, d)| ConnItem {
+                    sock: sock::TCP,
                     id,
                     listener,
                     addrs: Some(crate::proxy::ProxyHeader { source: Some(v4(s)), destination: Some(v4(d)) }),

@@ -1251,7 +1251,12 @@ impl Master {
                 }
             }
             let id = self.next_id();
-            plan[i].push((ConnItem { id, listener: h.listener, addrs: h.addrs }, h.fd));
+            let sock = match self.listeners.get(h.listener as usize).map(|l| l.listener.addr()) {
+                Some(ListenAddr::Tcp(_)) => wire::sock::TCP,
+                Some(ListenAddr::Unix(_)) => wire::sock::UNIX,
+                None => wire::sock::UNKNOWN,
+            };
+            plan[i].push((ConnItem { id, listener: h.listener, sock, addrs: h.addrs }, h.fd));
         }
         for (i, conns) in plan.into_iter().enumerate() {
             if !conns.is_empty() {

@@ -102,6 +102,17 @@ pub enum Stream {
 impl Stream {
     /// Wraps a received socket after looking at its address family.
     pub fn from_fd(fd: OwnedFd) -> io::Result<Stream> {
+        Stream::from_fd_hint(fd, crate::wire::sock::UNKNOWN)
+    }
+
+    /// Wraps a received socket of the kind the master said (a [`crate::wire::sock`]
+    /// value), looking at its address family only if it did not say.
+    pub fn from_fd_hint(fd: OwnedFd, sock: u8) -> io::Result<Stream> {
+        match sock {
+            crate::wire::sock::TCP => return Ok(Stream::Tcp(TcpStream::from(fd))),
+            crate::wire::sock::UNIX => return Ok(Stream::Unix(UnixStream::from(fd))),
+            _ => {}
+        }
         let addr = rustix::net::getsockname(&fd)?;
         Ok(match addr.address_family() {
             rustix::net::AddressFamily::UNIX => Stream::Unix(UnixStream::from(fd)),

@@ -64,8 +64,9 @@ where
 }
 
 /// [`serve_connection`] for a client whose address is known: every response then
-/// carries `X-Handoff-Client: <address>` (the real client's, from a PROXY header when
-/// the connection came through a balancer).
+/// carries `X-Handoff-Client: <address>`. The built-in worker passes it for
+/// connections from a `,proxy` listener: the real client's address from the PROXY
+/// header (or the socket's peer for a header without addresses).
 pub async fn serve_connection_from<I>(
     io: I,
     cfg: Arc<HttpConfig>,
@@ -220,7 +221,10 @@ pub fn run_from_env(static_root: Option<PathBuf>) -> Result<(), WorkerError> {
         while let Some(conn) = incoming.accept().await {
             match conn {
                 Ok(conn) => {
-                    let client = conn.client_addr();
+                    // Only connections that came through a balancer carry the header:
+                    // a direct client knows its own address, and asking the socket
+                    // would cost a getpeername per connection.
+                    let client = conn.proxy_header().and_then(|_| conn.client_addr());
                     tasks.spawn(serve_connection_from(conn, cfg.clone(), stop_rx.clone(), client));
                 }
                 Err(e) => {

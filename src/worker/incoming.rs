@@ -107,7 +107,7 @@ impl Iterator for Incoming {
                     let ids: Vec<u64> = conns.iter().map(|(it, _)| it.id).collect();
                     self.reporter.ack(&ids);
                     for (item, fd) in conns {
-                        match Stream::from_fd(fd) {
+                        match Stream::from_fd_hint(fd, item.sock) {
                             Ok(s) => self.queue.push_back(Conn::new(s, item, self.reporter.clone())),
                             // A socket we cannot even name is already dead: report it
                             // finished so the master's count stays right.

@@ -135,7 +135,7 @@ impl AsyncIncoming {
                     let ids: Vec<u64> = conns.iter().map(|(it, _)| it.id).collect();
                     self.reporter.ack(&ids);
                     for (item, fd) in conns {
-                        match Stream::from_fd(fd).and_then(Stream::into_tokio) {
+                        match Stream::from_fd_hint(fd, item.sock).and_then(Stream::into_tokio) {
                             Ok(s) => self.queue.push_back(Conn::new(s, item, self.reporter.clone())),
                             Err(_) => self.reporter.done(item.id),
                         }
