@@ -216,11 +216,22 @@ impl From<Listener> for OwnedFd {
     }
 }
 
+/// A socket file nobody listens on (connect is refused). The probe is non-blocking: a
+/// live server with a full backlog answers EAGAIN, which counts as live, instead of
+/// stalling the master.
 fn stale_unix_socket(path: &std::path::Path) -> bool {
     use std::os::unix::fs::FileTypeExt;
     let is_socket = std::fs::symlink_metadata(path).map(|m| m.file_type().is_socket()).unwrap_or(false);
-    is_socket
-        && matches!(std::os::unix::net::UnixStream::connect(path), Err(e) if e.kind() == io::ErrorKind::ConnectionRefused)
+    if !is_socket {
+        return false;
+    }
+    let probe = || -> io::Result<bool> {
+        let flags = SocketFlags::CLOEXEC | SocketFlags::NONBLOCK;
+        let fd = rustix::net::socket_with(AddressFamily::UNIX, SocketType::STREAM, flags, None)?;
+        let addr = SocketAddrUnix::new(path)?;
+        Ok(rustix::net::connect(&fd, &addr) == Err(rustix::io::Errno::CONNREFUSED))
+    };
+    probe().unwrap_or(false)
 }
 
 /// Whether an accept error is about this one connection (skip it and go on) rather than
