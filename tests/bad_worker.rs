@@ -4,19 +4,8 @@ mod util;
 use util::*;
 
 fn misbehaving(fault: &str, expect: &str) {
-    let h = Handoff::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--workers",
-        "3",
-        "--",
-        handoff_bin(),
-        "worker",
-        "--misbehave",
-        fault,
-        "--misbehave-slot",
-        "0",
-    ]);
+    let h =
+        Handoff::start(&[&["--listen", "127.0.0.1:0", "--workers", "3"][..], &misbehaving_in_slot_0(fault)].concat());
     let load = Load::start(h.addr(), 2, "/");
     let line = h.wait_line(expect);
     assert!(line.contains("worker 0"), "{line}");

@@ -9,23 +9,8 @@ use util::*;
 /// one second; six concurrent clients, every other one sent to slot 0, must all be
 /// answered by slot 1 once their connections are handed on.
 fn every_connection_served_despite(fault: &str) -> Handoff {
-    let h = Handoff::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--workers",
-        "2",
-        "--policy",
-        "round-robin",
-        "--worker-timeout",
-        "1",
-        "--",
-        handoff_bin(),
-        "worker",
-        "--misbehave",
-        fault,
-        "--misbehave-slot",
-        "0",
-    ]);
+    let args = ["--listen", "127.0.0.1:0", "--workers", "2", "--policy", "round-robin", "--worker-timeout", "1"];
+    let h = Handoff::start(&[&args[..], &misbehaving_in_slot_0(fault)].concat());
     h.wait_ready(2);
     let addr = h.addr();
     let clients: Vec<_> = (0..6).map(|_| std::thread::spawn(move || http_get(addr, "/"))).collect();

@@ -103,7 +103,7 @@ impl Master {
 
     pub(super) fn admin_conn_event(&mut self, slot: usize) {
         let Some(Some(conn)) = self.admin_conns.get_mut(slot) else { return };
-        let finished = if conn_has_response(conn) {
+        let finished = if conn.has_response() {
             conn.flush()
         } else {
             match conn.read() {
@@ -548,10 +548,6 @@ impl Master {
 
 fn inode(p: &std::path::Path) -> Option<u64> {
     std::fs::symlink_metadata(p).ok().map(|m| std::os::unix::fs::MetadataExt::ino(&m))
-}
-
-fn conn_has_response(c: &AdminConn) -> bool {
-    c.has_response()
 }
 
 fn bind_control(path: &std::path::Path, take_over: bool) -> io::Result<OwnedFd> {

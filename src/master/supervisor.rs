@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -272,7 +272,7 @@ pub fn spawn(args: SpawnArgs<'_>) -> io::Result<(u32, Option<OwnedFd>)> {
             c
         }
     };
-    cmd.env(crate::worker::ENV_FD, channel_number(channel).to_string())
+    cmd.env(crate::worker::ENV_FD, channel.as_raw_fd().to_string())
         .env(crate::worker::ENV_WORKER_ID, slot.to_string())
         .env(crate::worker::ENV_WORKERS, slots.to_string())
         .env(crate::worker::ENV_HEARTBEAT_MS, cfg.heartbeat.as_millis().to_string())
@@ -291,11 +291,6 @@ pub fn spawn(args: SpawnArgs<'_>) -> io::Result<(u32, Option<OwnedFd>)> {
         rustix::io::ioctl_fionbio(e, true)?;
     }
     Ok((child.id(), stderr))
-}
-
-fn channel_number(fd: &OwnedFd) -> i32 {
-    use std::os::fd::AsRawFd;
-    fd.as_raw_fd()
 }
 
 /// Forks a worker that runs the closure `f` (no exec); the child sees the same

@@ -797,3 +797,9 @@ pub fn assert_every_slot_serves(h: &Handoff, workers: usize) {
         seen.insert(served_by(h.addr()));
     }
 }
+
+/// The `-- CMD` part of `handoff run` for workers that break the protocol with `fault`
+/// (see `handoff worker --misbehave`) in slot 0 and behave in the other slots.
+pub fn misbehaving_in_slot_0(fault: &str) -> [&str; 7] {
+    ["--", handoff_bin(), "worker", "--misbehave", fault, "--misbehave-slot", "0"]
+}
