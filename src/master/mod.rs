@@ -1152,6 +1152,11 @@ impl Master {
                 return;
             }
         }
+        if !self.listeners.iter().any(|l| l.readable) {
+            // Most loop turns (worker frames, timers) have nothing to accept: skip the
+            // capacity scan over every worker.
+            return;
+        }
         let mut batch = std::mem::take(&mut self.batch);
         let mut room = self.capacity();
         for li in 0..self.listeners.len() {
