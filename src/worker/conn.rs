@@ -24,12 +24,49 @@ pub struct Conn<S> {
     id: u64,
     listener: u16,
     addrs: Option<crate::proxy::ProxyHeader>,
+    /// Until DONE is sent (or queued, see `done_queued`).
     reporter: Option<Arc<Reporter>>,
+    /// The ACK is queued in the reporter, not yet sent: send it before the first read
+    /// or write (async connections only).
+    ack_queued: bool,
+    /// Async connections let DONE wait for the end of the scheduler pass.
+    coalesce: bool,
+    /// DONE is queued at this flush count (see [`Reporter::done_later`]).
+    done_queued: Option<u64>,
 }
 
 impl<S> Conn<S> {
     pub(crate) fn new(stream: S, item: crate::wire::ConnItem, reporter: Arc<Reporter>) -> Conn<S> {
-        Conn { stream, id: item.id, listener: item.listener, addrs: item.addrs, reporter: Some(reporter) }
+        Conn {
+            stream,
+            id: item.id,
+            listener: item.listener,
+            addrs: item.addrs,
+            reporter: Some(reporter),
+            ack_queued: false,
+            coalesce: false,
+            done_queued: None,
+        }
+    }
+
+    /// A connection whose ACK is queued in `reporter` (by [`Reporter::ack_later`]) and
+    /// whose DONE may be coalesced with others of the same pass.
+    pub(crate) fn new_coalescing(stream: S, item: crate::wire::ConnItem, reporter: Arc<Reporter>) -> Conn<S> {
+        let mut conn = Conn::new(stream, item, reporter);
+        conn.ack_queued = true;
+        conn.coalesce = true;
+        conn
+    }
+
+    /// Sends the queued ACK before the stream is touched: if this worker died now, the
+    /// master would hand the connection to another worker, which must find every byte
+    /// the client sent still unread.
+    fn before_io(&mut self) {
+        if std::mem::take(&mut self.ack_queued) {
+            if let Some(r) = &self.reporter {
+                r.flush_acks();
+            }
+        }
     }
 
     /// The addresses from the PROXY protocol header, for connections from a `,proxy`
@@ -64,7 +101,10 @@ impl<S> Conn<S> {
     /// Reports DONE now (idempotent). Called for you on drop and on async shutdown.
     pub fn finish(&mut self) {
         if let Some(r) = self.reporter.take() {
-            r.done(self.id);
+            match self.done_queued {
+                Some(mark) => r.flush_since(mark),
+                None => r.done(self.id),
+            }
         }
     }
 }
@@ -237,13 +277,17 @@ impl AsyncWrite for TokioStream {
 
 impl<S: AsyncRead + Unpin> AsyncRead for Conn<S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+        let this = self.get_mut();
+        this.before_io();
+        Pin::new(&mut this.stream).poll_read(cx, buf)
     }
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Conn<S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        let this = self.get_mut();
+        this.before_io();
+        Pin::new(&mut this.stream).poll_write(cx, buf)
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().stream).poll_flush(cx)
@@ -252,6 +296,15 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Conn<S> {
         // The server is ending the connection: tell the master before the client
         // sees the FIN, so a client that reconnects at once meets an exact count.
         let this = self.get_mut();
+        if this.coalesce && this.reporter.is_some() && this.done_queued.is_none() {
+            // Queue DONE and yield once: the connections that finish in this same
+            // pass queue theirs, and the first of them polled again sends them all.
+            if let Some(r) = &this.reporter {
+                this.done_queued = Some(r.done_later(this.id));
+            }
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
         this.finish();
         Pin::new(&mut this.stream).poll_shutdown(cx)
     }
@@ -260,7 +313,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Conn<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        this.before_io();
+        Pin::new(&mut this.stream).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
         self.stream.is_write_vectored()

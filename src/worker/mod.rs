@@ -122,12 +122,17 @@ pub fn channel_from_env() -> Result<OwnedFd, WorkerError> {
 }
 
 /// The worker's sending half: READY, ACK, DONE and HEARTBEAT, shared by every
-/// connection of the worker (DONE is sent from each [`Conn`]'s drop).
+/// connection of the worker (DONE is sent from each [`Conn`]'s drop or shutdown).
 ///
-/// Sends are synchronous and non-blocking. DONE is sent at once rather than batched,
-/// so that the master's view of this worker's load is exact when the client sees the
-/// connection end; if the channel is momentarily full, ids wait in a queue that the
-/// next send flushes first.
+/// Sends are synchronous and non-blocking; if the channel is momentarily full, ids
+/// wait in a queue that the next send flushes first. The blocking API sends each ACK
+/// and DONE at once. The async API coalesces them per scheduler pass, without giving
+/// up either ordering the master relies on: a connection's ACK is flushed before its
+/// first read or write ([`Reporter::flush_acks`]), so a connection handed on after a
+/// crash has lost no byte; and its DONE is flushed before its `shutdown`
+/// ([`Reporter::done_later`]), so the master's count is exact when the client sees the
+/// end. One `sendmsg` then covers every connection that reached that point in the same
+/// pass, instead of one per connection.
 #[derive(Debug)]
 pub(crate) struct Reporter {
     fd: Arc<OwnedFd>,
@@ -142,6 +147,9 @@ struct ReporterState {
     acks: Vec<u64>,
     dones: Vec<u64>,
     closed: bool,
+    /// Flushes so far: a DONE queued at `flushes == n` has been sent (or met a full
+    /// or closed channel, where it waits like any other) once `flushes > n`.
+    flushes: u64,
 }
 
 impl Reporter {
@@ -193,6 +201,42 @@ impl Reporter {
         let _ = self.flush_locked(&mut st);
     }
 
+    /// Queues ACKs for connections just received, for [`Reporter::flush_acks`].
+    pub(crate) fn ack_later(&self, ids: &[u64]) {
+        self.open.fetch_add(ids.len(), std::sync::atomic::Ordering::SeqCst);
+        self.lock().acks.extend_from_slice(ids);
+    }
+
+    /// Sends the queued ACKs, if any (a connection calls it before its first read:
+    /// the first of a batch sends the ACK for all of them).
+    pub(crate) fn flush_acks(&self) {
+        let mut st = self.lock();
+        if !st.acks.is_empty() {
+            let _ = self.flush_locked(&mut st);
+        }
+    }
+
+    /// Queues a DONE and returns the flush count it must see pass: the caller yields
+    /// once, so that connections finishing in the same pass queue theirs too, then
+    /// calls [`Reporter::flush_since`].
+    pub(crate) fn done_later(&self, id: u64) -> u64 {
+        let _ = self.open.fetch_update(std::sync::atomic::Ordering::SeqCst, std::sync::atomic::Ordering::SeqCst, |n| {
+            n.checked_sub(1)
+        });
+        let mut st = self.lock();
+        st.dones.push(id);
+        st.flushes
+    }
+
+    /// Makes sure a DONE queued at flush count `mark` has been flushed: the first
+    /// connection of a pass to get here sends them all, the others find it done.
+    pub(crate) fn flush_since(&self, mark: u64) {
+        let mut st = self.lock();
+        if st.flushes == mark {
+            let _ = self.flush_locked(&mut st);
+        }
+    }
+
     /// Sends what is queued; on a full channel it keeps the rest for later.
     pub(crate) fn flush(&self) -> io::Result<()> {
         let mut st = self.lock();
@@ -200,6 +244,7 @@ impl Reporter {
     }
 
     fn flush_locked(&self, st: &mut ReporterState) -> io::Result<()> {
+        st.flushes += 1;
         if st.closed {
             st.acks.clear();
             st.dones.clear();
@@ -207,7 +252,7 @@ impl Reporter {
         }
         for k in [kind::ACK, kind::DONE] {
             loop {
-                let ReporterState { buf, acks, dones, closed } = &mut *st;
+                let ReporterState { buf, acks, dones, closed, .. } = &mut *st;
                 let ids = if k == kind::ACK { acks } else { dones };
                 if ids.is_empty() {
                     break;

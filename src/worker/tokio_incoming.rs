@@ -14,9 +14,9 @@ use super::{channel_from_env, recv_event, Conn, Event, Reporter, Stream, TokioSt
 
 /// Connections handed to this worker, for tokio.
 ///
-/// Create it inside a tokio runtime. It ACKs connections as they arrive, sends
-/// HEARTBEAT from a small background task, and ends when the master sends DRAIN or
-/// closes the channel. Use [`AsyncIncoming::accept`], or the `futures_core::Stream`
+/// Create it inside a tokio runtime. It ACKs connections (before their first read),
+/// sends HEARTBEAT from a small background task, and ends when the master sends DRAIN
+/// or closes the channel. Use [`AsyncIncoming::accept`], or the `futures_core::Stream`
 /// implementation, or (feature `axum`) pass it to `axum::serve`.
 #[derive(Debug)]
 pub struct AsyncIncoming {
@@ -133,10 +133,11 @@ impl AsyncIncoming {
             match recv_event(guard.get_inner(), &mut self.buf) {
                 Ok(Event::Conns(conns)) => {
                     let ids: Vec<u64> = conns.iter().map(|(it, _)| it.id).collect();
-                    self.reporter.ack(&ids);
+                    // Sent by the first of these connections to read or write.
+                    self.reporter.ack_later(&ids);
                     for (item, fd) in conns {
                         match Stream::from_fd_hint(fd, item.sock).and_then(Stream::into_tokio) {
-                            Ok(s) => self.queue.push_back(Conn::new(s, item, self.reporter.clone())),
+                            Ok(s) => self.queue.push_back(Conn::new_coalescing(s, item, self.reporter.clone())),
                             Err(_) => self.reporter.done(item.id),
                         }
                     }

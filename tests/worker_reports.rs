@@ -1,0 +1,203 @@
+//! What the async worker API reports to its master, seen from a stand-in master on a
+//! real channel (a SOCK_SEQPACKET pair) with real TCP clients on 127.0.0.1.
+//!
+//! The async API coalesces ACK and DONE per scheduler pass. These tests hold it to the
+//! two orderings the master relies on, whatever the batching: a connection's ACK
+//! reaches the master before the worker has read a byte of it (so a connection handed
+//! on after a crash has lost nothing), and its DONE before the client sees the end
+//! (so `least-conn` counts exactly); and they check that the batching happens.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use handoff::sys::fdpass;
+use handoff::wire::{self, ConnItem, Frame};
+use handoff::worker::http::{serve_connection, HttpConfig};
+use handoff::worker::{AsyncIncoming, WorkerEnv};
+
+const CLIENTS: u64 = 8;
+
+/// The built-in HTTP service on `chan`, in a current-thread runtime (as `handoff run`
+/// runs it), until DRAIN.
+fn spawn_worker(chan: OwnedFd) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(async move {
+            let env = WorkerEnv { id: 0, workers: 1, heartbeat: Duration::from_secs(60) };
+            let mut incoming = AsyncIncoming::from_fd(chan, env).expect("worker starts");
+            let cfg = Arc::new(HttpConfig::new(0, None));
+            let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+            let mut tasks = tokio::task::JoinSet::new();
+            while let Some(conn) = incoming.accept().await {
+                tasks.spawn(serve_connection(conn.expect("connection"), cfg.clone(), stop.clone()));
+            }
+            while tasks.join_next().await.is_some() {}
+        });
+    })
+}
+
+/// Every frame the worker has sent so far, in order (the channel is non-blocking).
+fn drain(chan: &OwnedFd, log: &mut Vec<Frame>) {
+    let mut buf = vec![0u8; wire::MAX_FRAME_LEN];
+    loop {
+        match fdpass::recv_with_fds(chan, &mut buf, 0) {
+            Ok(got) if got.len > 0 => log.push(wire::decode(&buf[..got.len]).expect("a valid frame")),
+            Ok(_) => panic!("the worker closed its channel"),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+            Err(e) => panic!("channel: {e}"),
+        }
+    }
+}
+
+/// Reads frames into `log` until `until` holds (10 s at most).
+fn wait_for(chan: &OwnedFd, log: &mut Vec<Frame>, what: &str, until: impl Fn(&[Frame]) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        drain(chan, log);
+        if until(log) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no {what} from the worker in 10 s: {log:?}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Sends one CONN frame with `socks` (ids from `first`) and closes the sender's copies.
+fn send_conns(chan: &OwnedFd, first: u64, socks: Vec<OwnedFd>) {
+    let items: Vec<ConnItem> = (first..first + socks.len() as u64)
+        .map(|id| ConnItem { id, listener: 0, sock: wire::sock::TCP, addrs: None })
+        .collect();
+    let mut frame = Vec::new();
+    wire::encode_conn(&mut frame, &items);
+    let fds: Vec<_> = socks.iter().map(|fd| fd.as_fd()).collect();
+    fdpass::send_with_fds(chan.as_fd(), &frame, &fds).expect("send CONN");
+}
+
+fn send_drain(chan: &OwnedFd) {
+    let mut frame = Vec::new();
+    wire::encode_empty(&mut frame, wire::kind::DRAIN);
+    fdpass::send_with_fds(chan.as_fd(), &frame, &[]).expect("send DRAIN");
+}
+
+/// A client that has sent `request`, and the server's end of it.
+fn client(listener: &TcpListener, request: &str) -> (TcpStream, OwnedFd) {
+    let mut c = TcpStream::connect(listener.local_addr().unwrap()).expect("connect");
+    c.write_all(request.as_bytes()).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    (c, OwnedFd::from(listener.accept().expect("accept").0))
+}
+
+/// Position of the first frame of `kind` (ACK or DONE) that covers `id`.
+fn position(log: &[Frame], id: u64, done: bool) -> Option<usize> {
+    log.iter().position(|f| match f {
+        Frame::Ack(ids) if !done => ids.contains(&id),
+        Frame::Done(ids) if done => ids.contains(&id),
+        _ => false,
+    })
+}
+
+#[test]
+fn async_worker_reports_done_before_the_fin_in_one_frame_for_connections_ending_together() {
+    let (master, worker) = fdpass::seqpacket_pair().expect("socketpair");
+    rustix::io::ioctl_fionbio(&master, true).expect("non-blocking");
+    let thread = spawn_worker(worker);
+
+    let mut log = Vec::new();
+    wait_for(&master, &mut log, "READY", |log| !log.is_empty());
+    assert!(matches!(log[0], Frame::Ready { .. }), "first frame is READY, got {:?}", log[0]);
+
+    // Clients that have sent their whole request before the worker gets the sockets: the
+    // worker can serve all of them in one pass.
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let (mut clients, accepted): (Vec<_>, Vec<_>) =
+        (0..CLIENTS).map(|_| client(&listener, "GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")).unzip();
+    // Our copies close after the send, as the master's do after the ACK.
+    send_conns(&master, 0, accepted);
+
+    for (id, client) in clients.iter_mut().enumerate() {
+        let id = id as u64;
+        let mut resp = Vec::new();
+        client.read_to_end(&mut resp).expect("the response, then the end of the stream");
+        let resp = String::from_utf8_lossy(&resp);
+        assert!(resp.starts_with("HTTP/1.1 200 OK"), "client {id} got {resp:?}");
+        // The client has its answer and its FIN: both reports must already be queued
+        // in the master's end of the channel.
+        drain(&master, &mut log);
+        let ack = position(&log, id, false);
+        let done = position(&log, id, true);
+        assert!(done.is_some(), "client {id} saw the end before the master got its DONE: {log:?}");
+        if let Some(ack) = ack {
+            assert!(ack < done.unwrap(), "an ACK after the DONE for {id}: {log:?}");
+        }
+        assert!(ack.is_some(), "client {id} was answered (its request read) before any ACK: {log:?}");
+    }
+
+    let count = |done: bool| -> (usize, Vec<u64>) {
+        let mut frames = 0;
+        let mut ids = Vec::new();
+        for f in &log {
+            match f {
+                Frame::Ack(x) if !done => {
+                    frames += 1;
+                    ids.extend(x);
+                }
+                Frame::Done(x) if done => {
+                    frames += 1;
+                    ids.extend(x);
+                }
+                _ => {}
+            }
+        }
+        ids.sort_unstable();
+        (frames, ids)
+    };
+    let all: Vec<u64> = (0..CLIENTS).collect();
+    let (ack_frames, acked) = count(false);
+    let (done_frames, done) = count(true);
+    assert_eq!(acked, all, "each connection ACKed exactly once");
+    assert_eq!(done, all, "each connection DONE exactly once");
+    // One CONN frame: one ACK. Connections that end in the same pass share a DONE
+    // (one frame here; a few if the scheduler splits them), where a per-connection
+    // report would send eight.
+    assert_eq!(ack_frames, 1, "one ACK for one CONN frame: {log:?}");
+    assert!(done_frames <= 2, "{done_frames} DONE frames for {CLIENTS} connections that ended together: {log:?}");
+
+    send_drain(&master);
+    thread.join().expect("the worker ends on DRAIN");
+}
+
+#[test]
+fn async_worker_acks_a_connection_while_its_request_is_still_being_served() {
+    let (master, worker) = fdpass::seqpacket_pair().expect("socketpair");
+    rustix::io::ioctl_fionbio(&master, true).expect("non-blocking");
+    let thread = spawn_worker(worker);
+    let mut log = Vec::new();
+    wait_for(&master, &mut log, "READY", |log| !log.is_empty());
+
+    // The worker reads this request, then takes 3 s to answer: its ACK must not wait
+    // for the end of the connection (nor for a heartbeat, 60 s away here).
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let (mut slow, fd) = client(&listener, "GET /?sleep_ms=3000 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    send_conns(&master, 7, vec![fd]);
+    wait_for(&master, &mut log, "ACK", |log| position(log, 7, false).is_some());
+    slow.set_nonblocking(true).unwrap();
+    let mut byte = [0u8; 1];
+    let early = slow.peek(&mut byte);
+    assert!(
+        matches!(&early, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the ACK came only with the answer ({early:?}): {log:?}"
+    );
+    assert_eq!(position(&log, 7, true), None, "DONE before the answer: {log:?}");
+
+    slow.set_nonblocking(false).unwrap();
+    let mut resp = Vec::new();
+    slow.read_to_end(&mut resp).expect("the answer");
+    assert!(resp.starts_with(b"HTTP/1.1 200 OK"));
+    drain(&master, &mut log);
+    assert!(position(&log, 7, true).is_some(), "DONE before the FIN: {log:?}");
+    send_drain(&master);
+    thread.join().expect("the worker ends on DRAIN");
+}
