@@ -15,26 +15,20 @@ use std::time::{Duration, Instant};
 
 use handoff::sys::fdpass;
 use handoff::wire::{self, ConnItem, Frame};
-use handoff::worker::http::{serve_connection, HttpConfig};
+use handoff::worker::http::{serve_incoming, HttpConfig};
 use handoff::worker::{AsyncIncoming, WorkerEnv};
 
 const CLIENTS: u64 = 8;
 
-/// The built-in HTTP service on `chan`, in a current-thread runtime (as `handoff run`
-/// runs it), until DRAIN.
+/// The built-in HTTP worker on `chan`, in a current-thread runtime, as `handoff run`
+/// runs it, until DRAIN.
 fn spawn_worker(chan: OwnedFd) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         rt.block_on(async move {
             let env = WorkerEnv { id: 0, workers: 1, heartbeat: Duration::from_secs(60) };
-            let mut incoming = AsyncIncoming::from_fd(chan, env).expect("worker starts");
-            let cfg = Arc::new(HttpConfig::new(0, None));
-            let (_stop_tx, stop) = tokio::sync::watch::channel(false);
-            let mut tasks = tokio::task::JoinSet::new();
-            while let Some(conn) = incoming.accept().await {
-                tasks.spawn(serve_connection(conn.expect("connection"), cfg.clone(), stop.clone()));
-            }
-            while tasks.join_next().await.is_some() {}
+            let incoming = AsyncIncoming::from_fd(chan, env).expect("worker starts");
+            serve_incoming(incoming, Arc::new(HttpConfig::new(0, None))).await.expect("serves until DRAIN");
         });
     })
 }
@@ -112,8 +106,10 @@ fn async_worker_reports_done_before_the_fin_in_one_frame_for_connections_ending_
     // Clients that have sent their whole request before the worker gets the sockets: the
     // worker can serve all of them in one pass.
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let (mut clients, accepted): (Vec<_>, Vec<_>) =
-        (0..CLIENTS).map(|_| client(&listener, "GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")).unzip();
+    // `sleep_ms=0` keeps these off the quick path: this is hyper's connection handling.
+    let (mut clients, accepted): (Vec<_>, Vec<_>) = (0..CLIENTS)
+        .map(|_| client(&listener, "GET /?sleep_ms=0 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"))
+        .unzip();
     // Our copies close after the send, as the master's do after the ACK.
     send_conns(&master, 0, accepted);
 
@@ -198,6 +194,104 @@ fn async_worker_acks_a_connection_while_its_request_is_still_being_served() {
     assert!(resp.starts_with(b"HTTP/1.1 200 OK"));
     drain(&master, &mut log);
     assert!(position(&log, 7, true).is_some(), "DONE before the FIN: {log:?}");
+    send_drain(&master);
+    thread.join().expect("the worker ends on DRAIN");
+}
+
+/// Reads a whole `Connection: close` answer; returns (head lines without the date, body).
+fn answer(c: &mut TcpStream) -> (Vec<String>, String) {
+    let mut out = Vec::new();
+    c.read_to_end(&mut out).expect("an answer, then the end of the stream");
+    let out = String::from_utf8(out).expect("text");
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no end of head in {out:?}"));
+    let mut lines: Vec<String> =
+        head.lines().filter(|l| !l.to_ascii_lowercase().starts_with("date:")).map(str::to_string).collect();
+    lines[1..].sort();
+    assert!(head.to_ascii_lowercase().contains("\r\ndate: "), "no date header: {head:?}");
+    (lines, body.to_string())
+}
+
+#[test]
+fn quick_path_answers_like_hyper_with_one_done_for_the_batch() {
+    let (master, worker) = fdpass::seqpacket_pair().expect("socketpair");
+    rustix::io::ioctl_fionbio(&master, true).expect("non-blocking");
+    let thread = spawn_worker(worker);
+    let mut log = Vec::new();
+    wait_for(&master, &mut log, "READY", |log| !log.is_empty());
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+
+    // The reference: the same request, kept off the quick path, answered by hyper.
+    let (mut reference, fd) = client(&listener, "GET /?sleep_ms=0 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    send_conns(&master, 100, vec![fd]);
+    let (hyper_head, hyper_body) = answer(&mut reference);
+    let (mut head_ref, fd) = client(&listener, "HEAD /?sleep_ms=0 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    send_conns(&master, 101, vec![fd]);
+    let (hyper_head_only, hyper_no_body) = answer(&mut head_ref);
+    assert!(hyper_no_body.is_empty());
+
+    // Complete `Connection: close` requests, already sent when the sockets arrive.
+    let (mut clients, socks): (Vec<_>, Vec<_>) = (0..CLIENTS)
+        .map(|i| {
+            let method = if i == 3 { "HEAD" } else { "GET" };
+            client(&listener, &format!("{method} /x?a=1 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"))
+        })
+        .unzip();
+    drain(&master, &mut log);
+    let before = log.len();
+    send_conns(&master, 0, socks);
+    for (id, c) in clients.iter_mut().enumerate() {
+        let (head, body) = answer(c);
+        drain(&master, &mut log);
+        let done = position(&log, id as u64, true);
+        assert!(done.is_some(), "client {id} saw the end before the master got its DONE: {log:?}");
+        assert!(position(&log, id as u64, false) < done, "ACK after DONE for {id}: {log:?}");
+        if id == 3 {
+            assert_eq!((head, body), (hyper_head_only.clone(), String::new()), "HEAD");
+        } else {
+            assert_eq!((head, body), (hyper_head.clone(), hyper_body.clone()), "GET, client {id}");
+        }
+    }
+    let frames = &log[before..];
+    let dones = frames.iter().filter(|f| matches!(f, Frame::Done(_))).count();
+    let acks = frames.iter().filter(|f| matches!(f, Frame::Ack(_))).count();
+    assert_eq!((acks, dones), (1, 1), "one ACK, then one DONE, for the batch: {frames:?}");
+    send_drain(&master);
+    thread.join().expect("the worker ends on DRAIN");
+}
+
+#[test]
+fn requests_the_quick_path_declines_reach_hyper_whole() {
+    let (master, worker) = fdpass::seqpacket_pair().expect("socketpair");
+    rustix::io::ioctl_fionbio(&master, true).expect("non-blocking");
+    let thread = spawn_worker(worker);
+    let mut log = Vec::new();
+    wait_for(&master, &mut log, "READY", |log| !log.is_empty());
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+
+    // Half a request when the worker looks (it reads it), the rest afterwards.
+    let (mut partial, fd) = client(&listener, "GET / HTTP/1.1\r\nHost: t\r\n");
+    send_conns(&master, 0, vec![fd]);
+    wait_for(&master, &mut log, "ACK", |log| position(log, 0, false).is_some());
+    std::thread::sleep(Duration::from_millis(50)); // let the worker's look find only half
+    partial.write_all(b"Connection: close\r\n\r\n").unwrap();
+    let (head, body) = answer(&mut partial);
+    assert!(head[0].starts_with("HTTP/1.1 200"), "{head:?}");
+    assert!(body.starts_with("hello from handoff worker 0"), "{body:?}");
+
+    // Keep-alive: the first request, read by the look, is answered by hyper, which then
+    // serves the next one on the same connection.
+    let (mut kept, fd) = client(&listener, "GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    send_conns(&master, 1, vec![fd]);
+    let mut first = [0u8; 1024];
+    let n = kept.read(&mut first).expect("the first answer");
+    let first = String::from_utf8_lossy(&first[..n]).to_string();
+    assert!(first.starts_with("HTTP/1.1 200") && !first.contains("connection: close"), "{first:?}");
+    kept.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+    let (head, _) = answer(&mut kept);
+    assert!(head[0].starts_with("HTTP/1.1 200"), "{head:?}");
+    drain(&master, &mut log);
+    assert!(position(&log, 1, true).is_some(), "DONE before the FIN: {log:?}");
+
     send_drain(&master);
     thread.join().expect("the worker ends on DRAIN");
 }

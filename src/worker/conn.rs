@@ -33,6 +33,9 @@ pub struct Conn<S> {
     coalesce: bool,
     /// DONE is queued at this flush count (see [`Reporter::done_later`]).
     done_queued: Option<u64>,
+    /// Bytes already read from the stream by a first look (the built-in worker's quick
+    /// path), served again before the stream's own.
+    replay: Option<(Vec<u8>, usize)>,
 }
 
 impl<S> Conn<S> {
@@ -46,7 +49,29 @@ impl<S> Conn<S> {
             ack_queued: false,
             coalesce: false,
             done_queued: None,
+            replay: None,
         }
+    }
+
+    /// Makes `bytes`, already read from the stream, the first ones read from this
+    /// connection.
+    pub(crate) fn replay(mut self, bytes: Vec<u8>) -> Conn<S> {
+        if !bytes.is_empty() {
+            self.replay = Some((bytes, 0));
+        }
+        self
+    }
+
+    /// Copies replayed bytes into `buf`; `None` once there are none left.
+    fn take_replay(&mut self, buf: &mut [u8]) -> Option<usize> {
+        let (bytes, at) = self.replay.as_mut()?;
+        let n = buf.len().min(bytes.len() - *at);
+        buf[..n].copy_from_slice(&bytes[*at..*at + n]);
+        *at += n;
+        if *at == bytes.len() {
+            self.replay = None;
+        }
+        Some(n)
     }
 
     /// A connection whose ACK is queued in `reporter` (by [`Reporter::ack_later`]) and
@@ -183,6 +208,15 @@ impl Stream {
     }
 }
 
+impl std::os::fd::AsFd for Stream {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match self {
+            Stream::Tcp(s) => s.as_fd(),
+            Stream::Unix(s) => s.as_fd(),
+        }
+    }
+}
+
 impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
@@ -206,6 +240,9 @@ impl Write for Stream {
 
 impl<S: Read> Read for Conn<S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(n) = self.take_replay(buf) {
+            return Ok(n);
+        }
         self.stream.read(buf)
     }
 }
@@ -279,6 +316,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for Conn<S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         this.before_io();
+        if let Some(n) = this.take_replay(buf.initialize_unfilled()) {
+            buf.advance(n);
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut this.stream).poll_read(cx, buf)
     }
 }

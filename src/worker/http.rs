@@ -19,6 +19,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::tokio_incoming::{FirstLook, FirstLookFn};
 use super::{AsyncIncoming, End, WorkerEnv, WorkerError};
 
 /// Longest `cpu_ms` or `sleep_ms` honoured.
@@ -124,7 +125,11 @@ async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
 }
 
 fn query_ms(req: &Request<Body>, key: &str) -> Option<u64> {
-    req.uri().query()?.split('&').find_map(|kv| {
+    query_ms_in(req.uri().query(), key)
+}
+
+fn query_ms_in(query: Option<&str>, key: &str) -> Option<u64> {
+    query?.split('&').find_map(|kv| {
         let (k, v) = kv.split_once('=')?;
         (k == key).then(|| v.parse::<u64>().ok()).flatten().map(|ms| ms.min(MAX_DELAY_MS))
     })
@@ -215,34 +220,149 @@ pub fn run_from_env(static_root: Option<PathBuf>) -> Result<(), WorkerError> {
     rt.block_on(async move {
         let env = WorkerEnv::from_env();
         let cfg = Arc::new(HttpConfig::new(env.id, static_root));
-        let mut incoming = AsyncIncoming::from_env()?;
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let mut tasks = tokio::task::JoinSet::new();
-        while let Some(conn) = incoming.accept().await {
-            match conn {
-                Ok(conn) => {
-                    // Only connections that came through a balancer carry the header:
-                    // a direct client knows its own address, and asking the socket
-                    // would cost a getpeername per connection.
-                    let client = conn.proxy_header().and_then(|_| conn.client_addr());
-                    tasks.spawn(serve_connection_from(conn, cfg.clone(), stop_rx.clone(), client));
-                }
-                Err(e) => {
-                    tracing::error!("worker {}: {e}", env.id);
-                    return Err(e);
-                }
-            }
-            // Reap finished tasks so the set does not grow with every connection.
-            while tasks.try_join_next().is_some() {}
-        }
-        let _ = stop_tx.send(true);
-        let grace = match incoming.end() {
-            Some(End::MasterGone) => Duration::from_secs(1),
-            _ => Duration::from_secs(3600),
-        };
-        let _ = tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
-        Ok(())
+        serve_incoming(AsyncIncoming::from_env()?, cfg).await
     })
+}
+
+/// Serves every connection `incoming` hands out with the built-in service, as
+/// `handoff run` does without a command, until the master asks for a drain (then waits
+/// for the connections in progress) or goes away (then waits a second at most).
+pub async fn serve_incoming(mut incoming: AsyncIncoming, cfg: Arc<HttpConfig>) -> Result<(), WorkerError> {
+    if cfg.static_root.is_none() {
+        let mut quick = Quick::new(&cfg);
+        incoming.set_first_look(FirstLookFn(Box::new(move |item, s| quick.look(item, s))));
+    }
+    let env = incoming.env().clone();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    while let Some(conn) = incoming.accept().await {
+        match conn {
+            Ok(conn) => {
+                // Only connections that came through a balancer carry the header:
+                // a direct client knows its own address, and asking the socket
+                // would cost a getpeername per connection.
+                let client = conn.proxy_header().and_then(|_| conn.client_addr());
+                tasks.spawn(serve_connection_from(conn, cfg.clone(), stop_rx.clone(), client));
+            }
+            Err(e) => {
+                tracing::error!("worker {}: {e}", env.id);
+                return Err(e);
+            }
+        }
+        // Reap finished tasks so the set does not grow with every connection.
+        while tasks.try_join_next().is_some() {}
+    }
+    let _ = stop_tx.send(true);
+    let grace = match incoming.end() {
+        Some(End::MasterGone) => Duration::from_secs(1),
+        _ => Duration::from_secs(3600),
+    };
+    let _ = tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+    Ok(())
+}
+
+/// The quick path: a connection whose whole first request is already in the socket
+/// when the worker receives it, and asks for the greeting with `Connection: close`
+/// (connection-per-request clients such as load balancers' checks and benchmarks), is
+/// answered with one `recv` and one `send`, before the stream is registered with the
+/// runtime: no task, no `epoll_ctl`, no `fcntl`, and its DONE shares one frame with the
+/// others of its batch. Anything else (a partial request, keep-alive, a body, a query
+/// hyper must act on, a PROXY client, a static root) goes to hyper with the bytes
+/// already read, so the answer is the same either way.
+struct Quick {
+    /// The answer up to the date, the date, and the rest: `head + date + tail`.
+    head: Vec<u8>,
+    tail: Vec<u8>,
+    /// The date and the second it is for (hyper's `date` header has one-second
+    /// resolution too).
+    date: (u64, String),
+    buf: Vec<u8>,
+}
+
+/// Largest request the quick path reads in its one `recv`.
+const QUICK_READ: usize = 4096;
+
+impl Quick {
+    fn new(cfg: &HttpConfig) -> Quick {
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nx-handoff-worker: {}\r\nconnection: close\r\ncontent-length: {}\r\ndate: ",
+            cfg.worker_id,
+            cfg.greeting.len()
+        );
+        let mut tail = b"\r\n\r\n".to_vec();
+        tail.extend_from_slice(&cfg.greeting);
+        Quick { head: head.into_bytes(), tail, date: (u64::MAX, String::new()), buf: vec![0; QUICK_READ] }
+    }
+
+    fn look(&mut self, item: &crate::wire::ConnItem, s: &super::Stream) -> FirstLook {
+        use rustix::io::Errno;
+        use rustix::net::{RecvFlags, SendFlags};
+        if item.addrs.is_some() {
+            return FirstLook::Serve(Vec::new()); // hyper adds X-Handoff-Client
+        }
+        let n = match rustix::net::recv(s, &mut self.buf[..], RecvFlags::DONTWAIT) {
+            Ok((0, _)) => return FirstLook::Finished, // the client closed without a request
+            Ok((n, _)) => n,
+            Err(Errno::AGAIN) | Err(Errno::INTR) => return FirstLook::Serve(Vec::new()),
+            Err(_) => return FirstLook::Finished, // reset: nobody to answer
+        };
+        let seen = &self.buf[..n];
+        let Some(head_only) = quick_request(seen) else {
+            return FirstLook::Serve(seen.to_vec());
+        };
+        let now = std::time::SystemTime::now();
+        let secs = now.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        if self.date.0 != secs {
+            self.date = (secs, httpdate::fmt_http_date(now));
+        }
+        let mut out = Vec::with_capacity(self.head.len() + 29 + self.tail.len());
+        out.extend_from_slice(&self.head);
+        out.extend_from_slice(self.date.1.as_bytes());
+        let tail = if head_only { &self.tail[..4] } else { &self.tail[..] };
+        out.extend_from_slice(tail);
+        // A fresh socket's send buffer is empty, so the answer goes in one call; if the
+        // client is gone (or, impossibly, the buffer is full) there is nothing to wait for.
+        let _ = rustix::net::send(s, &out, SendFlags::DONTWAIT | SendFlags::NOSIGNAL);
+        FirstLook::Finished
+    }
+}
+
+/// Whether `bytes` is exactly one complete request the quick path answers: `GET` or
+/// `HEAD` (then `Some(true)`) of a path without `cpu_ms` or `sleep_ms`, HTTP/1.1 with
+/// `Connection: close`, no body and nothing after it.
+fn quick_request(bytes: &[u8]) -> Option<bool> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(bytes) {
+        Ok(httparse::Status::Complete(len)) if len == bytes.len() => {}
+        _ => return None,
+    }
+    let head_only = match req.method? {
+        "GET" => false,
+        "HEAD" => true,
+        _ => return None,
+    };
+    if req.version? != 1 {
+        return None;
+    }
+    let query = req.path?.split_once('?').map(|(_, q)| q);
+    if query_ms_in(query, "cpu_ms").is_some() || query_ms_in(query, "sleep_ms").is_some() {
+        return None;
+    }
+    let mut close = false;
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("connection") {
+            let v = std::str::from_utf8(h.value).ok()?;
+            close |= v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close"));
+        } else if h.name.eq_ignore_ascii_case("content-length") {
+            if h.value != b"0" {
+                return None;
+            }
+        } else if ["transfer-encoding", "expect", "upgrade"].iter().any(|n| h.name.eq_ignore_ascii_case(n)) {
+            return None;
+        }
+    }
+    close.then_some(head_only)
 }
 
 #[cfg(test)]

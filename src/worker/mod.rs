@@ -216,6 +216,16 @@ impl Reporter {
         }
     }
 
+    /// Reports DONE for `ids` in one frame (connections a first look finished).
+    pub(crate) fn done_all(&self, ids: &[u64]) {
+        let _ = self.open.fetch_update(std::sync::atomic::Ordering::SeqCst, std::sync::atomic::Ordering::SeqCst, |n| {
+            Some(n.saturating_sub(ids.len()))
+        });
+        let mut st = self.lock();
+        st.dones.extend_from_slice(ids);
+        let _ = self.flush_locked(&mut st);
+    }
+
     /// Queues a DONE and returns the flush count it must see pass: the caller yields
     /// once, so that connections finishing in the same pass queue theirs too, then
     /// calls [`Reporter::flush_since`].

@@ -31,6 +31,28 @@ pub struct AsyncIncoming {
     end_tx: tokio::sync::watch::Sender<Option<End>>,
     /// Someone holds a `drained()` future: the program stops itself on DRAIN.
     graceful: std::sync::atomic::AtomicBool,
+    /// A look at each connection before it is handed out (see [`FirstLook`]).
+    first_look: Option<FirstLookFn>,
+}
+
+/// What a first look at a fresh connection decided.
+pub(crate) enum FirstLook {
+    /// It is finished (answered, or the client is gone): report DONE, shut it down.
+    Finished,
+    /// Hand it out; these bytes were read from it and are read again first.
+    Serve(Vec<u8>),
+}
+
+/// The built-in worker's quick path: called for each connection, after its ACK is
+/// sent and before the stream is registered with the runtime.
+pub(crate) struct FirstLookFn(pub(crate) Box<LookFn>);
+
+type LookFn = dyn FnMut(&crate::wire::ConnItem, &Stream) -> FirstLook + Send + Sync;
+
+impl std::fmt::Debug for FirstLookFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FirstLookFn")
+    }
 }
 
 impl AsyncIncoming {
@@ -75,7 +97,13 @@ impl AsyncIncoming {
             beat,
             end_tx: tokio::sync::watch::channel(None).0,
             graceful: Default::default(),
+            first_look: None,
         })
+    }
+
+    /// Has `look` see every connection first (the built-in worker's quick path).
+    pub(crate) fn set_first_look(&mut self, look: FirstLookFn) {
+        self.first_look = Some(look);
     }
 
     /// This worker's facts (slot id, worker count, heartbeat interval).
@@ -135,6 +163,10 @@ impl AsyncIncoming {
                     let ids: Vec<u64> = conns.iter().map(|(it, _)| it.id).collect();
                     // Sent by the first of these connections to read or write.
                     self.reporter.ack_later(&ids);
+                    if self.first_look.is_some() {
+                        self.look_first(conns);
+                        continue;
+                    }
                     for (item, fd) in conns {
                         match Stream::from_fd_hint(fd, item.sock).and_then(Stream::into_tokio) {
                             Ok(s) => self.queue.push_back(Conn::new_coalescing(s, item, self.reporter.clone())),
@@ -147,6 +179,38 @@ impl AsyncIncoming {
                 Err(WorkerError::Channel(e)) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
                 Err(e) => return Poll::Ready(Some(Err(e))),
             }
+        }
+    }
+}
+
+impl AsyncIncoming {
+    /// Runs the first look over a batch: the ACK goes first (the look reads), then
+    /// one DONE for every connection it finished, then their FINs.
+    fn look_first(&mut self, conns: Vec<(crate::wire::ConnItem, OwnedFd)>) {
+        let Some(FirstLookFn(look)) = self.first_look.as_mut() else { return };
+        self.reporter.flush_acks();
+        let mut finished = Vec::new();
+        for (item, fd) in conns {
+            let Ok(s) = Stream::from_fd_hint(fd, item.sock) else {
+                self.reporter.done(item.id);
+                continue;
+            };
+            match look(&item, &s) {
+                FirstLook::Finished => finished.push((item.id, s)),
+                FirstLook::Serve(seen) => match s.into_tokio() {
+                    Ok(s) => self.queue.push_back(Conn::new_coalescing(s, item, self.reporter.clone()).replay(seen)),
+                    Err(_) => self.reporter.done(item.id),
+                },
+            }
+        }
+        if finished.is_empty() {
+            return;
+        }
+        let ids: Vec<u64> = finished.iter().map(|(id, _)| *id).collect();
+        self.reporter.done_all(&ids);
+        for (_, s) in finished {
+            // The FIN now, even if the master has not yet closed its copy.
+            let _ = rustix::net::shutdown(&s, rustix::net::Shutdown::Write);
         }
     }
 }
