@@ -15,7 +15,12 @@
 # Usage: bench/vs-nginx.sh            (after `cargo build --release`)
 # Knobs (environment): WORKERS (default: nproc), DURATION (s, default 5), CONNS (50),
 #   THREADS (wrk threads, 2), RUNS (3: the table shows medians, ratios are taken within
-#   each run), NODE=0 to skip Node, HANDOFF (path to the binary, target/release/handoff).
+#   each run), NODE=0 to skip Node, CREF=0 to skip the C reference, HANDOFF (path to the
+#   binary, target/release/handoff).
+#
+# The C reference, bench/c-fdpass.c, is the floor of handoff's design: a master that
+# only accepts and passes descriptors round robin (blocking in accept4, and as an epoll
+# loop), to workers that answer and close. Connection per request only.
 set -euo pipefail
 
 WORKERS=${WORKERS:-$(nproc)}
@@ -24,6 +29,7 @@ CONNS=${CONNS:-50}
 THREADS=${THREADS:-2}
 RUNS=${RUNS:-3}
 NODE=${NODE:-1}
+CREF=${CREF:-1}
 HANDOFF=${HANDOFF:-target/release/handoff}
 
 die() { echo "vs-nginx: $*" >&2; exit 1; }
@@ -44,6 +50,12 @@ if [ "$NODE" = 1 ] && ! command -v node >/dev/null 2>&1; then
 fi
 
 TMP=$(mktemp -d /tmp/vs-nginx.XXXXXX)
+# The C reference (bench/c-fdpass.c: descriptor passing and nothing else), if a C
+# compiler is at hand.
+if [ "$CREF" = 1 ] && ! cc -O2 -o "$TMP/c-fdpass" "$(dirname "$0")/c-fdpass.c" 2>"$TMP/cc.err"; then
+  echo "cannot build bench/c-fdpass.c ($(head -1 "$TMP/cc.err")): skipping the C reference" >&2
+  CREF=0
+fi
 PIDS=()
 cleanup() {
   for pid in "${PIDS[@]:-}"; do
@@ -137,9 +149,9 @@ print(total, stat(root)[0])
 PY
 }
 
-measure() { # run, name, port, pid
-  local run=$1 name=$2 port=$3 pid=$4 mode hdr out rps p50 p99 errs reqs before after
-  for mode in close keepalive; do
+measure() { # run, name, port, pid[, modes (default "close keepalive")]
+  local run=$1 name=$2 port=$3 pid=$4 modes=${5:-close keepalive} mode hdr out rps p50 p99 errs reqs before after
+  for mode in $modes; do
     hdr=()
     [ "$mode" = close ] && hdr=(-H 'Connection: close')
     before=$(ticks "$pid")
@@ -168,6 +180,14 @@ for run in $(seq "$RUNS"); do
     SERVER_PID=$!; PIDS+=("$SERVER_PID"); wait_port "$p"; sleep 0.5
     measure "$run" "node-cluster-rr" "$p" "$SERVER_PID"; stop "$SERVER_PID"
   fi
+  if [ "$CREF" = 1 ]; then
+    for how in blocking epoll; do
+      p=$(free_port)
+      "$TMP/c-fdpass" "$how" "$p" "$WORKERS" &
+      SERVER_PID=$!; PIDS+=("$SERVER_PID"); wait_port "$p"
+      measure "$run" "c-fdpass-$how" "$p" "$SERVER_PID" close; stop "$SERVER_PID"
+    done
+  fi
   for policy in round-robin least-conn; do
     p=$(free_port); start_handoff "$p" "$policy"; measure "$run" "handoff-$policy" "$p" "$SERVER_PID"; stop "$SERVER_PID"
   done
@@ -189,7 +209,9 @@ med = lambda xs: statistics.median(xs)
 print(f"{'server':<18} {'mode':<10} {'req/s':>9} {'p50':>9} {'p99':>9} {'CPU µs/req':>11} {'master µs':>10}  errors (run 1)")
 for mode in ("close", "keepalive"):
     for n in names:
-        c = cell[(n, mode)]
+        c = cell.get((n, mode))
+        if not c:
+            continue
         print(f"{n:<18} {mode:<10} {med([x['rps'] for x in c]):>9.0f} {c[0]['p50']:>9} {c[0]['p99']:>9} "
               f"{med([x['cpu'] for x in c]):>11.1f} {med([x['master'] for x in c]):>10.1f}  {c[0]['errs']}")
 print()
@@ -203,6 +225,8 @@ def ratio(a, b, mode, key="rps"):
     return med(rs) if rs else float("nan")
 for h in [n for n in names if n.startswith("handoff")]:
     for peer in [n for n in names if not n.startswith("handoff")]:
-        print(f"  {h} / {peer}: close req/s {ratio(h, peer, 'close'):.2f}x, keepalive req/s {ratio(h, peer, 'keepalive'):.2f}x, "
-              f"close CPU/req {ratio(h, peer, 'close', 'cpu'):.2f}x")
+        x = lambda r: "-" if r != r else f"{r:.2f}x"  # nan: not measured (or no master)
+        print(f"  {h} / {peer}: close req/s {x(ratio(h, peer, 'close'))}, keepalive req/s "
+              f"{x(ratio(h, peer, 'keepalive'))}, close CPU/req {x(ratio(h, peer, 'close', 'cpu'))}, "
+              f"master {x(ratio(h, peer, 'close', 'master'))}")
 PY

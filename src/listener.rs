@@ -71,6 +71,10 @@ pub struct ListenSpec {
     /// Connections start with a PROXY protocol (v1 or v2) header, read and checked by
     /// the master before the connection is handed on.
     pub proxy: bool,
+    /// `TCP_DEFER_ACCEPT` (nginx's `deferred`, HAProxy's `defer-accept`): a connection
+    /// reaches the master only once its client has sent something, for protocols where
+    /// the client speaks first (HTTP). See [`Listener::set_deferred`].
+    pub deferred: bool,
 }
 
 impl FromStr for ListenSpec {
@@ -78,16 +82,21 @@ impl FromStr for ListenSpec {
     fn from_str(s: &str) -> Result<ListenSpec, String> {
         let mut parts = s.split(',');
         let addr = parts.next().unwrap_or_default().parse()?;
-        let mut spec = ListenSpec { addr, proxy: false };
+        let mut spec = ListenSpec { addr, proxy: false, deferred: false };
         for opt in parts {
             match opt {
                 "proxy" => spec.proxy = true,
+                "deferred" => spec.deferred = true,
                 _ => {
                     return Err(format!(
-                        "{s:?}: unknown listen option {opt:?}; the only option is \"proxy\" (as in 0.0.0.0:8080,proxy)"
+                        "{s:?}: unknown listen option {opt:?}; the options are \"proxy\" and \"deferred\" \
+                         (as in 0.0.0.0:8080,proxy,deferred)"
                     ))
                 }
             }
+        }
+        if spec.deferred && matches!(spec.addr, ListenAddr::Unix(_)) {
+            return Err(format!("{s:?}: \"deferred\" (TCP_DEFER_ACCEPT) is for TCP listeners, not Unix sockets"));
         }
         Ok(spec)
     }
@@ -95,7 +104,14 @@ impl FromStr for ListenSpec {
 
 impl fmt::Display for ListenSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}{}", self.addr, if self.proxy { ",proxy" } else { "" })
+        write!(f, "{}", self.addr)?;
+        if self.proxy {
+            f.write_str(",proxy")?;
+        }
+        if self.deferred {
+            f.write_str(",deferred")?;
+        }
+        Ok(())
     }
 }
 
@@ -154,6 +170,21 @@ impl Listener {
         };
         rustix::net::listen(&fd, BACKLOG)?;
         Ok(Listener { fd, addr: addr.clone() })
+    }
+
+    /// Turns `TCP_DEFER_ACCEPT` on or off (TCP only; a Unix listener is left alone).
+    ///
+    /// On, the kernel queues a connection for `accept` only when its first data
+    /// arrives: the master never wakes for a client that has not spoken yet, and the
+    /// worker finds the request already there (the built-in worker then answers a
+    /// `Connection: close` request without registering the socket with its event
+    /// loop). A client that connects and stays silent is accepted after about a second,
+    /// like any other. Only for protocols where the client speaks first.
+    pub fn set_deferred(&self, on: bool) -> io::Result<()> {
+        match self.addr {
+            ListenAddr::Tcp(_) => crate::sys::set_tcp_defer_accept(self.fd.as_fd(), u32::from(on)),
+            ListenAddr::Unix(_) => Ok(()),
+        }
     }
 
     /// Wraps an already listening socket (socket activation, upgrade).
@@ -278,6 +309,12 @@ mod tests {
         assert!("unix:".parse::<ListenAddr>().is_err());
         let spec: ListenSpec = "0.0.0.0:80,proxy".parse().unwrap();
         assert!(spec.proxy && spec.to_string() == "0.0.0.0:80,proxy");
+        let spec: ListenSpec = "0.0.0.0:80,deferred,proxy".parse().unwrap();
+        assert!(spec.proxy && spec.deferred && spec.to_string() == "0.0.0.0:80,proxy,deferred");
+        let e = "unix:/run/a.sock,deferred".parse::<ListenSpec>().unwrap_err();
+        assert!(e.contains("for TCP listeners"), "{e}");
+        let e = "0.0.0.0:80,fast".parse::<ListenSpec>().unwrap_err();
+        assert!(e.contains("\"proxy\" and \"deferred\""), "{e}");
         assert!("0.0.0.0:80,tls".parse::<ListenSpec>().unwrap_err().contains("unknown listen option"));
     }
 

@@ -40,7 +40,7 @@ use signal_hook_mio::v1_0::Signals;
 use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, ConfigFile, WorkerKind};
-use crate::listener::{self, ListenAddr, Listener};
+use crate::listener::{self, ListenAddr, ListenSpec, Listener};
 use crate::policy::{Balancer, Candidate};
 use crate::sys::fdpass;
 use crate::sys::process::{self as sysproc, Exit};
@@ -295,7 +295,7 @@ impl Master {
         let mut listeners = Vec::new();
         if origin == upgrade::Origin::Systemd && !cfg.listen_given {
             info!("socket activation: using the {} sockets systemd passed", pool.len());
-            listeners = std::mem::take(&mut pool).into_iter().map(|l| (l, false)).collect();
+            listeners = std::mem::take(&mut pool).into_iter().map(|l| (l, None)).collect();
         } else {
             for spec in &cfg.listen {
                 let addr = &spec.addr;
@@ -306,7 +306,7 @@ impl Master {
                     (a, b) => a == b,
                 };
                 if let Some(pos) = pool.iter().position(matches) {
-                    listeners.push((pool.remove(pos), spec.proxy));
+                    listeners.push((pool.remove(pos), Some(spec.clone())));
                     continue;
                 }
                 let l = Listener::bind(addr).map_err(|source| MasterError::Bind {
@@ -314,7 +314,7 @@ impl Master {
                     hint: bind_hint(&source),
                     source,
                 })?;
-                listeners.push((l, spec.proxy));
+                listeners.push((l, Some(spec.clone())));
             }
         }
         for l in pool {
@@ -332,11 +332,11 @@ impl Master {
     }
 
     /// Uses listeners opened elsewhere (socket activation, upgrade, tests).
-    /// Each listener takes the `,proxy` option of the `--listen` entry at its position.
+    /// Each listener takes the options (`,proxy`, `,deferred`) of the `--listen` entry
+    /// at its position.
     pub fn with_listeners(cfg: Config, listeners: Vec<Listener>) -> Result<Master, MasterError> {
-        let flags: Vec<bool> = cfg.listen.iter().map(|s| s.proxy).collect();
-        let listeners: Vec<(Listener, bool)> =
-            listeners.into_iter().enumerate().map(|(i, l)| (l, flags.get(i).copied().unwrap_or(false))).collect();
+        let listeners: Vec<(Listener, Option<ListenSpec>)> =
+            listeners.into_iter().enumerate().map(|(i, l)| (l, cfg.listen.get(i).cloned())).collect();
         let mut m = Master::with_listeners_inner(cfg, listeners, None)?;
         m.open_admin_servers()?;
         Ok(m)
@@ -344,7 +344,7 @@ impl Master {
 
     fn with_listeners_inner(
         cfg: Config,
-        listeners: Vec<(Listener, bool)>,
+        listeners: Vec<(Listener, Option<ListenSpec>)>,
         upgrade_ready: Option<OwnedFd>,
     ) -> Result<Master, MasterError> {
         let _ = crate::sys::raise_nofile_limit();
@@ -352,13 +352,20 @@ impl Master {
         let mut signals = Signals::new([SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGCHLD, SIGTTIN, SIGTTOU, SIGUSR2])?;
         poll.registry().register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)?;
         let mut ls = Vec::new();
-        for (i, (l, proxy)) in listeners.into_iter().enumerate() {
+        for (i, (l, spec)) in listeners.into_iter().enumerate() {
             poll.registry().register(
                 &mut SourceFd(&l.as_fd().as_raw_fd()),
                 Token(LISTENER_BASE + i),
                 Interest::READABLE,
             )?;
-            info!("listening on {}{}", l.local_addr(), if proxy { " (PROXY protocol)" } else { "" });
+            // Without a spec (sockets systemd passed) the socket keeps its own settings.
+            let proxy = spec.as_ref().is_some_and(|s| s.proxy);
+            if let Some(spec) = &spec {
+                l.set_deferred(spec.deferred).map_err(|e| {
+                    io::Error::new(e.kind(), format!("cannot set TCP_DEFER_ACCEPT on {}: {e}", l.local_addr()))
+                })?;
+            }
+            info!("listening on {}{}", l.local_addr(), spec.as_ref().map(listen_notes).unwrap_or_default());
             ls.push(ListenerSlot { listener: l, readable: true, proxy });
         }
         let slots = (0..cfg.workers).map(|_| Slot::default()).collect();
@@ -447,6 +454,8 @@ impl Master {
                 self.kill_all_now();
                 return Err(e.into());
             }
+            // One clock read per turn: frames, timers and dispatch in it share it.
+            self.now = Instant::now();
             // Workers first: their DONEs and exits decide where the next accept goes.
             for key in std::mem::take(&mut self.unread) {
                 self.read_worker(key);
@@ -491,8 +500,7 @@ impl Master {
                     }
                 }
             }
-            let now = Instant::now();
-            self.now = now;
+            let now = self.now;
             if now >= self.next_tick {
                 self.housekeeping(now);
                 self.next_tick = now + TICK;
@@ -637,7 +645,7 @@ impl Master {
                     return;
                 }
             };
-            self.workers[i].last_heard = Instant::now();
+            self.workers[i].last_heard = self.now;
             if let Err(what) = self.handle_frame(i, frame) {
                 self.violation(i, &what);
                 return;
@@ -1372,6 +1380,18 @@ impl Master {
 
 /// The index of a free entry of a token table (its position names the mio token),
 /// growing the table if none is free.
+/// What the "listening on" line adds for a listener's options.
+fn listen_notes(spec: &ListenSpec) -> String {
+    let mut notes = String::new();
+    if spec.proxy {
+        notes.push_str(" (PROXY protocol)");
+    }
+    if spec.deferred {
+        notes.push_str(" (deferred accept)");
+    }
+    notes
+}
+
 fn free_slot<T>(table: &mut Vec<Option<T>>) -> usize {
     match table.iter().position(Option::is_none) {
         Some(i) => i,

@@ -387,11 +387,7 @@ impl Master {
         for (spec, new) in want.iter().zip(fresh) {
             let slot = match new {
                 Some(listener) => {
-                    info!(
-                        "listening on {}{}",
-                        listener.local_addr(),
-                        if spec.proxy { " (PROXY protocol)" } else { "" }
-                    );
+                    info!("listening on {}{}", listener.local_addr(), super::listen_notes(spec));
                     ListenerSlot { listener, readable: true, proxy: spec.proxy }
                 }
                 None => {
@@ -402,6 +398,11 @@ impl Master {
                     l
                 }
             };
+            // New or kept, the listener now has this entry's setting (a reload may turn
+            // it on or off); failing to set a socket option is not worth a refusal.
+            if let Err(e) = slot.listener.set_deferred(spec.deferred) {
+                warn!("cannot set TCP_DEFER_ACCEPT on {}: {e}", slot.listener.local_addr());
+            }
             next.push(slot);
         }
         for l in old.into_iter().flatten() {

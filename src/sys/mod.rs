@@ -5,9 +5,10 @@
 //! plain [`std::io::Error`]s; the layers above add the context a user needs.
 //!
 //! The `unsafe` code of the crate is confined to this module: [`process`] (the code
-//! that runs between `fork` and `exec`, and adopting inherited descriptors), and two
+//! that runs between `fork` and `exec`, and adopting inherited descriptors), and three
 //! small functions here (marking inherited descriptors close-on-exec, registering a
-//! channel with tokio); descriptor passing is built on `rustix`, whose
+//! channel with tokio, and `TCP_DEFER_ACCEPT`, which rustix does not offer); descriptor
+//! passing is built on `rustix`, whose
 //! `sendmsg`/`recvmsg` take `BorrowedFd`s and hand back `OwnedFd`s, so no raw
 //! descriptor is ever stored.
 
@@ -63,6 +64,30 @@ pub fn cloexec_inherited_fds() -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Sets `TCP_DEFER_ACCEPT` on a listening TCP socket: the kernel completes `accept`
+/// only once the client has sent data (or after about `secs` seconds). `0` turns it
+/// off.
+pub fn set_tcp_defer_accept(fd: std::os::fd::BorrowedFd<'_>, secs: u32) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let value = libc::c_int::try_from(secs).unwrap_or(libc::c_int::MAX);
+    // SAFETY: the descriptor is borrowed, so open for the whole call; the option value
+    // points at a live c_int and the length passed is its size; the kernel only reads it.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Registers a worker's channel with the current tokio runtime, for reading.
