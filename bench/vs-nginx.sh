@@ -113,8 +113,8 @@ EOF
   wait_port "$1"
 }
 
-start_handoff() { # port, policy; sets SERVER_PID
-  "$HANDOFF" run --listen "127.0.0.1:$1" --workers "$WORKERS" --policy "$2" -q &
+start_handoff() { # port, policy[, listen options as ",deferred"]; sets SERVER_PID
+  "$HANDOFF" run --listen "127.0.0.1:$1${3:-}" --workers "$WORKERS" --policy "$2" -q &
   SERVER_PID=$!
   PIDS+=("$SERVER_PID")
   wait_port "$1"
@@ -165,7 +165,7 @@ measure() { # run, name, port, pid[, modes (default "close keepalive")]
     errs=$(awk '/Socket errors|Non-2xx/ {sub(/^ +/, ""); printf "%s; ", $0}' <<<"$out")
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$run" "$name" "$mode" "$rps" "$reqs" "$p50" "$p99" \
       "${before% *}:${after% *}" "${before#* }:${after#* }" "${errs:-none}" >>"$RESULTS"
-    printf 'run %s  %-20s %-10s %10s req/s  p50 %8s  p99 %8s  %s\n' "$run" "$name" "$mode" "$rps" "$p50" "$p99" "${errs:-}" >&2
+    printf 'run %s  %-28s %-10s %10s req/s  p50 %8s  p99 %8s  %s\n' "$run" "$name" "$mode" "$rps" "$p50" "$p99" "${errs:-}" >&2
   done
 }
 
@@ -174,6 +174,10 @@ echo "workers=$WORKERS wrk: -t$THREADS -c$CONNS -d${DURATION}s, $RUNS runs; $(np
 for run in $(seq "$RUNS"); do
   p=$(free_port); start_nginx "$p" ""; measure "$run" "nginx-shared" "$p" "$SERVER_PID"; stop "$SERVER_PID"
   p=$(free_port); start_nginx "$p" "reuseport"; measure "$run" "nginx-reuseport" "$p" "$SERVER_PID"; stop "$SERVER_PID"
+  # TCP_DEFER_ACCEPT on both sides (nginx `deferred`, handoff `,deferred`).
+  p=$(free_port); start_nginx "$p" "deferred"; measure "$run" "nginx-shared-deferred" "$p" "$SERVER_PID"; stop "$SERVER_PID"
+  p=$(free_port); start_nginx "$p" "reuseport deferred"
+  measure "$run" "nginx-reuseport-deferred" "$p" "$SERVER_PID"; stop "$SERVER_PID"
   if [ "$NODE" = 1 ]; then
     p=$(free_port)
     node "$(dirname "$0")/node-cluster.js" "$p" "$WORKERS" &
@@ -191,6 +195,8 @@ for run in $(seq "$RUNS"); do
   for policy in round-robin least-conn; do
     p=$(free_port); start_handoff "$p" "$policy"; measure "$run" "handoff-$policy" "$p" "$SERVER_PID"; stop "$SERVER_PID"
   done
+  p=$(free_port); start_handoff "$p" least-conn ",deferred"
+  measure "$run" "handoff-least-conn-deferred" "$p" "$SERVER_PID"; stop "$SERVER_PID"
 done
 
 echo
@@ -206,13 +212,13 @@ for run, name, mode, rps, reqs, p50, p99, tot, own, errs in rows:
         cpu=(b - a) / hz / reqs * 1e6, master=(d - c) / hz / reqs * 1e6, errs=errs))
 names = list(dict.fromkeys(n for n, _ in cell))
 med = lambda xs: statistics.median(xs)
-print(f"{'server':<18} {'mode':<10} {'req/s':>9} {'p50':>9} {'p99':>9} {'CPU µs/req':>11} {'master µs':>10}  errors (run 1)")
+print(f"{'server':<28} {'mode':<10} {'req/s':>9} {'p50':>9} {'p99':>9} {'CPU µs/req':>11} {'master µs':>10}  errors (run 1)")
 for mode in ("close", "keepalive"):
     for n in names:
         c = cell.get((n, mode))
         if not c:
             continue
-        print(f"{n:<18} {mode:<10} {med([x['rps'] for x in c]):>9.0f} {c[0]['p50']:>9} {c[0]['p99']:>9} "
+        print(f"{n:<28} {mode:<10} {med([x['rps'] for x in c]):>9.0f} {c[0]['p50']:>9} {c[0]['p99']:>9} "
               f"{med([x['cpu'] for x in c]):>11.1f} {med([x['master'] for x in c]):>10.1f}  {c[0]['errs']}")
 print()
 print("ratios (median over runs of the ratio within each run):")
