@@ -711,6 +711,27 @@ pub fn status_json(control: &str) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// A client that connects and sends nothing, then one request from another client:
+/// returns how many connections the master accepted meanwhile (`totals.accepted`), and
+/// the silent client, still open. The accept queue is first in, first out, so the
+/// master accepts the silent one before the second unless the listener defers it
+/// (`,deferred`). The kernel defers a silent client for about a second: a run slower
+/// than 800 ms proves nothing either way and is tried again (three times at most).
+pub fn silent_then_speaking(addr: SocketAddr, control: &str) -> (u64, TcpStream) {
+    let accepted = || status_json(control)["totals"]["accepted"].as_u64().expect("totals.accepted");
+    for _ in 0..3 {
+        let before = accepted();
+        let t0 = Instant::now();
+        let silent = TcpStream::connect(addr).unwrap();
+        assert_eq!(http_get(addr, "/").unwrap().status, 200);
+        let n = accepted() - before;
+        if t0.elapsed() < Duration::from_millis(800) {
+            return (n, silent);
+        }
+    }
+    panic!("three runs slower than the kernel's deferral of a silent client: cannot tell")
+}
+
 /// `handoff ctl --control PATH ARGS`; returns (success, stdout+stderr).
 pub fn ctl(control: &str, args: &[&str]) -> (bool, String) {
     let out = Command::new(handoff_bin()).args(["ctl", "--control", control]).args(args).output().unwrap();
