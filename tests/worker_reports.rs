@@ -33,6 +33,24 @@ fn spawn_worker(chan: OwnedFd) -> std::thread::JoinHandle<()> {
     })
 }
 
+/// A stand-in master with the built-in worker on the other end of its channel, past
+/// READY, and a listener for the test's clients.
+fn start() -> (OwnedFd, std::thread::JoinHandle<()>, Vec<Frame>, TcpListener) {
+    let (master, worker) = fdpass::seqpacket_pair().expect("socketpair");
+    rustix::io::ioctl_fionbio(&master, true).expect("non-blocking");
+    let thread = spawn_worker(worker);
+    let mut log = Vec::new();
+    wait_for(&master, &mut log, "READY", |log| !log.is_empty());
+    assert!(matches!(log[0], Frame::Ready { .. }), "first frame is READY, got {:?}", log[0]);
+    (master, thread, log, TcpListener::bind("127.0.0.1:0").expect("bind"))
+}
+
+/// DRAIN, and the worker must end.
+fn finish(master: &OwnedFd, thread: std::thread::JoinHandle<()>) {
+    send_drain(master);
+    thread.join().expect("the worker ends on DRAIN");
+}
+
 /// Every frame the worker has sent so far, in order (the channel is non-blocking).
 fn drain(chan: &OwnedFd, log: &mut Vec<Frame>) {
     let mut buf = vec![0u8; wire::MAX_FRAME_LEN];
@@ -95,17 +113,10 @@ fn position(log: &[Frame], id: u64, done: bool) -> Option<usize> {
 
 #[test]
 fn async_worker_reports_done_before_the_fin_in_one_frame_for_connections_ending_together() {
-    let (master, worker) = fdpass::seqpacket_pair().expect("socketpair");
-    rustix::io::ioctl_fionbio(&master, true).expect("non-blocking");
-    let thread = spawn_worker(worker);
-
-    let mut log = Vec::new();
-    wait_for(&master, &mut log, "READY", |log| !log.is_empty());
-    assert!(matches!(log[0], Frame::Ready { .. }), "first frame is READY, got {:?}", log[0]);
+    let (master, thread, mut log, listener) = start();
 
     // Clients that have sent their whole request before the worker gets the sockets: the
     // worker can serve all of them in one pass.
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     // `sleep_ms=0` keeps these off the quick path: this is hyper's connection handling.
     let (mut clients, accepted): (Vec<_>, Vec<_>) = (0..CLIENTS)
         .map(|_| client(&listener, "GET /?sleep_ms=0 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"))
@@ -161,21 +172,15 @@ fn async_worker_reports_done_before_the_fin_in_one_frame_for_connections_ending_
     assert_eq!(ack_frames, 1, "one ACK for one CONN frame: {log:?}");
     assert!(done_frames <= 2, "{done_frames} DONE frames for {CLIENTS} connections that ended together: {log:?}");
 
-    send_drain(&master);
-    thread.join().expect("the worker ends on DRAIN");
+    finish(&master, thread);
 }
 
 #[test]
 fn async_worker_acks_a_connection_while_its_request_is_still_being_served() {
-    let (master, worker) = fdpass::seqpacket_pair().expect("socketpair");
-    rustix::io::ioctl_fionbio(&master, true).expect("non-blocking");
-    let thread = spawn_worker(worker);
-    let mut log = Vec::new();
-    wait_for(&master, &mut log, "READY", |log| !log.is_empty());
+    let (master, thread, mut log, listener) = start();
 
     // The worker reads this request, then takes 3 s to answer: its ACK must not wait
     // for the end of the connection (nor for a heartbeat, 60 s away here).
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let (mut slow, fd) = client(&listener, "GET /?sleep_ms=3000 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
     send_conns(&master, 7, vec![fd]);
     wait_for(&master, &mut log, "ACK", |log| position(log, 7, false).is_some());
@@ -194,8 +199,7 @@ fn async_worker_acks_a_connection_while_its_request_is_still_being_served() {
     assert!(resp.starts_with(b"HTTP/1.1 200 OK"));
     drain(&master, &mut log);
     assert!(position(&log, 7, true).is_some(), "DONE before the FIN: {log:?}");
-    send_drain(&master);
-    thread.join().expect("the worker ends on DRAIN");
+    finish(&master, thread);
 }
 
 /// Reads a whole `Connection: close` answer; returns (head lines without the date, body).
@@ -213,12 +217,7 @@ fn answer(c: &mut TcpStream) -> (Vec<String>, String) {
 
 #[test]
 fn quick_path_answers_like_hyper_with_one_done_for_the_batch() {
-    let (master, worker) = fdpass::seqpacket_pair().expect("socketpair");
-    rustix::io::ioctl_fionbio(&master, true).expect("non-blocking");
-    let thread = spawn_worker(worker);
-    let mut log = Vec::new();
-    wait_for(&master, &mut log, "READY", |log| !log.is_empty());
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let (master, thread, mut log, listener) = start();
 
     // The reference: the same request, kept off the quick path, answered by hyper.
     let (mut reference, fd) = client(&listener, "GET /?sleep_ms=0 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
@@ -255,18 +254,12 @@ fn quick_path_answers_like_hyper_with_one_done_for_the_batch() {
     let dones = frames.iter().filter(|f| matches!(f, Frame::Done(_))).count();
     let acks = frames.iter().filter(|f| matches!(f, Frame::Ack(_))).count();
     assert_eq!((acks, dones), (1, 1), "one ACK, then one DONE, for the batch: {frames:?}");
-    send_drain(&master);
-    thread.join().expect("the worker ends on DRAIN");
+    finish(&master, thread);
 }
 
 #[test]
 fn requests_the_quick_path_declines_reach_hyper_whole() {
-    let (master, worker) = fdpass::seqpacket_pair().expect("socketpair");
-    rustix::io::ioctl_fionbio(&master, true).expect("non-blocking");
-    let thread = spawn_worker(worker);
-    let mut log = Vec::new();
-    wait_for(&master, &mut log, "READY", |log| !log.is_empty());
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let (master, thread, mut log, listener) = start();
 
     // Half a request when the worker looks (it reads it), the rest afterwards.
     let (mut partial, fd) = client(&listener, "GET / HTTP/1.1\r\nHost: t\r\n");
@@ -292,6 +285,5 @@ fn requests_the_quick_path_declines_reach_hyper_whole() {
     drain(&master, &mut log);
     assert!(position(&log, 1, true).is_some(), "DONE before the FIN: {log:?}");
 
-    send_drain(&master);
-    thread.join().expect("the worker ends on DRAIN");
+    finish(&master, thread);
 }
