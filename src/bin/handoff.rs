@@ -174,10 +174,11 @@ fn init_logging(verbose: u8, quiet: bool) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("HANDOFF_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    // Written synchronously to stderr: no logging thread in the master.
+    // Written synchronously to stderr (no logging thread in the master), but never
+    // waiting on a stalled reader: such lines are dropped and counted.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| handoff::sys::StderrNoWait)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();

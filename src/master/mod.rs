@@ -230,6 +230,10 @@ pub struct Totals {
     /// Connections closed for a bad or late PROXY header.
     #[serde(default)]
     pub proxy_errors: u64,
+    /// Bytes of worker output and of the master's own log dropped because the master's
+    /// stderr was not being read.
+    #[serde(default)]
+    pub worker_output_dropped: u64,
 }
 
 /// The master process: listeners, workers, and the loop that joins them.
@@ -263,6 +267,8 @@ pub struct Master {
     unread: Vec<usize>,
     /// Workers whose stderr pipe may hold more than one turn read.
     unread_stderr: Vec<usize>,
+    /// Worker output on its way to our stderr, never blocking the loop.
+    forward: supervisor::Forward,
     /// Connections waiting for their PROXY header, by token offset.
     pending_proxy: Vec<Option<PendingProxy>>,
     last_proxy_log: Option<Instant>,
@@ -393,6 +399,7 @@ impl Master {
             batch: Vec::with_capacity(ACCEPT_BATCH),
             unread: Vec::new(),
             unread_stderr: Vec::new(),
+            forward: supervisor::Forward::default(),
             pending_proxy: Vec::new(),
             lingering: None,
             last_proxy_log: None,
@@ -506,6 +513,8 @@ impl Master {
                 self.next_tick = now + TICK;
             }
             self.accept_pass(now);
+            self.forward.flush();
+            self.totals.worker_output_dropped = self.forward.dropped_total + crate::sys::stderr_dropped();
             if let Some(e) = self.fatal.take() {
                 self.kill_all_now();
                 self.close_admin_servers();
@@ -718,7 +727,7 @@ impl Master {
             let mut gone = Slot::default();
             // A worker of a slot removed by scaling down still has its output forwarded.
             let slot = self.slots.get_mut(w.slot).unwrap_or(&mut gone);
-            match supervisor::read_stderr(fd, slot, STDERR_CHUNKS) {
+            match supervisor::read_stderr(fd, slot, STDERR_CHUNKS, &mut self.forward) {
                 supervisor::StderrRead::Empty => {}
                 // The edge will not fire again for what is left: read on next turn.
                 supervisor::StderrRead::More => {
@@ -838,7 +847,7 @@ impl Master {
         let mut w = self.workers.remove(i);
         if let Some(fd) = w.stderr.take() {
             let mut gone = Slot::default();
-            supervisor::drain_stderr(&fd, self.slots.get_mut(w.slot).unwrap_or(&mut gone));
+            supervisor::drain_stderr(&fd, self.slots.get_mut(w.slot).unwrap_or(&mut gone), &mut self.forward);
             let _ = self.poll.registry().deregister(&mut SourceFd(&fd.as_raw_fd()));
         }
         let now = Instant::now();

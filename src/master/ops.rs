@@ -271,6 +271,11 @@ impl Master {
         );
         counter("workers_started_total", "Worker processes started.", t.spawned as f64);
         counter("workers_recycled_total", "Workers replaced after --max-requests.", t.recycled as f64);
+        counter(
+            "worker_output_dropped_bytes_total",
+            "Bytes of worker stderr and master log dropped: the master's stderr was not being read.",
+            t.worker_output_dropped as f64,
+        );
         let _ = writeln!(
             o,
             "# HELP handoff_accept_errors_total Accept errors by kind.\n# TYPE handoff_accept_errors_total counter"

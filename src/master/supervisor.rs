@@ -177,11 +177,8 @@ impl Slot {
         }
     }
 
-    /// Feeds bytes a worker wrote to stderr: forwards them to the master's stderr and
-    /// keeps the last lines.
+    /// Keeps the last lines of what the slot's workers wrote to stderr.
     pub fn take_stderr(&mut self, bytes: &[u8]) {
-        use std::io::Write;
-        let _ = std::io::stderr().write_all(bytes);
         self.partial.extend_from_slice(bytes);
         while let Some(nl) = self.partial.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = self.partial.drain(..=nl).collect();
@@ -201,10 +198,74 @@ impl Slot {
     }
 }
 
-/// Reads what is available from a non-blocking stderr pipe into `slot`.
+/// Reads what is available from a non-blocking stderr pipe into `slot` and `out`.
 /// Returns false at end of file.
-pub fn drain_stderr(fd: &OwnedFd, slot: &mut Slot) -> bool {
-    !matches!(read_stderr(fd, slot, usize::MAX), StderrRead::Eof)
+pub fn drain_stderr(fd: &OwnedFd, slot: &mut Slot, out: &mut Forward) -> bool {
+    !matches!(read_stderr(fd, slot, usize::MAX, out), StderrRead::Eof)
+}
+
+/// Most worker output waiting for the master's stderr; more is dropped (and counted).
+pub const FORWARD_MAX: usize = 1 << 20;
+
+/// Worker output on its way to the master's stderr, written without ever blocking the
+/// loop: if whoever reads the master's stderr (a terminal, journald, a pipe) falls
+/// behind, output waits here, up to [`FORWARD_MAX`], and beyond that is dropped, with
+/// a line saying how much once the reader has caught up. A worker that floods its
+/// stderr thus costs log lines, never the master's attention to connections.
+#[derive(Debug, Default)]
+pub struct Forward {
+    buf: Vec<u8>,
+    dropped: u64,
+    /// Bytes dropped since the master started.
+    pub dropped_total: u64,
+}
+
+impl Forward {
+    /// Queues bytes a worker wrote.
+    pub fn push(&mut self, bytes: &[u8]) {
+        if self.buf.len() + bytes.len() > FORWARD_MAX {
+            self.dropped += bytes.len() as u64;
+            self.dropped_total += bytes.len() as u64;
+        } else {
+            self.buf.extend_from_slice(bytes);
+        }
+    }
+
+    /// Writes what the master's stderr takes now; keeps the rest for later.
+    pub fn flush(&mut self) {
+        if self.buf.is_empty() && self.dropped == 0 {
+            return;
+        }
+        if self.buf.is_empty() {
+            let note = format!(
+                "[handoff] {} bytes of worker output dropped: the master's stderr was not being read\n",
+                std::mem::take(&mut self.dropped)
+            );
+            self.buf.extend_from_slice(note.as_bytes());
+        }
+        let stderr = std::io::stderr();
+        while !self.buf.is_empty() {
+            match crate::sys::write_nowait(stderr.as_fd(), &self.buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    self.buf.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                // stderr closed or broken: nobody will read this.
+                Err(_) => {
+                    self.buf.clear();
+                    self.dropped = 0;
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Bytes waiting.
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
 }
 
 /// What one bounded read of a stderr pipe found.
@@ -220,7 +281,7 @@ pub enum StderrRead {
 
 /// Reads at most `chunks` buffers of a non-blocking stderr pipe into `slot`, so a
 /// worker writing without pause cannot hold the master's loop.
-pub fn read_stderr(fd: &OwnedFd, slot: &mut Slot, chunks: usize) -> StderrRead {
+pub fn read_stderr(fd: &OwnedFd, slot: &mut Slot, chunks: usize, out: &mut Forward) -> StderrRead {
     let mut buf = [0u8; 8192];
     let mut n_read = 0;
     while n_read < chunks {
@@ -228,6 +289,7 @@ pub fn read_stderr(fd: &OwnedFd, slot: &mut Slot, chunks: usize) -> StderrRead {
             Ok(0) => return StderrRead::Eof,
             Ok(n) => {
                 n_read += 1;
+                out.push(&buf[..n]);
                 slot.take_stderr(&buf[..n])
             }
             Err(rustix::io::Errno::INTR) => continue,

@@ -90,6 +90,51 @@ pub fn set_tcp_defer_accept(fd: std::os::fd::BorrowedFd<'_>, secs: u32) -> io::R
     }
 }
 
+/// Writes as much of `buf` as `fd` takes now, without blocking and without setting
+/// `O_NONBLOCK` (which would change the descriptor for every process sharing it, such
+/// as the shell the master's stderr came from): `pwritev2` with `RWF_NOWAIT` answers
+/// `WouldBlock` when a pipe or socket is full. Where the kernel cannot say that for one
+/// call (regular files, terminals: `EOPNOTSUPP`), it writes normally; those do not
+/// stall on a reader.
+pub fn write_nowait(fd: std::os::fd::BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    use rustix::io::ReadWriteFlags;
+    // Offset -1: the descriptor's own position, as write(2) uses.
+    match rustix::io::pwritev2(fd, &[io::IoSlice::new(buf)], u64::MAX, ReadWriteFlags::NOWAIT) {
+        Err(rustix::io::Errno::OPNOTSUPP) => Ok(rustix::io::write(fd, buf)?),
+        r => Ok(r?),
+    }
+}
+
+/// The master's log writer: stderr through [`write_nowait`]. A log line that finds
+/// the reader of our stderr (journald, a pipe) stalled is dropped, not waited for: the
+/// loop that serves every connection must never sleep on a log reader. Lines dropped
+/// are counted in [`stderr_dropped`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StderrNoWait;
+
+static STDERR_DROPPED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Bytes of log output [`StderrNoWait`] has dropped.
+pub fn stderr_dropped() -> u64 {
+    STDERR_DROPPED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+impl io::Write for StderrNoWait {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        use std::os::fd::AsFd;
+        match write_nowait(io::stderr().as_fd(), buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                STDERR_DROPPED.fetch_add(buf.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                Ok(buf.len())
+            }
+            r => r,
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Registers a worker's channel with the current tokio runtime, for reading.
 ///
 /// Must be called inside a tokio runtime.

@@ -123,13 +123,24 @@ impl Handoff {
 
     /// Starts `cmd`, a master of any kind, without waiting for anything: in the
     /// repository root, with this run's marker, stdin and stdout null, stderr followed.
-    pub fn spawn_command(mut cmd: Command) -> Handoff {
+    pub fn spawn_command(cmd: Command) -> Handoff {
+        Handoff::spawn_inner(cmd, None)
+    }
+
+    /// Like [`Handoff::spawn_command`], with the master's stderr going to `stderr`
+    /// instead of the test's log (which then stays empty).
+    pub fn spawn_command_stderr(cmd: Command, stderr: Stdio) -> Handoff {
+        Handoff::spawn_inner(cmd, Some(stderr))
+    }
+
+    fn spawn_inner(mut cmd: Command, stderr: Option<Stdio>) -> Handoff {
         let marker = unique("test");
+        let follow = stderr.is_none();
         cmd.current_dir(root())
             .env("HANDOFF_TEST_MARKER", &marker)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .stderr(stderr.unwrap_or_else(Stdio::piped));
         // A binary the test has just written may be "busy" for a moment: another test
         // thread may have forked while it was open for writing.
         let mut tries = 0;
@@ -152,8 +163,11 @@ impl Handoff {
                 panic!("pidfd_open on the master {}", child.id());
             }
         };
-        let stderr = child.stderr.take().expect("piped stderr");
         let log: Arc<(Mutex<Log>, Condvar)> = Arc::default();
+        if !follow {
+            return Handoff { child, pidfd, status: None, log, marker };
+        }
+        let stderr = child.stderr.take().expect("piped stderr");
         let sink = log.clone();
         std::thread::spawn(move || {
             let _eof = EofOnDrop(sink.clone());
