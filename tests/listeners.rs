@@ -21,6 +21,7 @@ fn ipv4_ipv6_and_unix_listeners_all_serve() {
         assert_eq!(http_get(*a, "/").unwrap().status, 200, "{a}");
     }
     let mut s = UnixStream::connect(&sock).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: u\r\nConnection: close\r\n\r\n").unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
@@ -36,9 +37,11 @@ fn deferred_listener_hands_on_a_connection_only_once_its_client_has_spoken() {
     let control = dir.path_str("ctl.sock");
     let h = Handoff::start(&["--listen", "127.0.0.1:0,deferred", "--workers", "1", "--control", &control]);
     h.wait_line("(deferred accept)");
+    h.wait_ready(1); // and the control socket is open
     let (accepted, mut silent) = silent_then_speaking(h.addr(), &control);
     assert_eq!(accepted, 1, "the master accepted a client that had sent nothing");
     // Once it speaks, the silent client is served like any other.
+    silent.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
     silent.write_all(b"GET / HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n").unwrap();
     let mut out = String::new();
     silent.read_to_string(&mut out).unwrap();
@@ -51,6 +54,6 @@ fn a_listener_without_deferred_accepts_a_silent_client_at_once() {
     let dir = TempDir::new("not-deferred");
     let control = dir.path_str("ctl.sock");
     let h = Handoff::start(&["--listen", "127.0.0.1:0", "--workers", "1", "--control", &control]);
-    h.wait_line("listening on");
+    h.wait_ready(1);
     assert_eq!(silent_then_speaking(h.addr(), &control).0, 2);
 }

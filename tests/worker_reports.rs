@@ -21,14 +21,15 @@ use handoff::worker::{AsyncIncoming, WorkerEnv};
 const CLIENTS: u64 = 8;
 
 /// The built-in HTTP worker on `chan`, in a current-thread runtime, as `handoff run`
-/// runs it, until DRAIN.
-fn spawn_worker(chan: OwnedFd) -> std::thread::JoinHandle<()> {
+/// runs it, until DRAIN. With a static root its quick path is off: every connection
+/// goes through `AsyncIncoming` and hyper, as in a library user's worker.
+fn spawn_worker(chan: OwnedFd, static_root: Option<std::path::PathBuf>) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         rt.block_on(async move {
             let env = WorkerEnv { id: 0, workers: 1, heartbeat: Duration::from_secs(60) };
             let incoming = AsyncIncoming::from_fd(chan, env).expect("worker starts");
-            serve_incoming(incoming, Arc::new(HttpConfig::new(0, None))).await.expect("serves until DRAIN");
+            serve_incoming(incoming, Arc::new(HttpConfig::new(0, static_root))).await.expect("serves until DRAIN");
         });
     })
 }
@@ -36,18 +37,29 @@ fn spawn_worker(chan: OwnedFd) -> std::thread::JoinHandle<()> {
 /// A stand-in master with the built-in worker on the other end of its channel, past
 /// READY, and a listener for the test's clients.
 fn start() -> (OwnedFd, std::thread::JoinHandle<()>, Vec<Frame>, TcpListener) {
+    start_with(None)
+}
+
+fn start_with(
+    static_root: Option<std::path::PathBuf>,
+) -> (OwnedFd, std::thread::JoinHandle<()>, Vec<Frame>, TcpListener) {
     let (master, worker) = fdpass::seqpacket_pair().expect("socketpair");
     rustix::io::ioctl_fionbio(&master, true).expect("non-blocking");
-    let thread = spawn_worker(worker);
+    let thread = spawn_worker(worker, static_root);
     let mut log = Vec::new();
     wait_for(&master, &mut log, "READY", |log| !log.is_empty());
     assert!(matches!(log[0], Frame::Ready { .. }), "first frame is READY, got {:?}", log[0]);
     (master, thread, log, TcpListener::bind("127.0.0.1:0").expect("bind"))
 }
 
-/// DRAIN, and the worker must end.
+/// DRAIN, and the worker must end (within 10 s: its connections are all finished).
 fn finish(master: &OwnedFd, thread: std::thread::JoinHandle<()>) {
     send_drain(master);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !thread.is_finished() {
+        assert!(Instant::now() < deadline, "the worker did not end within 10 s of DRAIN");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     thread.join().expect("the worker ends on DRAIN");
 }
 
@@ -117,9 +129,10 @@ fn async_worker_reports_done_before_the_fin_in_one_frame_for_connections_ending_
 
     // Clients that have sent their whole request before the worker gets the sockets: the
     // worker can serve all of them in one pass.
-    // `sleep_ms=0` keeps these off the quick path: this is hyper's connection handling.
+    // `cpu_ms=0` keeps these off the quick path (this is hyper's connection handling)
+    // without a timer that could split them over two ticks.
     let (mut clients, accepted): (Vec<_>, Vec<_>) = (0..CLIENTS)
-        .map(|_| client(&listener, "GET /?sleep_ms=0 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"))
+        .map(|_| client(&listener, "GET /?cpu_ms=0 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"))
         .unzip();
     // Our copies close after the send, as the master's do after the ACK.
     send_conns(&master, 0, accepted);
@@ -177,11 +190,17 @@ fn async_worker_reports_done_before_the_fin_in_one_frame_for_connections_ending_
 
 #[test]
 fn async_worker_acks_a_connection_while_its_request_is_still_being_served() {
-    let (master, thread, mut log, listener) = start();
+    // A static root turns the quick path (which ACKs a whole batch before it reads)
+    // off: the ACK has to come from the connection's own first read.
+    let root = std::env::temp_dir().join(format!("handoff-reports-{}", std::process::id()));
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("hello.txt"), "hello\n").unwrap();
+    let (master, thread, mut log, listener) = start_with(Some(root.clone()));
 
     // The worker reads this request, then takes 3 s to answer: its ACK must not wait
     // for the end of the connection (nor for a heartbeat, 60 s away here).
-    let (mut slow, fd) = client(&listener, "GET /?sleep_ms=3000 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    let (mut slow, fd) =
+        client(&listener, "GET /hello.txt?sleep_ms=3000 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
     send_conns(&master, 7, vec![fd]);
     wait_for(&master, &mut log, "ACK", |log| position(log, 7, false).is_some());
     slow.set_nonblocking(true).unwrap();
@@ -196,10 +215,11 @@ fn async_worker_acks_a_connection_while_its_request_is_still_being_served() {
     slow.set_nonblocking(false).unwrap();
     let mut resp = Vec::new();
     slow.read_to_end(&mut resp).expect("the answer");
-    assert!(resp.starts_with(b"HTTP/1.1 200 OK"));
+    assert!(resp.starts_with(b"HTTP/1.1 200 OK") && resp.ends_with(b"\r\nhello\n"), "{resp:?}");
     drain(&master, &mut log);
     assert!(position(&log, 7, true).is_some(), "DONE before the FIN: {log:?}");
     finish(&master, thread);
+    let _ = std::fs::remove_dir_all(&root);
 }
 
 /// Reads a whole `Connection: close` answer; returns (head lines without the date, body).
@@ -270,6 +290,15 @@ fn requests_the_quick_path_declines_reach_hyper_whole() {
     let (head, body) = answer(&mut partial);
     assert!(head[0].starts_with("HTTP/1.1 200"), "{head:?}");
     assert!(body.starts_with("hello from handoff worker 0"), "{body:?}");
+
+    // A complete `Connection: close` request whose target hyper refuses: hyper's 400,
+    // not the quick path's 200.
+    for (id, target) in [(10, "?a"), (11, "http://[::1")] {
+        let (mut c, fd) = client(&listener, &format!("GET {target} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"));
+        send_conns(&master, id, vec![fd]);
+        let (head, _) = answer(&mut c);
+        assert!(head[0].starts_with("HTTP/1.1 400"), "{target}: {head:?}");
+    }
 
     // Keep-alive: the first request, read by the look, is answered by hyper, which then
     // serves the next one on the same connection.

@@ -152,6 +152,8 @@ struct ListenerSlot {
     readable: bool,
     /// Connections start with a PROXY protocol header.
     proxy: bool,
+    /// `TCP_DEFER_ACCEPT` as the configuration last asked (set only on a change).
+    deferred: bool,
 }
 
 /// A connection from a `,proxy` listener whose header has not fully arrived.
@@ -364,15 +366,17 @@ impl Master {
                 Token(LISTENER_BASE + i),
                 Interest::READABLE,
             )?;
-            // Without a spec (sockets systemd passed) the socket keeps its own settings.
+            // Only turned on, never off: a socket systemd (`DeferAcceptSec=`) or an old
+            // master passed us keeps what it has unless the configuration asks.
             let proxy = spec.as_ref().is_some_and(|s| s.proxy);
-            if let Some(spec) = &spec {
-                l.set_deferred(spec.deferred).map_err(|e| {
+            let deferred = spec.as_ref().is_some_and(|s| s.deferred);
+            if deferred {
+                l.set_deferred(true).map_err(|e| {
                     io::Error::new(e.kind(), format!("cannot set TCP_DEFER_ACCEPT on {}: {e}", l.local_addr()))
                 })?;
             }
             info!("listening on {}{}", l.local_addr(), spec.as_ref().map(listen_notes).unwrap_or_default());
-            ls.push(ListenerSlot { listener: l, readable: true, proxy });
+            ls.push(ListenerSlot { listener: l, readable: true, proxy, deferred });
         }
         let slots = (0..cfg.workers).map(|_| Slot::default()).collect();
         let m = Master {

@@ -390,10 +390,10 @@ impl Master {
         let mut old: Vec<Option<ListenerSlot>> = self.listeners.drain(..).map(Some).collect();
         let mut next = Vec::with_capacity(want.len());
         for (spec, new) in want.iter().zip(fresh) {
-            let slot = match new {
+            let mut slot = match new {
                 Some(listener) => {
                     info!("listening on {}{}", listener.local_addr(), super::listen_notes(spec));
-                    ListenerSlot { listener, readable: true, proxy: spec.proxy }
+                    ListenerSlot { listener, readable: true, proxy: spec.proxy, deferred: false }
                 }
                 None => {
                     let p = old.iter().position(|o| o.as_ref().is_some_and(|l| same(l, &spec.addr))).expect("kept");
@@ -403,10 +403,14 @@ impl Master {
                     l
                 }
             };
-            // New or kept, the listener now has this entry's setting (a reload may turn
-            // it on or off); failing to set a socket option is not worth a refusal.
-            if let Err(e) = slot.listener.set_deferred(spec.deferred) {
-                warn!("cannot set TCP_DEFER_ACCEPT on {}: {e}", slot.listener.local_addr());
+            // A reload turns it on or off where the configuration changed it (a socket
+            // from systemd keeps its own until then); failing to set a socket option is
+            // not worth refusing the reload for.
+            if slot.deferred != spec.deferred {
+                match slot.listener.set_deferred(spec.deferred) {
+                    Ok(()) => slot.deferred = spec.deferred,
+                    Err(e) => warn!("cannot set TCP_DEFER_ACCEPT on {}: {e}", slot.listener.local_addr()),
+                }
             }
             next.push(slot);
         }

@@ -5,6 +5,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -26,9 +27,10 @@ pub struct Conn<S> {
     addrs: Option<crate::proxy::ProxyHeader>,
     /// Until DONE is sent (or queued, see `done_queued`).
     reporter: Option<Arc<Reporter>>,
-    /// The ACK is queued in the reporter, not yet sent: send it before the first read
-    /// or write (async connections only).
-    ack_queued: bool,
+    /// The ACK is queued in the reporter, not yet sent: send it before the stream is
+    /// first touched (async connections only). Atomic so that `get_ref(&self)` can
+    /// send it too, and `Conn` stays `Sync`.
+    ack_queued: AtomicBool,
     /// Async connections let DONE wait for the end of the scheduler pass.
     coalesce: bool,
     /// DONE is queued at this flush count (see [`Reporter::done_later`]).
@@ -46,7 +48,7 @@ impl<S> Conn<S> {
             listener: item.listener,
             addrs: item.addrs,
             reporter: Some(reporter),
-            ack_queued: false,
+            ack_queued: AtomicBool::new(false),
             coalesce: false,
             done_queued: None,
             replay: None,
@@ -62,11 +64,11 @@ impl<S> Conn<S> {
         self
     }
 
-    /// Copies replayed bytes into `buf`; `None` once there are none left.
-    fn take_replay(&mut self, buf: &mut [u8]) -> Option<usize> {
+    /// Hands the replayed bytes left to `put`, which copies what fits and says how
+    /// many; `None` once there are none left.
+    fn replay_into(&mut self, put: impl FnOnce(&[u8]) -> usize) -> Option<usize> {
         let (bytes, at) = self.replay.as_mut()?;
-        let n = buf.len().min(bytes.len() - *at);
-        buf[..n].copy_from_slice(&bytes[*at..*at + n]);
+        let n = put(&bytes[*at..]);
         *at += n;
         if *at == bytes.len() {
             self.replay = None;
@@ -78,7 +80,7 @@ impl<S> Conn<S> {
     /// whose DONE may be coalesced with others of the same pass.
     pub(crate) fn new_coalescing(stream: S, item: crate::wire::ConnItem, reporter: Arc<Reporter>) -> Conn<S> {
         let mut conn = Conn::new(stream, item, reporter);
-        conn.ack_queued = true;
+        conn.ack_queued = AtomicBool::new(true);
         conn.coalesce = true;
         conn
     }
@@ -86,8 +88,8 @@ impl<S> Conn<S> {
     /// Sends the queued ACK before the stream is touched: if this worker died now, the
     /// master would hand the connection to another worker, which must find every byte
     /// the client sent still unread.
-    fn before_io(&mut self) {
-        if std::mem::take(&mut self.ack_queued) {
+    fn before_io(&self) {
+        if self.ack_queued.load(Ordering::Relaxed) && self.ack_queued.swap(false, Ordering::Relaxed) {
             if let Some(r) = &self.reporter {
                 r.flush_acks();
             }
@@ -115,11 +117,13 @@ impl<S> Conn<S> {
 
     /// The stream.
     pub fn get_ref(&self) -> &S {
+        self.before_io();
         &self.stream
     }
 
     /// The stream, mutably.
     pub fn get_mut(&mut self) -> &mut S {
+        self.before_io();
         &mut self.stream
     }
 
@@ -127,7 +131,7 @@ impl<S> Conn<S> {
     pub fn finish(&mut self) {
         if let Some(r) = self.reporter.take() {
             match self.done_queued {
-                Some(mark) => r.flush_since(mark),
+                Some(mark) => r.done_sent(mark),
                 None => r.done(self.id),
             }
         }
@@ -240,7 +244,12 @@ impl Write for Stream {
 
 impl<S: Read> Read for Conn<S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if let Some(n) = self.take_replay(buf) {
+        let copy = |b: &[u8]| {
+            let n = b.len().min(buf.len());
+            buf[..n].copy_from_slice(&b[..n]);
+            n
+        };
+        if let Some(n) = self.replay_into(copy) {
             return Ok(n);
         }
         self.stream.read(buf)
@@ -316,8 +325,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for Conn<S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         this.before_io();
-        if let Some(n) = this.take_replay(buf.initialize_unfilled()) {
-            buf.advance(n);
+        let put = |b: &[u8]| {
+            let n = b.len().min(buf.remaining());
+            buf.put_slice(&b[..n]);
+            n
+        };
+        if this.replay_into(put).is_some() {
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut this.stream).poll_read(cx, buf)

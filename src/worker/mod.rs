@@ -132,7 +132,9 @@ pub fn channel_from_env() -> Result<OwnedFd, WorkerError> {
 /// crash has lost no byte; and its DONE is flushed before its `shutdown`
 /// ([`Reporter::done_later`]), so the master's count is exact when the client sees the
 /// end. One `sendmsg` then covers every connection that reached that point in the same
-/// pass, instead of one per connection.
+/// pass, instead of one per connection. Both orderings hold while the channel has
+/// room: on a full channel (a master far behind) the worker does not wait, and the
+/// reports follow with the next send that gets through.
 #[derive(Debug)]
 pub(crate) struct Reporter {
     fd: Arc<OwnedFd>,
@@ -147,9 +149,11 @@ struct ReporterState {
     acks: Vec<u64>,
     dones: Vec<u64>,
     closed: bool,
-    /// Flushes so far: a DONE queued at `flushes == n` has been sent (or met a full
-    /// or closed channel, where it waits like any other) once `flushes > n`.
-    flushes: u64,
+    /// DONE ids queued and sent (or given up on: the master is gone), ever. `dones`
+    /// is first in, first out, so the id queued as number `n` is sent once
+    /// `dones_sent >= n`.
+    dones_queued: u64,
+    dones_sent: u64,
 }
 
 impl Reporter {
@@ -193,12 +197,18 @@ impl Reporter {
     }
 
     pub(crate) fn done(&self, id: u64) {
-        let _ = self.open.fetch_update(std::sync::atomic::Ordering::SeqCst, std::sync::atomic::Ordering::SeqCst, |n| {
-            n.checked_sub(1)
-        });
+        self.close_one(1);
         let mut st = self.lock();
         st.dones.push(id);
+        st.dones_queued += 1;
         let _ = self.flush_locked(&mut st);
+    }
+
+    /// `n` connections fewer are open.
+    fn close_one(&self, n: usize) {
+        let _ = self.open.fetch_update(std::sync::atomic::Ordering::SeqCst, std::sync::atomic::Ordering::SeqCst, |o| {
+            Some(o.saturating_sub(n))
+        });
     }
 
     /// Queues ACKs for connections just received, for [`Reporter::flush_acks`].
@@ -218,33 +228,36 @@ impl Reporter {
 
     /// Reports DONE for `ids` in one frame (connections a first look finished).
     pub(crate) fn done_all(&self, ids: &[u64]) {
-        let _ = self.open.fetch_update(std::sync::atomic::Ordering::SeqCst, std::sync::atomic::Ordering::SeqCst, |n| {
-            Some(n.saturating_sub(ids.len()))
-        });
+        self.close_one(ids.len());
         let mut st = self.lock();
         st.dones.extend_from_slice(ids);
+        st.dones_queued += ids.len() as u64;
         let _ = self.flush_locked(&mut st);
     }
 
-    /// Queues a DONE and returns the flush count it must see pass: the caller yields
-    /// once, so that connections finishing in the same pass queue theirs too, then
-    /// calls [`Reporter::flush_since`].
+    /// Queues a DONE and returns its number in the queue: the caller yields once, so
+    /// that connections finishing in the same pass queue theirs too, then calls
+    /// [`Reporter::done_sent`] with it.
     pub(crate) fn done_later(&self, id: u64) -> u64 {
-        let _ = self.open.fetch_update(std::sync::atomic::Ordering::SeqCst, std::sync::atomic::Ordering::SeqCst, |n| {
-            n.checked_sub(1)
-        });
         let mut st = self.lock();
         st.dones.push(id);
-        st.flushes
+        st.dones_queued += 1;
+        st.dones_queued
     }
 
-    /// Makes sure a DONE queued at flush count `mark` has been flushed: the first
-    /// connection of a pass to get here sends them all, the others find it done.
-    pub(crate) fn flush_since(&self, mark: u64) {
-        let mut st = self.lock();
-        if st.flushes == mark {
-            let _ = self.flush_locked(&mut st);
+    /// Makes sure the DONE queued as number `mark` has been sent: the first
+    /// connection of a pass to get here sends them all, the others find theirs gone.
+    /// On a full channel each connection tries once and goes on (its DONE follows
+    /// with the next send that gets through). Only now does the connection stop
+    /// counting as open: a worker that exits once nothing is open has sent it.
+    pub(crate) fn done_sent(&self, mark: u64) {
+        {
+            let mut st = self.lock();
+            if st.dones_sent < mark {
+                let _ = self.flush_locked(&mut st);
+            }
         }
+        self.close_one(1);
     }
 
     /// Sends what is queued; on a full channel it keeps the rest for later.
@@ -254,15 +267,15 @@ impl Reporter {
     }
 
     fn flush_locked(&self, st: &mut ReporterState) -> io::Result<()> {
-        st.flushes += 1;
         if st.closed {
             st.acks.clear();
+            st.dones_sent += st.dones.len() as u64;
             st.dones.clear();
             return Ok(());
         }
         for k in [kind::ACK, kind::DONE] {
             loop {
-                let ReporterState { buf, acks, dones, closed, .. } = &mut *st;
+                let ReporterState { buf, acks, dones, closed, dones_sent, .. } = &mut *st;
                 let ids = if k == kind::ACK { acks } else { dones };
                 if ids.is_empty() {
                     break;
@@ -272,6 +285,9 @@ impl Reporter {
                 match fdpass::send_with_fds(self.fd.as_fd(), buf, &[]) {
                     Ok(_) => {
                         ids.drain(..n);
+                        if k == kind::DONE {
+                            *dones_sent += n as u64;
+                        }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(e),
                     Err(e) => {

@@ -163,8 +163,9 @@ impl AsyncIncoming {
                     let ids: Vec<u64> = conns.iter().map(|(it, _)| it.id).collect();
                     // Sent by the first of these connections to read or write.
                     self.reporter.ack_later(&ids);
-                    if self.first_look.is_some() {
-                        self.look_first(conns);
+                    if let Some(mut look) = self.first_look.take() {
+                        self.look_first(&mut look, conns);
+                        self.first_look = Some(look);
                         continue;
                     }
                     for (item, fd) in conns {
@@ -186,8 +187,7 @@ impl AsyncIncoming {
 impl AsyncIncoming {
     /// Runs the first look over a batch: the ACK goes first (the look reads), then
     /// one DONE for every connection it finished, then their FINs.
-    fn look_first(&mut self, conns: Vec<(crate::wire::ConnItem, OwnedFd)>) {
-        let Some(FirstLookFn(look)) = self.first_look.as_mut() else { return };
+    fn look_first(&mut self, FirstLookFn(look): &mut FirstLookFn, conns: Vec<(crate::wire::ConnItem, OwnedFd)>) {
         self.reporter.flush_acks();
         let mut finished = Vec::new();
         for (item, fd) in conns {
