@@ -1,5 +1,6 @@
 //! The `handoff` command: run a master with workers, or act as a built-in worker.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -195,10 +196,10 @@ fn status(control: Option<PathBuf>, json: bool) -> Result<(), String> {
     let path = control.unwrap_or_else(handoff::control::default_path);
     if json {
         let raw = handoff::control::request(&path, "status").map_err(|e| e.to_string())?;
-        println!("{raw}");
+        say(&format!("{raw}\n"));
     } else {
         let st = handoff::control::status(&path).map_err(|e| e.to_string())?;
-        print!("{}", handoff::control::format_table(&st));
+        say(&handoff::control::format_table(&st));
     }
     Ok(())
 }
@@ -213,7 +214,7 @@ fn ctl(control: Option<PathBuf>, action: CtlAction) -> Result<(), String> {
     };
     let reply = handoff::control::command(&path, &line).map_err(|e| e.to_string())?;
     if reply.ok {
-        println!("{}", reply.message);
+        say(&format!("{}\n", reply.message));
         Ok(())
     } else {
         Err(reply.message)
@@ -224,10 +225,17 @@ fn exit_with(r: Result<(), String>) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("handoff: error: {e}");
+            // Not eprintln!, which panics when stderr is gone (`handoff ... 2>&1 | head`).
+            let _ = writeln!(std::io::stderr(), "handoff: error: {e}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Prints to stdout; a reader that has gone (`handoff status | head -1`) is not an
+/// error worth a panic.
+fn say(text: &str) {
+    let _ = std::io::stdout().write_all(text.as_bytes());
 }
 
 fn main() -> ExitCode {

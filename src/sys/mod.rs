@@ -107,8 +107,10 @@ pub fn write_nowait(fd: std::os::fd::BorrowedFd<'_>, buf: &[u8]) -> io::Result<u
 
 /// The master's log writer: stderr through [`write_nowait`]. A log line that finds
 /// the reader of our stderr (journald, a pipe) stalled is dropped, not waited for: the
-/// loop that serves every connection must never sleep on a log reader. Lines dropped
-/// are counted in [`stderr_dropped`].
+/// loop that serves every connection must never sleep on a log reader. A line that
+/// cannot be written at all (the reader is gone: `EPIPE`) is dropped too, and the
+/// error is not passed on, since `tracing-subscriber` would report it with `eprint!`,
+/// which panics on a broken stderr. Lines dropped are counted in [`stderr_dropped`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StderrNoWait;
 
@@ -123,7 +125,8 @@ impl io::Write for StderrNoWait {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         use std::os::fd::AsFd;
         match write_nowait(io::stderr().as_fd(), buf) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Err(e),
+            Err(_) => {
                 STDERR_DROPPED.fetch_add(buf.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 Ok(buf.len())
             }
