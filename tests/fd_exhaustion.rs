@@ -19,12 +19,19 @@ fn emfile_pauses_accepting_without_burning_cpu_and_recovers() {
     let addr = h.addr();
     let cpu0 = cpu_ticks(master);
     let t0 = Instant::now();
-    // 200 clients connect at once and hold their connections open for a while, so the
-    // master's copies (held until each worker ACKs) and the backlog pile up.
+    // 200 clients connect while the master is stopped (SIGSTOP): the kernel completes
+    // their handshakes into the backlog, so when the master resumes, its first accept
+    // batch alone runs past the limit, however fast workers ACK. Each holds its
+    // connection for a while, so descriptors free up only as requests finish.
+    h.signal(Signal::STOP);
+    let connected = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let clients: Vec<_> = (0..200)
         .map(|_| {
+            let connected = connected.clone();
             std::thread::spawn(move || {
-                let mut s = TcpStream::connect(addr).ok()?;
+                let s = TcpStream::connect(addr);
+                connected.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut s = s.ok()?;
                 use std::io::Write;
                 s.set_read_timeout(Some(WAIT)).ok()?;
                 write!(s, "GET /?sleep_ms=300 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").ok()?;
@@ -32,6 +39,8 @@ fn emfile_pauses_accepting_without_burning_cpu_and_recovers() {
             })
         })
         .collect();
+    wait_until("200 clients connected", || connected.load(std::sync::atomic::Ordering::SeqCst) == 200);
+    h.signal(Signal::CONT);
     let results: Vec<Option<u16>> = clients.into_iter().map(|c| c.join().unwrap()).collect();
     let wall = t0.elapsed();
     let cpu = Duration::from_millis((cpu_ticks(master) - cpu0) * 10);
