@@ -33,7 +33,7 @@ pub struct Conn<S> {
     ack_queued: AtomicBool,
     /// Async connections let DONE wait for the end of the scheduler pass.
     coalesce: bool,
-    /// DONE is queued at this flush count (see [`Reporter::done_later`]).
+    /// DONE is queued as this number (see [`Reporter::done_later`]), not yet known sent.
     done_queued: Option<u64>,
     /// Bytes already read from the stream by a first look (the built-in worker's quick
     /// path), served again before the stream's own.
@@ -350,12 +350,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Conn<S> {
         // The server is ending the connection: tell the master before the client
         // sees the FIN, so a client that reconnects at once meets an exact count.
         let this = self.get_mut();
-        if this.coalesce && this.reporter.is_some() && this.done_queued.is_none() {
+        if let (true, Some(r), None) = (this.coalesce, &this.reporter, this.done_queued) {
             // Queue DONE and yield once: the connections that finish in this same
             // pass queue theirs, and the first of them polled again sends them all.
-            if let Some(r) = &this.reporter {
-                this.done_queued = Some(r.done_later(this.id));
-            }
+            this.done_queued = Some(r.done_later(this.id));
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }

@@ -265,7 +265,7 @@ pub async fn serve_incoming(mut incoming: AsyncIncoming, cfg: Arc<HttpConfig>) -
 /// when the worker receives it, and asks for the greeting with `Connection: close`
 /// (connection-per-request clients such as load balancers' checks and benchmarks), is
 /// answered with one `recv` and one `send`, before the stream is registered with the
-/// runtime: no task, no `epoll_ctl`, no `fcntl`, and its DONE shares one frame with the
+/// runtime: no task, no `epoll_ctl`, no `FIONBIO`, and its DONE shares one frame with the
 /// others of its batch. Anything else (a partial request, keep-alive, a body, a query
 /// hyper must act on, a PROXY client, a static root) goes to hyper with the bytes
 /// already read, so the answer is the same either way.
@@ -277,6 +277,7 @@ struct Quick {
     /// resolution too).
     date: (u64, String),
     buf: Vec<u8>,
+    out: Vec<u8>,
 }
 
 /// Largest request the quick path reads in its one `recv`.
@@ -291,7 +292,8 @@ impl Quick {
         );
         let mut tail = b"\r\n\r\n".to_vec();
         tail.extend_from_slice(&cfg.greeting);
-        Quick { head: head.into_bytes(), tail, date: (u64::MAX, String::new()), buf: vec![0; QUICK_READ] }
+        let out = Vec::with_capacity(head.len() + 29 + tail.len());
+        Quick { head: head.into_bytes(), tail, date: (u64::MAX, String::new()), buf: vec![0; QUICK_READ], out }
     }
 
     fn look(&mut self, item: &crate::wire::ConnItem, s: &super::Stream) -> FirstLook {
@@ -315,14 +317,14 @@ impl Quick {
         if self.date.0 != secs {
             self.date = (secs, httpdate::fmt_http_date(now));
         }
-        let mut out = Vec::with_capacity(self.head.len() + 29 + self.tail.len());
-        out.extend_from_slice(&self.head);
-        out.extend_from_slice(self.date.1.as_bytes());
         let tail = if head_only { &self.tail[..4] } else { &self.tail[..] };
-        out.extend_from_slice(tail);
+        self.out.clear();
+        self.out.extend_from_slice(&self.head);
+        self.out.extend_from_slice(self.date.1.as_bytes());
+        self.out.extend_from_slice(tail);
         // A fresh socket's send buffer is empty, so the answer goes in one call; if the
         // client is gone (or, impossibly, the buffer is full) there is nothing to wait for.
-        let _ = rustix::net::send(s, &out, SendFlags::DONTWAIT | SendFlags::NOSIGNAL);
+        let _ = rustix::net::send(s, &self.out, SendFlags::DONTWAIT | SendFlags::NOSIGNAL);
         FirstLook::Finished
     }
 }

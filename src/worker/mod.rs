@@ -190,22 +190,16 @@ impl Reporter {
     }
 
     pub(crate) fn ack(&self, ids: &[u64]) {
-        self.open.fetch_add(ids.len(), std::sync::atomic::Ordering::SeqCst);
-        let mut st = self.lock();
-        st.acks.extend_from_slice(ids);
-        let _ = self.flush_locked(&mut st);
+        self.ack_later(ids);
+        self.flush_acks();
     }
 
     pub(crate) fn done(&self, id: u64) {
-        self.close_one(1);
-        let mut st = self.lock();
-        st.dones.push(id);
-        st.dones_queued += 1;
-        let _ = self.flush_locked(&mut st);
+        self.done_all(&[id]);
     }
 
     /// `n` connections fewer are open.
-    fn close_one(&self, n: usize) {
+    fn forget_open(&self, n: usize) {
         let _ = self.open.fetch_update(std::sync::atomic::Ordering::SeqCst, std::sync::atomic::Ordering::SeqCst, |o| {
             Some(o.saturating_sub(n))
         });
@@ -226,9 +220,9 @@ impl Reporter {
         }
     }
 
-    /// Reports DONE for `ids` in one frame (connections a first look finished).
+    /// Reports DONE for `ids` at once, in one frame (connections a first look finished).
     pub(crate) fn done_all(&self, ids: &[u64]) {
-        self.close_one(ids.len());
+        self.forget_open(ids.len());
         let mut st = self.lock();
         st.dones.extend_from_slice(ids);
         st.dones_queued += ids.len() as u64;
@@ -257,7 +251,7 @@ impl Reporter {
                 let _ = self.flush_locked(&mut st);
             }
         }
-        self.close_one(1);
+        self.forget_open(1);
     }
 
     /// Sends what is queued; on a full channel it keeps the rest for later.

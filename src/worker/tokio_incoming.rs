@@ -159,22 +159,7 @@ impl AsyncIncoming {
                 Err(e) => return Poll::Ready(Some(Err(e.into()))),
             };
             match recv_event(guard.get_inner(), &mut self.buf) {
-                Ok(Event::Conns(conns)) => {
-                    let ids: Vec<u64> = conns.iter().map(|(it, _)| it.id).collect();
-                    // Sent by the first of these connections to read or write.
-                    self.reporter.ack_later(&ids);
-                    if let Some(mut look) = self.first_look.take() {
-                        self.look_first(&mut look, conns);
-                        self.first_look = Some(look);
-                        continue;
-                    }
-                    for (item, fd) in conns {
-                        match Stream::from_fd_hint(fd, item.sock).and_then(Stream::into_tokio) {
-                            Ok(s) => self.queue.push_back(Conn::new_coalescing(s, item, self.reporter.clone())),
-                            Err(_) => self.reporter.done(item.id),
-                        }
-                    }
-                }
+                Ok(Event::Conns(conns)) => self.take_conns(conns),
                 Ok(Event::Drain) => self.ended = Some(End::Drain),
                 Ok(Event::Closed) => self.ended = Some(End::MasterGone),
                 Err(WorkerError::Channel(e)) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
@@ -185,24 +170,36 @@ impl AsyncIncoming {
 }
 
 impl AsyncIncoming {
-    /// Runs the first look over a batch: the ACK goes first (the look reads), then
-    /// one DONE for every connection it finished, then their FINs.
-    fn look_first(&mut self, FirstLookFn(look): &mut FirstLookFn, conns: Vec<(crate::wire::ConnItem, OwnedFd)>) {
-        self.reporter.flush_acks();
+    /// Queues a CONN frame's connections for `accept`. Their ACK waits for the first
+    /// read of any of them; with a first look, which reads, it goes first, and the
+    /// connections the look finishes share one DONE, sent before their FINs.
+    fn take_conns(&mut self, conns: Vec<(crate::wire::ConnItem, OwnedFd)>) {
+        let ids: Vec<u64> = conns.iter().map(|(it, _)| it.id).collect();
+        self.reporter.ack_later(&ids);
+        let mut look = self.first_look.take();
+        if look.is_some() {
+            self.reporter.flush_acks();
+        }
         let mut finished = Vec::new();
         for (item, fd) in conns {
             let Ok(s) = Stream::from_fd_hint(fd, item.sock) else {
                 self.reporter.done(item.id);
                 continue;
             };
-            match look(&item, &s) {
-                FirstLook::Finished => finished.push((item.id, s)),
-                FirstLook::Serve(seen) => match s.into_tokio() {
-                    Ok(s) => self.queue.push_back(Conn::new_coalescing(s, item, self.reporter.clone()).replay(seen)),
-                    Err(_) => self.reporter.done(item.id),
-                },
+            let seen = match look.as_mut().map(|FirstLookFn(f)| f(&item, &s)) {
+                Some(FirstLook::Finished) => {
+                    finished.push((item.id, s));
+                    continue;
+                }
+                Some(FirstLook::Serve(seen)) => seen,
+                None => Vec::new(),
+            };
+            match s.into_tokio() {
+                Ok(s) => self.queue.push_back(Conn::new_coalescing(s, item, self.reporter.clone()).replay(seen)),
+                Err(_) => self.reporter.done(item.id),
             }
         }
+        self.first_look = look;
         if finished.is_empty() {
             return;
         }
