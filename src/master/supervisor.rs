@@ -261,11 +261,6 @@ impl Forward {
             }
         }
     }
-
-    /// Bytes waiting.
-    pub fn pending(&self) -> usize {
-        self.buf.len()
-    }
 }
 
 /// What one bounded read of a stderr pipe found.
