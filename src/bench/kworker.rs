@@ -126,7 +126,7 @@ fn acceptor(
         match epoll::wait(&ep, rustix::buffer::spare_capacity(&mut events), None) {
             Ok(_) | Err(rustix::io::Errno::INTR) => {}
             Err(e) => {
-                eprintln!("bench-worker: epoll_wait: {e}");
+                let _ = writeln!(std::io::stderr(), "bench-worker: epoll_wait: {e}");
                 return;
             }
         }
@@ -142,7 +142,7 @@ fn acceptor(
                 if reorder && accepted % NGINX_REORDER_EVERY == 0 {
                     let _ = epoll::delete(&ep, &listener);
                     if let Err(e) = epoll::add(&ep, listener.as_fd(), epoll::EventData::new_u64(0), flags) {
-                        eprintln!("bench-worker: epoll re-add listener: {e}");
+                        let _ = writeln!(std::io::stderr(), "bench-worker: epoll re-add listener: {e}");
                         return;
                     }
                 }
@@ -155,7 +155,7 @@ fn acceptor(
                     // Out of descriptors: a level-triggered retry would spin.
                     std::thread::sleep(Duration::from_millis(10));
                 } else if !crate::listener::accept_error_is_transient(&e) {
-                    eprintln!("bench-worker: accept: {e}");
+                    let _ = writeln!(std::io::stderr(), "bench-worker: accept: {e}");
                     return;
                 }
             }

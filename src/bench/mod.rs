@@ -24,6 +24,7 @@ pub mod report;
 pub mod stats;
 
 use std::fmt;
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -247,13 +248,13 @@ pub fn main(args: BenchArgs) -> Result<(), String> {
 /// Prints `summary` (table or JSON) and writes the report directory if asked.
 fn output(args: &BenchArgs, summary: &report::Summary) -> Result<(), String> {
     if args.json {
-        println!("{}", serde_json::to_string_pretty(summary).map_err(|e| e.to_string())?);
+        let _ = writeln!(std::io::stdout(), "{}", serde_json::to_string_pretty(summary).map_err(|e| e.to_string())?);
     } else {
-        print!("{}", summary.table());
+        let _ = write!(std::io::stdout(), "{}", summary.table());
     }
     if let Some(dir) = &args.out {
         summary.write_dir(dir).map_err(|e| format!("writing the report to {}: {e}", dir.display()))?;
-        eprintln!("report written to {}", dir.display());
+        let _ = writeln!(std::io::stderr(), "report written to {}", dir.display());
     }
     Ok(())
 }
@@ -266,7 +267,12 @@ fn serve(model: Model, workers: usize, exe: &std::path::Path, listen: SocketAddr
         signal_hook::flag::register(sig, stop.clone()).map_err(|e| format!("signal handler: {e}"))?;
     }
     let server = models::start(model, workers, exe, listen)?;
-    eprintln!("{model} with {workers} workers listening on {} (pids {:?}); Ctrl-C stops", server.addr, server.pids());
+    let _ = writeln!(
+        std::io::stderr(),
+        "{model} with {workers} workers listening on {} (pids {:?}); Ctrl-C stops",
+        server.addr,
+        server.pids()
+    );
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
     }

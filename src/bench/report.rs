@@ -7,6 +7,7 @@
 //! measured minutes apart on a shared machine are never compared directly.
 
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Instant;
@@ -73,7 +74,8 @@ pub fn run_matrix(
             let server = models::start(model, workers, exe, listen)?;
             for &workload in workloads {
                 done += 1;
-                eprint!(
+                let _ = write!(
+                    std::io::stderr(),
                     "{} [{done:>3}/{total}] {:>6.1}s  run {}  {model:<18} {workload:<9} ... ",
                     progress_bar(done - 1, total),
                     started.elapsed().as_secs_f64(),
@@ -84,7 +86,8 @@ pub fn run_matrix(
                 let r = rt.block_on(load::run(server.addr, &spec, workers));
                 let cpu1 = server.master_cpu_us();
                 let cell = make_cell(model, workload, run, r, cpu0.zip(cpu1).map(|(a, b)| b.saturating_sub(a)));
-                eprintln!(
+                let _ = writeln!(
+                    std::io::stderr(),
                     "{:>8.0} req/s  p99 {:>7.2} ms  jain {:.3}{}",
                     cell.rps,
                     cell.latency.p99,
