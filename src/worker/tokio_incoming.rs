@@ -14,9 +14,10 @@ use super::{channel_from_env, recv_event, Conn, Event, Reporter, Stream, TokioSt
 
 /// Connections handed to this worker, for tokio.
 ///
-/// Create it inside a tokio runtime. It ACKs connections (before their first read),
-/// sends HEARTBEAT from a small background task, and ends when the master sends DRAIN
-/// or closes the channel. Use [`AsyncIncoming::accept`], or the `futures_core::Stream`
+/// Create it inside a tokio runtime. It ACKs connections before their first read or
+/// write (or with the next HEARTBEAT, for one your code holds unread), sends HEARTBEAT
+/// from a small background task, and ends when the master sends DRAIN or closes the
+/// channel. Use [`AsyncIncoming::accept`], or the `futures_core::Stream`
 /// implementation, or (feature `axum`) pass it to `axum::serve`.
 #[derive(Debug)]
 pub struct AsyncIncoming {
