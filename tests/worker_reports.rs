@@ -316,3 +316,42 @@ fn requests_the_quick_path_declines_reach_hyper_whole() {
 
     finish(&master, thread);
 }
+
+#[test]
+fn a_connection_held_unread_is_acked_by_the_next_heartbeat() {
+    // A library user's worker that takes a connection and does not touch it yet (a
+    // queue, a concurrency limit): its ACK must not wait for the first read, or the
+    // master would count it un-ACKed until --worker-timeout and kill the worker.
+    let (master, worker) = fdpass::seqpacket_pair().expect("socketpair");
+    rustix::io::ioctl_fionbio(&master, true).expect("non-blocking");
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(async move {
+            let env = WorkerEnv { id: 0, workers: 1, heartbeat: Duration::from_millis(100) };
+            let mut incoming = AsyncIncoming::from_fd(worker, env).expect("worker starts");
+            let held = incoming.accept().await.expect("a connection").expect("no error");
+            // Hold it, unread, until the test has seen the ACK; then drop it, and keep
+            // the channel open until the test has seen the DONE.
+            let released = tokio::task::spawn_blocking(move || {
+                released.recv().expect("released");
+                released
+            })
+            .await
+            .expect("join");
+            drop(held);
+            tokio::task::spawn_blocking(move || released.recv()).await.expect("join").expect("done");
+        });
+    });
+    let mut log = Vec::new();
+    wait_for(&master, &mut log, "READY", |log| !log.is_empty());
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let (_client, fd) = client(&listener, "GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    send_conns(&master, 5, vec![fd]);
+    wait_for(&master, &mut log, "ACK of the held connection", |log| position(log, 5, false).is_some());
+    assert_eq!(position(&log, 5, true), None, "DONE while still held: {log:?}");
+    release.send(()).unwrap();
+    wait_for(&master, &mut log, "DONE once dropped", |log| position(log, 5, true).is_some());
+    release.send(()).unwrap();
+    thread.join().expect("the worker thread ends");
+}
