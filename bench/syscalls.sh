@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# syscalls.sh: system calls per connection in handoff's master and built-in workers,
+# under wrk sending one request per new connection. Counted with perf's syscall
+# tracepoints, which (unlike strace) do not slow the process down and so do not change
+# the batching being measured.
+#
+# Per connection means: per `close` in the master (it closes its copy of each
+# connection exactly once) and per `shutdown` in the workers (the built-in worker shuts
+# each connection down exactly once).
+#
+# Usage: bench/syscalls.sh              (after `cargo build --release`)
+# Knobs (environment): LISTEN_OPTS (",deferred" to measure that listener option),
+#   POLICY (least-conn), WORKERS (2), SECONDS_COUNTED (3), HANDOFF (the binary).
+# Loopback only; the server is started here and stopped by its pid.
+set -euo pipefail
+
+HANDOFF=${HANDOFF:-target/release/handoff}
+LISTEN_OPTS=${LISTEN_OPTS:-}
+POLICY=${POLICY:-least-conn}
+WORKERS=${WORKERS:-2}
+SECONDS_COUNTED=${SECONDS_COUNTED:-3}
+
+die() { echo "syscalls: $*" >&2; exit 1; }
+[ -x "$HANDOFF" ] || die "$HANDOFF not found: run 'cargo build --release' first"
+command -v wrk >/dev/null || die "wrk is missing (apt-get install wrk)"
+command -v perf >/dev/null || die "perf is missing (apt-get install linux-perf)"
+
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+tmp=$(mktemp -d /tmp/syscalls.XXXXXX)
+"$HANDOFF" run --listen "127.0.0.1:$port$LISTEN_OPTS" --workers "$WORKERS" --policy "$POLICY" -q &
+master=$!
+wrk_pid=
+cleanup() {
+  [ -n "$wrk_pid" ] && kill "$wrk_pid" 2>/dev/null || true
+  kill -TERM "$master" 2>/dev/null || true
+  wait "$master" 2>/dev/null || true
+  rm -rf "$tmp"
+}
+trap cleanup EXIT INT TERM
+for _ in $(seq 100); do
+  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+  sleep 0.1
+done
+sleep 0.5 # every worker READY
+workers=$(pgrep -P "$master" | paste -sd, -)
+[ -n "$workers" ] || die "no workers under master $master"
+
+timeout $((SECONDS_COUNTED * 2 + 10)) wrk -t2 -c50 -d$((SECONDS_COUNTED * 2 + 2))s -H 'Connection: close' \
+  "http://127.0.0.1:$port/" >"$tmp/wrk" &
+wrk_pid=$!
+sleep 1
+events() { local e=raw_syscalls:sys_enter; for s in "$@"; do e="$e,syscalls:sys_enter_$s"; done; echo "$e"; }
+perf stat -x, -o "$tmp/master" -e "$(events accept4 close sendmsg recvmsg epoll_wait)" -p "$master" \
+  -- sleep "$SECONDS_COUNTED" 2>/dev/null
+perf stat -x, -o "$tmp/workers" \
+  -e "$(events shutdown close recvmsg sendmsg recvfrom sendto writev epoll_ctl ioctl epoll_wait)" \
+  -p "$workers" -- sleep "$SECONDS_COUNTED" 2>/dev/null
+wait "$wrk_pid" || true
+wrk_pid=
+
+per() { # file, the syscall counted once per connection
+  awk -F, -v per="$2" '
+    /^[0-9]/ { split($3, a, ":"); name = a[2]; sub(/^sys_enter_?/, "", name); if (name == "") name = "all"; n[name] = $1; order[++k] = name }
+    END { for (i = 1; i <= k; i++) printf "  %-10s %5.2f\n", order[i], n[order[i]] / n[per] }' "$1"
+}
+echo "listener 127.0.0.1:$port$LISTEN_OPTS, $WORKERS workers, $POLICY; $(grep -m1 'Requests/sec' "$tmp/wrk")"
+echo "master, per connection (per close):"
+per "$tmp/master" close
+echo "workers, per connection (per shutdown):"
+per "$tmp/workers" shutdown
