@@ -317,20 +317,24 @@ fn requests_the_quick_path_declines_reach_hyper_whole() {
     finish(&master, thread);
 }
 
-#[test]
-fn a_connection_held_unread_is_acked_by_the_next_heartbeat() {
-    // A library user's worker that takes a connection and does not touch it yet (a
-    // queue, a concurrency limit): its ACK must not wait for the first read, or the
-    // master would count it un-ACKed until --worker-timeout and kill the worker.
+/// A library user's worker (the async API, no quick path) that takes one connection
+/// and holds it unread until the test has seen its ACK; `peek` says whether it looks
+/// at the stream through `get_ref` first. Returns when the master end has seen the
+/// ACK, then the DONE once the connection is dropped.
+fn hold_one(heartbeat: Duration, peek: bool) {
     let (master, worker) = fdpass::seqpacket_pair().expect("socketpair");
     rustix::io::ioctl_fionbio(&master, true).expect("non-blocking");
     let (release, released) = std::sync::mpsc::channel::<()>();
     let thread = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         rt.block_on(async move {
-            let env = WorkerEnv { id: 0, workers: 1, heartbeat: Duration::from_millis(100) };
+            let env = WorkerEnv { id: 0, workers: 1, heartbeat };
             let mut incoming = AsyncIncoming::from_fd(worker, env).expect("worker starts");
             let held = incoming.accept().await.expect("a connection").expect("no error");
+            if peek {
+                // What a user could read through the inner stream: the ACK goes first.
+                let _ = held.get_ref().peer_addr();
+            }
             // Hold it, unread, until the test has seen the ACK; then drop it, and keep
             // the channel open until the test has seen the DONE.
             let released = tokio::task::spawn_blocking(move || {
@@ -354,4 +358,18 @@ fn a_connection_held_unread_is_acked_by_the_next_heartbeat() {
     wait_for(&master, &mut log, "DONE once dropped", |log| position(log, 5, true).is_some());
     release.send(()).unwrap();
     thread.join().expect("the worker thread ends");
+}
+
+#[test]
+fn a_connection_held_unread_is_acked_by_the_next_heartbeat() {
+    // A worker that takes a connection and does not touch it yet (a queue, a
+    // concurrency limit): its ACK must not wait for the first read, or the master
+    // would count it un-ACKed until --worker-timeout and kill the worker.
+    hold_one(Duration::from_millis(100), false);
+}
+
+#[test]
+fn a_connection_looked_at_through_get_ref_is_acked_at_once() {
+    // The heartbeat is a minute away: only get_ref itself can have sent the ACK.
+    hold_one(Duration::from_secs(60), true);
 }
