@@ -233,7 +233,7 @@ pub struct Totals {
     #[serde(default)]
     pub proxy_errors: u64,
     /// Bytes of worker output and of the master's own log dropped because the master's
-    /// stderr was not being read.
+    /// stderr was not being read (filled in when the totals are read).
     #[serde(default)]
     pub worker_output_dropped: u64,
 }
@@ -518,7 +518,6 @@ impl Master {
             }
             self.accept_pass(now);
             self.forward.flush();
-            self.totals.worker_output_dropped = self.forward.dropped_total + crate::sys::stderr_dropped();
             if let Some(e) = self.fatal.take() {
                 self.kill_all_now();
                 self.close_admin_servers();

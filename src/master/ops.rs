@@ -236,9 +236,17 @@ impl Master {
                     unacked: w.unacked(),
                 })
                 .collect(),
-            totals: self.totals.clone(),
+            totals: self.totals(),
             fairness: self.fairness(),
         }
+    }
+
+    /// The counters, with the output dropped so far (kept where it is counted, read
+    /// only when someone asks).
+    fn totals(&self) -> super::Totals {
+        let mut t = self.totals.clone();
+        t.worker_output_dropped = self.forward.dropped_total + crate::sys::stderr_dropped();
+        t
     }
 
     fn fairness(&self) -> f64 {
@@ -248,7 +256,7 @@ impl Master {
 
     fn metrics_text(&self) -> String {
         let mut o = String::new();
-        let t = &self.totals;
+        let t = &self.totals();
         let mut counter = |name: &str, help: &str, v: f64| {
             let _ = writeln!(o, "# HELP handoff_{name} {help}\n# TYPE handoff_{name} counter\nhandoff_{name} {v}");
         };

@@ -243,9 +243,8 @@ impl Forward {
             );
             self.buf.extend_from_slice(note.as_bytes());
         }
-        let stderr = std::io::stderr();
         while !self.buf.is_empty() {
-            match crate::sys::write_nowait(stderr.as_fd(), &self.buf) {
+            match crate::sys::write_stderr_nowait(&self.buf) {
                 Ok(0) => break,
                 Ok(n) => {
                     self.buf.drain(..n);

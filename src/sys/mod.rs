@@ -90,22 +90,35 @@ pub fn set_tcp_defer_accept(fd: std::os::fd::BorrowedFd<'_>, secs: u32) -> io::R
     }
 }
 
-/// Writes as much of `buf` as `fd` takes now, without blocking and without setting
+/// Writes as much of `buf` as our stderr takes now, without blocking and without setting
 /// `O_NONBLOCK` (which would change the descriptor for every process sharing it, such
 /// as the shell the master's stderr came from): `pwritev2` with `RWF_NOWAIT` answers
 /// `WouldBlock` when a pipe or socket is full. Where the kernel cannot say that for one
 /// call (regular files, terminals: `EOPNOTSUPP`), it writes normally; those do not
 /// stall on a reader.
-pub fn write_nowait(fd: std::os::fd::BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+pub fn write_stderr_nowait(buf: &[u8]) -> io::Result<usize> {
     use rustix::io::ReadWriteFlags;
+    use std::os::fd::AsFd;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stderr = io::stderr();
+    let fd = stderr.as_fd();
+    // Once stderr has said EOPNOTSUPP (a file or a terminal), write to it plainly
+    // without asking again on every line.
+    static PLAIN: AtomicBool = AtomicBool::new(false);
+    if PLAIN.load(Ordering::Relaxed) {
+        return Ok(rustix::io::write(fd, buf)?);
+    }
     // Offset -1: the descriptor's own position, as write(2) uses.
     match rustix::io::pwritev2(fd, &[io::IoSlice::new(buf)], u64::MAX, ReadWriteFlags::NOWAIT) {
-        Err(rustix::io::Errno::OPNOTSUPP) => Ok(rustix::io::write(fd, buf)?),
+        Err(rustix::io::Errno::OPNOTSUPP) => {
+            PLAIN.store(true, Ordering::Relaxed);
+            Ok(rustix::io::write(fd, buf)?)
+        }
         r => Ok(r?),
     }
 }
 
-/// The master's log writer: stderr through [`write_nowait`]. A log line that finds
+/// The master's log writer: stderr through [`write_stderr_nowait`]. A log line that finds
 /// the reader of our stderr (journald, a pipe) stalled is dropped, not waited for: the
 /// loop that serves every connection must never sleep on a log reader. A line that
 /// cannot be written at all (the reader is gone: `EPIPE`) is dropped too, and the
@@ -123,8 +136,7 @@ pub fn stderr_dropped() -> u64 {
 
 impl io::Write for StderrNoWait {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        use std::os::fd::AsFd;
-        match write_nowait(io::stderr().as_fd(), buf) {
+        match write_stderr_nowait(buf) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Err(e),
             Err(_) => {
                 STDERR_DROPPED.fetch_add(buf.len() as u64, std::sync::atomic::Ordering::Relaxed);
