@@ -317,6 +317,51 @@ fn requests_the_quick_path_declines_reach_hyper_whole() {
     finish(&master, thread);
 }
 
+#[test]
+fn connections_with_nothing_to_read_yet_are_answered_when_their_request_comes() {
+    let (master, thread, mut log, listener) = start();
+    let (mut reference, fd) = client(&listener, "GET /?sleep_ms=0 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    send_conns(&master, 100, vec![fd]);
+    let (hyper_head, hyper_body) = answer(&mut reference);
+
+    // Connected, silent when the worker gets them: the first look finds nothing (the
+    // worker looks right after its ACK; the clients write 50 ms later). Then a whole
+    // request, half a request and the rest, and no request at all.
+    let (mut whole, fd0) = client(&listener, "");
+    let (mut halves, fd1) = client(&listener, "");
+    let (mut head, fd2) = client(&listener, "");
+    let (gone, fd3) = client(&listener, "");
+    send_conns(&master, 0, vec![fd0, fd1, fd2, fd3]);
+    wait_for(&master, &mut log, "ACK", |log| position(log, 0, false).is_some());
+    std::thread::sleep(Duration::from_millis(50));
+    whole.write_all(b"GET /x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+    halves.write_all(b"GET /x HTTP/1.1\r\nHost: t\r\n").unwrap();
+    head.write_all(b"HEAD / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+    gone.shutdown(std::net::Shutdown::Both).unwrap();
+    assert_eq!(answer(&mut whole), (hyper_head.clone(), hyper_body.clone()), "a whole request");
+    drain(&master, &mut log);
+    assert!(position(&log, 0, true).is_some(), "DONE before the FIN: {log:?}");
+    let (head_only, nothing) = answer(&mut head);
+    assert_eq!((head_only, nothing), (hyper_head.clone(), String::new()), "HEAD");
+    std::thread::sleep(Duration::from_millis(50)); // the worker has read the first half
+    halves.write_all(b"Connection: close\r\n\r\n").unwrap();
+    assert_eq!(answer(&mut halves), (hyper_head.clone(), hyper_body.clone()), "a request in two halves");
+    // The client that left without a request is DONE too, with no answer.
+    wait_for(&master, &mut log, "DONE for every connection", |log| (0..4).all(|id| position(log, id, true).is_some()));
+
+    // A drain while a connection waits for its first request: it is still served.
+    let (mut late, fd) = client(&listener, "");
+    send_conns(&master, 9, vec![fd]);
+    wait_for(&master, &mut log, "ACK", |log| position(log, 9, false).is_some());
+    send_drain(&master);
+    std::thread::sleep(Duration::from_millis(50));
+    late.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+    let (late_head, late_body) = answer(&mut late);
+    assert!(late_head[0].starts_with("HTTP/1.1 200"), "{late_head:?}");
+    assert_eq!(late_body, hyper_body, "the request that came after the drain");
+    finish(&master, thread);
+}
+
 /// A library user's worker (the async API, no quick path) that takes one connection
 /// and holds it unread until the test has seen its ACK; `peek` says whether it looks
 /// at the stream through `get_ref` first. Returns when the master end has seen the

@@ -64,6 +64,11 @@ impl<S> Conn<S> {
         self
     }
 
+    /// Whether bytes already read by a first look wait to be read again.
+    pub(crate) fn has_replay(&self) -> bool {
+        self.replay.is_some()
+    }
+
     /// Hands the replayed bytes left to `put`, which copies what fits and says how
     /// many; `None` once there are none left.
     fn replay_into(&mut self, put: impl FnOnce(&[u8]) -> usize) -> Option<usize> {
@@ -280,6 +285,23 @@ impl TokioStream {
         match self {
             TokioStream::Tcp(s) => s.peer_addr().ok(),
             TokioStream::Unix(_) => None,
+        }
+    }
+
+    /// Waits until the stream may be readable (see tokio's `TcpStream::readable`).
+    pub async fn readable(&self) -> io::Result<()> {
+        match self {
+            TokioStream::Tcp(s) => s.readable().await,
+            TokioStream::Unix(s) => s.readable().await,
+        }
+    }
+
+    /// Reads what is there into `buf`'s spare capacity without waiting: `WouldBlock`
+    /// if nothing is (see tokio's `TcpStream::try_read_buf`).
+    pub fn try_read_buf(&self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        match self {
+            TokioStream::Tcp(s) => s.try_read_buf(buf),
+            TokioStream::Unix(s) => s.try_read_buf(buf),
         }
     }
 }

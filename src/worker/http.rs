@@ -20,7 +20,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::tokio_incoming::{FirstLook, FirstLookFn};
-use super::{AsyncIncoming, End, WorkerEnv, WorkerError};
+use super::{AsyncIncoming, Conn, End, TokioStream, WorkerEnv, WorkerError};
 
 /// Longest `cpu_ms` or `sleep_ms` honoured.
 pub const MAX_DELAY_MS: u64 = 10_000;
@@ -228,8 +228,9 @@ pub fn run_from_env(static_root: Option<PathBuf>) -> Result<(), WorkerError> {
 /// `handoff run` does without a command, until the master asks for a drain (then waits
 /// for the connections in progress) or goes away (then waits a second at most).
 pub async fn serve_incoming(mut incoming: AsyncIncoming, cfg: Arc<HttpConfig>) -> Result<(), WorkerError> {
-    if cfg.static_root.is_none() {
-        let mut quick = Quick::new(&cfg);
+    let greeting = cfg.static_root.is_none().then(|| Arc::new(Greeting::new(&cfg)));
+    if let Some(greeting) = &greeting {
+        let mut quick = Quick::new(greeting.clone());
         incoming.set_first_look(FirstLookFn(Box::new(move |item, s| quick.look(item, s))));
     }
     let env = incoming.env().clone();
@@ -242,7 +243,13 @@ pub async fn serve_incoming(mut incoming: AsyncIncoming, cfg: Arc<HttpConfig>) -
                 // a direct client knows its own address, and asking the socket
                 // would cost a getpeername per connection.
                 let client = conn.proxy_header().and_then(|_| conn.client_addr());
-                tasks.spawn(serve_connection_from(conn, cfg.clone(), stop_rx.clone(), client));
+                match &greeting {
+                    // The first look found nothing to read yet.
+                    Some(g) if conn.proxy_header().is_none() && !conn.has_replay() => {
+                        tasks.spawn(second_look(conn, g.clone(), cfg.clone(), stop_rx.clone()))
+                    }
+                    _ => tasks.spawn(serve_connection_from(conn, cfg.clone(), stop_rx.clone(), client)),
+                };
             }
             Err(e) => {
                 tracing::error!("worker {}: {e}", env.id);
@@ -261,6 +268,44 @@ pub async fn serve_incoming(mut incoming: AsyncIncoming, cfg: Arc<HttpConfig>) -
     Ok(())
 }
 
+/// A connection whose client had sent nothing yet when the first look came (without
+/// `,deferred` that is a third of them: the master hands a connection on as soon as
+/// its handshake is done): wait until it has, and look again, so that these too are
+/// answered without hyper when they can be. A drain while it waits is hyper's to
+/// handle, with its grace for a first request.
+async fn second_look(
+    mut conn: Conn<TokioStream>,
+    greeting: Arc<Greeting>,
+    cfg: Arc<HttpConfig>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::AsyncWriteExt;
+    let mut seen = Vec::with_capacity(QUICK_READ);
+    loop {
+        let readable = tokio::select! {
+            r = conn.get_ref().readable() => r.is_ok(),
+            _ = stopped(&mut stop) => return serve_connection_from(conn, cfg, stop, None).await,
+        };
+        if !readable {
+            return;
+        }
+        match conn.get_ref().try_read_buf(&mut seen) {
+            Ok(0) => return, // the client closed without a request (dropping reports DONE)
+            Ok(_) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => return, // reset: nobody to answer
+        }
+    }
+    let Some(head_only) = quick_request(&seen) else {
+        return serve_connection_from(conn.replay(seen), cfg, stop, None).await;
+    };
+    let mut out = Vec::new();
+    greeting.answer(head_only, &mut out);
+    if conn.write_all(&out).await.is_ok() {
+        let _ = conn.shutdown().await;
+    }
+}
+
 /// The quick path: a connection whose whole first request is already in the socket
 /// when the worker receives it, and asks for the greeting with `Connection: close`
 /// (connection-per-request clients such as load balancers' checks and benchmarks), is
@@ -268,23 +313,27 @@ pub async fn serve_incoming(mut incoming: AsyncIncoming, cfg: Arc<HttpConfig>) -
 /// runtime: no task, no `epoll_ctl`, no `FIONBIO`, and its DONE shares one frame with the
 /// others of its batch. Anything else (a partial request, keep-alive, a body, a query
 /// hyper must act on, a PROXY client, a static root) goes to hyper with the bytes
-/// already read, so the answer is the same either way.
+/// already read, so the answer is the same either way. A connection with nothing to
+/// read yet gets a [`second_look`] once it has.
 struct Quick {
-    /// The answer up to the date, the date, and the rest: `head + date + tail`.
-    head: Vec<u8>,
-    tail: Vec<u8>,
-    /// The date and the second it is for (hyper's `date` header has one-second
-    /// resolution too).
-    date: (u64, String),
+    greeting: Arc<Greeting>,
     buf: Vec<u8>,
     out: Vec<u8>,
 }
 
-/// Largest request the quick path reads in its one `recv`.
-const QUICK_READ: usize = 4096;
+/// The quick path's answer: hyper's, byte for byte but for the order of the headers.
+struct Greeting {
+    /// The answer up to the date, and the rest after it: `head + date + tail`.
+    head: Vec<u8>,
+    tail: Vec<u8>,
+    /// The date and the second it is for (hyper's `date` header has one-second
+    /// resolution too). Behind a lock only because tasks must be `Send`: the built-in
+    /// worker has one thread, so it is never contended.
+    date: std::sync::Mutex<(u64, String)>,
+}
 
-impl Quick {
-    fn new(cfg: &HttpConfig) -> Quick {
+impl Greeting {
+    fn new(cfg: &HttpConfig) -> Greeting {
         let head = format!(
             "HTTP/1.1 200 OK\r\nx-handoff-worker: {}\r\nconnection: close\r\ncontent-length: {}\r\ndate: ",
             cfg.worker_id,
@@ -292,8 +341,34 @@ impl Quick {
         );
         let mut tail = b"\r\n\r\n".to_vec();
         tail.extend_from_slice(&cfg.greeting);
-        let out = Vec::with_capacity(head.len() + 29 + tail.len());
-        Quick { head: head.into_bytes(), tail, date: (u64::MAX, String::new()), buf: vec![0; QUICK_READ], out }
+        Greeting { head: head.into_bytes(), tail, date: std::sync::Mutex::new((u64::MAX, String::new())) }
+    }
+
+    /// Writes the whole answer (only its head for `HEAD`) into `out`.
+    fn answer(&self, head_only: bool, out: &mut Vec<u8>) {
+        let now = std::time::SystemTime::now();
+        let secs = now.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let tail = if head_only { &self.tail[..4] } else { &self.tail[..] };
+        out.clear();
+        out.reserve(self.head.len() + 29 + tail.len());
+        out.extend_from_slice(&self.head);
+        {
+            let mut date = self.date.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if date.0 != secs {
+                *date = (secs, httpdate::fmt_http_date(now));
+            }
+            out.extend_from_slice(date.1.as_bytes());
+        }
+        out.extend_from_slice(tail);
+    }
+}
+
+/// Largest request the quick path reads in its one `recv`.
+const QUICK_READ: usize = 4096;
+
+impl Quick {
+    fn new(greeting: Arc<Greeting>) -> Quick {
+        Quick { greeting, buf: vec![0; QUICK_READ], out: Vec::new() }
     }
 
     fn look(&mut self, item: &crate::wire::ConnItem, s: &super::Stream) -> FirstLook {
@@ -312,16 +387,7 @@ impl Quick {
         let Some(head_only) = quick_request(seen) else {
             return FirstLook::Serve(seen.to_vec());
         };
-        let now = std::time::SystemTime::now();
-        let secs = now.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        if self.date.0 != secs {
-            self.date = (secs, httpdate::fmt_http_date(now));
-        }
-        let tail = if head_only { &self.tail[..4] } else { &self.tail[..] };
-        self.out.clear();
-        self.out.extend_from_slice(&self.head);
-        self.out.extend_from_slice(self.date.1.as_bytes());
-        self.out.extend_from_slice(tail);
+        self.greeting.answer(head_only, &mut self.out);
         // A fresh socket's send buffer is empty, so the answer goes in one call; if the
         // client is gone (or, impossibly, the buffer is full) there is nothing to wait for.
         let _ = rustix::net::send(s, &self.out, SendFlags::DONTWAIT | SendFlags::NOSIGNAL);
