@@ -362,6 +362,51 @@ fn connections_with_nothing_to_read_yet_are_answered_when_their_request_comes() 
     finish(&master, thread);
 }
 
+/// TCP_INFO of a socket: (segments sent, bytes sent and not yet acknowledged).
+fn tcp_info(fd: &impl AsFd) -> (u32, u32) {
+    use std::os::fd::AsRawFd;
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: tcp_info is plain integers, so all zeroes is a valid value; getsockopt
+    // writes at most `len` bytes into it, and `fd` is open for the call.
+    let (rc, info) = unsafe {
+        let mut info: libc::tcp_info = std::mem::zeroed();
+        let rc = libc::getsockopt(
+            fd.as_fd().as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        );
+        (rc, info)
+    };
+    assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+    (info.tcpi_segs_out, info.tcpi_unacked)
+}
+
+#[test]
+fn quick_path_answer_and_fin_leave_in_one_segment() {
+    let (master, thread, _log, listener) = start();
+    for id in 0..3 {
+        let (mut c, fd) = client(&listener, "GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        // The server's ACK of the request must be out before counting starts.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tcp_info(&c).1 != 0 {
+            assert!(Instant::now() < deadline, "the request was never acknowledged");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Our own reference to the server's socket, to count what it sends: the
+        // worker's shutdown sends the FIN all the same.
+        let server = fd.try_clone().expect("dup");
+        let before = tcp_info(&server).0;
+        send_conns(&master, id, vec![fd]);
+        let (head, body) = answer(&mut c);
+        assert!(head[0].starts_with("HTTP/1.1 200") && body.starts_with("hello"), "{head:?} {body:?}");
+        let sent = tcp_info(&server).0 - before;
+        assert_eq!(sent, 1, "connection {id}: the answer and the FIN took {sent} segments, not one");
+    }
+    finish(&master, thread);
+}
+
 /// A library user's worker (the async API, no quick path) that takes one connection
 /// and holds it unread until the test has seen its ACK; `peek` says whether it looks
 /// at the stream through `get_ref` first. Returns when the master end has seen the

@@ -306,6 +306,15 @@ impl TokioStream {
     }
 }
 
+impl std::os::fd::AsFd for TokioStream {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match self {
+            TokioStream::Tcp(s) => s.as_fd(),
+            TokioStream::Unix(s) => s.as_fd(),
+        }
+    }
+}
+
 macro_rules! delegate {
     ($self:ident, $s:ident => $e:expr) => {
         match $self.get_mut() {

@@ -301,9 +301,22 @@ async fn second_look(
     };
     let mut out = Vec::new();
     greeting.answer(head_only, &mut out);
-    if conn.write_all(&out).await.is_ok() {
+    // As in the first look: the answer is held for the FIN, to go in one segment.
+    let sent = send_before_fin(conn.get_ref(), &out).unwrap_or(0);
+    if conn.write_all(&out[sent..]).await.is_ok() {
         let _ = conn.shutdown().await;
     }
+}
+
+/// Sends what it can of a connection's last bytes without waiting, held back (with
+/// `MSG_MORE`) for the FIN that the caller's `shutdown` sends right after: the answer
+/// and the FIN then leave in one segment instead of two, which spares the client a
+/// wake-up and both sides a packet each way (on loopback, a fifth of the built-in
+/// worker's CPU per connection-per-request). A fresh socket's send buffer is empty,
+/// so a short answer goes whole.
+fn send_before_fin(fd: impl std::os::fd::AsFd, bytes: &[u8]) -> rustix::io::Result<usize> {
+    use rustix::net::SendFlags;
+    rustix::net::send(fd, bytes, SendFlags::DONTWAIT | SendFlags::NOSIGNAL | SendFlags::MORE)
 }
 
 /// The quick path: a connection whose whole first request is already in the socket
@@ -373,7 +386,7 @@ impl Quick {
 
     fn look(&mut self, item: &crate::wire::ConnItem, s: &super::Stream) -> FirstLook {
         use rustix::io::Errno;
-        use rustix::net::{RecvFlags, SendFlags};
+        use rustix::net::RecvFlags;
         if item.addrs.is_some() {
             return FirstLook::Serve(Vec::new()); // hyper adds X-Handoff-Client
         }
@@ -388,9 +401,9 @@ impl Quick {
             return FirstLook::Serve(seen.to_vec());
         };
         self.greeting.answer(head_only, &mut self.out);
-        // A fresh socket's send buffer is empty, so the answer goes in one call; if the
-        // client is gone (or, impossibly, the buffer is full) there is nothing to wait for.
-        let _ = rustix::net::send(s, &self.out, SendFlags::DONTWAIT | SendFlags::NOSIGNAL);
+        // If the client is gone (or, impossibly, the fresh socket's buffer is full)
+        // there is nothing to wait for. The FIN follows when the batch is done.
+        let _ = send_before_fin(s, &self.out);
         FirstLook::Finished
     }
 }
