@@ -224,12 +224,6 @@ impl Server {
                 )
                 .into());
             }
-            if cfg.user.is_some() || cfg.group.is_some() {
-                return Err(ConfigError::Invalid(
-                    "user and group apply to command workers; a forked worker runs as the master does".into(),
-                )
-                .into());
-            }
             // Refuse rather than fork a copy of a process whose other threads may hold
             // locks (allocator, stdio, a runtime's) that the child could never take.
             let threads = std::fs::read_dir("/proc/self/task").map(|d| d.count()).unwrap_or(1);
@@ -279,9 +273,6 @@ mod tests {
         assert!(matches!(e, ServerError::Listen(_)), "{e}");
         let e = noop().listen("127.0.0.1:0").workers(0).bind().unwrap_err();
         assert!(e.to_string().contains("at least 1"), "{e}");
-        let e = noop().listen("127.0.0.1:0").config(ConfigFile { user: Some("nobody".into()), ..Default::default() });
-        let e = e.bind().unwrap_err();
-        assert!(e.to_string().contains("forked worker"), "{e}");
         let e = Server::new().listen("127.0.0.1:0").command(["/nonexistent/worker"]).bind().unwrap_err();
         assert!(e.to_string().contains("not found"), "{e}");
     }

@@ -31,6 +31,7 @@ fn main() {
         ("forked_workers_drain_on_sigterm", forked_workers_drain_on_sigterm),
         ("axum_round_robin_and_graceful_drain", axum_round_robin_and_graceful_drain),
         ("axum_without_drained_still_exits_on_drain", axum_without_drained_still_exits_on_drain),
+        ("forked_workers_run_as_the_given_user", forked_workers_run_as_the_given_user),
     ];
     // Understand the harness arguments cargo may pass: `--list`, name filters, and flags
     // whose value must not be taken for a filter (`--test-threads 2`, `--skip NAME`).
@@ -70,10 +71,17 @@ fn master(role: &str) {
     tracing_subscriber::fmt().with_writer(std::io::stderr).with_ansi(false).with_target(false).init();
     let policy =
         std::env::var("HANDOFF_LIBRARY_POLICY").ok().and_then(|p| p.parse().ok()).unwrap_or(Policy::RoundRobin);
-    let server =
-        Server::new().listen("127.0.0.1:0").workers(4).policy(policy).shutdown_timeout(Duration::from_secs(10));
+    // Settings from a file first: the builder's calls below go on top of them.
+    let base = match role {
+        "blocking-nobody" => {
+            Server::new().config(handoff::config::ConfigFile { user: Some("nobody".into()), ..Default::default() })
+        }
+        _ => Server::new(),
+    };
+    let server = base.listen("127.0.0.1:0").workers(4).policy(policy).shutdown_timeout(Duration::from_secs(10));
     let result = match role {
         "blocking" => server.serve(blocking_worker),
+        "blocking-nobody" => server.serve(blocking_worker),
         "axum" => server.serve(|ctx| axum_worker(ctx, true)),
         "axum-plain" => server.serve(|ctx| axum_worker(ctx, false)),
         other => panic!("unknown role {other}"),
@@ -195,4 +203,26 @@ fn axum_without_drained_still_exits_on_drain() {
     let h = start("axum-plain", "round-robin");
     assert_eq!(served_counts(h.addr(), 8).len(), 4);
     stop_gracefully(h, 4);
+}
+
+/// `user` in the configuration: each forked worker is `nobody`, without root's groups
+/// and with no_new_privs, before the closure runs; the master stays root. (As root
+/// only, which is how CI runs.)
+fn forked_workers_run_as_the_given_user() {
+    assert_eq!(rustix::process::getuid().as_raw(), 0, "this check needs root (CI runs as root)");
+    let h = start("blocking-nobody", "round-robin");
+    let field = |pid: u32, key: &str| -> String {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        s.lines().find(|l| l.starts_with(key)).unwrap_or("").to_string()
+    };
+    assert!(field(h.pid(), "Uid:").starts_with("Uid:\t0\t"), "the master keeps root");
+    for (slot, pid) in h.wait_ready_slots(4) {
+        let uid = field(pid, "Uid:");
+        assert!(uid.starts_with("Uid:\t65534\t65534\t65534"), "worker {slot} (pid {pid}): {uid}");
+        assert!(field(pid, "Gid:").starts_with("Gid:\t65534\t65534\t65534"), "worker {slot}: {}", field(pid, "Gid:"));
+        assert_eq!(field(pid, "NoNewPrivs:"), "NoNewPrivs:\t1", "worker {slot}");
+        let groups = field(pid, "Groups:");
+        assert!(!groups.split_whitespace().any(|g| g == "0"), "worker {slot} kept root's groups: {groups}");
+    }
+    assert_round_robin_exact(&h, 4);
 }

@@ -358,16 +358,23 @@ fn spawn_fork(
     slots: usize,
     channel: &OwnedFd,
 ) -> io::Result<(u32, Option<OwnedFd>)> {
-    if cfg.user.is_some() || cfg.group.is_some() {
-        return Err(io::Error::new(io::ErrorKind::Unsupported, "user and group apply to command workers only"));
-    }
+    // Looked up here, in the master: a failure is the master's error, not a crash loop.
+    let (uid, gid) = (crate::master::privileges::uid(cfg)?, crate::master::privileges::gid(cfg)?);
     let env = [
         (crate::worker::ENV_WORKER_ID, slot.to_string()),
         (crate::worker::ENV_WORKERS, slots.to_string()),
         (crate::worker::ENV_HEARTBEAT_MS, cfg.heartbeat.as_millis().to_string()),
     ]
     .map(|(k, v)| (k.to_string(), v));
-    let body = || crate::worker::Context::run_fork_body(&*f.0, slot);
+    let body = || {
+        if let Err(e) = crate::master::privileges::drop_in_forked_child(uid, gid) {
+            // stderr is the worker's pipe by now: the master quotes this line if the
+            // worker keeps failing to start.
+            eprintln!("handoff: worker {slot}: cannot become --user/--group: {e}");
+            return 127;
+        }
+        crate::worker::Context::run_fork_body(&*f.0, slot)
+    };
     let (pid, stderr) = sysproc::fork_worker(channel.as_fd(), crate::worker::ENV_FD, &env, &body)?;
     Ok((pid, Some(stderr)))
 }
