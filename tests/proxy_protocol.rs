@@ -108,3 +108,22 @@ fn a_minimal_worker_gets_proxied_connections_without_addresses() {
     // The worker's first bytes are the client's request, not the header.
     assert_eq!(r.body, "GET");
 }
+
+/// A connection the master has accepted, whose balancer is still sending the PROXY
+/// header when the master is told to stop (SIGTERM here; an upgrade's old master stops
+/// the same way): it is served, like the rest of the backlog, before the workers drain.
+#[test]
+fn a_header_still_coming_when_the_master_stops_is_served() {
+    let dir = TempDir::new("proxy-stop");
+    let control = dir.path_str("c.sock");
+    let mut h = Handoff::start(&["--listen", "127.0.0.1:0,proxy", "--workers", "1", "--control", &control]);
+    h.wait_ready(1);
+    let mut s = TcpStream::connect(h.addr()).unwrap();
+    s.write_all(b"PROXY TCP4 192.0.2.9").unwrap();
+    wait_until("the master accepts the connection", || status_json(&control)["totals"]["accepted"] == 1);
+    h.signal(Signal::TERM);
+    h.wait_line("stopping gracefully");
+    let r = http_get_with(s, "/", b" 198.51.100.1 5555 443\r\n").unwrap();
+    assert_eq!((r.status, client_header(&r).as_deref()), (200, Some("192.0.2.9:5555")));
+    assert_eq!(h.wait_exit(), Some(0), "then the master drains and exits: {:?}", h.lines());
+}

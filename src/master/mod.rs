@@ -273,6 +273,9 @@ pub struct Master {
     forward: supervisor::Forward,
     /// Connections waiting for their PROXY header, by token offset.
     pending_proxy: Vec<Option<PendingProxy>>,
+    /// Stopping, with connections still sending their PROXY header: the workers are
+    /// drained once those are handed out (or have timed out).
+    drain_after_headers: bool,
     last_proxy_log: Option<Instant>,
     next_tick: Instant,
     /// The time at the top of this loop turn (one clock read per turn).
@@ -405,6 +408,7 @@ impl Master {
             unread_stderr: Vec::new(),
             forward: supervisor::Forward::default(),
             pending_proxy: Vec::new(),
+            drain_after_headers: false,
             lingering: None,
             last_proxy_log: None,
             next_tick: Instant::now(),
@@ -517,6 +521,9 @@ impl Master {
                 self.next_tick = now + TICK;
             }
             self.accept_pass(now);
+            if self.drain_after_headers {
+                self.finish_headers_then_drain();
+            }
             self.forward.flush();
             if let Some(e) = self.fatal.take() {
                 self.kill_all_now();
@@ -1012,6 +1019,32 @@ impl Master {
             }
         }
         self.rolling.clear();
+        let pending = self.pending_proxy.iter().flatten().count();
+        if pending > 0 {
+            // Accepted like the backlog above, only their balancer's header is still on
+            // its way (during an upgrade, too: the new master cannot take them over).
+            // The workers drain once these are handed out or have timed out.
+            info!("{why}: waiting for {pending} PROXY header(s) before draining (at most {PROXY_HEADER_TIMEOUT:?})");
+            self.drain_after_headers = true;
+            return;
+        }
+        self.drain_all();
+    }
+
+    /// While stopping: hands out the connections whose PROXY header has come, and
+    /// drains the workers once no header is awaited any more.
+    fn finish_headers_then_drain(&mut self) {
+        if !self.held.is_empty() {
+            let held: Vec<Held> = self.held.drain(..).collect();
+            self.dispatch_batch(held);
+        }
+        if self.pending_proxy.iter().all(Option::is_none) {
+            self.drain_after_headers = false;
+            self.drain_all();
+        }
+    }
+
+    fn drain_all(&mut self) {
         self.proxy_clear();
         // Connections held for hand-on go to nobody now; closing them tells the client.
         self.held.clear();
