@@ -6,14 +6,12 @@ mod util;
 use std::os::fd::AsRawFd;
 use util::*;
 
-#[test]
-fn serves_on_sockets_passed_by_systemd() {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
+/// Starts handoff with `l` passed as systemd passes a socket (descriptor 3,
+/// LISTEN_FDS=1, LISTEN_PID set by a shell that then execs handoff, as systemd's own
+/// helpers do).
+fn start_activated(l: &std::net::TcpListener, args: &[&str]) -> Handoff {
     let raw = l.as_raw_fd();
-    // LISTEN_PID must be the pid of the process that reads it: a shell that sets it to
-    // its own pid and then execs handoff, as systemd's own helpers do.
-    let h = Handoff::start_with(&["--workers", "2"], |cmd| {
+    Handoff::start_with(args, |cmd| {
         let args: Vec<String> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
         let mut c = std::process::Command::new("sh");
         c.arg("-c")
@@ -33,7 +31,14 @@ fn serves_on_sockets_passed_by_systemd() {
             });
         }
         *cmd = c;
-    });
+    })
+}
+
+#[test]
+fn serves_on_sockets_passed_by_systemd() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let h = start_activated(&l, &["--workers", "2"]);
     h.wait_line("socket activation: using the 1 sockets systemd passed");
     h.wait_ready(2);
     assert_eq!(h.tcp_addrs(), vec![addr]);
@@ -47,4 +52,27 @@ fn serves_on_sockets_passed_by_systemd() {
         let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
         assert!(!env.windows(10).any(|w| w == b"LISTEN_FDS"), "worker {pid} sees LISTEN_FDS");
     }
+}
+
+/// `DeferAcceptSec=` in the socket unit: systemd sets TCP_DEFER_ACCEPT on the socket it
+/// passes. handoff leaves it as it is, at start and across a reload, unless its own
+/// configuration says `,deferred`.
+#[test]
+fn a_passed_socket_keeps_the_defer_accept_systemd_gave_it() {
+    use handoff::sys::{set_tcp_defer_accept, tcp_defer_accept};
+    use std::os::fd::AsFd;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    set_tcp_defer_accept(l.as_fd(), 5).unwrap();
+    let set = tcp_defer_accept(l.as_fd()).unwrap();
+    assert!(set > 0, "the kernel took TCP_DEFER_ACCEPT: {set}");
+    let dir = TempDir::new("activation-defer");
+    let control = dir.path_str("c.sock");
+    let h = start_activated(&l, &["--workers", "1", "--control", &control]);
+    h.wait_ready(1);
+    assert_eq!(tcp_defer_accept(l.as_fd()).unwrap(), set, "after start");
+    let (ok, out) = ctl(&control, &["reload"]);
+    assert!(ok, "reload: {out}");
+    h.wait_ready(2); // the reloaded worker
+    assert_eq!(tcp_defer_accept(l.as_fd()).unwrap(), set, "after a reload");
+    assert_eq!(http_get(l.local_addr().unwrap(), "/").unwrap().status, 200);
 }

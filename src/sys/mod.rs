@@ -90,6 +90,31 @@ pub fn set_tcp_defer_accept(fd: std::os::fd::BorrowedFd<'_>, secs: u32) -> io::R
     }
 }
 
+/// Reads `TCP_DEFER_ACCEPT` of a listening TCP socket: `0` if off, else about how many
+/// seconds the kernel waits for data (it keeps a count of SYN-ACK retransmissions, so
+/// the value read back is rounded up from the one set).
+pub fn tcp_defer_accept(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<u32> {
+    use std::os::fd::AsRawFd;
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: the descriptor is borrowed, so open for the whole call; the kernel writes
+    // at most `len` bytes (one c_int) into `value`, which lives across the call.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if r == 0 {
+        Ok(u32::try_from(value).unwrap_or(0))
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Writes as much of `buf` as our stderr takes now, without blocking and without setting
 /// `O_NONBLOCK` (which would change the descriptor for every process sharing it, such
 /// as the shell the master's stderr came from): `pwritev2` with `RWF_NOWAIT` answers
