@@ -235,17 +235,21 @@ fn answer(c: &mut TcpStream) -> (Vec<String>, String) {
     (lines, body.to_string())
 }
 
+/// The reference answer to `method /`: the same request kept off the quick path
+/// (`sleep_ms=0`), so hyper answers it; sent as connection `id`.
+fn hyper_answer(master: &OwnedFd, listener: &TcpListener, method: &str, id: u64) -> (Vec<String>, String) {
+    let (mut c, fd) =
+        client(listener, &format!("{method} /?sleep_ms=0 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"));
+    send_conns(master, id, vec![fd]);
+    answer(&mut c)
+}
+
 #[test]
 fn quick_path_answers_like_hyper_with_one_done_for_the_batch() {
     let (master, thread, mut log, listener) = start();
 
-    // The reference: the same request, kept off the quick path, answered by hyper.
-    let (mut reference, fd) = client(&listener, "GET /?sleep_ms=0 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
-    send_conns(&master, 100, vec![fd]);
-    let (hyper_head, hyper_body) = answer(&mut reference);
-    let (mut head_ref, fd) = client(&listener, "HEAD /?sleep_ms=0 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
-    send_conns(&master, 101, vec![fd]);
-    let (hyper_head_only, hyper_no_body) = answer(&mut head_ref);
+    let (hyper_head, hyper_body) = hyper_answer(&master, &listener, "GET", 100);
+    let (hyper_head_only, hyper_no_body) = hyper_answer(&master, &listener, "HEAD", 101);
     assert!(hyper_no_body.is_empty());
 
     // Complete `Connection: close` requests, already sent when the sockets arrive.
@@ -320,9 +324,7 @@ fn requests_the_quick_path_declines_reach_hyper_whole() {
 #[test]
 fn connections_with_nothing_to_read_yet_are_answered_when_their_request_comes() {
     let (master, thread, mut log, listener) = start();
-    let (mut reference, fd) = client(&listener, "GET /?sleep_ms=0 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
-    send_conns(&master, 100, vec![fd]);
-    let (hyper_head, hyper_body) = answer(&mut reference);
+    let (hyper_head, hyper_body) = hyper_answer(&master, &listener, "GET", 100);
 
     // Connected, silent when the worker gets them: the first look finds nothing (the
     // worker looks right after its ACK; the clients write 50 ms later). Then a whole
