@@ -23,13 +23,13 @@ const CLIENTS: u64 = 8;
 /// The built-in HTTP worker on `chan`, in a current-thread runtime, as `handoff run`
 /// runs it, until DRAIN. With a static root its quick path is off: every connection
 /// goes through `AsyncIncoming` and hyper, as in a library user's worker.
-fn spawn_worker(chan: OwnedFd, static_root: Option<std::path::PathBuf>) -> std::thread::JoinHandle<()> {
+fn spawn_worker(chan: OwnedFd, cfg: HttpConfig) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         rt.block_on(async move {
             let env = WorkerEnv { id: 0, workers: 1, heartbeat: Duration::from_secs(60) };
             let incoming = AsyncIncoming::from_fd(chan, env).expect("worker starts");
-            serve_incoming(incoming, Arc::new(HttpConfig::new(0, static_root))).await.expect("serves until DRAIN");
+            serve_incoming(incoming, Arc::new(cfg)).await.expect("serves until DRAIN");
         });
     })
 }
@@ -43,9 +43,13 @@ fn start() -> (OwnedFd, std::thread::JoinHandle<()>, Vec<Frame>, TcpListener) {
 fn start_with(
     static_root: Option<std::path::PathBuf>,
 ) -> (OwnedFd, std::thread::JoinHandle<()>, Vec<Frame>, TcpListener) {
+    start_cfg(HttpConfig::new(0, static_root))
+}
+
+fn start_cfg(cfg: HttpConfig) -> (OwnedFd, std::thread::JoinHandle<()>, Vec<Frame>, TcpListener) {
     let (master, worker) = fdpass::seqpacket_pair().expect("socketpair");
     rustix::io::ioctl_fionbio(&master, true).expect("non-blocking");
-    let thread = spawn_worker(worker, static_root);
+    let thread = spawn_worker(worker, cfg);
     let mut log = Vec::new();
     wait_for(&master, &mut log, "READY", |log| !log.is_empty());
     assert!(matches!(log[0], Frame::Ready { .. }), "first frame is READY, got {:?}", log[0]);
@@ -361,6 +365,27 @@ fn connections_with_nothing_to_read_yet_are_answered_when_their_request_comes() 
     let (late_head, late_body) = answer(&mut late);
     assert!(late_head[0].starts_with("HTTP/1.1 200"), "{late_head:?}");
     assert_eq!(late_body, hyper_body, "the request that came after the drain");
+    finish(&master, thread);
+}
+
+#[test]
+fn a_client_that_never_completes_a_request_head_is_closed_after_the_header_timeout() {
+    let mut cfg = HttpConfig::new(0, None);
+    cfg.header_timeout = Duration::from_millis(300);
+    let (master, thread, mut log, listener) = start_cfg(cfg);
+    // Silent (it waits in the second look), and half a head (hyper has it, replayed).
+    let (mut silent, fd0) = client(&listener, "");
+    let (mut half, fd1) = client(&listener, "GET / HTTP/1.1\r\nHost: t\r\n");
+    let t0 = Instant::now();
+    send_conns(&master, 0, vec![fd0, fd1]);
+    for (id, c) in [&mut silent, &mut half].into_iter().enumerate() {
+        let mut out = Vec::new();
+        c.read_to_end(&mut out).expect("closed within the read timeout (10 s)");
+        assert!(out.is_empty() || out.starts_with(b"HTTP/1.1 408"), "connection {id} got {out:?}");
+        assert!(t0.elapsed() >= Duration::from_millis(300), "connection {id} closed before its time");
+        drain(&master, &mut log);
+        assert!(position(&log, id as u64, true).is_some(), "DONE before the FIN for {id}: {log:?}");
+    }
     finish(&master, thread);
 }
 

@@ -32,6 +32,10 @@ pub struct HttpConfig {
     pub worker_id: usize,
     /// Serve files from this directory instead of the short greeting.
     pub static_root: Option<PathBuf>,
+    /// How long a client may take to send a whole request head (from the moment the
+    /// worker has its connection, or from the end of the previous response on a
+    /// keep-alive connection) before the connection is closed: [`HEADER_TIMEOUT`].
+    pub header_timeout: Duration,
     worker_header: HeaderValue,
     greeting: Bytes,
 }
@@ -42,11 +46,16 @@ impl HttpConfig {
         HttpConfig {
             worker_id,
             static_root,
+            header_timeout: HEADER_TIMEOUT,
             worker_header: HeaderValue::from(worker_id),
             greeting: Bytes::from(format!("hello from handoff worker {worker_id} (pid {})\n", std::process::id())),
         }
     }
 }
+
+/// How long a client may take over a request head by default (hyper's own default):
+/// a client that connects and says nothing holds a descriptor and a task that long.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long a drain waits for the first request of a connection that has none yet.
 pub const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(5);
@@ -77,6 +86,7 @@ pub async fn serve_connection_from<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let client = client.and_then(|c| HeaderValue::from_str(&c.to_string()).ok());
+    let header_timeout = cfg.header_timeout;
     let first = Arc::new(tokio::sync::Notify::new());
     let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let svc = {
@@ -98,6 +108,7 @@ pub async fn serve_connection_from<I>(
     };
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout)
         .serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let mut stop = stop;
@@ -281,9 +292,13 @@ async fn second_look(
 ) {
     use tokio::io::AsyncWriteExt;
     let mut seen = Vec::with_capacity(QUICK_READ);
+    // The same limit as hyper's for a request head: a client that never speaks is
+    // closed (dropping the connection reports DONE).
+    let deadline = tokio::time::Instant::now() + cfg.header_timeout;
     loop {
         let readable = tokio::select! {
             r = conn.get_ref().readable() => r.is_ok(),
+            _ = tokio::time::sleep_until(deadline) => false,
             _ = stopped(&mut stop) => return serve_connection_from(conn, cfg, stop, None).await,
         };
         if !readable {
