@@ -132,6 +132,26 @@ impl<S> Conn<S> {
         &mut self.stream
     }
 
+    /// Reports DONE as async shutdown does (queued, one yield so that connections
+    /// ending in the same pass share a frame, then sent), for a caller that then ends
+    /// the connection itself without waiting.
+    pub(crate) async fn finish_coalesced(&mut self) {
+        if let (true, Some(r), None) = (self.coalesce, &self.reporter, self.done_queued) {
+            self.done_queued = Some(r.done_later(self.id));
+            let mut yielded = false;
+            std::future::poll_fn(|cx| {
+                if yielded {
+                    return Poll::Ready(());
+                }
+                yielded = true;
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            })
+            .await;
+        }
+        self.finish();
+    }
+
     /// Reports DONE now (idempotent). Called for you on drop and on async shutdown.
     pub fn finish(&mut self) {
         if let Some(r) = self.reporter.take() {

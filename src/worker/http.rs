@@ -85,8 +85,22 @@ pub async fn serve_connection_from<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let client = client.and_then(|c| HeaderValue::from_str(&c.to_string()).ok());
     let header_timeout = cfg.header_timeout;
+    serve_hyper(io, cfg, stop, client, header_timeout).await
+}
+
+/// [`serve_connection_from`], with `header_timeout` for the first request head (what
+/// is left of it, for a connection that has already waited in the second look).
+async fn serve_hyper<I>(
+    io: I,
+    cfg: Arc<HttpConfig>,
+    stop: tokio::sync::watch::Receiver<bool>,
+    client: Option<std::net::SocketAddr>,
+    header_timeout: Duration,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let client = client.and_then(|c| HeaderValue::from_str(&c.to_string()).ok());
     let first = Arc::new(tokio::sync::Notify::new());
     let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let svc = {
@@ -312,14 +326,28 @@ async fn second_look(
         }
     }
     let Some(head_only) = quick_request(&seen) else {
-        return serve_connection_from(conn.replay(seen), cfg, stop, None).await;
+        // hyper gets what is left of the time for this head, not a fresh limit.
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        return serve_hyper(conn.replay(seen), cfg, stop, None, left).await;
     };
     let mut out = Vec::new();
     greeting.answer(head_only, &mut out);
-    // As in the first look: the answer is held for the FIN, to go in one segment.
-    let sent = send_before_fin(conn.get_ref(), &out).unwrap_or(0);
-    if conn.write_all(&out[sent..]).await.is_ok() {
-        let _ = conn.shutdown().await;
+    // As in the first look: the answer is held for the FIN, to go in one segment. So
+    // DONE goes first (sharing a frame with the others of this pass, after a yield)
+    // and the answer and the FIN follow without one: no other task runs while the
+    // answer is held.
+    conn.finish_coalesced().await;
+    match send_before_fin(conn.get_ref(), &out) {
+        Ok(n) if n == out.len() => {
+            let _ = rustix::net::shutdown(conn.get_ref(), rustix::net::Shutdown::Write);
+        }
+        // Not all of it (the kernel short of memory): the rest the ordinary way.
+        sent => {
+            let sent = sent.unwrap_or(0);
+            if conn.write_all(&out[sent..]).await.is_ok() {
+                let _ = conn.shutdown().await;
+            }
+        }
     }
 }
 
@@ -416,10 +444,14 @@ impl Quick {
             return FirstLook::Serve(seen.to_vec());
         };
         self.greeting.answer(head_only, &mut self.out);
-        // If the client is gone (or, impossibly, the fresh socket's buffer is full)
-        // there is nothing to wait for. The FIN follows when the batch is done.
-        let _ = send_before_fin(s, &self.out);
-        FirstLook::Finished
+        // The FIN follows when the batch is done. A fresh socket takes a short answer
+        // whole; if the kernel is short of memory and takes nothing, hyper answers
+        // instead, later. (Taking only part of it would need a task to finish: with a
+        // send buffer of at least 4 KiB per socket that does not happen.)
+        match send_before_fin(s, &self.out) {
+            Err(Errno::AGAIN) => FirstLook::Serve(seen.to_vec()),
+            _ => FirstLook::Finished, // sent, or the client is gone: nothing to wait for
+        }
     }
 }
 
@@ -449,6 +481,10 @@ fn quick_request(bytes: &[u8]) -> Option<bool> {
     let mut close = false;
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("connection") {
+            // hyper reads a header value only if it is visible ASCII (or tabs).
+            if !h.value.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b)) {
+                return None;
+            }
             let v = std::str::from_utf8(h.value).ok()?;
             close |= v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close"));
         } else if h.name.eq_ignore_ascii_case("content-length") {

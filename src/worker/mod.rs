@@ -212,12 +212,14 @@ impl Reporter {
     }
 
     /// Sends the queued ACKs, if any (a connection calls it before its first read:
-    /// the first of a batch sends the ACK for all of them).
-    pub(crate) fn flush_acks(&self) {
+    /// the first of a batch sends the ACK for all of them). Says whether none is left
+    /// queued (false: the channel is full).
+    pub(crate) fn flush_acks(&self) -> bool {
         let mut st = self.lock();
         if !st.acks.is_empty() {
             let _ = self.flush_locked(&mut st);
         }
+        st.acks.is_empty()
     }
 
     /// Reports DONE for `ids` at once, in one frame (connections a first look finished).

@@ -178,16 +178,16 @@ impl AsyncIncoming {
         let ids: Vec<u64> = conns.iter().map(|(it, _)| it.id).collect();
         self.reporter.ack_later(&ids);
         let mut look = self.first_look.take();
-        if look.is_some() {
-            self.reporter.flush_acks();
-        }
+        // A look reads, so the ACK must be out first; with the channel full it is not,
+        // and these connections go out unlooked (their first read tries the ACK again).
+        let looking = look.is_some() && self.reporter.flush_acks();
         let mut finished = Vec::new();
         for (item, fd) in conns {
             let Ok(s) = Stream::from_fd_hint(fd, item.sock) else {
                 self.reporter.done(item.id);
                 continue;
             };
-            let seen = match look.as_mut().map(|FirstLookFn(f)| f(&item, &s)) {
+            let seen = match look.as_mut().filter(|_| looking).map(|FirstLookFn(f)| f(&item, &s)) {
                 Some(FirstLook::Finished) => {
                     finished.push((item.id, s));
                     continue;
