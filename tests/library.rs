@@ -95,6 +95,8 @@ fn master(role: &str) {
 /// HTTP/1.1 keep-alive on std streams, a thread per connection.
 fn blocking_worker(ctx: Context) -> Result<(), BoxError> {
     let id = ctx.id();
+    // Told to every client, for the check that the master's death still kills us.
+    let pdeathsig = rustix::process::parent_process_death_signal()?.map_or(0, |s| s.as_raw());
     for conn in ctx.incoming()? {
         let conn = conn?;
         std::thread::spawn(move || {
@@ -112,7 +114,7 @@ fn blocking_worker(ctx: Context) -> Result<(), BoxError> {
                 let conn = r.get_mut();
                 let ka = if close { "close" } else { "keep-alive" };
                 let head = format!(
-                    "HTTP/1.1 200 OK\r\nX-Handoff-Worker: {id}\r\nContent-Length: 3\r\nConnection: {ka}\r\n\r\nhi\n"
+                    "HTTP/1.1 200 OK\r\nX-Handoff-Worker: {id}\r\nX-Pdeathsig: {pdeathsig}\r\nContent-Length: 3\r\nConnection: {ka}\r\n\r\nhi\n"
                 );
                 if conn.write_all(head.as_bytes()).is_err() || close {
                     return; // dropping the Conn sends DONE, then closes
@@ -224,5 +226,9 @@ fn forked_workers_run_as_the_given_user() {
         let groups = field(pid, "Groups:");
         assert!(!groups.split_whitespace().any(|g| g == "0"), "worker {slot} kept root's groups: {groups}");
     }
+    // Changing the uid clears the parent-death signal: it must be armed after.
+    let r = http_get(h.addr(), "/").unwrap();
+    let sig = r.headers.iter().find(|(k, _)| k == "x-pdeathsig").map(|(_, v)| v.as_str());
+    assert_eq!(sig, Some("9"), "the worker would outlive its master (PR_SET_PDEATHSIG {sig:?}, not SIGKILL)");
     assert_round_robin_exact(&h, 4);
 }

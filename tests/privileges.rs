@@ -31,3 +31,20 @@ fn an_unknown_user_is_a_clear_error() {
     assert_eq!(h.wait_exit(), Some(1));
     assert!(h.lines().join("\n").contains("--user no-such-user-xyz: no such user"), "{:?}", h.lines());
 }
+
+#[test]
+fn a_numeric_user_takes_its_group_from_passwd_or_needs_one() {
+    assert_eq!(rustix::process::getuid().as_raw(), 0, "this test needs root (CI runs as root)");
+    let h = Handoff::start(&["--listen", "127.0.0.1:0", "--workers", "1", "--user", "65534"]);
+    h.wait_ready(1);
+    for pid in h.worker_pids() {
+        assert!(status_field(pid, "Uid:").starts_with("Uid:\t65534\t"), "worker {pid}");
+        let gid = status_field(pid, "Gid:");
+        assert!(gid.starts_with("Gid:\t65534\t65534\t65534"), "worker {pid} kept the master's group: {gid}");
+    }
+    drop(h);
+    // No /etc/passwd line, no --group: refused, rather than a worker in group root.
+    let mut h = Handoff::spawn(&["--listen", "127.0.0.1:0", "--user", "4242424"], |_| {});
+    assert_eq!(h.wait_exit(), Some(1));
+    assert!(h.lines().join("\n").contains("--user 4242424 has no /etc/passwd line"), "{:?}", h.lines());
+}

@@ -127,3 +127,48 @@ fn a_header_still_coming_when_the_master_stops_is_served() {
     assert_eq!((r.status, client_header(&r).as_deref()), (200, Some("192.0.2.9:5555")));
     assert_eq!(h.wait_exit(), Some(0), "then the master drains and exits: {:?}", h.lines());
 }
+
+/// Stopping while one connection is being served slowly and another, whose header
+/// completes after the stop, finds no worker free (`--max-conns-per-worker 1`): the
+/// second waits for the first to end and is served; the workers' `--shutdown-timeout`
+/// runs from their DRAIN, not from the stop, so the slow one is not cut short either.
+/// With `--max-requests 1` the worker would be due for recycling: none is started.
+#[test]
+fn connections_still_to_hand_out_at_stop_wait_for_a_free_worker() {
+    let dir = TempDir::new("proxy-stop-held");
+    let control = dir.path_str("c.sock");
+    let mut h = Handoff::start(&[
+        "--listen",
+        "127.0.0.1:0,proxy",
+        "--workers",
+        "1",
+        "--max-conns-per-worker",
+        "1",
+        "--shutdown-timeout",
+        "1",
+        "--max-requests",
+        "2",
+        "--control",
+        &control,
+    ]);
+    h.wait_ready(1);
+    let addr = h.addr();
+    let v1 = b"PROXY TCP4 192.0.2.9 198.51.100.1 5555 443\r\n";
+    // The late one first: the master accepts it while the worker is free, and it waits
+    // for the rest of its header; then the slow one fills the worker.
+    let mut late = TcpStream::connect(addr).unwrap();
+    late.write_all(b"PROXY TCP4 192.0.2.7").unwrap();
+    wait_until("the master accepts the first connection", || status_json(&control)["totals"]["accepted"] == 1);
+    let slow = std::thread::spawn(move || http_get_with(TcpStream::connect(addr).unwrap(), "/?sleep_ms=2000", v1));
+    wait_until("the slow request is with the worker", || status_json(&control)["totals"]["dispatched"] == 1);
+    h.signal(Signal::TERM);
+    h.wait_line("stopping gracefully");
+    let r = http_get_with(late, "/", b" 198.51.100.1 7777 443\r\n").unwrap();
+    assert_eq!((r.status, client_header(&r).as_deref()), (200, Some("192.0.2.7:7777")));
+    let r = slow.join().unwrap().expect("the slow request is answered");
+    assert_eq!(r.status, 200);
+    assert_eq!(h.wait_exit(), Some(0), "{:?}", h.lines());
+    let log = h.lines().join("\n");
+    assert!(!log.contains("recycling"), "a worker recycled while stopping: {log}");
+    assert_eq!(log.matches("started (pid").count(), 1, "only the first worker ever started: {log}");
+}

@@ -67,12 +67,18 @@ fn a_passed_socket_keeps_the_defer_accept_systemd_gave_it() {
     assert!(set > 0, "the kernel took TCP_DEFER_ACCEPT: {set}");
     let dir = TempDir::new("activation-defer");
     let control = dir.path_str("c.sock");
-    let h = start_activated(&l, &["--workers", "1", "--control", &control]);
+    let cfg = dir.join("h.toml");
+    std::fs::write(&cfg, "workers = 1\n").unwrap();
+    let h = start_activated(&l, &["--config", cfg.to_str().unwrap(), "--control", &control]);
     h.wait_ready(1);
     assert_eq!(tcp_defer_accept(l.as_fd()).unwrap(), set, "after start");
+    // A reload that changes the listeners (the passed socket stays, one is added)
+    // goes through every listener's options.
+    let addr = l.local_addr().unwrap();
+    std::fs::write(&cfg, format!("workers = 1\nlisten = [\"{addr}\", \"127.0.0.1:0\"]\n")).unwrap();
     let (ok, out) = ctl(&control, &["reload"]);
     assert!(ok, "reload: {out}");
-    h.wait_ready(2); // the reloaded worker
-    assert_eq!(tcp_defer_accept(l.as_fd()).unwrap(), set, "after a reload");
-    assert_eq!(http_get(l.local_addr().unwrap(), "/").unwrap().status, 200);
+    h.wait_lines("listening on", 2); // the passed one at start, then the added one
+    assert_eq!(tcp_defer_accept(l.as_fd()).unwrap(), set, "after a reload that changed the listeners");
+    assert_eq!(http_get(addr, "/").unwrap().status, 200);
 }

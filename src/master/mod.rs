@@ -273,9 +273,10 @@ pub struct Master {
     forward: supervisor::Forward,
     /// Connections waiting for their PROXY header, by token offset.
     pending_proxy: Vec<Option<PendingProxy>>,
-    /// Stopping, with connections still sending their PROXY header: the workers are
-    /// drained once those are handed out (or have timed out).
-    drain_after_headers: bool,
+    /// Stopping, with connections still to hand out (a PROXY header on its way, or
+    /// no worker free to take one): the workers are drained once there are none, or
+    /// at this instant.
+    drain_at: Option<Instant>,
     last_proxy_log: Option<Instant>,
     next_tick: Instant,
     /// The time at the top of this loop turn (one clock read per turn).
@@ -408,7 +409,7 @@ impl Master {
             unread_stderr: Vec::new(),
             forward: supervisor::Forward::default(),
             pending_proxy: Vec::new(),
-            drain_after_headers: false,
+            drain_at: None,
             lingering: None,
             last_proxy_log: None,
             next_tick: Instant::now(),
@@ -521,8 +522,8 @@ impl Master {
                 self.next_tick = now + TICK;
             }
             self.accept_pass(now);
-            if self.drain_after_headers {
-                self.finish_headers_then_drain();
+            if self.drain_at.is_some() {
+                self.hand_out_then_drain();
             }
             self.forward.flush();
             if let Some(e) = self.fatal.take() {
@@ -1005,13 +1006,13 @@ impl Master {
             l.readable = true;
         }
         self.accept_pass(now);
-        let deadline = Instant::now() + self.cfg.shutdown_timeout;
         info!(
             "{why}: stopping gracefully (draining {} workers, at most {:?})",
             self.workers.len(),
             self.cfg.shutdown_timeout
         );
-        self.phase = Phase::Stopping { deadline };
+        // The deadline is set again when the workers are told to drain (`drain_all`).
+        self.phase = Phase::Stopping { deadline: now + PROXY_HEADER_TIMEOUT + self.cfg.shutdown_timeout };
         for l in self.listeners.drain(..) {
             let _ = self.poll.registry().deregister(&mut SourceFd(&l.listener.as_fd().as_raw_fd()));
             if unlink {
@@ -1020,34 +1021,49 @@ impl Master {
         }
         self.rolling.clear();
         let pending = self.pending_proxy.iter().flatten().count();
-        if pending > 0 {
-            // Accepted like the backlog above, only their balancer's header is still on
-            // its way (during an upgrade, too: the new master cannot take them over).
-            // The workers drain once these are handed out or have timed out.
-            info!("{why}: waiting for {pending} PROXY header(s) before draining (at most {PROXY_HEADER_TIMEOUT:?})");
-            self.drain_after_headers = true;
+        if pending > 0 || !self.held.is_empty() {
+            // Accepted like the backlog above, but not handed out yet: their balancer's
+            // PROXY header is still on its way (during an upgrade too: the new master
+            // cannot take them over), or no worker could take them (all at
+            // --max-conns-per-worker, or they were a dead worker's). The workers drain
+            // once these are handed out, or after the header's own time limit.
+            info!(
+                "{why}: handing out {} connection(s) before draining ({pending} waiting for their PROXY header; at most {:?})",
+                pending + self.held.len(),
+                PROXY_HEADER_TIMEOUT
+            );
+            self.drain_at = Some(now + PROXY_HEADER_TIMEOUT);
+            self.next_tick = self.next_tick.min(now + PROXY_HEADER_TIMEOUT);
             return;
         }
         self.drain_all();
     }
 
-    /// While stopping: hands out the connections whose PROXY header has come, and
-    /// drains the workers once no header is awaited any more.
-    fn finish_headers_then_drain(&mut self) {
+    /// While stopping: hands out the connections whose PROXY header has come (and any
+    /// a worker can take now), and drains the workers once none is left, or when
+    /// `drain_at` has come.
+    fn hand_out_then_drain(&mut self) {
         if !self.held.is_empty() {
             let held: Vec<Held> = self.held.drain(..).collect();
             self.dispatch_batch(held);
         }
-        if self.pending_proxy.iter().all(Option::is_none) {
-            self.drain_after_headers = false;
+        let waiting = self.pending_proxy.iter().any(Option::is_some) || !self.held.is_empty();
+        if !waiting || self.drain_at.is_some_and(|t| self.now >= t) {
+            self.drain_at = None;
             self.drain_all();
         }
     }
 
+    /// Sends DRAIN to every worker; what is still not handed out is closed, which
+    /// tells its client. The workers get the whole --shutdown-timeout from now.
     fn drain_all(&mut self) {
+        let left = self.pending_proxy.iter().flatten().count() + self.held.len();
+        if left > 0 {
+            warn!("closing {left} connection(s) that no worker could take (or whose PROXY header did not come)");
+        }
         self.proxy_clear();
-        // Connections held for hand-on go to nobody now; closing them tells the client.
         self.held.clear();
+        self.phase = Phase::Stopping { deadline: Instant::now() + self.cfg.shutdown_timeout };
         for i in 0..self.workers.len() {
             self.drain_worker(i);
         }
@@ -1371,7 +1387,11 @@ impl Master {
                     if let Some(s) = self.slots.get_mut(w.slot) {
                         s.dispatched += n as u64;
                     }
-                    if w.max_requests.is_some_and(|m| w.dispatched >= m) && w.state == State::Running {
+                    // Not while stopping (connections handed out then are the last).
+                    if w.max_requests.is_some_and(|m| w.dispatched >= m)
+                        && w.state == State::Running
+                        && self.phase == Phase::Running
+                    {
                         self.recycle(i);
                     }
                 }

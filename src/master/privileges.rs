@@ -1,7 +1,7 @@
 //! Privilege separation: the master may bind privileged ports as root; workers run as
 //! `--user`/`--group`, with `PR_SET_NO_NEW_PRIVS`, before any worker code runs: for
 //! an exec'd worker between `fork` and `exec`, for a forked closure in the child
-//! before the closure is called ([`drop_in_forked_child`]).
+//! before the closure is called (both in `sys::process`).
 //!
 //! Workers never need to bind or hold a listening socket (the master accepts for
 //! them), so a worker compromised by a client holds nothing but its own connections.
@@ -12,16 +12,27 @@ use std::io;
 
 use crate::config::Config;
 
-fn lookup(file: &str, name: &str) -> io::Result<Option<(u32, u32)>> {
-    if let Ok(n) = name.parse::<u32>() {
-        return Ok(Some((n, n)));
-    }
-    let text = std::fs::read_to_string(file)?;
-    Ok(text.lines().find_map(|l| {
+/// The line of `file` (`/etc/passwd` or `/etc/group` format) for `name`, a name or a
+/// numeric id: (its id, its fourth field as a number: the primary group in
+/// `/etc/passwd`).
+fn lookup(file: &str, name: &str) -> io::Result<Option<(u32, Option<u32>)>> {
+    let numeric = name.parse::<u32>().ok();
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        // A numeric id needs no file (a minimal container may have none).
+        Err(e) if e.kind() == io::ErrorKind::NotFound && numeric.is_some() => String::new(),
+        Err(e) => return Err(e),
+    };
+    let found = text.lines().find_map(|l| {
         let f: Vec<&str> = l.split(':').collect();
-        let second = f.get(3).and_then(|g| g.parse().ok()).unwrap_or(0);
-        (f.len() >= 3 && f[0] == name).then(|| f[2].parse().ok().map(|id| (id, second))).flatten()
-    }))
+        let id = f.get(2)?.parse::<u32>().ok()?;
+        let matches = match numeric {
+            Some(n) => id == n,
+            None => f[0] == name,
+        };
+        matches.then(|| (id, f.get(3).and_then(|g| g.parse().ok())))
+    });
+    Ok(found.or(numeric.map(|n| (n, None))))
 }
 
 /// The uid workers run as, from `--user`.
@@ -33,7 +44,9 @@ pub fn uid(cfg: &Config) -> io::Result<Option<u32>> {
     }
 }
 
-/// The gid workers run as: `--group`, else the primary group of `--user`.
+/// The gid workers run as: `--group`, else the primary group of `--user` (a numeric
+/// `--user` too, from its `/etc/passwd` line). A worker never keeps the master's
+/// group by default: a `--user` with no group to take is an error.
 pub fn gid(cfg: &Config) -> io::Result<Option<u32>> {
     if let Some(group) = &cfg.group {
         return match lookup("/etc/group", group)? {
@@ -44,34 +57,11 @@ pub fn gid(cfg: &Config) -> io::Result<Option<u32>> {
         };
     }
     let Some(user) = &cfg.user else { return Ok(None) };
-    if user.parse::<u32>().is_ok() {
-        return Ok(None);
+    match lookup("/etc/passwd", user)? {
+        Some((_, Some(gid))) => Ok(Some(gid)),
+        _ => Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("--user {user} has no /etc/passwd line to take a group from: give --group too"),
+        )),
     }
-    Ok(lookup("/etc/passwd", user)?.map(|(_, gid)| gid))
-}
-
-/// Becomes `uid`/`gid` for good, in a forked worker before its closure runs: no
-/// supplementary groups (as root only: anyone else cannot change them and has no
-/// root's groups to shed), the group, then the user (after which the others could no
-/// longer be changed), then no_new_privs, as `Command::uid`/`gid` and
-/// `spawn_with_channel` do for exec'd workers.
-///
-/// rustix's calls change the calling thread only; that is the whole process here,
-/// because a forked child has exactly one thread.
-pub fn drop_in_forked_child(uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
-    use rustix::process::{Gid, Uid};
-    if uid.is_none() && gid.is_none() {
-        return Ok(());
-    }
-    if rustix::process::geteuid().is_root() {
-        rustix::thread::set_thread_groups(&[])?;
-    }
-    if let Some(gid) = gid {
-        rustix::thread::set_thread_gid(Gid::from_raw(gid))?;
-    }
-    if let Some(uid) = uid {
-        rustix::thread::set_thread_uid(Uid::from_raw(uid))?;
-    }
-    rustix::thread::set_no_new_privs(true)?;
-    Ok(())
 }

@@ -366,15 +366,8 @@ fn spawn_fork(
         (crate::worker::ENV_HEARTBEAT_MS, cfg.heartbeat.as_millis().to_string()),
     ]
     .map(|(k, v)| (k.to_string(), v));
-    let body = || {
-        if let Err(e) = crate::master::privileges::drop_in_forked_child(uid, gid) {
-            // stderr is the worker's pipe by now: the master quotes this line if the
-            // worker keeps failing to start.
-            eprintln!("handoff: worker {slot}: cannot become --user/--group: {e}");
-            return 127;
-        }
-        crate::worker::Context::run_fork_body(&*f.0, slot)
-    };
-    let (pid, stderr) = sysproc::fork_worker(channel.as_fd(), crate::worker::ENV_FD, &env, &body)?;
+    let body = || crate::worker::Context::run_fork_body(&*f.0, slot);
+    let child = sysproc::ForkChild { fd_var: crate::worker::ENV_FD, env: &env, uid, gid };
+    let (pid, stderr) = sysproc::fork_worker(channel.as_fd(), &child, &body)?;
     Ok((pid, Some(stderr)))
 }

@@ -120,8 +120,7 @@ pub const MASTER_SIGNALS: [i32; 8] = [
 /// taken forever in the child); [`crate::Server::serve`] documents this.
 pub fn fork_worker(
     channel: BorrowedFd<'_>,
-    fd_var: &str,
-    env: &[(String, String)],
+    child: &ForkChild<'_>,
     body: &dyn Fn() -> i32,
 ) -> io::Result<(u32, OwnedFd)> {
     let (err_read, err_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
@@ -134,7 +133,7 @@ pub fn fork_worker(
     // in the parent only, and the child never returns from `child_main`.
     match unsafe { libc::fork() } {
         -1 => Err(io::Error::last_os_error()),
-        0 => child_main(master, channel, devnull, err_write, fd_var, env, body),
+        0 => child_main(master, channel, devnull, err_write, child, body),
         pid => {
             drop(err_write);
             drop(devnull);
@@ -144,14 +143,25 @@ pub fn fork_worker(
     }
 }
 
+/// What a forked worker is given besides its channel.
+pub struct ForkChild<'a> {
+    /// The variable that gets the channel's descriptor number (`HANDOFF_FD`).
+    pub fd_var: &'a str,
+    /// Variables to set (the worker's slot, the number of workers, ...).
+    pub env: &'a [(String, String)],
+    /// The user to become before `body` runs (`--user`).
+    pub uid: Option<u32>,
+    /// The group to become before `body` runs (`--group`, or `--user`'s own).
+    pub gid: Option<u32>,
+}
+
 /// The forked child: sets itself up, runs `body`, exits. Never returns.
 fn child_main(
     master: Pid,
     channel: BorrowedFd<'_>,
     devnull: OwnedFd,
     err_write: OwnedFd,
-    fd_var: &str,
-    env: &[(String, String)],
+    child: &ForkChild<'_>,
     body: &dyn Fn() -> i32,
 ) -> ! {
     // Any failure before `body` runs: a short message on stderr (the master's own until
@@ -178,16 +188,8 @@ fn child_main(
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
     }
-    if let Err(e) = rustix::process::set_parent_process_death_signal(Some(Signal::KILL)) {
-        fail("PR_SET_PDEATHSIG", e.into());
-    }
     // Own process group, as for exec'd workers: Ctrl-C goes to the master alone.
     let _ = rustix::process::setpgid(None, None);
-    if rustix::process::getppid() != Some(master) {
-        // The master exited before PDEATHSIG was armed: nobody would ever stop us.
-        // SAFETY: as above, `_exit` runs none of the master's destructors.
-        unsafe { libc::_exit(0) }
-    }
     // Keep the channel clear of 0..=2, which are about to be replaced (a master started
     // with closed stdio may have been given one of those numbers for it).
     let channel = if channel.as_raw_fd() > 2 {
@@ -214,19 +216,57 @@ fn child_main(
     if let Err(e) = close_all_but(channel.as_raw_fd()) {
         fail("closing the master's descriptors", e);
     }
+    if let Err(e) = become_user(child.uid, child.gid) {
+        fail("becoming --user/--group", e);
+    }
+    // After the switch: the kernel clears the parent-death signal when the uid or gid
+    // changes.
+    if let Err(e) = rustix::process::set_parent_process_death_signal(Some(Signal::KILL)) {
+        fail("PR_SET_PDEATHSIG", e.into());
+    }
+    if rustix::process::getppid() != Some(master) {
+        // The master exited before PDEATHSIG was armed: nobody would ever stop us.
+        // SAFETY: as above, `_exit` runs none of the master's destructors.
+        unsafe { libc::_exit(0) }
+    }
     for key in SCRUBBED_ENV {
         std::env::remove_var(key);
     }
-    for (k, v) in env {
+    for (k, v) in child.env {
         // The child is single-threaded, so no other thread reads the environment now.
         std::env::set_var(k, v);
     }
-    std::env::set_var(fd_var, channel.as_raw_fd().to_string());
+    std::env::set_var(child.fd_var, channel.as_raw_fd().to_string());
     let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).unwrap_or(101);
     let _ = std::io::Write::flush(&mut std::io::stdout());
     // SAFETY: `_exit` ends the child here, so it never unwinds or returns into the
     // master's stack frames (whose objects own descriptors this child has closed).
     unsafe { libc::_exit(code) }
+}
+
+/// Becomes `uid`/`gid` for good, as `Command::uid`/`gid` and [`spawn_with_channel`] do
+/// for an exec'd worker: no supplementary groups (`EPERM` ignored: a process that
+/// may not change them has none of root's to shed), the group, then the user (after
+/// which the others could not be changed any more), then no_new_privs.
+///
+/// rustix's calls change the calling thread only; that is the whole process here, a
+/// forked child having exactly one thread.
+fn become_user(uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
+    if uid.is_none() && gid.is_none() {
+        return Ok(());
+    }
+    match rustix::thread::set_thread_groups(&[]) {
+        Ok(()) | Err(rustix::io::Errno::PERM) => {}
+        Err(e) => return Err(e.into()),
+    }
+    if let Some(gid) = gid {
+        rustix::thread::set_thread_gid(rustix::process::Gid::from_raw(gid))?;
+    }
+    if let Some(uid) = uid {
+        rustix::thread::set_thread_uid(rustix::process::Uid::from_raw(uid))?;
+    }
+    rustix::thread::set_no_new_privs(true)?;
+    Ok(())
 }
 
 /// Closes every descriptor from 3 up, except `keep`.
