@@ -95,8 +95,13 @@ fn wait_for(chan: &OwnedFd, log: &mut Vec<Frame>, what: &str, until: impl Fn(&[F
 
 /// Sends one CONN frame with `socks` (ids from `first`) and closes the sender's copies.
 fn send_conns(chan: &OwnedFd, first: u64, socks: Vec<OwnedFd>) {
+    send_conns_from(chan, first, socks, None);
+}
+
+/// [`send_conns`] for connections that came through a balancer with this PROXY header.
+fn send_conns_from(chan: &OwnedFd, first: u64, socks: Vec<OwnedFd>, addrs: Option<handoff::proxy::ProxyHeader>) {
     let items: Vec<ConnItem> = (first..first + socks.len() as u64)
-        .map(|id| ConnItem { id, listener: 0, sock: wire::sock::TCP, addrs: None })
+        .map(|id| ConnItem { id, listener: 0, sock: wire::sock::TCP, addrs })
         .collect();
     let mut frame = Vec::new();
     wire::encode_conn(&mut frame, &items);
@@ -444,6 +449,47 @@ fn quick_path_answer_and_fin_leave_in_one_segment() {
         assert!(head[0].starts_with("HTTP/1.1 200") && body.starts_with("hello"), "{head:?} {body:?}");
         let sent = tcp_info(&server).0 - before;
         assert_eq!(sent, 1, "connection {id}: the answer and the FIN took {sent} segments, not one");
+    }
+    finish(&master, thread);
+}
+
+#[test]
+fn connections_from_a_balancer_take_the_quick_path_with_their_client() {
+    use handoff::proxy::ProxyHeader;
+    let (master, thread, _log, listener) = start();
+    let named = ProxyHeader {
+        source: Some("203.0.113.7:40001".parse().unwrap()),
+        destination: Some("198.51.100.1:443".parse().unwrap()),
+    };
+    // A header without addresses (a balancer's own health check): the socket's peer.
+    let local = ProxyHeader { source: None, destination: None };
+    for (id, addrs) in [(0, named), (10, local)] {
+        // hyper's answer for the same connection, as the reference.
+        let (mut c, fd) = client(&listener, "GET /?sleep_ms=0 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        let peer = c.local_addr().unwrap();
+        send_conns_from(&master, id + 100, vec![fd], Some(addrs));
+        let reference = answer(&mut c);
+        let expected = format!("x-handoff-client: {}", addrs.source.unwrap_or(peer));
+        assert!(reference.0.contains(&expected), "hyper's answer: {reference:?}");
+
+        let (mut c, fd) = client(&listener, "GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tcp_info(&c).1 != 0 {
+            assert!(Instant::now() < deadline, "the request was never acknowledged");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let expected = format!("x-handoff-client: {}", addrs.source.unwrap_or(c.local_addr().unwrap()));
+        let server = fd.try_clone().expect("dup");
+        let before = tcp_info(&server).0;
+        send_conns_from(&master, id, vec![fd], Some(addrs));
+        let (head, body) = answer(&mut c);
+        assert!(head.contains(&expected), "{expected:?} in {head:?}");
+        let others = |h: &[String]| -> Vec<String> {
+            h.iter().filter(|l| !l.starts_with("x-handoff-client:")).cloned().collect()
+        };
+        assert_eq!((others(&head), body), (others(&reference.0), reference.1.clone()), "as hyper answers");
+        let sent = tcp_info(&server).0 - before;
+        assert_eq!(sent, 1, "{sent} segments for the answer and the FIN: not the quick path's one");
     }
     finish(&master, thread);
 }

@@ -270,8 +270,8 @@ pub async fn serve_incoming(mut incoming: AsyncIncoming, cfg: Arc<HttpConfig>) -
                 let client = conn.proxy_header().and_then(|_| conn.client_addr());
                 match &greeting {
                     // The first look found nothing to read yet.
-                    Some(g) if conn.proxy_header().is_none() && !conn.has_replay() => {
-                        tasks.spawn(second_look(conn, g.clone(), cfg.clone(), stop_rx.clone()))
+                    Some(g) if !conn.has_replay() => {
+                        tasks.spawn(second_look(conn, g.clone(), cfg.clone(), stop_rx.clone(), client))
                     }
                     _ => tasks.spawn(serve_connection_from(conn, cfg.clone(), stop_rx.clone(), client)),
                 };
@@ -303,6 +303,7 @@ async fn second_look(
     greeting: Arc<Greeting>,
     cfg: Arc<HttpConfig>,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    client: Option<std::net::SocketAddr>,
 ) {
     use tokio::io::AsyncWriteExt;
     let mut seen = Vec::with_capacity(QUICK_READ);
@@ -313,7 +314,7 @@ async fn second_look(
         let readable = tokio::select! {
             r = conn.get_ref().readable() => r.is_ok(),
             _ = tokio::time::sleep_until(deadline) => false,
-            _ = stopped(&mut stop) => return serve_connection_from(conn, cfg, stop, None).await,
+            _ = stopped(&mut stop) => return serve_connection_from(conn, cfg, stop, client).await,
         };
         if !readable {
             return;
@@ -328,10 +329,10 @@ async fn second_look(
     let Some(head_only) = quick_request(&seen) else {
         // hyper gets what is left of the time for this head, not a fresh limit.
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        return serve_hyper(conn.replay(seen), cfg, stop, None, left).await;
+        return serve_hyper(conn.replay(seen), cfg, stop, client, left).await;
     };
     let mut out = Vec::new();
-    greeting.answer(head_only, &mut out);
+    greeting.answer(head_only, client, &mut out);
     // As in the first look: the answer is held for the FIN, to go in one segment. So
     // DONE goes first (sharing a frame with the others of this pass, after a yield)
     // and the answer and the FIN follow without one: no other task runs while the
@@ -367,10 +368,11 @@ fn send_before_fin(fd: impl std::os::fd::AsFd, bytes: &[u8]) -> rustix::io::Resu
 /// (connection-per-request clients such as load balancers' checks and benchmarks), is
 /// answered with one `recv` and one `send`, before the stream is registered with the
 /// runtime: no task, no `epoll_ctl`, no `FIONBIO`, and its DONE shares one frame with the
-/// others of its batch. Anything else (a partial request, keep-alive, a body, a query
-/// hyper must act on, a PROXY client, a static root) goes to hyper with the bytes
-/// already read, so the answer is the same either way. A connection with nothing to
-/// read yet gets a [`second_look`] once it has.
+/// others of its batch; one from a balancer (PROXY header) gets its `X-Handoff-Client`
+/// as from hyper. Anything else (a partial request, keep-alive, a body, a query hyper
+/// must act on, a static root) goes to hyper with the bytes already read, so the
+/// answer is the same either way. A connection with nothing to read yet gets a
+/// [`second_look`] once it has.
 struct Quick {
     greeting: Arc<Greeting>,
     buf: Vec<u8>,
@@ -379,7 +381,8 @@ struct Quick {
 
 /// The quick path's answer: hyper's, byte for byte but for the order of the headers.
 struct Greeting {
-    /// The answer up to the date, and the rest after it: `head + date + tail`.
+    /// The answer: `first + [x-handoff-client line] + head + date + tail`.
+    first: Vec<u8>,
     head: Vec<u8>,
     tail: Vec<u8>,
     /// The date and the second it is for (hyper's `date` header has one-second
@@ -390,23 +393,32 @@ struct Greeting {
 
 impl Greeting {
     fn new(cfg: &HttpConfig) -> Greeting {
-        let head = format!(
-            "HTTP/1.1 200 OK\r\nx-handoff-worker: {}\r\nconnection: close\r\ncontent-length: {}\r\ndate: ",
-            cfg.worker_id,
-            cfg.greeting.len()
-        );
+        let first = format!("HTTP/1.1 200 OK\r\nx-handoff-worker: {}\r\n", cfg.worker_id);
+        let head = format!("connection: close\r\ncontent-length: {}\r\ndate: ", cfg.greeting.len());
         let mut tail = b"\r\n\r\n".to_vec();
         tail.extend_from_slice(&cfg.greeting);
-        Greeting { head: head.into_bytes(), tail, date: std::sync::Mutex::new((u64::MAX, String::new())) }
+        Greeting {
+            first: first.into_bytes(),
+            head: head.into_bytes(),
+            tail,
+            date: std::sync::Mutex::new((u64::MAX, String::new())),
+        }
     }
 
-    /// Writes the whole answer (only its head for `HEAD`) into `out`.
-    fn answer(&self, head_only: bool, out: &mut Vec<u8>) {
+    /// Writes the whole answer (only its head for `HEAD`) into `out`, with
+    /// `X-Handoff-Client` for a connection that came through a balancer.
+    fn answer(&self, head_only: bool, client: Option<std::net::SocketAddr>, out: &mut Vec<u8>) {
+        use std::io::Write;
         let now = std::time::SystemTime::now();
         let secs = now.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let tail = if head_only { &self.tail[..4] } else { &self.tail[..] };
         out.clear();
-        out.reserve(self.head.len() + 29 + tail.len());
+        out.reserve(self.first.len() + 64 + self.head.len() + 29 + tail.len());
+        out.extend_from_slice(&self.first);
+        if let Some(c) = client {
+            // Where hyper puts it: after the worker's header (inserted before it).
+            let _ = write!(out, "x-handoff-client: {c}\r\n");
+        }
         out.extend_from_slice(&self.head);
         {
             let mut date = self.date.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -430,9 +442,9 @@ impl Quick {
     fn look(&mut self, item: &crate::wire::ConnItem, s: &super::Stream) -> FirstLook {
         use rustix::io::Errno;
         use rustix::net::RecvFlags;
-        if item.addrs.is_some() {
-            return FirstLook::Serve(Vec::new()); // hyper adds X-Handoff-Client
-        }
+        // From a balancer: the client it names, or for a header without addresses (a
+        // health check) the socket's peer, as hyper's path reports.
+        let client = item.addrs.map(|a| a.source.or_else(|| s.peer_addr())).unwrap_or(None);
         let n = match rustix::net::recv(s, &mut self.buf[..], RecvFlags::DONTWAIT) {
             Ok((0, _)) => return FirstLook::Finished, // the client closed without a request
             Ok((n, _)) => n,
@@ -443,7 +455,7 @@ impl Quick {
         let Some(head_only) = quick_request(seen) else {
             return FirstLook::Serve(seen.to_vec());
         };
-        self.greeting.answer(head_only, &mut self.out);
+        self.greeting.answer(head_only, client, &mut self.out);
         // The FIN follows when the batch is done. A fresh socket takes a short answer
         // whole; if the kernel is short of memory and takes nothing, hyper answers
         // instead, later. (Taking only part of it would need a task to finish: with a
