@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# ab.sh: two builds of handoff side by side, alternating, under wrk sending one request
+# per new connection; for each run the requests per second and the server's CPU per
+# request (utime + stime from /proc/<pid>/stat: the master's and each worker's), then
+# the medians. This is how the changes to the hot path were kept or dropped: a machine
+# drifts by more than most changes move, so only runs taken in turn are compared.
+#
+# Usage: bench/ab.sh OLD_BINARY NEW_BINARY      (e.g. a copy of target/release/handoff
+#        taken before the change, and target/release/handoff)
+# Knobs (environment): RUNS (5 each), DURATION (5 s), LISTEN_OPTS (",deferred"),
+#   WORKERS (2), CONNS (50), POLICY (least-conn).
+# Loopback only; each server is started here and stopped by its pid.
+set -euo pipefail
+
+[ $# -eq 2 ] || { echo "usage: $0 OLD_BINARY NEW_BINARY" >&2; exit 2; }
+RUNS=${RUNS:-5}
+DURATION=${DURATION:-5}
+LISTEN_OPTS=${LISTEN_OPTS:-}
+WORKERS=${WORKERS:-2}
+CONNS=${CONNS:-50}
+POLICY=${POLICY:-least-conn}
+for b in "$1" "$2"; do [ -x "$b" ] || { echo "ab: $b is not an executable" >&2; exit 2; }; done
+command -v wrk >/dev/null || { echo "ab: wrk is missing (apt-get install wrk)" >&2; exit 2; }
+
+PID=
+cleanup() { [ -n "$PID" ] && kill -TERM "$PID" 2>/dev/null && wait "$PID" 2>/dev/null; true; }
+trap cleanup EXIT INT TERM
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# utime+stime ticks of the master, then of each of its children, on one line.
+ticks() {
+  local p
+  for p in "$1" $(cat "/proc/$1/task/$1/children" 2>/dev/null); do
+    awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$p/stat"
+  done | paste -sd' '
+}
+
+one() { # binary -> "req/s total master workers..."
+  local p out before after reqs
+  p=$(port)
+  "$1" run --listen "127.0.0.1:$p$LISTEN_OPTS" --workers "$WORKERS" --policy "$POLICY" -q &
+  PID=$!
+  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && break; sleep 0.1; done
+  sleep 0.5 # the port opens before every worker is READY
+  before=$(ticks "$PID")
+  out=$(timeout $((DURATION + 20)) wrk -t2 -c"$CONNS" -d"${DURATION}s" -H 'Connection: close' "http://127.0.0.1:$p/")
+  after=$(ticks "$PID")
+  kill -TERM "$PID"; wait "$PID" || true; PID=
+  reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+  python3 - "$before" "$after" "$reqs" "$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")" "$(getconf CLK_TCK)" <<'PY'
+import sys
+b, a = (list(map(int, x.split())) for x in sys.argv[1:3])
+reqs, rps, hz = int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
+us = [(y - x) / hz / reqs * 1e6 for x, y in zip(b, a)]
+print(f"{rps:.0f} {sum(us):.2f} {us[0]:.2f} " + " ".join(f"{u:.2f}" for u in us[1:]))
+PY
+}
+
+echo "listen 127.0.0.1:PORT$LISTEN_OPTS, $WORKERS workers, $POLICY; wrk -t2 -c$CONNS -d${DURATION}s, Connection: close; $RUNS runs each, in turn" >&2
+declare -A rows
+for run in $(seq "$RUNS"); do
+  for side in old new; do
+    bin=$1; [ "$side" = new ] && bin=$2
+    r=$(one "$bin")
+    rows[$side]+="$r"$'\n'
+    read -r rps total master rest <<<"$r"
+    printf 'run %d %-3s %8s req/s  CPU %6s us/req  master %5s  workers %s\n' "$run" "$side" "$rps" "$total" "$master" "$rest" >&2
+  done
+done
+python3 - "${rows[old]}" "${rows[new]}" <<'PY'
+import statistics, sys
+for name, text in zip(("old", "new"), sys.argv[1:]):
+    rs = [list(map(float, l.split())) for l in text.strip().splitlines()]
+    med = lambda i: statistics.median(r[i] for r in rs)
+    print(f"{name}: median {med(0):.0f} req/s, CPU {med(1):.2f} us/req (master {med(2):.2f})")
+PY
