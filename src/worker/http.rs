@@ -379,7 +379,8 @@ struct Quick {
     out: Vec<u8>,
 }
 
-/// The quick path's answer: hyper's, byte for byte but for the order of the headers.
+/// The quick path's answer: hyper's, byte for byte (the same headers in the same
+/// order; `tests/worker_reports.rs` compares the two).
 struct Greeting {
     /// The answer: `first + [x-handoff-client line] + head + date + tail`.
     first: Vec<u8>,
@@ -444,7 +445,7 @@ impl Quick {
         use rustix::net::RecvFlags;
         // From a balancer: the client it names, or for a header without addresses (a
         // health check) the socket's peer, as hyper's path reports.
-        let client = item.addrs.map(|a| a.source.or_else(|| s.peer_addr())).unwrap_or(None);
+        let client = item.addrs.and_then(|a| a.source.or_else(|| s.peer_addr()));
         let n = match rustix::net::recv(s, &mut self.buf[..], RecvFlags::DONTWAIT) {
             Ok((0, _)) => return FirstLook::Finished, // the client closed without a request
             Ok((n, _)) => n,
