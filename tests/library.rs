@@ -18,11 +18,31 @@ use handoff::{BoxError, Server};
 use util::*;
 
 const ROLE: &str = "HANDOFF_LIBRARY_ROLE";
+const CONTROL: &str = "HANDOFF_LIBRARY_CONTROL";
+
+/// Each master's control socket: in the temporary directory, named after this
+/// process, removed when the checks end (a master stopped by SIGKILL leaves it).
+fn control_path(n: usize) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("handoff-library-{}-{n}.sock", std::process::id()))
+}
+
+struct RemoveControlSockets;
+
+impl Drop for RemoveControlSockets {
+    fn drop(&mut self) {
+        for n in 0..STARTED.load(std::sync::atomic::Ordering::SeqCst) {
+            let _ = std::fs::remove_file(control_path(n));
+        }
+    }
+}
+
+static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 fn main() {
     if let Ok(role) = std::env::var(ROLE) {
         return master(&role);
     }
+    let _cleanup = RemoveControlSockets;
     let checks: &[(&str, fn())] = &[
         ("forked_round_robin_exact", forked_round_robin_exact),
         ("forked_least_conn_counts_done", forked_least_conn_counts_done),
@@ -71,14 +91,19 @@ fn master(role: &str) {
     tracing_subscriber::fmt().with_writer(std::io::stderr).with_ansi(false).with_target(false).init();
     let policy =
         std::env::var("HANDOFF_LIBRARY_POLICY").ok().and_then(|p| p.parse().ok()).unwrap_or(Policy::RoundRobin);
-    // Settings from a file first: the builder's calls below go on top of them.
-    let base = match role {
-        "blocking-nobody" => {
-            Server::new().config(handoff::config::ConfigFile { user: Some("nobody".into()), ..Default::default() })
-        }
-        _ => Server::new(),
+    // Settings from a file first: the builder's calls below go on top of them. The
+    // control socket is the check's own, not the default one a real master may use.
+    let file = handoff::config::ConfigFile {
+        control: std::env::var_os(CONTROL).map(std::path::PathBuf::from),
+        user: (role == "blocking-nobody").then(|| "nobody".to_string()),
+        ..Default::default()
     };
-    let server = base.listen("127.0.0.1:0").workers(4).policy(policy).shutdown_timeout(Duration::from_secs(10));
+    let server = Server::new()
+        .config(file)
+        .listen("127.0.0.1:0")
+        .workers(4)
+        .policy(policy)
+        .shutdown_timeout(Duration::from_secs(10));
     let result = match role {
         "blocking" => server.serve(blocking_worker),
         "blocking-nobody" => server.serve(blocking_worker),
@@ -150,7 +175,8 @@ fn axum_worker(ctx: Context, graceful: bool) -> Result<(), BoxError> {
 
 fn start(role: &str, policy: &str) -> Handoff {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.env(ROLE, role).env("HANDOFF_LIBRARY_POLICY", policy);
+    let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    cmd.env(ROLE, role).env("HANDOFF_LIBRARY_POLICY", policy).env(CONTROL, control_path(n));
     let h = Handoff::start_command(cmd);
     h.wait_ready_slots(4);
     h
