@@ -514,6 +514,77 @@ fn quick_request(bytes: &[u8]) -> Option<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// hyper's answer to `request` on an in-memory stream, without its date line, and
+    /// whether hyper then closed the connection.
+    fn hyper_answer(cfg: &Arc<HttpConfig>, request: &[u8]) -> (String, bool) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let (mut client, server) = tokio::io::duplex(64 * 1024);
+            let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+            let task = tokio::spawn(serve_connection(server, cfg.clone(), stop));
+            client.write_all(request).await.unwrap();
+            let mut out = Vec::new();
+            let closed = tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut out)).await.is_ok();
+            task.abort();
+            (without_date(&out), closed)
+        })
+    }
+
+    fn without_date(answer: &[u8]) -> String {
+        String::from_utf8_lossy(answer)
+            .split("\r\n")
+            .filter(|l| !l.starts_with("date: "))
+            .collect::<Vec<_>>()
+            .join("\r\n")
+    }
+
+    /// Requests built from the parts that decide between the quick path and hyper.
+    fn request() -> impl Strategy<Value = Vec<u8>> {
+        let method = prop::sample::select(vec!["GET", "HEAD", "POST", "get"]);
+        let target = prop::sample::select(vec!["/", "/x?a=1", "/?cpu_ms=0", "/?sleep_ms=0", "*", "?a", "http://h/p"]);
+        let version = prop::sample::select(vec!["HTTP/1.1", "HTTP/1.0"]);
+        let connection = prop::sample::select(vec![
+            None,
+            Some("close"),
+            Some("Close"),
+            Some("keep-alive, close"),
+            Some("keep-alive"),
+            Some("closed"),
+            Some("close, \u{e9}"),
+        ]);
+        let extra = prop::sample::select(vec![
+            "",
+            "Content-Length: 0\r\n",
+            "Content-Length: 3\r\n",
+            "Expect: 100-continue\r\n",
+        ]);
+        let tail = prop::sample::select(vec!["", "abc", "GET / HTTP/1.1\r\n\r\n"]);
+        (method, target, version, connection, extra, tail).prop_map(|(m, t, v, c, e, tail)| {
+            let c = c.map(|c| format!("Connection: {c}\r\n")).unwrap_or_default();
+            format!("{m} {t} {v}\r\nHost: h\r\n{c}{e}\r\n{tail}").into_bytes()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// Whatever the quick path answers, hyper answers the same way (but for the
+        /// date) and closes the connection after it.
+        #[test]
+        fn the_quick_path_answers_only_what_hyper_answers_the_same_way(req in request()) {
+            if let Some(head_only) = quick_request(&req) {
+                let cfg = Arc::new(HttpConfig::new(3, None));
+                let mut quick = Vec::new();
+                Greeting::new(&cfg).answer(head_only, None, &mut quick);
+                let (hyper, closed) = hyper_answer(&cfg, &req);
+                prop_assert_eq!(without_date(&quick), hyper, "request {:?}", String::from_utf8_lossy(&req));
+                prop_assert!(closed, "hyper kept the connection open after {:?}", String::from_utf8_lossy(&req));
+            }
+        }
+    }
 
     #[test]
     fn static_paths_stay_under_the_root() {
