@@ -9,6 +9,8 @@
  *   c-fdpass blocking PORT WORKERS   master blocks in accept4(): nothing else to wait on
  *   c-fdpass epoll PORT WORKERS      master is an epoll loop (non-blocking listener,
  *                                    accept until EAGAIN), the shape handoff's takes
+ *   ... PORT WORKERS deferred        the same with TCP_DEFER_ACCEPT on the listener
+ *                                    (as nginx `deferred`, handoff `,deferred`)
  *
  * Connection per request only (the worker answers one request and closes).
  * Workers die with the master (PR_SET_PDEATHSIG).
@@ -17,6 +19,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -63,8 +66,9 @@ static void pass(int chan, int fd) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 4 || (strcmp(argv[1], "blocking") && strcmp(argv[1], "epoll"))) {
-        fprintf(stderr, "usage: %s blocking|epoll PORT WORKERS\n", argv[0]);
+    if (argc < 4 || argc > 5 || (strcmp(argv[1], "blocking") && strcmp(argv[1], "epoll"))
+        || (argc == 5 && strcmp(argv[4], "deferred"))) {
+        fprintf(stderr, "usage: %s blocking|epoll PORT WORKERS [deferred]\n", argv[0]);
         return 2;
     }
     int epoll = !strcmp(argv[1], "epoll"), n = atoi(argv[3]);
@@ -92,6 +96,8 @@ int main(int argc, char **argv) {
     struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(atoi(argv[2])) };
     inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
     setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (argc == 5)
+        setsockopt(l, IPPROTO_TCP, TCP_DEFER_ACCEPT, &one, sizeof one);
     if (bind(l, (struct sockaddr *)&a, sizeof a) < 0 || listen(l, 4096) < 0)
         return perror("bind/listen"), 1;
     unsigned next = 0;

@@ -20,7 +20,8 @@
 #
 # The C reference, bench/c-fdpass.c, is the floor of handoff's design: a master that
 # only accepts and passes descriptors round robin (blocking in accept4, and as an epoll
-# loop), to workers that answer and close. Connection per request only.
+# loop, also on a TCP_DEFER_ACCEPT listener), to workers that answer and close.
+# Connection per request only.
 set -euo pipefail
 
 WORKERS=${WORKERS:-$(nproc)}
@@ -185,11 +186,12 @@ for run in $(seq "$RUNS"); do
     measure "$run" "node-cluster-rr" "$p" "$SERVER_PID"; stop "$SERVER_PID"
   fi
   if [ "$CREF" = 1 ]; then
-    for how in blocking epoll; do
+    for how in blocking epoll "epoll deferred"; do
       p=$(free_port)
-      "$TMP/c-fdpass" "$how" "$p" "$WORKERS" &
+      # shellcheck disable=SC2086 # "epoll deferred" is two arguments on purpose
+      "$TMP/c-fdpass" ${how% *} "$p" "$WORKERS" $([ "$how" = "epoll deferred" ] && echo deferred) &
       SERVER_PID=$!; PIDS+=("$SERVER_PID"); wait_port "$p"
-      measure "$run" "c-fdpass-$how" "$p" "$SERVER_PID" close; stop "$SERVER_PID"
+      measure "$run" "c-fdpass-${how// /-}" "$p" "$SERVER_PID" close; stop "$SERVER_PID"
     done
   fi
   for policy in round-robin least-conn; do
