@@ -429,17 +429,22 @@ fn tcp_info(fd: &impl AsFd) -> (u32, u32) {
     (info.tcpi_segs_out, info.tcpi_unacked)
 }
 
+/// Waits until everything the client sent is acknowledged: the server's ACK of the
+/// request is out, so counting the server's segments from now counts only its answer.
+fn wait_acknowledged(client: &TcpStream) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tcp_info(client).1 != 0 {
+        assert!(Instant::now() < deadline, "the request was never acknowledged");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 #[test]
 fn quick_path_answer_and_fin_leave_in_one_segment() {
     let (master, thread, _log, listener) = start();
     for id in 0..3 {
         let (mut c, fd) = client(&listener, "GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
-        // The server's ACK of the request must be out before counting starts.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while tcp_info(&c).1 != 0 {
-            assert!(Instant::now() < deadline, "the request was never acknowledged");
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wait_acknowledged(&c);
         // Our own reference to the server's socket, to count what it sends: the
         // worker's shutdown sends the FIN all the same.
         let server = fd.try_clone().expect("dup");
@@ -473,11 +478,7 @@ fn connections_from_a_balancer_take_the_quick_path_with_their_client() {
         assert!(reference.0.contains(&expected), "hyper's answer: {reference:?}");
 
         let (mut c, fd) = client(&listener, "GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while tcp_info(&c).1 != 0 {
-            assert!(Instant::now() < deadline, "the request was never acknowledged");
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wait_acknowledged(&c);
         let expected = format!("x-handoff-client: {}", addrs.source.unwrap_or(c.local_addr().unwrap()));
         let server = fd.try_clone().expect("dup");
         let before = tcp_info(&server).0;

@@ -136,8 +136,7 @@ impl<S> Conn<S> {
     /// ending in the same pass share a frame, then sent), for a caller that then ends
     /// the connection itself without waiting.
     pub(crate) async fn finish_coalesced(&mut self) {
-        if let (true, Some(r), None) = (self.coalesce, &self.reporter, self.done_queued) {
-            self.done_queued = Some(r.done_later(self.id));
+        if self.queue_done() {
             let mut yielded = false;
             std::future::poll_fn(|cx| {
                 if yielded {
@@ -150,6 +149,19 @@ impl<S> Conn<S> {
             .await;
         }
         self.finish();
+    }
+
+    /// Queues DONE to share a frame with the others of this scheduler pass, where the
+    /// connection coalesces and has not reported yet: the caller then yields once
+    /// before [`Conn::finish`] (which sends the frame if nobody has yet).
+    fn queue_done(&mut self) -> bool {
+        match (&self.reporter, self.done_queued) {
+            (Some(r), None) if self.coalesce => {
+                self.done_queued = Some(r.done_later(self.id));
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Reports DONE now (idempotent). Called for you on drop and on async shutdown.
@@ -401,10 +413,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Conn<S> {
         // The server is ending the connection: tell the master before the client
         // sees the FIN, so a client that reconnects at once meets an exact count.
         let this = self.get_mut();
-        if let (true, Some(r), None) = (this.coalesce, &this.reporter, this.done_queued) {
-            // Queue DONE and yield once: the connections that finish in this same
-            // pass queue theirs, and the first of them polled again sends them all.
-            this.done_queued = Some(r.done_later(this.id));
+        if this.queue_done() {
+            // Yield once: the connections that finish in this same pass queue theirs,
+            // and the first of them polled again sends them all.
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
