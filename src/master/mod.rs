@@ -1032,8 +1032,8 @@ impl Master {
                 pending + self.held.len(),
                 PROXY_HEADER_TIMEOUT
             );
+            // Checked each loop turn, which housekeeping's tick (100 ms) bounds.
             self.drain_at = Some(now + PROXY_HEADER_TIMEOUT);
-            self.next_tick = self.next_tick.min(now + PROXY_HEADER_TIMEOUT);
             return;
         }
         self.drain_all();

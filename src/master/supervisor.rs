@@ -308,8 +308,11 @@ pub struct SpawnArgs<'a> {
 /// Starts one worker process; returns its pid and stderr pipe.
 pub fn spawn(args: SpawnArgs<'_>) -> io::Result<(u32, Option<OwnedFd>)> {
     let SpawnArgs { cfg, slot, slots, channel } = args;
+    // Looked up here, in the master, for either kind: a failure is the master's error,
+    // not a crash loop.
+    let (uid, gid) = (crate::master::privileges::uid(cfg)?, crate::master::privileges::gid(cfg)?);
     let mut cmd = match &cfg.worker {
-        WorkerKind::Fork(f) => return spawn_fork(f, cfg, slot, slots, channel),
+        WorkerKind::Fork(f) => return spawn_fork(f, cfg, slot, slots, channel, (uid, gid)),
         WorkerKind::Command(argv) => {
             // Validated non-empty by the config; a library caller may still hand us one.
             let Some((prog, rest)) = argv.split_first() else {
@@ -334,10 +337,10 @@ pub fn spawn(args: SpawnArgs<'_>) -> io::Result<(u32, Option<OwnedFd>)> {
         .env(crate::worker::ENV_HEARTBEAT_MS, cfg.heartbeat.as_millis().to_string())
         .stdin(Stdio::null())
         .stderr(Stdio::piped());
-    if let Some(uid) = crate::master::privileges::uid(cfg)? {
+    if let Some(uid) = uid {
         cmd.uid(uid);
     }
-    if let Some(gid) = crate::master::privileges::gid(cfg)? {
+    if let Some(gid) = gid {
         cmd.gid(gid);
     }
     let no_new_privs = cfg.user.is_some() || cfg.group.is_some();
@@ -357,9 +360,8 @@ fn spawn_fork(
     slot: usize,
     slots: usize,
     channel: &OwnedFd,
+    (uid, gid): (Option<u32>, Option<u32>),
 ) -> io::Result<(u32, Option<OwnedFd>)> {
-    // Looked up here, in the master: a failure is the master's error, not a crash loop.
-    let (uid, gid) = (crate::master::privileges::uid(cfg)?, crate::master::privileges::gid(cfg)?);
     let env = [
         (crate::worker::ENV_WORKER_ID, slot.to_string()),
         (crate::worker::ENV_WORKERS, slots.to_string()),
