@@ -408,6 +408,30 @@ fn a_client_that_never_completes_a_request_head_is_closed_after_the_header_timeo
     finish(&master, thread);
 }
 
+#[test]
+fn time_spent_waiting_for_the_first_bytes_counts_against_the_header_timeout() {
+    let mut cfg = HttpConfig::new(0, None);
+    cfg.header_timeout = Duration::from_secs(2);
+    let (master, thread, mut log, listener) = start_cfg(cfg);
+    // Silent for 1.5 s (in the waiting room), then half a head (hyper's from then on):
+    // closed when the 2 s from the start are up, not 2 s after the half head.
+    let (mut c, fd) = client(&listener, "");
+    let t0 = Instant::now();
+    send_conns(&master, 0, vec![fd]);
+    wait_for(&master, &mut log, "ACK", |log| position(log, 0, false).is_some());
+    std::thread::sleep(Duration::from_millis(1500));
+    c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n").unwrap();
+    let mut out = Vec::new();
+    c.read_to_end(&mut out).expect("closed within the read timeout (10 s)");
+    let took = t0.elapsed();
+    assert!(out.is_empty() || out.starts_with(b"HTTP/1.1 408"), "got {out:?}");
+    assert!(took >= Duration::from_secs(2), "closed after {took:?}, before its time");
+    assert!(took < Duration::from_millis(3300), "closed after {took:?}: the wait was not counted (3.5 s)");
+    drain(&master, &mut log);
+    assert!(position(&log, 0, true).is_some(), "DONE before the FIN: {log:?}");
+    finish(&master, thread);
+}
+
 /// TCP_INFO of a socket: (segments sent, bytes sent and not yet acknowledged).
 fn tcp_info(fd: &impl AsFd) -> (u32, u32) {
     use std::os::fd::AsRawFd;

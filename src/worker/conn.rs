@@ -38,6 +38,10 @@ pub struct Conn<S> {
     /// Bytes already read from the stream by a first look (the built-in worker's quick
     /// path), served again before the stream's own.
     replay: Option<(Vec<u8>, usize)>,
+    /// When its first request head must be complete, for a connection that has spent
+    /// part of that time waiting for its first bytes (the built-in worker's waiting
+    /// room): the server gets only what is left.
+    head_deadline: Option<std::time::Instant>,
 }
 
 impl<S> Conn<S> {
@@ -52,6 +56,7 @@ impl<S> Conn<S> {
             coalesce: false,
             done_queued: None,
             replay: None,
+            head_deadline: None,
         }
     }
 
@@ -64,9 +69,15 @@ impl<S> Conn<S> {
         self
     }
 
-    /// Whether bytes already read by a first look wait to be read again.
-    pub(crate) fn has_replay(&self) -> bool {
-        self.replay.is_some()
+    /// Sets when the first request head must be complete (see `head_deadline`).
+    pub(crate) fn head_deadline(mut self, deadline: Option<std::time::Instant>) -> Conn<S> {
+        self.head_deadline = deadline;
+        self
+    }
+
+    /// What is left of `timeout` for the first request head.
+    pub(crate) fn head_time_left(&self, timeout: std::time::Duration) -> std::time::Duration {
+        self.head_deadline.map_or(timeout, |d| d.saturating_duration_since(std::time::Instant::now()))
     }
 
     /// Hands the replayed bytes left to `put`, which copies what fits and says how
@@ -130,25 +141,6 @@ impl<S> Conn<S> {
     pub fn get_mut(&mut self) -> &mut S {
         self.before_io();
         &mut self.stream
-    }
-
-    /// Reports DONE as async shutdown does (queued, one yield so that connections
-    /// ending in the same pass share a frame, then sent), for a caller that then ends
-    /// the connection itself without waiting.
-    pub(crate) async fn finish_coalesced(&mut self) {
-        if self.queue_done() {
-            let mut yielded = false;
-            std::future::poll_fn(|cx| {
-                if yielded {
-                    return Poll::Ready(());
-                }
-                yielded = true;
-                cx.waker().wake_by_ref();
-                Poll::Pending
-            })
-            .await;
-        }
-        self.finish();
     }
 
     /// Queues DONE to share a frame with the others of this scheduler pass, where the

@@ -20,7 +20,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::tokio_incoming::{FirstLook, FirstLookFn};
-use super::{AsyncIncoming, Conn, End, TokioStream, WorkerEnv, WorkerError};
+use super::{AsyncIncoming, End, WorkerEnv, WorkerError};
 
 /// Longest `cpu_ms` or `sleep_ms` honoured.
 pub const MAX_DELAY_MS: u64 = 10_000;
@@ -90,7 +90,7 @@ pub async fn serve_connection_from<I>(
 }
 
 /// [`serve_connection_from`], with `header_timeout` for the first request head (what
-/// is left of it, for a connection that has already waited in the second look).
+/// is left of it, for a connection that has already waited in the waiting room).
 async fn serve_hyper<I>(
     io: I,
     cfg: Arc<HttpConfig>,
@@ -256,7 +256,7 @@ pub async fn serve_incoming(mut incoming: AsyncIncoming, cfg: Arc<HttpConfig>) -
     let greeting = cfg.static_root.is_none().then(|| Arc::new(Greeting::new(&cfg)));
     if let Some(greeting) = &greeting {
         let mut quick = Quick::new(greeting.clone());
-        incoming.set_first_look(FirstLookFn(Box::new(move |item, s| quick.look(item, s))));
+        incoming.set_first_look(FirstLookFn(Box::new(move |item, s| quick.look(item, s))), cfg.header_timeout);
     }
     let env = incoming.env().clone();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -268,13 +268,9 @@ pub async fn serve_incoming(mut incoming: AsyncIncoming, cfg: Arc<HttpConfig>) -
                 // a direct client knows its own address, and asking the socket
                 // would cost a getpeername per connection.
                 let client = conn.proxy_header().and_then(|_| conn.client_addr());
-                match &greeting {
-                    // The first look found nothing to read yet.
-                    Some(g) if !conn.has_replay() => {
-                        tasks.spawn(second_look(conn, g.clone(), cfg.clone(), stop_rx.clone(), client))
-                    }
-                    _ => tasks.spawn(serve_connection_from(conn, cfg.clone(), stop_rx.clone(), client)),
-                };
+                // What is left of the header timeout, after a wait in the waiting room.
+                let left = conn.head_time_left(cfg.header_timeout);
+                tasks.spawn(serve_hyper(conn, cfg.clone(), stop_rx.clone(), client, left));
             }
             Err(e) => {
                 tracing::error!("worker {}: {e}", env.id);
@@ -291,65 +287,6 @@ pub async fn serve_incoming(mut incoming: AsyncIncoming, cfg: Arc<HttpConfig>) -
     };
     let _ = tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
     Ok(())
-}
-
-/// A connection whose client had sent nothing yet when the first look came (without
-/// `,deferred` that is a third of them: the master hands a connection on as soon as
-/// its handshake is done): wait until it has, and look again, so that these too are
-/// answered without hyper when they can be. A drain while it waits is hyper's to
-/// handle, with its grace for a first request.
-async fn second_look(
-    mut conn: Conn<TokioStream>,
-    greeting: Arc<Greeting>,
-    cfg: Arc<HttpConfig>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-    client: Option<std::net::SocketAddr>,
-) {
-    use tokio::io::AsyncWriteExt;
-    let mut seen = Vec::with_capacity(QUICK_READ);
-    // The same limit as hyper's for a request head: a client that never speaks is
-    // closed (dropping the connection reports DONE).
-    let deadline = tokio::time::Instant::now() + cfg.header_timeout;
-    loop {
-        let readable = tokio::select! {
-            r = conn.get_ref().readable() => r.is_ok(),
-            _ = tokio::time::sleep_until(deadline) => false,
-            _ = stopped(&mut stop) => return serve_connection_from(conn, cfg, stop, client).await,
-        };
-        if !readable {
-            return;
-        }
-        match conn.get_ref().try_read_buf(&mut seen) {
-            Ok(0) => return, // the client closed without a request (dropping reports DONE)
-            Ok(_) => break,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(_) => return, // reset: nobody to answer
-        }
-    }
-    let Some(head_only) = quick_request(&seen) else {
-        // hyper gets what is left of the time for this head, not a fresh limit.
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        return serve_hyper(conn.replay(seen), cfg, stop, client, left).await;
-    };
-    let mut out = Vec::new();
-    greeting.answer(head_only, client, &mut out);
-    // As in the first look: the answer is held for the FIN, to go in one segment. So
-    // DONE goes first (sharing a frame with the others of this pass, after a yield)
-    // and the answer and the FIN follow without one: no other task runs while the
-    // answer is held.
-    conn.finish_coalesced().await;
-    match send_before_fin(conn.get_ref(), &out) {
-        Ok(n) if n == out.len() => {
-            let _ = rustix::net::shutdown(conn.get_ref(), rustix::net::Shutdown::Write);
-        }
-        // Not all of it (the kernel short of memory): the rest the ordinary way.
-        sent => {
-            let sent = sent.unwrap_or(0);
-            if conn.write_all(&out[sent..]).await.is_ok() {
-                let _ = conn.shutdown().await;
-            }
-        }
-    }
 }
 
 /// Sends what it can of a connection's last bytes without waiting, held back (with
@@ -371,8 +308,9 @@ fn send_before_fin(fd: impl std::os::fd::AsFd, bytes: &[u8]) -> rustix::io::Resu
 /// others of its batch; one from a balancer (PROXY header) gets its `X-Handoff-Client`
 /// as from hyper. Anything else (a partial request, keep-alive, a body, a query hyper
 /// must act on, a static root) goes to hyper with the bytes already read, so the
-/// answer is the same either way. A connection with nothing to read yet gets a
-/// [`second_look`] once it has.
+/// answer is the same either way. A connection with nothing to read yet waits in the
+/// worker's waiting room (`worker::waiting`, still without a task or `FIONBIO`) and
+/// gets a second look once it has something.
 struct Quick {
     greeting: Arc<Greeting>,
     buf: Vec<u8>,
@@ -449,7 +387,7 @@ impl Quick {
         let n = match rustix::net::recv(s, &mut self.buf[..], RecvFlags::DONTWAIT) {
             Ok((0, _)) => return FirstLook::Finished, // the client closed without a request
             Ok((n, _)) => n,
-            Err(Errno::AGAIN) | Err(Errno::INTR) => return FirstLook::Serve(Vec::new()),
+            Err(Errno::AGAIN) | Err(Errno::INTR) => return FirstLook::Wait,
             Err(_) => return FirstLook::Finished, // reset: nobody to answer
         };
         let seen = &self.buf[..n];

@@ -30,6 +30,7 @@ pub mod faults;
 pub mod http;
 mod incoming;
 mod tokio_incoming;
+mod waiting;
 // Library additions (forked workers, axum): kept apart from the list above.
 mod context;
 

@@ -6,10 +6,12 @@ use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use tokio::io::unix::AsyncFd;
 
 pub use super::incoming::End;
+use super::waiting::{Found, WaitRoom, Waiting};
 use super::{channel_from_env, recv_event, Conn, Event, Reporter, Stream, TokioStream, WorkerEnv, WorkerError};
 
 /// Connections handed to this worker, for tokio.
@@ -34,6 +36,9 @@ pub struct AsyncIncoming {
     graceful: std::sync::atomic::AtomicBool,
     /// A look at each connection before it is handed out (see [`FirstLook`]).
     first_look: Option<FirstLookFn>,
+    /// Where connections the look found nothing to read on wait for their first bytes.
+    room: Option<WaitRoom>,
+    found: Found,
 }
 
 /// What a first look at a fresh connection decided.
@@ -42,6 +47,8 @@ pub(crate) enum FirstLook {
     Finished,
     /// Hand it out; these bytes were read from it and are read again first.
     Serve(Vec<u8>),
+    /// Nothing to read yet: look again once there is.
+    Wait,
 }
 
 /// The built-in worker's quick path: called for each connection, after its ACK is
@@ -99,12 +106,24 @@ impl AsyncIncoming {
             end_tx: tokio::sync::watch::channel(None).0,
             graceful: Default::default(),
             first_look: None,
+            room: None,
+            found: Found::default(),
         })
     }
 
-    /// Has `look` see every connection first (the built-in worker's quick path).
-    pub(crate) fn set_first_look(&mut self, look: FirstLookFn) {
+    /// Has `look` see every connection first (the built-in worker's quick path), and
+    /// again once bytes come for one that it found nothing to read on, for at most
+    /// `header_timeout` (then the connection is closed).
+    pub(crate) fn set_first_look(&mut self, look: FirstLookFn, header_timeout: Duration) {
         self.first_look = Some(look);
+        self.room = match WaitRoom::new(header_timeout) {
+            Ok(room) => Some(room),
+            Err(e) => {
+                // Such connections then go to the server as they are, still served.
+                tracing::warn!("worker {}: no waiting room for silent connections: {e}", self.env.id);
+                None
+            }
+        };
     }
 
     /// This worker's facts (slot id, worker count, heartbeat interval).
@@ -151,9 +170,23 @@ impl AsyncIncoming {
                 return Poll::Ready(Some(Ok(c)));
             }
             if self.ended.is_some() {
+                // Connections still waiting for their first request are the server's
+                // now, with the grace it gives a drain.
+                if let Some(room) = self.room.as_mut().filter(|r| !r.is_empty()) {
+                    for w in room.take_all() {
+                        self.hand_out(w.item, w.stream, Vec::new(), Some(w.deadline));
+                    }
+                    continue;
+                }
                 let _ = self.reporter.flush();
                 self.end_tx.send_replace(self.ended);
                 return Poll::Ready(None);
+            }
+            if let Some(room) = self.room.as_mut().filter(|r| !r.is_empty()) {
+                if room.poll_found(cx, &mut self.found).is_ready() {
+                    self.second_looks();
+                    continue;
+                }
             }
             let mut guard = match ready!(self.fd.poll_read_ready(cx)) {
                 Ok(g) => g,
@@ -177,37 +210,99 @@ impl AsyncIncoming {
     fn take_conns(&mut self, conns: Vec<(crate::wire::ConnItem, OwnedFd)>) {
         let ids: Vec<u64> = conns.iter().map(|(it, _)| it.id).collect();
         self.reporter.ack_later(&ids);
-        let mut look = self.first_look.take();
         // A look reads, so the ACK must be out first; with the channel full it is not,
         // and these connections go out unlooked (their first read tries the ACK again).
-        let looking = look.is_some() && self.reporter.flush_acks();
+        let looking = self.first_look.is_some() && self.reporter.flush_acks();
         let mut finished = Vec::new();
         for (item, fd) in conns {
             let Ok(s) = Stream::from_fd_hint(fd, item.sock) else {
                 self.reporter.done(item.id);
                 continue;
             };
-            let seen = match look.as_mut().filter(|_| looking).map(|FirstLookFn(f)| f(&item, &s)) {
-                Some(FirstLook::Finished) => {
-                    finished.push((item.id, s));
-                    continue;
-                }
-                Some(FirstLook::Serve(seen)) => seen,
-                None => Vec::new(),
-            };
-            match s.into_tokio() {
-                Ok(s) => self.queue.push_back(Conn::new_coalescing(s, item, self.reporter.clone()).replay(seen)),
-                Err(_) => self.reporter.done(item.id),
+            if looking {
+                self.look(item, s, None, &mut finished);
+            } else {
+                self.hand_out(item, s, Vec::new(), None);
             }
         }
-        self.first_look = look;
+        self.finish_all(finished);
+    }
+
+    /// The second look, at the connections of the waiting room that became readable
+    /// (their ACK went out before the first); those out of time are closed.
+    fn second_looks(&mut self) {
+        let mut found = std::mem::take(&mut self.found);
+        let mut finished = Vec::new();
+        for w in found.readable.drain(..) {
+            self.look(w.item, w.stream, Some(w.deadline), &mut finished);
+        }
+        // The same limit as hyper's for a request head: a client that never speaks is
+        // closed, DONE first.
+        for w in found.expired.drain(..) {
+            finished.push((w.item.id, w.stream));
+        }
+        self.found = found;
+        self.finish_all(finished);
+    }
+
+    /// Has the first look see `s`: finished, handed out, or (nothing to read yet) put
+    /// in the waiting room. `waited` is its deadline there, if it has waited already.
+    fn look(
+        &mut self,
+        item: crate::wire::ConnItem,
+        s: Stream,
+        waited: Option<tokio::time::Instant>,
+        finished: &mut Vec<(u64, Stream)>,
+    ) {
+        let Some(FirstLookFn(look)) = self.first_look.as_mut() else {
+            return self.hand_out(item, s, Vec::new(), waited);
+        };
+        match look(&item, &s) {
+            FirstLook::Finished => finished.push((item.id, s)),
+            FirstLook::Serve(seen) => self.hand_out(item, s, seen, waited),
+            FirstLook::Wait => {
+                let refused = match (self.room.as_mut(), waited) {
+                    (Some(room), None) => room.add(item, s).err(),
+                    (Some(room), Some(deadline)) => {
+                        room.wait_again(Waiting { item, stream: s, deadline }).err().map(|w| (w.item, w.stream))
+                    }
+                    (None, _) => Some((item, s)),
+                };
+                // No room for it: the server waits for its request instead.
+                if let Some((item, s)) = refused {
+                    self.hand_out(item, s, Vec::new(), waited);
+                }
+            }
+        }
+    }
+
+    /// Queues a connection for `accept`, with the bytes a look read from it, and the
+    /// deadline for its first request head if it spent some of that time waiting.
+    fn hand_out(
+        &mut self,
+        item: crate::wire::ConnItem,
+        s: Stream,
+        seen: Vec<u8>,
+        waited: Option<tokio::time::Instant>,
+    ) {
+        match s.into_tokio() {
+            Ok(s) => {
+                let conn = Conn::new_coalescing(s, item, self.reporter.clone()).replay(seen);
+                self.queue.push_back(conn.head_deadline(waited.map(|d| d.into_std())));
+            }
+            Err(_) => self.reporter.done(item.id),
+        }
+    }
+
+    /// Reports DONE for connections that are over, in one frame, then sends each
+    /// one's FIN (even if the master has not yet closed its copy) and closes it.
+    fn finish_all(&mut self, finished: Vec<(u64, Stream)>) {
         if finished.is_empty() {
             return;
         }
         let ids: Vec<u64> = finished.iter().map(|(id, _)| *id).collect();
         self.reporter.done_all(&ids);
         for (_, s) in finished {
-            // The FIN now, even if the master has not yet closed its copy.
             let _ = rustix::net::shutdown(&s, rustix::net::Shutdown::Write);
         }
     }
@@ -216,6 +311,14 @@ impl AsyncIncoming {
 impl Drop for AsyncIncoming {
     fn drop(&mut self) {
         self.beat.abort();
+        // As a dropped `Conn` does: DONE, then the close.
+        if let Some(room) = self.room.as_mut() {
+            let waiting = room.take_all();
+            if !waiting.is_empty() {
+                self.reporter.done_all(&waiting.iter().map(|w| w.item.id).collect::<Vec<_>>());
+            }
+            drop(waiting);
+        }
     }
 }
 
