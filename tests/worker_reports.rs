@@ -409,26 +409,43 @@ fn a_client_that_never_completes_a_request_head_is_closed_after_the_header_timeo
 }
 
 #[test]
-fn time_spent_waiting_for_the_first_bytes_counts_against_the_header_timeout() {
+fn time_spent_waiting_for_the_first_bytes_counts_against_the_first_header_timeout_only() {
     let mut cfg = HttpConfig::new(0, None);
     cfg.header_timeout = Duration::from_secs(2);
     let (master, thread, mut log, listener) = start_cfg(cfg);
-    // Silent for 1.5 s (in the waiting room), then half a head (hyper's from then on):
-    // closed when the 2 s from the start are up, not 2 s after the half head.
-    let (mut c, fd) = client(&listener, "");
+    // Both silent for 1.5 s, in the waiting room. Then `half` sends half a head: hyper
+    // has it from then on, and closes it when the 2 s from the start are up (not 2 s
+    // after the half head). `kept` sends a whole keep-alive request, answered (by
+    // hyper: the room saw it), and a second one 1 s after that answer, past the first
+    // head's limit but within the header timeout of every later head: answered too.
+    let (mut half, fd0) = client(&listener, "");
+    let (mut kept, fd1) = client(&listener, "");
     let t0 = Instant::now();
-    send_conns(&master, 0, vec![fd]);
-    wait_for(&master, &mut log, "ACK", |log| position(log, 0, false).is_some());
+    send_conns(&master, 0, vec![fd0, fd1]);
+    wait_for(&master, &mut log, "ACK", |log| position(log, 1, false).is_some());
     std::thread::sleep(Duration::from_millis(1500));
-    c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n").unwrap();
+    half.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n").unwrap();
+    let request = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n";
+    kept.write_all(request).unwrap();
+    let mut buf = [0u8; 4096];
+    let n = kept.read(&mut buf).expect("the first answer");
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&buf[..n]));
+    let answered = Instant::now();
+
     let mut out = Vec::new();
-    c.read_to_end(&mut out).expect("closed within the read timeout (10 s)");
+    half.read_to_end(&mut out).expect("closed within the read timeout (10 s)");
     let took = t0.elapsed();
     assert!(out.is_empty() || out.starts_with(b"HTTP/1.1 408"), "got {out:?}");
     assert!(took >= Duration::from_secs(2), "closed after {took:?}, before its time");
     assert!(took < Duration::from_millis(3300), "closed after {took:?}: the wait was not counted (3.5 s)");
     drain(&master, &mut log);
     assert!(position(&log, 0, true).is_some(), "DONE before the FIN: {log:?}");
+
+    std::thread::sleep(Duration::from_millis(1000).saturating_sub(answered.elapsed()));
+    kept.write_all(request).unwrap();
+    let n = kept.read(&mut buf).unwrap_or(0);
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "the second request: {:?}", String::from_utf8_lossy(&buf[..n]));
+    drop(kept);
     finish(&master, thread);
 }
 

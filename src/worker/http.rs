@@ -89,14 +89,15 @@ pub async fn serve_connection_from<I>(
     serve_hyper(io, cfg, stop, client, header_timeout).await
 }
 
-/// [`serve_connection_from`], with `header_timeout` for the first request head (what
-/// is left of it, for a connection that has already waited in the waiting room).
+/// [`serve_connection_from`], with `first_head_within` for the first request head
+/// (what is left of the header timeout, for a connection that has already waited in
+/// the waiting room); the later heads of a keep-alive connection get the whole timeout.
 async fn serve_hyper<I>(
     io: I,
     cfg: Arc<HttpConfig>,
     stop: tokio::sync::watch::Receiver<bool>,
     client: Option<std::net::SocketAddr>,
-    header_timeout: Duration,
+    first_head_within: Duration,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -104,6 +105,7 @@ async fn serve_hyper<I>(
     let first = Arc::new(tokio::sync::Notify::new());
     let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let static_files = cfg.static_root.is_some();
+    let header_timeout = cfg.header_timeout;
     let svc = {
         let (first, started) = (first.clone(), started.clone());
         hyper::service::service_fn(move |req| {
@@ -130,9 +132,22 @@ async fn serve_hyper<I>(
         .header_read_timeout(header_timeout)
         .serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
+    // hyper applies one header timeout to every head: the first one's shorter limit is
+    // kept here, and ends with it.
+    let first_head_late = async {
+        if first_head_within >= header_timeout {
+            return std::future::pending().await;
+        }
+        tokio::time::sleep(first_head_within).await;
+        if started.load(std::sync::atomic::Ordering::Relaxed) {
+            std::future::pending::<()>().await;
+        }
+    };
     let mut stop = stop;
     tokio::select! {
         _ = conn.as_mut() => return,
+        // Dropping the connection closes it, as hyper's timeout would.
+        _ = first_head_late => return,
         _ = stopped(&mut stop) => {}
     }
     if !started.load(std::sync::atomic::Ordering::Relaxed) {
