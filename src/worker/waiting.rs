@@ -3,10 +3,10 @@
 //!
 //! Without `,deferred` the master hands a connection on as soon as its handshake is
 //! done, so a third of a connection-per-request client's connections reach the worker
-//! before their request (over a real network, more). Waiting as tokio streams would
-//! cost each one a task, a timer, `FIONBIO`, an `epoll_ctl` to register and another to
-//! deregister: two and a half microseconds, a sixth of the server's whole cost per
-//! request on loopback. Here each costs one `epoll_ctl`, in an epoll set of the
+//! before their request (over a real network, more). Waiting as tokio streams costs
+//! each one a task, a timer, `FIONBIO`, an `epoll_ctl` to register and another to
+//! deregister: on loopback, 5% of the server's whole CPU per request more than waiting
+//! here (`BENCHMARKS.md`). Here each costs one `epoll_ctl`, in an epoll set of the
 //! worker's own that is registered with tokio once (an epoll descriptor is readable
 //! while it has events): `EPOLLONESHOT` disarms a socket once it has reported, and the
 //! kernel drops it from the set when it closes, so nothing deregisters; the sockets
