@@ -449,6 +449,50 @@ fn time_spent_waiting_for_the_first_bytes_counts_against_the_first_header_timeou
     finish(&master, thread);
 }
 
+#[test]
+fn a_crowd_of_silent_clients_waits_without_holding_up_the_others_and_is_closed_in_time() {
+    let mut cfg = HttpConfig::new(0, None);
+    cfg.header_timeout = Duration::from_millis(500);
+    let (master, thread, mut log, listener) = start_cfg(cfg);
+    // 200 clients that never speak (ids 0..200), in frames of 20.
+    let mut silent = Vec::new();
+    for frame in 0..10u64 {
+        let (clients, fds): (Vec<_>, Vec<_>) = (0..20).map(|_| client(&listener, "")).unzip();
+        let sent = Instant::now();
+        send_conns(&master, frame * 20, fds);
+        silent.extend(clients.into_iter().map(|c| (c, sent)));
+    }
+    wait_for(&master, &mut log, "ACK for the silent ones", |log| (0..200).all(|id| position(log, id, false).is_some()));
+    // Meanwhile others are served: 40 whose request is there already (the first look)
+    // and 40 that speak only once they are waiting too (a second look, among the crowd).
+    let request = "GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+    let (mut ready, fds): (Vec<_>, Vec<_>) = (0..40).map(|_| client(&listener, request)).unzip();
+    send_conns(&master, 1000, fds);
+    let (mut late, fds): (Vec<_>, Vec<_>) = (0..40).map(|_| client(&listener, "")).unzip();
+    send_conns(&master, 2000, fds);
+    wait_for(&master, &mut log, "ACK for the late ones", |log| {
+        (2000..2040).all(|id| position(log, id, false).is_some())
+    });
+    for c in &mut late {
+        c.write_all(request.as_bytes()).unwrap();
+    }
+    for (i, c) in ready.iter_mut().chain(late.iter_mut()).enumerate() {
+        let (head, body) = answer(c);
+        assert!(head[0].starts_with("HTTP/1.1 200") && body.starts_with("hello"), "client {i}: {head:?} {body:?}");
+    }
+    // The crowd: closed without an answer once the header timeout is up, DONE for each.
+    for (i, (c, sent)) in silent.iter_mut().enumerate() {
+        let mut out = Vec::new();
+        c.read_to_end(&mut out).expect("closed within the read timeout (10 s)");
+        assert!(out.is_empty(), "silent client {i} got {out:?}");
+        assert!(sent.elapsed() >= Duration::from_millis(500), "silent client {i} closed after {:?}", sent.elapsed());
+    }
+    wait_for(&master, &mut log, "DONE for every connection", |log| {
+        (0..200).chain(1000..1040).chain(2000..2040).all(|id| position(log, id, true).is_some())
+    });
+    finish(&master, thread);
+}
+
 /// TCP_INFO of a socket: (segments sent, bytes sent and not yet acknowledged).
 fn tcp_info(fd: &impl AsFd) -> (u32, u32) {
     use std::os::fd::AsRawFd;
