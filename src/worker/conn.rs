@@ -70,14 +70,15 @@ impl<S> Conn<S> {
     }
 
     /// Sets when the first request head must be complete (see `head_deadline`).
-    pub(crate) fn head_deadline(mut self, deadline: Option<std::time::Instant>) -> Conn<S> {
+    pub(crate) fn with_head_deadline(mut self, deadline: Option<std::time::Instant>) -> Conn<S> {
         self.head_deadline = deadline;
         self
     }
 
-    /// What is left of `timeout` for the first request head.
-    pub(crate) fn head_time_left(&self, timeout: std::time::Duration) -> std::time::Duration {
-        self.head_deadline.map_or(timeout, |d| d.saturating_duration_since(std::time::Instant::now()))
+    /// When the first request head must be complete, if the connection has spent part
+    /// of the time for it waiting.
+    pub(crate) fn head_deadline(&self) -> Option<std::time::Instant> {
+        self.head_deadline
     }
 
     /// Hands the replayed bytes left to `put`, which copies what fits and says how

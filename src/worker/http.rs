@@ -57,6 +57,12 @@ impl HttpConfig {
 /// a client that connects and says nothing holds a descriptor and a task that long.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// `HttpConfig::header_timeout`, at most a year: hyper (and the waiting room) add it to
+/// the time of day, which a larger value would overflow.
+fn header_limit(cfg: &HttpConfig) -> Duration {
+    cfg.header_timeout.min(Duration::from_secs(365 * 86_400))
+}
+
 /// How long a drain waits for the first request of a connection that has none yet.
 pub const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(5);
 
@@ -85,19 +91,18 @@ pub async fn serve_connection_from<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let header_timeout = cfg.header_timeout;
-    serve_hyper(io, cfg, stop, client, header_timeout).await
+    serve_hyper(io, cfg, stop, client, None).await
 }
 
-/// [`serve_connection_from`], with `first_head_within` for the first request head
-/// (what is left of the header timeout, for a connection that has already waited in
-/// the waiting room); the later heads of a keep-alive connection get the whole timeout.
+/// [`serve_connection_from`], with `first_head_by` the deadline of the first request
+/// head, for a connection that has spent part of its header timeout waiting in the
+/// waiting room; the later heads of a keep-alive connection get the whole timeout.
 async fn serve_hyper<I>(
     io: I,
     cfg: Arc<HttpConfig>,
     stop: tokio::sync::watch::Receiver<bool>,
     client: Option<std::net::SocketAddr>,
-    first_head_within: Duration,
+    first_head_by: Option<std::time::Instant>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -105,7 +110,7 @@ async fn serve_hyper<I>(
     let first = Arc::new(tokio::sync::Notify::new());
     let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let static_files = cfg.static_root.is_some();
-    let header_timeout = cfg.header_timeout;
+    let header_timeout = header_limit(&cfg);
     let svc = {
         let (first, started) = (first.clone(), started.clone());
         hyper::service::service_fn(move |req| {
@@ -133,26 +138,32 @@ async fn serve_hyper<I>(
         .serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
     // hyper applies one header timeout to every head: the first one's shorter limit is
-    // kept here, and ends with it.
+    // kept here, until the first request has started (drain or not).
     let first_head_late = async {
-        if first_head_within >= header_timeout {
+        let Some(by) = first_head_by else {
             return std::future::pending().await;
-        }
-        tokio::time::sleep(first_head_within).await;
+        };
+        tokio::time::sleep_until(by.into()).await;
         if started.load(std::sync::atomic::Ordering::Relaxed) {
             std::future::pending::<()>().await;
         }
     };
+    tokio::pin!(first_head_late);
     let mut stop = stop;
+    // `biased`, the connection first: a head that came in time is parsed (and the
+    // request started) in the same poll that would see the deadline pass.
     tokio::select! {
+        biased;
         _ = conn.as_mut() => return,
-        // Dropping the connection closes it, as hyper's timeout would.
-        _ = first_head_late => return,
+        // Dropping the connection closes it (reset if unread bytes remain).
+        _ = first_head_late.as_mut() => return,
         _ = stopped(&mut stop) => {}
     }
     if !started.load(std::sync::atomic::Ordering::Relaxed) {
         tokio::select! {
+            biased;
             _ = conn.as_mut() => return,
+            _ = first_head_late.as_mut() => return,
             _ = tokio::time::timeout(FIRST_REQUEST_GRACE, first.notified()) => {}
         }
     }
@@ -276,7 +287,7 @@ pub async fn serve_incoming(mut incoming: AsyncIncoming, cfg: Arc<HttpConfig>) -
     let greeting = cfg.static_root.is_none().then(|| Arc::new(Greeting::new(&cfg)));
     if let Some(greeting) = &greeting {
         let mut quick = Quick::new(greeting.clone());
-        incoming.set_first_look(FirstLookFn(Box::new(move |item, s| quick.look(item, s))), cfg.header_timeout);
+        incoming.set_first_look(FirstLookFn(Box::new(move |item, s| quick.look(item, s))), header_limit(&cfg));
     }
     let env = incoming.env().clone();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -288,9 +299,9 @@ pub async fn serve_incoming(mut incoming: AsyncIncoming, cfg: Arc<HttpConfig>) -
                 // a direct client knows its own address, and asking the socket
                 // would cost a getpeername per connection.
                 let client = conn.proxy_header().and_then(|_| conn.client_addr());
-                // What is left of the header timeout, after a wait in the waiting room.
-                let left = conn.head_time_left(cfg.header_timeout);
-                tasks.spawn(serve_hyper(conn, cfg.clone(), stop_rx.clone(), client, left));
+                // After a wait in the waiting room, what is left of the header timeout.
+                let first_head_by = conn.head_deadline();
+                tasks.spawn(serve_hyper(conn, cfg.clone(), stop_rx.clone(), client, first_head_by));
             }
             Err(e) => {
                 tracing::error!("worker {}: {e}", env.id);

@@ -288,7 +288,7 @@ impl AsyncIncoming {
         match s.into_tokio() {
             Ok(s) => {
                 let conn = Conn::new_coalescing(s, item, self.reporter.clone()).replay(seen);
-                self.queue.push_back(conn.head_deadline(waited.map(|d| d.into_std())));
+                self.queue.push_back(conn.with_head_deadline(waited.map(|d| d.into_std())));
             }
             Err(_) => self.reporter.done(item.id),
         }

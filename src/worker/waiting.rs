@@ -102,8 +102,8 @@ impl WaitRoom {
     /// refuses to watch it (out of memory, or the user's epoll watch limit).
     pub(crate) fn add(&mut self, item: ConnItem, stream: Stream) -> Result<(), (ConnItem, Stream)> {
         let now = Instant::now();
-        // A timeout too long to add (`HttpConfig::header_timeout` is the caller's) is
-        // as good as none.
+        // The built-in worker caps its timeout at a year; should a caller not, a
+        // deadline a century away is as good as none, and no panic.
         let deadline = now.checked_add(self.timeout).unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400));
         self.put(Waiting { item, stream, deadline }, true).map_err(|w| (w.item, w.stream))
     }
@@ -329,7 +329,7 @@ mod tests {
     }
 
     #[test]
-    fn silent_connections_expire_in_order_and_stale_entries_are_skipped() {
+    fn silent_connections_expire_after_their_timeout_and_stale_entries_are_skipped() {
         runtime().block_on(async {
             let timeout = Duration::from_millis(200);
             let mut room = WaitRoom::new(timeout).unwrap();
