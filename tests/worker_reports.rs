@@ -46,6 +46,13 @@ fn start_with(
     start_cfg(HttpConfig::new(0, static_root))
 }
 
+/// [`start`] with this header timeout.
+fn start_header_timeout(header_timeout: Duration) -> (OwnedFd, std::thread::JoinHandle<()>, Vec<Frame>, TcpListener) {
+    let mut cfg = HttpConfig::new(0, None);
+    cfg.header_timeout = header_timeout;
+    start_cfg(cfg)
+}
+
 fn start_cfg(cfg: HttpConfig) -> (OwnedFd, std::thread::JoinHandle<()>, Vec<Frame>, TcpListener) {
     let (master, worker) = fdpass::seqpacket_pair().expect("socketpair");
     rustix::io::ioctl_fionbio(&master, true).expect("non-blocking");
@@ -59,12 +66,25 @@ fn start_cfg(cfg: HttpConfig) -> (OwnedFd, std::thread::JoinHandle<()>, Vec<Fram
 /// DRAIN, and the worker must end (within 10 s: its connections are all finished).
 fn finish(master: &OwnedFd, thread: std::thread::JoinHandle<()>) {
     send_drain(master);
+    ended(thread);
+}
+
+/// The worker, sent DRAIN, must end within 10 s of its last connection.
+fn ended(thread: std::thread::JoinHandle<()>) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !thread.is_finished() {
-        assert!(Instant::now() < deadline, "the worker did not end within 10 s of DRAIN");
+        assert!(Instant::now() < deadline, "the worker did not end within 10 s of DRAIN and its last connection");
         std::thread::sleep(Duration::from_millis(5));
     }
     thread.join().expect("the worker ends on DRAIN");
+}
+
+/// Reads until the server closes `c` (10 s at most), which it must do without an answer
+/// (or with hyper's 408).
+fn closed_without_answer(c: &mut TcpStream, what: &str) {
+    let mut out = Vec::new();
+    c.read_to_end(&mut out).expect("closed within the read timeout (10 s)");
+    assert!(out.is_empty() || out.starts_with(b"HTTP/1.1 408"), "{what} got {out:?}");
 }
 
 /// Every frame the worker has sent so far, in order (the channel is non-blocking).
@@ -379,28 +399,19 @@ fn connections_with_nothing_to_read_yet_are_answered_when_their_request_comes() 
     assert!(late_head[0].starts_with("HTTP/1.1 200"), "{late_head:?}");
     assert_eq!(late_body, hyper_body, "the request that came after the drain");
     // Drained and with no connection left, the worker ends by itself.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !thread.is_finished() {
-        assert!(Instant::now() < deadline, "the worker did not end within 10 s of its last connection");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    thread.join().expect("the worker ends on DRAIN");
+    ended(thread);
 }
 
 #[test]
 fn a_client_that_never_completes_a_request_head_is_closed_after_the_header_timeout() {
-    let mut cfg = HttpConfig::new(0, None);
-    cfg.header_timeout = Duration::from_millis(300);
-    let (master, thread, mut log, listener) = start_cfg(cfg);
+    let (master, thread, mut log, listener) = start_header_timeout(Duration::from_millis(300));
     // Silent (it waits in the second look), and half a head (hyper has it, replayed).
     let (mut silent, fd0) = client(&listener, "");
     let (mut half, fd1) = client(&listener, "GET / HTTP/1.1\r\nHost: t\r\n");
     let t0 = Instant::now();
     send_conns(&master, 0, vec![fd0, fd1]);
     for (id, c) in [&mut silent, &mut half].into_iter().enumerate() {
-        let mut out = Vec::new();
-        c.read_to_end(&mut out).expect("closed within the read timeout (10 s)");
-        assert!(out.is_empty() || out.starts_with(b"HTTP/1.1 408"), "connection {id} got {out:?}");
+        closed_without_answer(c, &format!("connection {id}"));
         assert!(t0.elapsed() >= Duration::from_millis(300), "connection {id} closed before its time");
         drain(&master, &mut log);
         assert!(position(&log, id as u64, true).is_some(), "DONE before the FIN for {id}: {log:?}");
@@ -410,9 +421,7 @@ fn a_client_that_never_completes_a_request_head_is_closed_after_the_header_timeo
 
 #[test]
 fn time_spent_waiting_for_the_first_bytes_counts_against_the_first_header_timeout_only() {
-    let mut cfg = HttpConfig::new(0, None);
-    cfg.header_timeout = Duration::from_secs(2);
-    let (master, thread, mut log, listener) = start_cfg(cfg);
+    let (master, thread, mut log, listener) = start_header_timeout(Duration::from_secs(2));
     // Both silent for 1.5 s, in the waiting room. Then `half` sends half a head: hyper
     // has it from then on, and closes it when the 2 s from the start are up (not 2 s
     // after the half head). `kept` sends a whole keep-alive request, answered (by
@@ -432,10 +441,8 @@ fn time_spent_waiting_for_the_first_bytes_counts_against_the_first_header_timeou
     assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&buf[..n]));
     let answered = Instant::now();
 
-    let mut out = Vec::new();
-    half.read_to_end(&mut out).expect("closed within the read timeout (10 s)");
+    closed_without_answer(&mut half, "half a head");
     let took = t0.elapsed();
-    assert!(out.is_empty() || out.starts_with(b"HTTP/1.1 408"), "got {out:?}");
     assert!(took >= Duration::from_secs(2), "closed after {took:?}, before its time");
     assert!(took < Duration::from_millis(3300), "closed after {took:?}: the wait was not counted (that gives 3.5 s)");
     drain(&master, &mut log);
@@ -451,9 +458,7 @@ fn time_spent_waiting_for_the_first_bytes_counts_against_the_first_header_timeou
 
 #[test]
 fn a_crowd_of_silent_clients_waits_without_holding_up_the_others_and_is_closed_in_time() {
-    let mut cfg = HttpConfig::new(0, None);
-    cfg.header_timeout = Duration::from_millis(1000);
-    let (master, thread, mut log, listener) = start_cfg(cfg);
+    let (master, thread, mut log, listener) = start_header_timeout(Duration::from_millis(1000));
     // 200 clients that never speak (ids 0..200), in frames of 20.
     let mut silent = Vec::new();
     for frame in 0..10u64 {
@@ -495,9 +500,7 @@ fn a_crowd_of_silent_clients_waits_without_holding_up_the_others_and_is_closed_i
 
 #[test]
 fn a_first_head_complete_in_time_is_answered_even_if_the_worker_looks_late() {
-    let mut cfg = HttpConfig::new(0, None);
-    cfg.header_timeout = Duration::from_secs(2);
-    let (master, thread, mut log, listener) = start_cfg(cfg);
+    let (master, thread, mut log, listener) = start_header_timeout(Duration::from_secs(2));
     // 20 clients wait in the room, send half a head at 0.2 s (hyper's from then on,
     // with 1.8 s left) and the rest at 0.8 s. From 0.7 s a request keeps the worker's
     // one thread busy for 1.5 s: when it next looks, each head is complete and its
@@ -530,9 +533,7 @@ fn a_first_head_complete_in_time_is_answered_even_if_the_worker_looks_late() {
 
 #[test]
 fn a_drain_does_not_lift_the_first_heads_limit() {
-    let mut cfg = HttpConfig::new(0, None);
-    cfg.header_timeout = Duration::from_secs(2);
-    let (master, thread, mut log, listener) = start_cfg(cfg);
+    let (master, thread, mut log, listener) = start_header_timeout(Duration::from_secs(2));
     // Silent for 1.7 s, then half a head, then DRAIN: still closed when its 2 s are up,
     // not after the drain's grace for a first request (5 s).
     let (mut c, fd) = client(&listener, "");
@@ -543,18 +544,11 @@ fn a_drain_does_not_lift_the_first_heads_limit() {
     c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n").unwrap();
     std::thread::sleep(Duration::from_millis(50));
     send_drain(&master);
-    let mut out = Vec::new();
-    c.read_to_end(&mut out).expect("closed within the read timeout (10 s)");
+    closed_without_answer(&mut c, "half a head");
     let took = t0.elapsed();
-    assert!(out.is_empty() || out.starts_with(b"HTTP/1.1 408"), "got {out:?}");
     assert!(took >= Duration::from_secs(2), "closed after {took:?}, before its time");
     assert!(took < Duration::from_millis(3500), "closed after {took:?}: the drain lifted the limit (that gives 3.7 s)");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !thread.is_finished() {
-        assert!(Instant::now() < deadline, "the worker did not end within 10 s of its last connection");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    thread.join().expect("the worker ends on DRAIN");
+    ended(thread);
 }
 
 /// TCP_INFO of a socket: (segments sent, bytes sent and not yet acknowledged).
