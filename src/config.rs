@@ -137,6 +137,41 @@ pub struct Config {
     pub user: Option<String>,
     /// Run workers as this group.
     pub group: Option<String>,
+    /// The master's own CPU scheduling.
+    pub master_sched: MasterSched,
+}
+
+/// The master's CPU scheduling (`--master-sched`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MasterSched {
+    /// `SCHED_BATCH` (if started in the default `SCHED_OTHER`): woken by a connection,
+    /// the master does not preempt a busy worker, and hands on in larger batches.
+    /// Its workers run in `SCHED_OTHER` all the same.
+    #[default]
+    Batch,
+    /// As started (`SCHED_OTHER` unless `chrt` or systemd said otherwise).
+    Inherit,
+}
+
+impl std::str::FromStr for MasterSched {
+    type Err = String;
+    fn from_str(s: &str) -> Result<MasterSched, String> {
+        match s {
+            "batch" => Ok(MasterSched::Batch),
+            "inherit" => Ok(MasterSched::Inherit),
+            _ => Err(format!("unknown master scheduling {s:?}; choose batch or inherit")),
+        }
+    }
+}
+
+impl std::fmt::Display for MasterSched {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MasterSched::Batch => "batch",
+            MasterSched::Inherit => "inherit",
+        })
+    }
 }
 
 /// The TOML file: the same settings, each optional.
@@ -178,6 +213,8 @@ pub struct ConfigFile {
     pub user: Option<String>,
     /// `group = "www-data"`
     pub group: Option<String>,
+    /// `master-sched = "batch"`
+    pub master_sched: Option<MasterSched>,
 }
 
 impl ConfigFile {
@@ -218,7 +255,8 @@ impl ConfigFile {
             metrics,
             health,
             user,
-            group
+            group,
+            master_sched
         )
     }
 
@@ -300,6 +338,7 @@ impl ConfigFile {
             health: self.health,
             user: self.user,
             group: self.group,
+            master_sched: self.master_sched.unwrap_or_default(),
         })
     }
 }
@@ -360,6 +399,12 @@ mod tests {
         assert!(e.contains("unknown field `wrokers`"), "{e}");
         let e = toml::from_str::<ConfigFile>("policy = \"fastest\"").unwrap_err().to_string();
         assert!(e.contains("fastest"), "{e}");
+        // The master's scheduling: batch unless asked otherwise.
+        assert_eq!(ConfigFile::default().resolve().unwrap().master_sched, MasterSched::Batch);
+        let f: ConfigFile = toml::from_str("master-sched = \"inherit\"").unwrap();
+        assert_eq!(f.resolve().unwrap().master_sched, MasterSched::Inherit);
+        let e = toml::from_str::<ConfigFile>("master-sched = \"fifo\"").unwrap_err().to_string();
+        assert!(e.contains("fifo"), "{e}");
     }
 
     #[test]

@@ -147,6 +147,17 @@ impl Server {
         self
     }
 
+    /// The master's CPU scheduling (default [`MasterSched::Batch`]: the thread that
+    /// runs the master, the caller's, switches to `SCHED_BATCH` if it is in
+    /// `SCHED_OTHER`; workers run in `SCHED_OTHER`). [`MasterSched::Inherit`] leaves it.
+    ///
+    /// [`MasterSched::Batch`]: crate::config::MasterSched::Batch
+    /// [`MasterSched::Inherit`]: crate::config::MasterSched::Inherit
+    pub fn master_sched(mut self, sched: crate::config::MasterSched) -> Server {
+        self.file.master_sched = Some(sched);
+        self
+    }
+
     /// How often workers send HEARTBEAT.
     pub fn heartbeat(mut self, every: Duration) -> Server {
         self.file.heartbeat_ms = Some(every.as_millis().min(u64::MAX as u128) as u64);

@@ -206,7 +206,10 @@ fn forked_worker_holds_no_master_descriptor() {
         // stdin, stdout, stderr and the channel: no listener, no other channel, no epoll.
         assert_eq!(fds.len(), 4, "worker {slot} (pid {pid}) holds {fds:?}");
         assert_eq!(fds.iter().filter(|f| f.starts_with("socket:")).count(), 1, "worker {slot}: {fds:?}");
+        // Nor the master's SCHED_BATCH.
+        assert_eq!(sched_policy(pid), Some(SCHED_OTHER), "worker {slot} (pid {pid})");
     }
+    assert_eq!(sched_policy(h.pid()), Some(SCHED_BATCH), "the master");
 }
 
 fn forked_workers_drain_on_sigterm() {

@@ -49,6 +49,14 @@ fn upgrade_to_a_copy_of_the_binary_under_load() {
     assert_ne!(new_pid, old_pid as u64);
     assert_eq!(running_workers(&st), 2);
     assert_eq!(http_get(h.addr(), "/").unwrap().status, 200);
+    // Started by a master in SCHED_BATCH, the new one chose for itself, and knows its
+    // workers go back to SCHED_OTHER.
+    assert_eq!(sched_policy(new_pid as u32), Some(SCHED_BATCH), "the new master");
+    let workers = children_of(new_pid as u32);
+    assert_eq!(workers.len(), 2, "{workers:?}");
+    for w in workers {
+        assert_eq!(sched_policy(w), Some(SCHED_OTHER), "the new master's worker {w}");
+    }
     // Stop the new master (it is not our child: found by pid, pinned, checked to carry
     // this run's marker, stopped through the pin).
     assert!(h.signal_own(new_pid as u32, Signal::TERM), "the new master {new_pid} is gone or not ours");

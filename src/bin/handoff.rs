@@ -132,6 +132,10 @@ struct RunArgs {
     /// Run workers as this group
     #[arg(long)]
     group: Option<String>,
+    /// The master's CPU scheduling: batch (SCHED_BATCH: it does not preempt busy workers,
+    /// and hands on in larger batches; workers stay SCHED_OTHER) or inherit [default: batch]
+    #[arg(long, value_name = "batch|inherit")]
+    master_sched: Option<handoff::config::MasterSched>,
     /// More log output (-vv for debug)
     #[arg(long, short = 'v', action = clap::ArgAction::Count)]
     verbose: u8,
@@ -162,6 +166,7 @@ impl RunArgs {
             control: self.control.clone(),
             metrics: self.metrics,
             health: self.health,
+            master_sched: self.master_sched,
             ..ConfigFile::default()
         }
     }

@@ -352,6 +352,7 @@ impl Master {
         // The admin endpoints stay as they are: they cannot move under a client.
         let (control, metrics, health) = (self.cfg.control.clone(), self.cfg.metrics, self.cfg.health);
         self.cfg = super::Config { control, metrics, health, ..new };
+        self.apply_master_sched();
         self.scale(n);
         self.rolling = (0..old_slots.min(n)).collect();
         self.ready_notified = false;

@@ -491,6 +491,26 @@ pub fn cpu_ticks(pid: u32) -> u64 {
         + fields.get(12).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0)
 }
 
+/// A process's scheduling policy (`/proc/<pid>/stat` field 41): 0 `SCHED_OTHER`,
+/// 3 `SCHED_BATCH`, ...; `None` once it is gone.
+pub fn sched_policy(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')').next()?.split_whitespace().nth(38)?.parse().ok()
+}
+
+/// `SCHED_OTHER` and `SCHED_BATCH`, as [`sched_policy`] gives them.
+pub const SCHED_OTHER: u32 = 0;
+pub const SCHED_BATCH: u32 = 3;
+
+/// The children of `pid` (its main thread's), from `/proc`.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
 /// Waits until `f` is true, or fails the test with `what`.
 pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;
