@@ -149,7 +149,8 @@ impl Server {
 
     /// The master's CPU scheduling (default [`MasterSched::Batch`]: the thread that
     /// runs the master, the caller's, switches to `SCHED_BATCH` if it is in
-    /// `SCHED_OTHER`; workers run in `SCHED_OTHER`). [`MasterSched::Inherit`] leaves it.
+    /// `SCHED_OTHER`, and back when the master returns; workers run in `SCHED_OTHER`).
+    /// [`MasterSched::Inherit`] leaves it.
     ///
     /// [`MasterSched::Batch`]: crate::config::MasterSched::Batch
     /// [`MasterSched::Inherit`]: crate::config::MasterSched::Inherit

@@ -448,6 +448,8 @@ impl Master {
             },
             self.cfg.policy
         );
+        // Whichever way `run` ends, the thread leaves SCHED_BATCH with it.
+        let _restore = crate::sys::process::MasterSchedGuard;
         self.apply_master_sched();
         for slot in 0..self.slots.len() {
             if let Err(e) = self.spawn_worker(slot) {
@@ -1423,18 +1425,18 @@ impl Master {
         }
     }
 
-    /// Replaces worker `i` by a fresh one; the old one keeps serving until the new one
-    /// is ready, then drains.
     /// The master's own CPU scheduling, as `--master-sched` asks (see
     /// `sys::process::set_master_batch`): at start and at each reload.
     pub(super) fn apply_master_sched(&mut self) {
         let batch = self.cfg.master_sched == crate::config::MasterSched::Batch;
         match crate::sys::process::set_master_batch(batch) {
             Ok(now) => debug!("master scheduling: {}", if now { "SCHED_BATCH" } else { "as started" }),
-            Err(e) => warn!("master scheduling: cannot switch to SCHED_BATCH ({e}); running as started"),
+            Err(e) => warn!("master scheduling: cannot change it ({e}); running as it was"),
         }
     }
 
+    /// Replaces worker `i` by a fresh one; the old one keeps serving until the new one
+    /// is ready, then drains.
     fn recycle(&mut self, i: usize) {
         let (slot, pid, n) = (self.workers[i].slot, self.workers[i].pid, self.workers[i].dispatched);
         info!("worker {slot} (pid {pid}) took {n} connections: recycling it");

@@ -50,8 +50,9 @@ pub fn spawn_with_channel(cmd: &mut Command, channel: BorrowedFd<'_>, no_new_pri
         cmd.env_remove(key);
     }
     // SAFETY: the closure runs in the forked child before exec. Its obligations:
-    // 1. Only async-signal-safe work: each call below is a single raw syscall (fcntl,
-    //    prctl, getppid, setpgid through rustix, sched_setscheduler); no allocation, no lock. Errors are built from
+    // 1. Only async-signal-safe work: each call below is a raw syscall (fcntl, prctl,
+    //    getppid, setpgid through rustix; sched_getscheduler and sched_setscheduler);
+    //    no allocation, no lock. Errors are built from
     //    a raw errno, which does not allocate.
     // 2. `raw` is the channel descriptor, open in the parent when `spawn` forks (the
     //    caller's `BorrowedFd` lives across this call), hence open in the child.
@@ -69,7 +70,7 @@ pub fn spawn_with_channel(cmd: &mut Command, channel: BorrowedFd<'_>, no_new_pri
             // A process group of its own: a terminal's Ctrl-C (SIGINT to the foreground
             // group) reaches the master alone, which then drains the workers gracefully.
             rustix::process::setpgid(None, None)?;
-            reset_child_scheduling()?;
+            reset_child_scheduling();
             Ok(())
         });
     }
@@ -87,47 +88,72 @@ pub fn spawn_with_channel(cmd: &mut Command, channel: BorrowedFd<'_>, no_new_pri
 // way. Workers must not inherit it (their requests are latency work): every child is
 // put back to `SCHED_OTHER` before it runs anything.
 
-/// Whether this process switched itself to `SCHED_BATCH`: then its children go back.
-static MASTER_BATCH: AtomicBool = AtomicBool::new(false);
+thread_local! {
+    /// Whether this thread (a master's) switched itself to `SCHED_BATCH`: then its
+    /// children go back. Per thread, as the policy is; `const`, so that reading it in a
+    /// child after `fork` allocates nothing.
+    static MASTER_BATCH: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
 
 /// `sched_param` for the non-real-time policies, whose priority must be 0.
 const NORMAL_PRIORITY: libc::sched_param = libc::sched_param { sched_priority: 0 };
 
-/// Puts the calling thread (the master's only one) in `SCHED_BATCH` if `batch` and it
-/// runs in the default `SCHED_OTHER`, or back in `SCHED_OTHER` if not `batch` and this
-/// function had switched it. A policy set from outside (`chrt`, systemd's
-/// `CPUSchedulingPolicy=`) is left as it is, and inherited by the workers as before.
-/// Returns whether the master now runs as `SCHED_BATCH` by its own doing.
-pub fn set_master_batch(batch: bool) -> io::Result<bool> {
-    let switched = MASTER_BATCH.load(Ordering::Relaxed);
+/// The calling thread's scheduling policy.
+fn current_policy() -> i32 {
     // SAFETY: `sched_getscheduler` reads the calling thread's policy; no pointers.
-    let policy = unsafe { libc::sched_getscheduler(0) };
-    let to = match (batch, switched) {
-        (true, false) if policy == libc::SCHED_OTHER => libc::SCHED_BATCH,
-        (false, true) if policy == libc::SCHED_BATCH => libc::SCHED_OTHER,
-        _ => return Ok(switched && batch),
-    };
-    // SAFETY: pid 0 is the calling thread; `NORMAL_PRIORITY` is a valid `sched_param`
-    // that lives for the whole call.
-    if unsafe { libc::sched_setscheduler(0, to, &NORMAL_PRIORITY) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    MASTER_BATCH.store(batch, Ordering::Relaxed);
-    Ok(batch)
+    unsafe { libc::sched_getscheduler(0) }
 }
 
-/// In a new child (after `fork`, before `exec` or a forked worker's body): back to
-/// `SCHED_OTHER` if the master is `SCHED_BATCH` by its own doing. One system call,
-/// async-signal-safe. Unprivileged processes may always leave `SCHED_BATCH`.
-fn reset_child_scheduling() -> io::Result<()> {
-    if !MASTER_BATCH.load(Ordering::Relaxed) {
-        return Ok(());
-    }
-    // SAFETY: as in `set_master_batch`; no allocation, no lock.
-    if unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &NORMAL_PRIORITY) } != 0 {
+/// Sets the calling thread's policy (`SCHED_OTHER` or `SCHED_BATCH`, priority 0).
+fn set_policy(policy: i32) -> io::Result<()> {
+    // SAFETY: pid 0 is the calling thread; `NORMAL_PRIORITY` is a valid `sched_param`
+    // that lives for the whole call; no allocation, no lock (async-signal-safe).
+    if unsafe { libc::sched_setscheduler(0, policy, &NORMAL_PRIORITY) } != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Puts the calling thread (a master's) in `SCHED_BATCH` if `batch` and it runs in
+/// the default `SCHED_OTHER`, or back in `SCHED_OTHER` if not `batch` and this function
+/// had switched it. A policy set from outside (`chrt`, systemd's
+/// `CPUSchedulingPolicy=`), before start or since, is the operator's: left as it is,
+/// and inherited by the workers as before. Returns whether the thread now runs as
+/// `SCHED_BATCH` by its own doing.
+pub fn set_master_batch(batch: bool) -> io::Result<bool> {
+    let policy = current_policy();
+    // Ours only while it is still the SCHED_BATCH we set.
+    let ours = MASTER_BATCH.get() && policy == libc::SCHED_BATCH;
+    MASTER_BATCH.set(ours);
+    let to = match (batch, ours) {
+        (true, false) if policy == libc::SCHED_OTHER => libc::SCHED_BATCH,
+        (false, true) => libc::SCHED_OTHER,
+        _ => return Ok(ours),
+    };
+    set_policy(to)?;
+    MASTER_BATCH.set(batch);
+    Ok(batch)
+}
+
+/// Puts the calling thread back in `SCHED_OTHER` when dropped, if [`set_master_batch`]
+/// had switched it: a library's `Server` returns the caller's thread as it found it.
+pub struct MasterSchedGuard;
+
+impl Drop for MasterSchedGuard {
+    fn drop(&mut self) {
+        let _ = set_master_batch(false);
+    }
+}
+
+/// In a new child (after `fork`, before `exec` or a forked worker's body): back to
+/// `SCHED_OTHER` if it is in the `SCHED_BATCH` its master chose for itself. Best effort
+/// (a worker in `SCHED_BATCH` is slower to answer on a busy machine, not wrong; leaving
+/// it for `SCHED_OTHER` at the same nice value needs no privilege anyway). Two system
+/// calls, async-signal-safe.
+fn reset_child_scheduling() {
+    if MASTER_BATCH.get() && current_policy() == libc::SCHED_BATCH {
+        let _ = set_policy(libc::SCHED_OTHER);
+    }
 }
 
 // ---- forked closure workers ----
@@ -245,9 +271,7 @@ fn child_main(
     }
     // Own process group, as for exec'd workers: Ctrl-C goes to the master alone.
     let _ = rustix::process::setpgid(None, None);
-    if let Err(e) = reset_child_scheduling() {
-        fail("leaving the master's SCHED_BATCH", e);
-    }
+    reset_child_scheduling();
     // Keep the channel clear of 0..=2, which are about to be replaced (a master started
     // with closed stdio may have been given one of those numbers for it).
     let channel = if channel.as_raw_fd() > 2 {
@@ -500,8 +524,67 @@ pub fn spawn_keeping(cmd: &mut Command, keep: &[BorrowedFd<'_>]) -> io::Result<C
             }
             // The new master starts from `SCHED_OTHER` and chooses for itself (and
             // so knows its workers must go back to it).
-            reset_child_scheduling()
+            reset_child_scheduling();
+            Ok(())
         });
     }
     cmd.spawn()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `f` on a thread of its own: the policy is per thread, and these change it.
+    fn on_a_thread(f: impl FnOnce() + Send + 'static) {
+        std::thread::spawn(f).join().expect("the test thread");
+    }
+
+    /// The policy of a child spawned by this thread, as the child itself reads it.
+    fn childs_policy() -> String {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "cut -d' ' -f41 /proc/$$/stat"]).stdout(std::process::Stdio::piped());
+        let out = spawn_keeping(&mut cmd, &[]).unwrap().wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    #[test]
+    fn the_master_thread_switches_and_its_children_go_back() {
+        on_a_thread(|| {
+            assert!(set_master_batch(true).unwrap());
+            assert_eq!(current_policy(), libc::SCHED_BATCH);
+            assert_eq!(childs_policy(), libc::SCHED_OTHER.to_string(), "a child");
+            assert_eq!(current_policy(), libc::SCHED_BATCH, "the master thread itself");
+            assert!(!set_master_batch(false).unwrap());
+            assert_eq!(current_policy(), libc::SCHED_OTHER);
+        });
+    }
+
+    #[test]
+    fn a_policy_changed_from_outside_is_the_operators() {
+        on_a_thread(|| {
+            assert!(set_master_batch(true).unwrap());
+            // The operator moves the running master (`chrt --idle -p 0 PID`): children
+            // inherit that, and no child tries to leave it (which needs privilege).
+            set_policy(libc::SCHED_IDLE).unwrap();
+            reset_child_scheduling();
+            assert_eq!(current_policy(), libc::SCHED_IDLE, "reset only what the master set");
+            // Nor does a reload to `inherit` take it back.
+            assert!(!set_master_batch(false).unwrap());
+            assert_eq!(current_policy(), libc::SCHED_IDLE);
+            assert!(!MASTER_BATCH.get());
+        });
+    }
+
+    #[test]
+    fn the_guard_returns_the_thread_as_it_found_it() {
+        on_a_thread(|| {
+            {
+                let _guard = MasterSchedGuard;
+                assert!(set_master_batch(true).unwrap());
+            }
+            assert_eq!(current_policy(), libc::SCHED_OTHER);
+            assert!(!MASTER_BATCH.get());
+        });
+    }
 }
