@@ -165,15 +165,6 @@ impl std::str::FromStr for MasterSched {
     }
 }
 
-impl std::fmt::Display for MasterSched {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            MasterSched::Batch => "batch",
-            MasterSched::Inherit => "inherit",
-        })
-    }
-}
-
 /// The TOML file: the same settings, each optional.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
