@@ -21,7 +21,7 @@ fn main() {
     let mut sum = 0u64;
     for id in 0..n {
         // master → worker: CONN with one descriptor
-        wire::encode_conn(&mut frame, &[ConnItem { id, listener: 0, sock: wire::sock::TCP, addrs: None }]);
+        wire::encode_conn(&mut frame, &[ConnItem { id, listener: 0, sock: wire::sock::TCP, flags: 0, addrs: None }]);
         send_with_fds(master.as_fd(), &frame, &[payload_fd.as_fd()]).expect("send CONN");
         let got = recv_with_fds(&worker, &mut buf, wire::MAX_CONNS).expect("recv CONN");
         let Ok(wire::Frame::Conn(items)) = wire::decode(&buf[..got.len]) else { panic!("bad CONN") };

@@ -139,7 +139,25 @@ pub struct Config {
     pub group: Option<String>,
     /// The master's own CPU scheduling.
     pub master_sched: MasterSched,
+    /// When workers hand idle keep-alive connections back (request-level balancing).
+    pub hand_back: crate::wire::HandBack,
+    /// How long the master holds an idle connection a worker handed back.
+    pub keepalive_timeout: Duration,
+    /// Most idle connections the master holds; beyond it the oldest are closed.
+    pub max_idle: usize,
 }
+
+/// How long the master keeps an idle keep-alive connection a worker handed back, by
+/// default: nginx's `keepalive_timeout` (75 s). Longer than the idle timeouts of the
+/// pools that sit in front of servers (nginx `upstream keepalive_timeout` 60 s,
+/// HAProxy's pool purge 5 s, browsers and client pools 15-60 s), so that the pool, not
+/// the server, closes an idle connection: a server that closes first races the pool's
+/// next request on that connection.
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
+
+/// Most idle connections the master holds by default (at most half its descriptor
+/// limit, found at start).
+pub const DEFAULT_MAX_IDLE: usize = 16_384;
 
 /// The master's CPU scheduling (`--master-sched`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -206,6 +224,12 @@ pub struct ConfigFile {
     pub group: Option<String>,
     /// `master-sched = "batch"`
     pub master_sched: Option<MasterSched>,
+    /// `hand-back = "auto"`
+    pub hand_back: Option<crate::wire::HandBack>,
+    /// `keepalive-timeout = 75` (seconds)
+    pub keepalive_timeout: Option<f64>,
+    /// `max-idle = 16384`
+    pub max_idle: Option<usize>,
 }
 
 impl ConfigFile {
@@ -247,7 +271,10 @@ impl ConfigFile {
             health,
             user,
             group,
-            master_sched
+            master_sched,
+            hand_back,
+            keepalive_timeout,
+            max_idle
         )
     }
 
@@ -306,6 +333,9 @@ impl ConfigFile {
             return invalid(format!("heartbeat-ms must be between 10 and 600000, not {heartbeat_ms}"));
         }
         let worker_timeout = secs("worker-timeout", self.worker_timeout, 30.0)?;
+        if self.max_idle == Some(0) {
+            return invalid("max-idle must be at least 1 (use --hand-back off to hold no idle connection)".into());
+        }
         Ok(Config {
             listen,
             listen_given,
@@ -330,6 +360,13 @@ impl ConfigFile {
             user: self.user,
             group: self.group,
             master_sched: self.master_sched.unwrap_or_default(),
+            hand_back: self.hand_back.unwrap_or_default(),
+            keepalive_timeout: secs(
+                "keepalive-timeout",
+                self.keepalive_timeout,
+                DEFAULT_KEEPALIVE_TIMEOUT.as_secs_f64(),
+            )?,
+            max_idle: self.max_idle.unwrap_or(DEFAULT_MAX_IDLE),
         })
     }
 }

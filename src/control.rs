@@ -69,6 +69,9 @@ pub struct Status {
     pub listeners: Vec<String>,
     /// Every worker process, including ones being replaced.
     pub workers: Vec<WorkerStatus>,
+    /// Idle keep-alive connections the master holds (handed back by workers).
+    #[serde(default)]
+    pub idle: usize,
     /// Counters since start.
     pub totals: crate::master::Totals,
     /// Jain's fairness index of connections dispatched per slot since start (1 = even).

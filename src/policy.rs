@@ -66,6 +66,17 @@ pub struct Candidate {
     pub active: u32,
     /// Does it report DONE (is `active` meaningful)?
     pub reports_load: bool,
+    /// Has it connections it has not ACKed yet? A worker that is slow to take what it
+    /// was sent is busy (stuck in a long request, or descheduled): among equally
+    /// loaded workers, one that is keeping up gets the connection.
+    pub behind: bool,
+}
+
+impl Candidate {
+    /// What load-aware policies compare: workers keeping up first, then fewest active.
+    fn load(&self) -> (bool, u32) {
+        (self.behind, self.active)
+    }
 }
 
 /// Chooses workers under one policy, remembering the rotation.
@@ -110,14 +121,14 @@ impl Balancer {
             Policy::RoundRobin => rotation.clone().next(),
             _ if !load_known() => rotation.clone().next(),
             // `min_by_key` keeps the first minimum: the first in rotation wins ties.
-            Policy::LeastConn => rotation.clone().min_by_key(|&i| ws[i].active),
+            Policy::LeastConn => rotation.clone().min_by_key(|&i| ws[i].load()),
             Policy::P2c => {
                 let first = rotation.clone().next()?;
                 let eligible: Vec<usize> = rotation.clone().collect();
                 let a = eligible[self.rng.usize(..eligible.len())];
                 let b = eligible[self.rng.usize(..eligible.len())];
-                let sampled = if ws[b].active < ws[a].active { b } else { a };
-                if ws[sampled].active < ws[first].active {
+                let sampled = if ws[b].load() < ws[a].load() { b } else { a };
+                if ws[sampled].load() < ws[first].load() {
                     Some(sampled)
                 } else {
                     Some(first)
@@ -150,7 +161,7 @@ mod tests {
     use super::*;
 
     fn c(active: u32) -> Candidate {
-        Candidate { eligible: true, active, reports_load: true }
+        Candidate { eligible: true, active, reports_load: true, behind: false }
     }
 
     #[test]
@@ -187,6 +198,20 @@ mod tests {
         let ws = [c(1), c(1), c(0), c(1)];
         for _ in 0..5 {
             assert_eq!(b.pick(&ws), Some(2));
+        }
+    }
+
+    #[test]
+    fn least_conn_passes_over_a_worker_that_is_behind() {
+        {
+            let p = Policy::LeastConn;
+            let mut b = Balancer::new(p);
+            // Worker 1 has the fewest connections but has not ACKed one: it is stuck.
+            let mut ws = [c(2), c(1), c(2)];
+            ws[1].behind = true;
+            for _ in 0..20 {
+                assert_ne!(b.pick(&ws), Some(1), "{p}");
+            }
         }
     }
 

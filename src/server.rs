@@ -159,6 +159,13 @@ impl Server {
         self
     }
 
+    /// When workers hand idle keep-alive connections back to the master between
+    /// requests (default [`HandBack::Auto`](crate::wire::HandBack::Auto)).
+    pub fn hand_back(mut self, mode: crate::wire::HandBack) -> Server {
+        self.file.hand_back = Some(mode);
+        self
+    }
+
     /// How often workers send HEARTBEAT.
     pub fn heartbeat(mut self, every: Duration) -> Server {
         self.file.heartbeat_ms = Some(every.as_millis().min(u64::MAX as u128) as u64);

@@ -28,6 +28,8 @@ pub const MAX_FRAME_LEN: usize = 4096;
 pub const MAX_IDS: usize = (MAX_FRAME_LEN - HEADER_LEN) / 8;
 /// Most connections one CONN frame may carry (the kernel's `SCM_MAX_FD`).
 pub const MAX_CONNS: usize = crate::sys::fdpass::MAX_FDS_PER_MSG;
+/// Most connections one RETURN frame may carry (the kernel's `SCM_MAX_FD`).
+pub const MAX_RETURNS: usize = crate::sys::fdpass::MAX_FDS_PER_MSG;
 /// Size of one CONN item.
 pub const CONN_ITEM_LEN: usize = 16;
 /// Size of one CONN_ADDR item: a CONN item and the 40-byte address block.
@@ -45,6 +47,9 @@ pub mod kind {
     pub const DONE: u8 = 0x03;
     /// worker → master: still alive.
     pub const HEARTBEAT: u8 = 0x04;
+    /// worker → master: these idle connections come back, one descriptor per id
+    /// (only from workers that announced `cap::RETURN`).
+    pub const RETURN: u8 = 0x05;
     /// master → worker: connections, one descriptor per item.
     pub const CONN: u8 = 0x81;
     /// master → worker: finish what you have, take no more, exit.
@@ -68,8 +73,12 @@ pub mod cap {
     pub const BATCH: u32 = 1 << 3;
     /// The worker understands CONN_ADDR frames (client addresses from PROXY headers).
     pub const ADDRS: u32 = 1 << 4;
+    /// The worker may hand idle keep-alive connections back with RETURN frames, at a
+    /// request boundary, so that the master places each request, not just each
+    /// connection. Needs ACK and DONE.
+    pub const RETURN: u32 = 1 << 5;
     /// Every capability this crate knows.
-    pub const ALL: u32 = ACK | DONE | HEARTBEAT | BATCH | ADDRS;
+    pub const ALL: u32 = ACK | DONE | HEARTBEAT | BATCH | ADDRS | RETURN;
 }
 
 /// What kind of socket a CONN item carries (byte 10 of the item): a hint that saves
@@ -84,6 +93,60 @@ pub mod sock {
     pub const UNIX: u8 = 2;
 }
 
+/// Bits of a CONN item's `flags` byte (byte 11).
+pub mod flags {
+    /// The connection was handed back by a worker before (RETURN) and its client has
+    /// sent its next request: not a new client. Sent only to workers that announced
+    /// `cap::RETURN`.
+    pub const CONTINUED: u8 = 1 << 0;
+}
+
+/// When workers hand idle keep-alive connections back to the master (`--hand-back`,
+/// passed to workers as `HANDOFF_RETURN`): see `docs/PROTOCOL.md`, "Request-level
+/// balancing".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HandBack {
+    /// While the worker is slow: from the end of a request that held it for at least
+    /// [`SLOW_REQUEST`] until [`SLOW_HOLD`] later. Uniform fast traffic never pays for
+    /// a hand-back; a worker stuck behind slow requests stops hoarding idle clients.
+    #[default]
+    Auto,
+    /// After every response whose connection stays open.
+    Always,
+    /// Never: workers do not announce `cap::RETURN`; every request of a connection
+    /// goes to the worker that has it, as before request-level balancing.
+    Off,
+}
+
+/// A request that holds a worker this long makes it slow for [`HandBack::Auto`].
+pub const SLOW_REQUEST: std::time::Duration = std::time::Duration::from_millis(2);
+/// How long a worker stays slow after its last slow request.
+pub const SLOW_HOLD: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl HandBack {
+    /// The name on the command line, in config files and in `HANDOFF_RETURN`.
+    pub fn name(self) -> &'static str {
+        match self {
+            HandBack::Auto => "auto",
+            HandBack::Always => "always",
+            HandBack::Off => "off",
+        }
+    }
+}
+
+impl std::str::FromStr for HandBack {
+    type Err = String;
+    fn from_str(s: &str) -> Result<HandBack, String> {
+        match s {
+            "auto" => Ok(HandBack::Auto),
+            "always" => Ok(HandBack::Always),
+            "off" | "never" => Ok(HandBack::Off),
+            _ => Err(format!("unknown hand-back mode {s:?}; choose auto, always or off")),
+        }
+    }
+}
+
 /// One connection handed to a worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnItem {
@@ -93,6 +156,8 @@ pub struct ConnItem {
     pub listener: u16,
     /// A [`sock`] value.
     pub sock: u8,
+    /// [`flags`] bits.
+    pub flags: u8,
     /// The addresses a PROXY protocol header gave (CONN_ADDR frames only).
     pub addrs: Option<crate::proxy::ProxyHeader>,
 }
@@ -115,6 +180,8 @@ pub enum Frame {
     Done(Vec<u64>),
     /// worker → master.
     Heartbeat,
+    /// worker → master, with exactly one descriptor per id, in order.
+    Return(Vec<u64>),
     /// master → worker, with exactly one descriptor per item, in order.
     Conn(Vec<ConnItem>),
     /// master → worker.
@@ -170,7 +237,7 @@ impl std::error::Error for DecodeError {}
 fn item_len(kind: u8) -> Option<usize> {
     Some(match kind {
         kind::READY => 8,
-        kind::ACK | kind::DONE => 8,
+        kind::ACK | kind::DONE | kind::RETURN => 8,
         kind::HEARTBEAT | kind::DRAIN => 0,
         kind::CONN => CONN_ITEM_LEN,
         kind::CONN_ADDR => CONN_ADDR_ITEM_LEN,
@@ -182,6 +249,7 @@ fn count_ok(kind: u8, n: usize) -> bool {
     match kind {
         kind::READY => n == 1,
         kind::ACK | kind::DONE => (1..=MAX_IDS).contains(&n),
+        kind::RETURN => (1..=MAX_RETURNS).contains(&n),
         kind::CONN => (1..=MAX_CONNS).contains(&n),
         kind::CONN_ADDR => (1..=MAX_CONN_ADDRS).contains(&n),
         _ => n == 0,
@@ -224,6 +292,7 @@ pub fn decode(b: &[u8]) -> Result<Frame, DecodeError> {
         kind::ACK => Frame::Ack(ids()),
         kind::DONE => Frame::Done(ids()),
         kind::HEARTBEAT => Frame::Heartbeat,
+        kind::RETURN => Frame::Return(ids()),
         kind::DRAIN => Frame::Drain,
         kind::CONN | kind::CONN_ADDR => {
             let with_addrs = kind == kind::CONN_ADDR;
@@ -238,6 +307,7 @@ pub fn decode(b: &[u8]) -> Result<Frame, DecodeError> {
                 };
                 items.push(ConnItem {
                     sock: body[at + 10],
+                    flags: body[at + 11],
                     id: u64_at(body, at),
                     listener: u16::from_le_bytes([body[at + 8], body[at + 9]]),
                     addrs,
@@ -262,11 +332,12 @@ pub fn encode_ready(out: &mut Vec<u8>, caps: u32, pid: u32) {
     out.extend_from_slice(&pid.to_le_bytes());
 }
 
-/// Encodes an ACK or DONE list. Panics in debug builds only if `ids` is empty or
-/// longer than [`MAX_IDS`]; callers chunk their lists.
+/// Encodes an ACK, DONE or RETURN list. Panics in debug builds only if `ids` is
+/// empty or longer than the type allows ([`MAX_IDS`], [`MAX_RETURNS`]); callers chunk
+/// their lists.
 pub fn encode_ids(out: &mut Vec<u8>, kind: u8, ids: &[u64]) {
-    debug_assert!(kind == kind::ACK || kind == kind::DONE);
-    debug_assert!((1..=MAX_IDS).contains(&ids.len()));
+    debug_assert!(kind == kind::ACK || kind == kind::DONE || kind == kind::RETURN);
+    debug_assert!(count_ok(kind, ids.len()));
     header(out, kind, ids.len());
     for id in ids {
         out.extend_from_slice(&id.to_le_bytes());
@@ -289,7 +360,8 @@ pub fn encode_conn(out: &mut Vec<u8>, items: &[ConnItem]) {
         out.extend_from_slice(&it.id.to_le_bytes());
         out.extend_from_slice(&it.listener.to_le_bytes());
         out.push(it.sock);
-        out.extend_from_slice(&[0u8; 5]);
+        out.push(it.flags);
+        out.extend_from_slice(&[0u8; 4]);
         if with_addrs {
             crate::proxy::encode_addrs(&it.addrs.unwrap_or_default(), out);
         }
@@ -305,6 +377,7 @@ pub fn encode(frame: &Frame) -> Vec<u8> {
         Frame::Ack(ids) => encode_ids(&mut out, kind::ACK, ids),
         Frame::Done(ids) => encode_ids(&mut out, kind::DONE, ids),
         Frame::Heartbeat => encode_empty(&mut out, kind::HEARTBEAT),
+        Frame::Return(ids) => encode_ids(&mut out, kind::RETURN, ids),
         Frame::Drain => encode_empty(&mut out, kind::DRAIN),
         Frame::Conn(items) => encode_conn(&mut out, items),
     }
@@ -325,8 +398,13 @@ mod tests {
             [0x01, 1, 1, 0, 3, 0, 0, 0, 2, 1, 0, 0]
         );
         assert_eq!(encode(&Frame::Ack(vec![5])), [0x02, 1, 1, 0, 5, 0, 0, 0, 0, 0, 0, 0]);
-        let conn = encode(&Frame::Conn(vec![ConnItem { id: 0x0a0b, listener: 2, sock: sock::TCP, addrs: None }]));
+        let conn =
+            encode(&Frame::Conn(vec![ConnItem { id: 0x0a0b, listener: 2, sock: sock::TCP, flags: 0, addrs: None }]));
         assert_eq!(conn, [0x81, 1, 1, 0, 0x0b, 0x0a, 0, 0, 0, 0, 0, 0, 2, 0, 1, 0, 0, 0, 0, 0]);
+        let again = ConnItem { id: 7, listener: 0, sock: sock::TCP, flags: flags::CONTINUED, addrs: None };
+        assert_eq!(encode(&Frame::Conn(vec![again])), [0x81, 1, 1, 0, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0]);
+        assert_eq!(encode(&Frame::Return(vec![7])), [0x05, 1, 1, 0, 7, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(decode(&[0x05, 1, 0, 0]), Err(DecodeError::Count { kind: 5, n: 0 }));
     }
 
     #[test]
@@ -344,7 +422,15 @@ mod tests {
     fn frame() -> impl Strategy<Value = Frame> {
         let ids = prop::collection::vec(any::<u64>(), 1..=MAX_IDS);
         let items = prop::collection::vec((any::<u64>(), any::<u16>(), 0u8..=2), 1..=MAX_CONNS).prop_map(|v| {
-            v.into_iter().map(|(id, listener, sock)| ConnItem { id, listener, sock, addrs: None }).collect()
+            v.into_iter()
+                .map(|(id, listener, sock)| ConnItem {
+                    id,
+                    listener,
+                    sock,
+                    flags: flags::CONTINUED & id as u8,
+                    addrs: None,
+                })
+                .collect()
         });
         let v4 = |(a, p): (u32, u16)| std::net::SocketAddr::from((std::net::Ipv4Addr::from(a), p));
         let addr_items = prop::collection::vec(
@@ -355,6 +441,7 @@ mod tests {
             v.into_iter()
                 .map(|(id, listener, s, d)| ConnItem {
                     sock: sock::TCP,
+                    flags: 0,
                     id,
                     listener,
                     addrs: Some(crate::proxy::ProxyHeader { source: Some(v4(s)), destination: Some(v4(d)) }),
@@ -365,6 +452,7 @@ mod tests {
             (any::<u32>(), any::<u32>()).prop_map(|(caps, pid)| Frame::Ready { version: VERSION, caps, pid }),
             ids.clone().prop_map(Frame::Ack),
             ids.prop_map(Frame::Done),
+            prop::collection::vec(any::<u64>(), 1..=MAX_RETURNS).prop_map(Frame::Return),
             Just(Frame::Heartbeat),
             Just(Frame::Drain),
             items.prop_map(Frame::Conn),
@@ -386,7 +474,7 @@ mod tests {
         }
 
         #[test]
-        fn near_valid_bytes_never_panic(kind in prop_oneof![Just(1u8), Just(2), Just(3), Just(4), Just(0x81), Just(0x82)],
+        fn near_valid_bytes_never_panic(kind in prop_oneof![Just(1u8), Just(2), Just(3), Just(4), Just(5), Just(0x81), Just(0x82)],
                                         n in any::<u16>(), tail in prop::collection::vec(any::<u8>(), 0..64)) {
             let mut b = vec![kind, VERSION];
             b.extend_from_slice(&n.to_le_bytes());

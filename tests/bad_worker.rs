@@ -30,3 +30,16 @@ fn descriptor_sent_to_the_master() {
 fn ack_for_a_connection_never_sent() {
     misbehaving("unknown-ack", "which it was never sent; killing it");
 }
+
+#[test]
+fn connection_handed_back_without_the_return_capability() {
+    misbehaving("return-unannounced", "sent a descriptor (workers must not send any); killing it");
+}
+
+#[test]
+fn connection_handed_back_that_it_never_had() {
+    misbehaving(
+        "return-unknown",
+        "sent a RETURN of connection 18446744073709551614, which it does not hold; killing it",
+    );
+}

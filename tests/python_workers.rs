@@ -23,6 +23,23 @@ fn full_worker_round_robin_exact() {
 }
 
 #[test]
+fn full_worker_hands_idle_connections_back_between_requests() {
+    let h = Handoff::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "4",
+        "--hand-back",
+        "always",
+        "--",
+        "python3",
+        WORKER,
+    ]);
+    h.wait_ready_slots(4);
+    assert_one_connection_reaches_every_worker(&h, 4);
+}
+
+#[test]
 fn full_worker_least_conn_counts_done() {
     let h = python("least-conn", WORKER, &[]);
     h.wait_ready_slots(4);

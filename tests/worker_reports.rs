@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use handoff::sys::fdpass;
-use handoff::wire::{self, ConnItem, Frame};
+use handoff::wire::{self, ConnItem, Frame, HandBack};
 use handoff::worker::http::{serve_incoming, HttpConfig};
 use handoff::worker::{AsyncIncoming, WorkerEnv};
 
@@ -27,7 +27,9 @@ fn spawn_worker(chan: OwnedFd, cfg: HttpConfig) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         rt.block_on(async move {
-            let env = WorkerEnv { id: 0, workers: 1, heartbeat: Duration::from_secs(60) };
+            // This test master speaks the protocol without RETURN (tests/request_balancing.rs
+            // has the master that does).
+            let env = WorkerEnv { id: 0, workers: 1, heartbeat: Duration::from_secs(60), hand_back: HandBack::Off };
             let incoming = AsyncIncoming::from_fd(chan, env).expect("worker starts");
             serve_incoming(incoming, Arc::new(cfg)).await.expect("serves until DRAIN");
         });
@@ -121,7 +123,7 @@ fn send_conns(chan: &OwnedFd, first: u64, socks: Vec<OwnedFd>) {
 /// [`send_conns`] for connections that came through a balancer with this PROXY header.
 fn send_conns_from(chan: &OwnedFd, first: u64, socks: Vec<OwnedFd>, addrs: Option<handoff::proxy::ProxyHeader>) {
     let items: Vec<ConnItem> = (first..first + socks.len() as u64)
-        .map(|id| ConnItem { id, listener: 0, sock: wire::sock::TCP, addrs })
+        .map(|id| ConnItem { id, listener: 0, sock: wire::sock::TCP, flags: 0, addrs })
         .collect();
     let mut frame = Vec::new();
     wire::encode_conn(&mut frame, &items);
@@ -649,7 +651,7 @@ fn hold_one(heartbeat: Duration, peek: bool) {
     let thread = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         rt.block_on(async move {
-            let env = WorkerEnv { id: 0, workers: 1, heartbeat };
+            let env = WorkerEnv { id: 0, workers: 1, heartbeat, hand_back: HandBack::Off };
             let mut incoming = AsyncIncoming::from_fd(worker, env).expect("worker starts");
             let held = incoming.accept().await.expect("a connection").expect("no error");
             if peek {

@@ -136,6 +136,17 @@ struct RunArgs {
     /// and hands on in larger batches; workers stay SCHED_OTHER) or inherit [default: batch]
     #[arg(long, value_name = "batch|inherit")]
     master_sched: Option<handoff::config::MasterSched>,
+    /// When workers hand idle keep-alive connections back to the master, which then places
+    /// each request, not just each connection: auto (while a worker is slow), always, or off
+    /// [default: auto]
+    #[arg(long, value_name = "auto|always|off")]
+    hand_back: Option<handoff::wire::HandBack>,
+    /// Close an idle connection the master holds after this long (seconds) [default: 75]
+    #[arg(long, value_name = "SECS")]
+    keepalive_timeout: Option<f64>,
+    /// Most idle connections the master holds; beyond it the oldest are closed [default: 16384]
+    #[arg(long, value_name = "N")]
+    max_idle: Option<usize>,
     /// More log output (-vv for debug)
     #[arg(long, short = 'v', action = clap::ArgAction::Count)]
     verbose: u8,
@@ -167,6 +178,9 @@ impl RunArgs {
             metrics: self.metrics,
             health: self.health,
             master_sched: self.master_sched,
+            hand_back: self.hand_back,
+            keepalive_timeout: self.keepalive_timeout,
+            max_idle: self.max_idle,
             ..ConfigFile::default()
         }
     }

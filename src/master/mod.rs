@@ -22,6 +22,7 @@
 //!   sent to the master gets that worker killed and replaced; the others never notice.
 
 pub mod admin;
+mod idle;
 mod ops;
 pub mod privileges;
 mod proxied;
@@ -75,6 +76,9 @@ const ADMIN_BASE: usize = 1 << 20;
 const ADMIN_CONN_BASE: usize = ADMIN_BASE + 64;
 const PROXY_BASE: usize = 1 << 22;
 const WORKER_BASE: usize = 1 << 24;
+/// Idle connections handed back by workers (above every worker token: worker keys only
+/// grow).
+const IDLE_BASE: usize = 1 << 40;
 
 fn chan_token(key: usize) -> Token {
     Token(WORKER_BASE + 2 * key)
@@ -137,12 +141,15 @@ fn bind_hint(e: &io::Error) -> &'static str {
     }
 }
 
-/// A connection the master holds because its worker died before ACKing it.
+/// A connection the master holds until a worker can take it: just accepted, taken back
+/// from a worker that died before ACKing it, or an idle one whose client spoke again.
 #[derive(Debug)]
 struct Held {
     fd: OwnedFd,
     listener: u16,
     addrs: Option<crate::proxy::ProxyHeader>,
+    /// [`wire::flags`] for its CONN item.
+    flags: u8,
 }
 
 #[derive(Debug)]
@@ -236,6 +243,24 @@ pub struct Totals {
     /// stderr was not being read (filled in when the totals are read).
     #[serde(default)]
     pub worker_output_dropped: u64,
+    /// Idle keep-alive connections workers handed back (RETURN).
+    #[serde(default)]
+    pub returned: u64,
+    /// Handed-back connections dispatched again when their client sent a request.
+    #[serde(default)]
+    pub continued: u64,
+    /// Held idle connections whose client hung up.
+    #[serde(default)]
+    pub idle_hangups: u64,
+    /// Held idle connections closed after `--keepalive-timeout`.
+    #[serde(default)]
+    pub idle_timeouts: u64,
+    /// Held idle connections closed, oldest first, beyond `--max-idle`.
+    #[serde(default)]
+    pub idle_evicted: u64,
+    /// Held idle connections closed by a graceful stop (no request had arrived).
+    #[serde(default)]
+    pub idle_closed_at_stop: u64,
 }
 
 /// The master process: listeners, workers, and the loop that joins them.
@@ -249,6 +274,8 @@ pub struct Master {
     balancer: Balancer,
     phase: Phase,
     held: VecDeque<Held>,
+    /// Idle keep-alive connections handed back by workers.
+    idle: idle::IdleTable,
     next_conn_id: u64,
     next_key: usize,
     paused_until: Option<Instant>,
@@ -359,7 +386,7 @@ impl Master {
         listeners: Vec<(Listener, Option<ListenSpec>)>,
         upgrade_ready: Option<OwnedFd>,
     ) -> Result<Master, MasterError> {
-        let _ = crate::sys::raise_nofile_limit();
+        let nofile = crate::sys::raise_nofile_limit().unwrap_or(1024);
         let poll = Poll::new()?;
         let mut signals = Signals::new([SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGCHLD, SIGTTIN, SIGTTOU, SIGUSR2])?;
         poll.registry().register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)?;
@@ -384,6 +411,7 @@ impl Master {
         }
         let slots = (0..cfg.workers).map(|_| Slot::default()).collect();
         let m = Master {
+            idle: idle::IdleTable::new(IDLE_BASE, idle_bound(cfg.max_idle, nofile), cfg.keepalive_timeout),
             balancer: Balancer::new(cfg.policy),
             cfg,
             poll,
@@ -484,7 +512,7 @@ impl Master {
             }
             for ev in events.iter() {
                 let t = ev.token().0;
-                if t >= WORKER_BASE {
+                if (WORKER_BASE..IDLE_BASE).contains(&t) {
                     let key = (t - WORKER_BASE) / 2;
                     if t % 2 == 0 {
                         if ev.is_writable() {
@@ -503,7 +531,9 @@ impl Master {
             }
             for ev in events.iter() {
                 let t = ev.token().0;
-                if t == SIGNAL_TOKEN.0 {
+                if t >= IDLE_BASE {
+                    self.idle_event(ev.token(), ev.is_read_closed() || ev.is_error());
+                } else if t == SIGNAL_TOKEN.0 {
                     self.handle_signals();
                 } else if t == UPGRADE_TOKEN.0 {
                     self.upgrade_event();
@@ -637,11 +667,24 @@ impl Master {
         for _ in 0..RECV_BATCH {
             let Some(i) = self.worker_index(key) else { return };
             let Some(chan) = self.workers[i].chan.as_ref() else { return };
-            // Room for no descriptor: a worker that sends one is caught by MSG_CTRUNC,
-            // and the kernel-delivered descriptor is closed before we look further.
-            let got = match fdpass::recv_with_fds(chan, &mut self.recv_buf, 0) {
+            // Room for descriptors only for a worker that may hand connections back:
+            // any other that sends one is caught by MSG_CTRUNC, and the kernel-delivered
+            // descriptor is closed before we look further.
+            let returns = self.workers[i].returns();
+            let room = if returns { wire::MAX_RETURNS } else { 0 };
+            let got = match fdpass::recv_with_fds(chan, &mut self.recv_buf, room) {
                 Ok(g) => g,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::InvalidData && returns && e.to_string().contains("CTRUNC") => {
+                    // More than a RETURN may carry, or the master itself is out of
+                    // descriptors: not provably the worker's fault. The kernel closed
+                    // what did not fit; those clients see their idle connection end.
+                    error!(
+                        "worker {}: a RETURN frame was truncated ({e}); its connections are closed",
+                        self.workers[i].slot
+                    );
+                    continue;
+                }
                 Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                     let what = if e.to_string().contains("CTRUNC") {
                         "a descriptor (workers must not send any)".to_string()
@@ -657,7 +700,7 @@ impl Master {
                     return;
                 }
             };
-            if got.len == 0 {
+            if got.len == 0 && got.fds.is_empty() {
                 self.channel_closed(i);
                 return;
             }
@@ -669,7 +712,12 @@ impl Master {
                 }
             };
             self.workers[i].last_heard = self.now;
-            if let Err(what) = self.handle_frame(i, frame) {
+            let handled = match frame {
+                Frame::Return(ids) => self.take_back(i, ids, got.fds),
+                _ if !got.fds.is_empty() => Err("a descriptor with a frame other than RETURN".into()),
+                frame => self.handle_frame(i, frame),
+            };
+            if let Err(what) = handled {
                 self.violation(i, &what);
                 return;
             }
@@ -729,6 +777,7 @@ impl Master {
                 }
             }
             Frame::Heartbeat => {}
+            Frame::Return(_) => return Err("RETURN without descriptors".into()),
             Frame::Conn(_) | Frame::Drain => return Err("a master-to-worker frame".into()),
         }
         Ok(())
@@ -768,6 +817,60 @@ impl Master {
         w.kill_at = None;
     }
 
+    /// A RETURN frame: worker `i` hands back idle connections, each at a request
+    /// boundary. They count as DONE and wait in the idle table for their next request.
+    fn take_back(&mut self, i: usize, ids: Vec<u64>, fds: Vec<OwnedFd>) -> Result<(), String> {
+        let w = &mut self.workers[i];
+        if !w.returns() {
+            return Err("RETURN without the RETURN capability".into());
+        }
+        if ids.len() != fds.len() {
+            return Err(format!("a RETURN of {} connections with {} descriptors", ids.len(), fds.len()));
+        }
+        // All checked before any is taken: a bad frame changes nothing but the
+        // worker's fate (its descriptors are closed with it).
+        let mut seen = std::collections::HashSet::with_capacity(ids.len());
+        if let Some(id) = ids.iter().find(|&&id| !w.inflight.contains_key(&id) || !seen.insert(id)) {
+            return Err(format!("a RETURN of connection {id}, which it does not hold"));
+        }
+        for (id, fd) in ids.into_iter().zip(fds) {
+            let Some(e) = self.workers[i].inflight.remove(&id) else { continue };
+            self.totals.returned += 1;
+            if self.phase == Phase::Running {
+                if let Err(err) = self.idle.insert(self.poll.registry(), self.now, fd, e.listener, e.addrs) {
+                    warn!("cannot hold an idle connection ({err}): closing it");
+                }
+            } else {
+                self.hold_or_close_at_stop(fd, e.listener, e.addrs);
+            }
+        }
+        Ok(())
+    }
+
+    /// While stopping: an idle connection whose client has started its next request is
+    /// handed out before the workers drain (if they have not yet); any other is closed.
+    fn hold_or_close_at_stop(&mut self, fd: OwnedFd, listener: u16, addrs: Option<crate::proxy::ProxyHeader>) {
+        let before_drain = self.phase == Phase::Running || self.drain_at.is_some();
+        if before_drain && idle::peek(&fd) == idle::Peek::Request {
+            self.held.push_back(Held { fd, listener, addrs, flags: wire::flags::CONTINUED });
+        } else {
+            self.totals.idle_closed_at_stop += 1;
+        }
+    }
+
+    /// An idle connection reported readable: its client sent its next request (it is
+    /// placed like a new connection) or hung up (it is closed).
+    fn idle_event(&mut self, token: Token, hung_up: bool) {
+        let Some(slot) = self.idle.slot_of(token) else { return };
+        let Some(c) = self.idle.take(self.poll.registry(), slot) else { return };
+        if hung_up && idle::peek(&c.fd) == idle::Peek::Gone {
+            self.totals.idle_hangups += 1;
+            return;
+        }
+        self.totals.continued += 1;
+        self.held.push_back(Held { fd: c.fd, listener: c.listener, addrs: c.addrs, flags: wire::flags::CONTINUED });
+    }
+
     /// The worker's channel closed (it exited, or closed it): take back what it had
     /// not ACKed and stop talking to it.
     fn channel_closed(&mut self, i: usize) {
@@ -790,10 +893,10 @@ impl Master {
             warn!("worker {slot} (pid {pid}) is gone: handing on {} connections it had not taken; {lost} it was serving are lost with it", unacked.len());
         }
         self.totals.lost_with_worker += lost;
-        for (_, Inflight { fd, listener, addrs }) in unacked {
+        for (_, Inflight { fd, listener, addrs, flags }) in unacked {
             if let Some(fd) = fd {
                 self.totals.redispatched += 1;
-                self.held.push_back(Held { fd, listener, addrs });
+                self.held.push_back(Held { fd, listener, addrs, flags });
             }
         }
     }
@@ -1000,6 +1103,12 @@ impl Master {
 
     fn stop_now(&mut self, why: &str, unlink: bool) {
         self.lingering = None;
+        // Idle connections whose next request has started to arrive are handed out
+        // with the backlog below; the others are closed, as every server closes its
+        // idle keep-alive connections when it stops.
+        for c in self.idle.take_all(self.poll.registry()) {
+            self.hold_or_close_at_stop(c.fd, c.listener, c.addrs);
+        }
         // Hand out what the master holds, and what is already in the kernel's backlog:
         // those clients finished their handshake and would be reset when the listener
         // closes (after an upgrade the new master would take them, but the old
@@ -1168,6 +1277,7 @@ impl Master {
             }
         }
         self.admin_timeouts(now);
+        self.idle.expire(self.poll.registry(), now);
         self.upgrade_timeout(now);
         self.proxy_timeouts(now);
         if let Some((every, last)) = self.watchdog {
@@ -1206,9 +1316,11 @@ impl Master {
 
     fn fill_candidates(&mut self) {
         self.cand.clear();
-        for w in &self.workers {
-            let eligible = self.eligible(w);
-            self.cand.push(Candidate { eligible, active: w.active(), reports_load: w.reports_load() });
+        for i in 0..self.workers.len() {
+            let eligible = self.eligible(&self.workers[i]);
+            let behind = self.workers[i].oldest_unacked().is_some();
+            let w = &self.workers[i];
+            self.cand.push(Candidate { eligible, active: w.active(), reports_load: w.reports_load(), behind });
         }
     }
 
@@ -1245,7 +1357,7 @@ impl Master {
                         if self.listeners[li].proxy {
                             self.proxy_accepted(fd, li as u16, now, &mut batch);
                         } else {
-                            batch.push(Held { fd, listener: li as u16, addrs: None });
+                            batch.push(Held { fd, listener: li as u16, addrs: None, flags: 0 });
                         }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.listeners[li].readable = false,
@@ -1323,6 +1435,7 @@ impl Master {
             if self.workers[i].reports_load() {
                 let c = &mut self.cand[i];
                 c.active += 1;
+                c.behind |= self.workers[i].caps & cap::ACK != 0;
                 if self.cfg.max_conns_per_worker.is_some_and(|k| c.active >= k) {
                     c.eligible = false;
                 }
@@ -1333,7 +1446,7 @@ impl Master {
                 Some(ListenAddr::Unix(_)) => wire::sock::UNIX,
                 None => wire::sock::UNKNOWN,
             };
-            plan[i].push((ConnItem { id, listener: h.listener, sock, addrs: h.addrs }, h.fd));
+            plan[i].push((ConnItem { id, listener: h.listener, sock, flags: h.flags, addrs: h.addrs }, h.fd));
         }
         for (i, conns) in plan.into_iter().enumerate() {
             if !conns.is_empty() {
@@ -1347,6 +1460,8 @@ impl Master {
         // Addresses go only to workers that understand CONN_ADDR (they stay in `conns`,
         // and in the in-flight table, for a hand-on to one that does).
         let addrs_ok = self.workers[i].caps & cap::ADDRS != 0;
+        // Flags likewise only to workers that know them.
+        let flags_ok = self.workers[i].returns();
         let per_frame = match (
             self.workers[i].caps & cap::BATCH != 0,
             addrs_ok && conns.iter().any(|(it, _)| it.addrs.is_some()),
@@ -1359,7 +1474,11 @@ impl Master {
         while !conns.is_empty() {
             let n = per_frame.min(conns.len());
             items.clear();
-            items.extend(conns[..n].iter().map(|(it, _)| ConnItem { addrs: it.addrs.filter(|_| addrs_ok), ..*it }));
+            items.extend(conns[..n].iter().map(|(it, _)| ConnItem {
+                addrs: it.addrs.filter(|_| addrs_ok),
+                flags: if flags_ok { it.flags } else { 0 },
+                ..*it
+            }));
             wire::encode_conn(&mut self.frame, &items);
             let w = &mut self.workers[i];
             let sent = match w.chan.as_ref() {
@@ -1378,7 +1497,12 @@ impl Master {
                         if track && item.id >= w.tracked_from {
                             w.inflight.insert(
                                 item.id,
-                                Inflight { fd: keep.then_some(fd), listener: item.listener, addrs: item.addrs },
+                                Inflight {
+                                    fd: keep.then_some(fd),
+                                    listener: item.listener,
+                                    addrs: item.addrs,
+                                    flags: item.flags,
+                                },
                             );
                             if keep {
                                 w.ack_queue.push_back((item.id, self.now));
@@ -1418,7 +1542,7 @@ impl Master {
                     }
                     // Nothing of a failed send was transferred: hand these on later.
                     for (item, fd) in conns.drain(..) {
-                        self.held.push_back(Held { fd, listener: item.listener, addrs: item.addrs });
+                        self.held.push_back(Held { fd, listener: item.listener, addrs: item.addrs, flags: item.flags });
                     }
                 }
             }
@@ -1470,6 +1594,12 @@ fn listen_notes(spec: &ListenSpec) -> String {
     notes
 }
 
+/// `--max-idle`, but at most half the master's descriptor limit: the rest stays for
+/// connections being accepted and handed out, workers' channels and admin endpoints.
+pub(super) fn idle_bound(max_idle: usize, nofile: u64) -> usize {
+    max_idle.min((nofile / 2).min(usize::MAX as u64) as usize).max(1)
+}
+
 fn free_slot<T>(table: &mut Vec<Option<T>>) -> usize {
     match table.iter().position(Option::is_none) {
         Some(i) => i,
@@ -1487,6 +1617,7 @@ fn caps_names(caps: u32) -> String {
         (cap::HEARTBEAT, "heartbeat"),
         (cap::BATCH, "batch"),
         (cap::ADDRS, "addrs"),
+        (cap::RETURN, "return"),
     ]
     .iter()
     .filter(|(b, _)| caps & b != 0)

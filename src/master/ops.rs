@@ -236,6 +236,7 @@ impl Master {
                     unacked: w.unacked(),
                 })
                 .collect(),
+            idle: self.idle.len(),
             totals: self.totals(),
             fairness: self.fairness(),
         }
@@ -245,6 +246,8 @@ impl Master {
     /// only when someone asks).
     fn totals(&self) -> super::Totals {
         let mut t = self.totals.clone();
+        t.idle_timeouts = self.idle.closed.timeouts;
+        t.idle_evicted = self.idle.closed.evicted;
         t.worker_output_dropped = self.forward.dropped_total + crate::sys::stderr_dropped();
         t
     }
@@ -277,6 +280,16 @@ impl Master {
             "Time accepting was paused after accept errors.",
             t.paused.as_secs_f64(),
         );
+        counter(
+            "connections_returned_total",
+            "Idle keep-alive connections workers handed back to the master.",
+            t.returned as f64,
+        );
+        counter(
+            "connections_continued_total",
+            "Handed-back connections dispatched again for their next request.",
+            t.continued as f64,
+        );
         counter("workers_started_total", "Worker processes started.", t.spawned as f64);
         counter("workers_recycled_total", "Workers replaced after --max-requests.", t.recycled as f64);
         counter(
@@ -290,6 +303,23 @@ impl Master {
         );
         let _ = writeln!(o, "handoff_accept_errors_total{{kind=\"exhaustion\"}} {}", t.accept_exhausted);
         let _ = writeln!(o, "handoff_accept_errors_total{{kind=\"transient\"}} {}", t.accept_transient);
+        let _ = writeln!(
+            o,
+            "# HELP handoff_idle_closed_total Idle connections held by the master and closed, by reason.\n# TYPE handoff_idle_closed_total counter"
+        );
+        for (reason, n) in [
+            ("hangup", t.idle_hangups),
+            ("timeout", t.idle_timeouts),
+            ("evicted", t.idle_evicted),
+            ("stop", t.idle_closed_at_stop),
+        ] {
+            let _ = writeln!(o, "handoff_idle_closed_total{{reason=\"{reason}\"}} {n}");
+        }
+        let _ = writeln!(
+            o,
+            "# HELP handoff_idle_connections Idle keep-alive connections the master holds.\n# TYPE handoff_idle_connections gauge\nhandoff_idle_connections {}",
+            self.idle.len()
+        );
         let _ = writeln!(o, "# HELP handoff_worker_kills_total Workers killed by the master, by reason.\n# TYPE handoff_worker_kills_total counter");
         let _ = writeln!(o, "handoff_worker_kills_total{{reason=\"protocol\"}} {}", t.protocol_kills);
         let _ = writeln!(o, "handoff_worker_kills_total{{reason=\"hung\"}} {}", t.hung_kills);
@@ -348,6 +378,8 @@ impl Master {
         }
         let old_slots = self.slots.len();
         self.balancer.set_policy(new.policy);
+        let nofile = crate::sys::raise_nofile_limit().unwrap_or(1024);
+        self.idle.set_limits(self.poll.registry(), super::idle_bound(new.max_idle, nofile), new.keepalive_timeout);
         let n = new.workers;
         // The admin endpoints stay as they are: they cannot move under a client.
         let (control, metrics, health) = (self.cfg.control.clone(), self.cfg.metrics, self.cfg.health);

@@ -22,7 +22,7 @@ impl Master {
     /// there, else wait for it.
     pub(super) fn proxy_accepted(&mut self, fd: OwnedFd, listener: u16, now: Instant, ready: &mut Vec<Held>) {
         match crate::proxy::read_header(fd.as_fd()) {
-            Ok(h) => ready.push(Held { fd, listener, addrs: Some(h) }),
+            Ok(h) => ready.push(Held { fd, listener, addrs: Some(h), flags: 0 }),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 let slot = super::free_slot(&mut self.pending_proxy);
                 let token = Token(PROXY_BASE + slot);
@@ -43,7 +43,7 @@ impl Master {
             result => {
                 let p = self.take_pending(slot).expect("present");
                 match result {
-                    Ok(h) => self.held.push_back(Held { fd: p.fd, listener: p.listener, addrs: Some(h) }),
+                    Ok(h) => self.held.push_back(Held { fd: p.fd, listener: p.listener, addrs: Some(h), flags: 0 }),
                     Err(e) => {
                         let now = self.now;
                         self.proxy_failed(&e.to_string(), now)

@@ -59,6 +59,8 @@ pub struct Inflight {
     /// The PROXY header's addresses, to hand it on unchanged (the header itself was
     /// consumed by the master).
     pub addrs: Option<crate::proxy::ProxyHeader>,
+    /// [`crate::wire::flags`] it was sent with (a continued connection stays one).
+    pub flags: u8,
 }
 
 /// One worker process.
@@ -119,6 +121,11 @@ impl Worker {
         } else {
             0
         }
+    }
+
+    /// May hand connections back (RETURN).
+    pub fn returns(&self) -> bool {
+        self.ready && self.caps & cap::RETURN != 0
     }
 
     /// Connections sent but not yet ACKed (the master still holds them).
@@ -335,6 +342,7 @@ pub fn spawn(args: SpawnArgs<'_>) -> io::Result<(u32, Option<OwnedFd>)> {
         .env(crate::worker::ENV_WORKER_ID, slot.to_string())
         .env(crate::worker::ENV_WORKERS, slots.to_string())
         .env(crate::worker::ENV_HEARTBEAT_MS, cfg.heartbeat.as_millis().to_string())
+        .env(crate::worker::ENV_RETURN, cfg.hand_back.name())
         .stdin(Stdio::null())
         .stderr(Stdio::piped());
     if let Some(uid) = uid {
@@ -366,6 +374,7 @@ fn spawn_fork(
         (crate::worker::ENV_WORKER_ID, slot.to_string()),
         (crate::worker::ENV_WORKERS, slots.to_string()),
         (crate::worker::ENV_HEARTBEAT_MS, cfg.heartbeat.as_millis().to_string()),
+        (crate::worker::ENV_RETURN, cfg.hand_back.name().to_string()),
     ]
     .map(|(k, v)| (k.to_string(), v));
     let body = || crate::worker::Context::run_fork_body(&*f.0, slot);

@@ -168,6 +168,111 @@ impl<S> Conn<S> {
     }
 }
 
+/// Why [`Conn::hand_back`] did not hand a connection back; the connection comes back
+/// unchanged, still this worker's to serve.
+#[derive(Debug)]
+pub struct HandBackError<S> {
+    /// The connection, still open and still this worker's.
+    pub conn: Box<Conn<S>>,
+    /// Why.
+    pub error: io::Error,
+}
+
+impl<S> std::fmt::Display for HandBackError<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "connection {} not handed back: {}", self.conn.id, self.error)
+    }
+}
+
+impl<S: std::fmt::Debug> std::error::Error for HandBackError<S> {}
+
+/// A stream a connection can be handed back from: the crate's [`Stream`] (blocking)
+/// and [`TokioStream`] (non-blocking). Sealed.
+pub trait Returnable: std::os::fd::AsFd + sealed::Sealed {
+    /// Whether the socket is in non-blocking mode here (it goes back blocking).
+    #[doc(hidden)]
+    const NONBLOCKING: bool;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::Stream {}
+    impl Sealed for super::TokioStream {}
+}
+
+impl Returnable for Stream {
+    const NONBLOCKING: bool = false;
+}
+
+impl Returnable for TokioStream {
+    const NONBLOCKING: bool = true;
+}
+
+impl<S: Returnable> Conn<S> {
+    /// The mode the master asked for hand-backs in (`HANDOFF_RETURN`), if this
+    /// connection is still this worker's.
+    pub(crate) fn hand_back_mode(&self) -> Option<crate::wire::HandBack> {
+        self.reporter.as_ref().map(|r| r.hand_back)
+    }
+
+    /// Whether a connection idle at a request boundary should go back to the master
+    /// now, by the mode the master asked for (see [`super::hand_back`]): `always`, or
+    /// `auto` while this worker is slow. Always false if the master said `off`.
+    pub fn hand_back_wanted(&self) -> bool {
+        self.reporter.as_ref().is_some_and(|r| super::hand_back::wanted(r.hand_back))
+    }
+
+    /// Hands this connection back to the master (a RETURN frame), which holds it until
+    /// its client sends the next request and then gives it to whichever worker should
+    /// serve that one. Call it only at a request boundary: every response completely
+    /// written, and nothing of the next request read (peeking is fine). On success the
+    /// connection is the master's: this `Conn` is consumed (no DONE is sent; the
+    /// RETURN counts as one) and the worker's copy of the socket closed.
+    ///
+    /// On an error nothing was handed back and the connection is yours again, unchanged:
+    /// the master said `HANDOFF_RETURN=off`, bytes read ahead by this crate are still
+    /// unread by you, or the channel is momentarily full. Serve it on, or close it.
+    ///
+    /// A tokio stream is put back in blocking mode first, as the protocol hands sockets
+    /// over (and made non-blocking again if it stays).
+    pub fn hand_back(mut self) -> Result<(), HandBackError<S>> {
+        let nonblocking = S::NONBLOCKING;
+        let refuse = |conn, kind: io::ErrorKind, why: &str| {
+            Err(HandBackError { conn: Box::new(conn), error: io::Error::new(kind, why) })
+        };
+        if self.reporter.as_ref().is_some_and(|r| r.hand_back == crate::wire::HandBack::Off) {
+            return refuse(self, io::ErrorKind::Unsupported, "the master asked for no hand-back (HANDOFF_RETURN=off)");
+        }
+        if self.replay.is_some() {
+            return refuse(self, io::ErrorKind::InvalidInput, "bytes already read from it are still unread");
+        }
+        let Some(reporter) = self.reporter.clone().filter(|_| self.done_queued.is_none()) else {
+            return refuse(self, io::ErrorKind::NotConnected, "it is already finished");
+        };
+        self.before_io();
+        let fd = self.stream.as_fd();
+        if nonblocking {
+            if let Err(e) = rustix::io::ioctl_fionbio(fd, false) {
+                return Err(HandBackError { conn: Box::new(self), error: e.into() });
+            }
+        }
+        match reporter.give_back(self.id, fd) {
+            Ok(()) => {
+                // The RETURN stands for the DONE: dropping `self` sends none, and
+                // closes only this worker's copy of the socket (no FIN).
+                self.reporter = None;
+                Ok(())
+            }
+            Err(error) => {
+                if nonblocking {
+                    let _ = rustix::io::ioctl_fionbio(self.stream.as_fd(), true);
+                }
+                Err(HandBackError { conn: Box::new(self), error })
+            }
+        }
+    }
+}
+
 impl Conn<Stream> {
     /// The client's address: from the PROXY header if there was one, else the peer.
     pub fn client_addr(&self) -> Option<SocketAddr> {

@@ -26,6 +26,10 @@ pub enum Fault {
     /// Send READY announcing ACK, then take connections and never ACK them, while
     /// sending HEARTBEAT (alive, but keeping the master's copies forever).
     NoAck,
+    /// Send READY without the RETURN capability, then a RETURN frame with a descriptor.
+    ReturnUnannounced,
+    /// Send READY with the RETURN capability, then RETURN a connection it never had.
+    ReturnUnknown,
 }
 
 /// Runs `fault` on the channel from the environment; never returns normally unless
@@ -34,7 +38,8 @@ pub fn run(fault: Fault) -> Result<(), WorkerError> {
     let env = WorkerEnv::from_env();
     let chan = channel_from_env()?;
     let mut buf = Vec::new();
-    wire::encode_ready(&mut buf, CAPS, std::process::id());
+    let caps = if fault == Fault::ReturnUnknown { CAPS | wire::cap::RETURN } else { CAPS };
+    wire::encode_ready(&mut buf, caps, std::process::id());
     fdpass::send_with_fds(chan.as_fd(), &buf, &[])?;
     match fault {
         Fault::Stall => {}
@@ -43,6 +48,10 @@ pub fn run(fault: Fault) -> Result<(), WorkerError> {
         }
         Fault::SendFd => {
             wire::encode_empty(&mut buf, wire::kind::HEARTBEAT);
+            fdpass::send_with_fds(chan.as_fd(), &buf, &[std::io::stderr().as_fd()])?;
+        }
+        Fault::ReturnUnannounced | Fault::ReturnUnknown => {
+            wire::encode_ids(&mut buf, wire::kind::RETURN, &[u64::MAX - 1]);
             fdpass::send_with_fds(chan.as_fd(), &buf, &[std::io::stderr().as_fd()])?;
         }
         Fault::UnknownAck => {

@@ -91,52 +91,177 @@ pub async fn serve_connection_from<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    serve_hyper(io, cfg, stop, client, None).await
+    serve_hyper(Plain(io), cfg, stop, client, None).await
+}
+
+/// A connection the built-in server can hand back to the master at a request boundary
+/// (see [`super::hand_back`]): the worker's own connections; any other stream is
+/// served as it is ([`Plain`]).
+pub(crate) trait ServeIo: AsyncRead + AsyncWrite + Unpin + Send + 'static + Sized {
+    /// When it may go back to the master (`Off`: never).
+    fn return_mode(&self) -> super::hand_back::HandBack;
+    /// Hands it back; on an error it stays here, unchanged.
+    fn give_back(self) -> Result<(), Self>;
+    /// Puts bytes hyper read ahead (a partial next request) back in front of the
+    /// stream, for the next hyper connection over it. Called only after a boundary
+    /// that [`ServeIo::return_mode`] allowed.
+    fn unread(self, bytes: Bytes) -> Self;
+}
+
+impl ServeIo for super::Conn<super::TokioStream> {
+    fn return_mode(&self) -> super::hand_back::HandBack {
+        self.hand_back_mode().unwrap_or(super::hand_back::HandBack::Off)
+    }
+    fn give_back(self) -> Result<(), Self> {
+        self.hand_back().map_err(|e| *e.conn)
+    }
+    fn unread(self, bytes: Bytes) -> Self {
+        self.replay(bytes.to_vec())
+    }
+}
+
+/// Any other stream: served, never handed back.
+#[derive(Debug)]
+pub(crate) struct Plain<I>(pub(crate) I);
+
+impl<I: AsyncRead + Unpin> AsyncRead for Plain<I> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Plain<I> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> ServeIo for Plain<I> {
+    fn return_mode(&self) -> super::hand_back::HandBack {
+        super::hand_back::HandBack::Off
+    }
+    fn give_back(self) -> Result<(), Self> {
+        Err(self)
+    }
+    fn unread(self, _bytes: Bytes) -> Self {
+        // Never called: in mode `Off` no connection stops at a boundary.
+        self
+    }
 }
 
 /// [`serve_connection_from`], with `first_head_by` the deadline of the first request
 /// head, for a connection that has spent part of its header timeout waiting in the
 /// waiting room; the later heads of a keep-alive connection get the whole timeout.
-async fn serve_hyper<I>(
+///
+/// A connection that may go back to the master is served until a request boundary
+/// where the hand-back policy (or a drain) says it should, then handed back; if that
+/// fails (a full channel) it is served on.
+async fn serve_hyper<I: ServeIo>(
     io: I,
     cfg: Arc<HttpConfig>,
     stop: tokio::sync::watch::Receiver<bool>,
     client: Option<std::net::SocketAddr>,
     first_head_by: Option<std::time::Instant>,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+) {
     let client = client.and_then(|c| HeaderValue::from_str(&c.to_string()).ok());
+    let mut stop = stop;
+    let (mut io, mut first_head_by, mut started) = (io, first_head_by, false);
+    loop {
+        let Some((back, leftover)) =
+            serve_until_boundary(io, &cfg, &mut stop, client.clone(), first_head_by.take(), started).await
+        else {
+            return;
+        };
+        let back = if leftover.is_empty() {
+            match back.give_back() {
+                Ok(()) => return,
+                Err(back) => back,
+            }
+        } else {
+            // A pipelined request had begun to arrive: not a boundary after all.
+            back.unread(leftover)
+        };
+        if *stop.borrow() {
+            // Draining, and it could not go back: end it as a drain always did.
+            let mut back = back;
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut back).await;
+            return;
+        }
+        (io, started) = (back, true);
+    }
+}
+
+/// One hyper connection over `io`, until the client or a drain ends it (`None`; the
+/// stream is shut down or dropped), or until it is idle at a request boundary and
+/// should go back to the master (`Some`: the stream, and any bytes hyper had read of a
+/// next request).
+async fn serve_until_boundary<I: ServeIo>(
+    io: I,
+    cfg: &Arc<HttpConfig>,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+    client: Option<HeaderValue>,
+    first_head_by: Option<std::time::Instant>,
+    started_before: bool,
+) -> Option<(I, Bytes)> {
+    use super::hand_back::{Boundary, Timed, Tracked, Watched};
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::Poll;
+    let at = Arc::new(Boundary::default());
+    if started_before {
+        drop(at.request());
+    }
     let first = Arc::new(tokio::sync::Notify::new());
-    let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let static_files = cfg.static_root.is_some();
-    let header_timeout = header_limit(&cfg);
+    let header_timeout = header_limit(cfg);
+    let mode = io.return_mode();
+    let can_return = mode != super::hand_back::HandBack::Off;
     let svc = {
-        let (first, started) = (first.clone(), started.clone());
+        let (first, at, cfg) = (first.clone(), at.clone(), cfg.clone());
         hyper::service::service_fn(move |req| {
             let cfg = cfg.clone();
-            if !started.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            if !at.started() {
                 first.notify_one();
             }
+            let in_service = at.request();
             let client = client.clone();
-            async move {
+            Timed::new(async move {
                 let mut resp = handle(req, &cfg).await;
                 if let Some(c) = client {
                     resp.headers_mut().insert("x-handoff-client", c);
                 }
-                Ok::<_, Infallible>(resp)
-            }
+                Ok::<_, Infallible>(resp.map(|body| Tracked { body, _in_service: in_service }))
+            })
         })
     };
-    let conn = hyper::server::conn::http1::Builder::new()
+    let mut conn = hyper::server::conn::http1::Builder::new()
         // The greeting is a few dozen bytes: copied behind the head, it goes in one
         // plain `send`, where hyper's default (a `writev` of head and body) costs 6%
         // more CPU per keep-alive request. A file's body is not worth copying.
         .writev(static_files)
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(header_timeout)
-        .serve_connection(TokioIo::new(io), svc);
-    tokio::pin!(conn);
+        .serve_connection(TokioIo::new(Watched { inner: io, at: at.clone() }), svc);
     // hyper applies one header timeout to every head: the first one's shorter limit is
     // kept here, until the first request has started (drain or not).
     let first_head_late = async {
@@ -144,31 +269,68 @@ async fn serve_hyper<I>(
             return std::future::pending().await;
         };
         tokio::time::sleep_until(by.into()).await;
-        if started.load(std::sync::atomic::Ordering::Relaxed) {
+        if at.started() {
             std::future::pending::<()>().await;
         }
     };
-    tokio::pin!(first_head_late);
-    let mut stop = stop;
-    // `biased`, the connection first: a head that came in time is parsed (and the
-    // request started) in the same poll that would see the deadline pass.
-    tokio::select! {
-        biased;
-        _ = conn.as_mut() => return,
-        // Dropping the connection closes it (reset if unread bytes remain).
-        _ = first_head_late.as_mut() => return,
-        _ = stopped(&mut stop) => {}
-    }
-    if !started.load(std::sync::atomic::Ordering::Relaxed) {
-        tokio::select! {
-            biased;
-            _ = conn.as_mut() => return,
-            _ = first_head_late.as_mut() => return,
-            _ = tokio::time::timeout(FIRST_REQUEST_GRACE, first.notified()) => {}
+    let mut first_head_late = std::pin::pin!(first_head_late);
+    let mut stopped_fut = std::pin::pin!(stopped(stop));
+    // On a drain, a connection without a request yet gets FIRST_REQUEST_GRACE for one
+    // (the timer is set when the drain comes).
+    let mut grace = std::pin::pin!(tokio::time::sleep(Duration::from_secs(365 * 86_400)));
+    let mut first_seen = std::pin::pin!(first.notified());
+    let (mut draining, mut graceful, mut handing_back) = (false, false, false);
+    let ended = std::future::poll_fn(|cx| loop {
+        // The connection first: a head that came in time is parsed (and the request
+        // started) in the same poll that would see the deadline pass. Polled as a
+        // future it ends the stream itself (DONE, then the FIN, after the last bytes);
+        // stopped at a boundary to go back, it leaves the stream open.
+        let polled = if handing_back { conn.poll_without_shutdown(cx) } else { Pin::new(&mut conn).poll(cx) };
+        if let Poll::Ready(r) = polled {
+            return Poll::Ready(Some(r));
         }
+        // Dropping the connection closes it (reset if unread bytes remain).
+        if first_head_late.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        if !draining && stopped_fut.as_mut().poll(cx).is_ready() {
+            draining = true;
+            grace.as_mut().reset(tokio::time::Instant::now() + FIRST_REQUEST_GRACE);
+        }
+        if graceful || handing_back {
+            return Poll::Pending;
+        }
+        if can_return && at.is_idle() && (draining || super::hand_back::wanted(mode)) {
+            // Idle between requests: hyper closes at once, keeping the socket open.
+            Pin::new(&mut conn).graceful_shutdown();
+            handing_back = true;
+            continue;
+        }
+        if draining && !can_return {
+            let waiting_first =
+                !at.started() && first_seen.as_mut().poll(cx).is_pending() && grace.as_mut().poll(cx).is_pending();
+            if !waiting_first {
+                Pin::new(&mut conn).graceful_shutdown();
+                graceful = true;
+                continue;
+            }
+        }
+        if draining && can_return && !at.started() && grace.as_mut().poll(cx).is_ready() {
+            // No first request in the grace time: nothing to hand back.
+            Pin::new(&mut conn).graceful_shutdown();
+            graceful = true;
+            continue;
+        }
+        return Poll::Pending;
+    })
+    .await;
+    match ended {
+        Some(Ok(())) if handing_back => {
+            let parts = conn.into_parts();
+            Some((parts.io.into_inner().inner, parts.read_buf))
+        }
+        _ => None,
     }
-    conn.as_mut().graceful_shutdown();
-    let _ = conn.await;
 }
 
 async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {

@@ -46,7 +46,7 @@ impl Incoming {
     /// Uses `fd` (a non-blocking channel end) and announces READY.
     pub fn from_fd(fd: OwnedFd, env: WorkerEnv) -> Result<Incoming, WorkerError> {
         let fd = Arc::new(fd);
-        let reporter = Arc::new(Reporter::new(fd.clone()));
+        let reporter = Arc::new(Reporter::new(fd.clone(), env.hand_back));
         reporter.ready()?;
         Ok(Incoming {
             fd,

@@ -27,6 +27,7 @@
 mod conn;
 #[doc(hidden)]
 pub mod faults;
+pub mod hand_back;
 pub mod http;
 mod incoming;
 mod tokio_incoming;
@@ -34,7 +35,7 @@ mod waiting;
 // Library additions (forked workers, axum): kept apart from the list above.
 mod context;
 
-pub use conn::{Conn, Stream, TokioStream};
+pub use conn::{Conn, HandBackError, Returnable, Stream, TokioStream};
 pub use context::{listener, Context};
 pub use incoming::{End, Incoming};
 pub use tokio_incoming::AsyncIncoming;
@@ -55,9 +56,21 @@ pub const ENV_WORKER_ID: &str = "HANDOFF_WORKER_ID";
 pub const ENV_WORKERS: &str = "HANDOFF_WORKERS";
 /// Environment variable with the heartbeat interval the master expects, in ms.
 pub const ENV_HEARTBEAT_MS: &str = "HANDOFF_HEARTBEAT_MS";
+/// Environment variable saying when to hand idle connections back (`auto`, `always`,
+/// `off`; see [`crate::wire::HandBack`]). Absent means `auto`.
+pub const ENV_RETURN: &str = "HANDOFF_RETURN";
 
-/// Capabilities this crate's workers announce.
+/// Capabilities this crate's workers announce, and RETURN unless the master said
+/// `HANDOFF_RETURN=off` (see [`caps`]).
 pub const CAPS: u32 = cap::ACK | cap::DONE | cap::HEARTBEAT | cap::BATCH | cap::ADDRS;
+
+/// What a worker announces in READY: [`CAPS`], and RETURN unless hand-back is off.
+pub fn caps(hand_back: crate::wire::HandBack) -> u32 {
+    match hand_back {
+        crate::wire::HandBack::Off => CAPS,
+        _ => CAPS | cap::RETURN,
+    }
+}
 
 /// What went wrong on the worker side.
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +108,8 @@ pub struct WorkerEnv {
     pub workers: usize,
     /// How often to send HEARTBEAT.
     pub heartbeat: Duration,
+    /// When to hand idle connections back to the master (`HANDOFF_RETURN`).
+    pub hand_back: crate::wire::HandBack,
 }
 
 impl WorkerEnv {
@@ -106,6 +121,7 @@ impl WorkerEnv {
             id: num(ENV_WORKER_ID, 0) as usize,
             workers: num(ENV_WORKERS, 1) as usize,
             heartbeat: Duration::from_millis(num(ENV_HEARTBEAT_MS, 1000).max(10)),
+            hand_back: hand_back::mode(),
         }
     }
 }
@@ -139,6 +155,8 @@ pub fn channel_from_env() -> Result<OwnedFd, WorkerError> {
 #[derive(Debug)]
 pub(crate) struct Reporter {
     fd: Arc<OwnedFd>,
+    /// When connections go back to the master (RETURN announced unless `Off`).
+    pub(crate) hand_back: crate::wire::HandBack,
     state: Mutex<ReporterState>,
     /// Connections received and not yet reported DONE.
     open: std::sync::atomic::AtomicUsize,
@@ -158,8 +176,8 @@ struct ReporterState {
 }
 
 impl Reporter {
-    pub(crate) fn new(fd: Arc<OwnedFd>) -> Reporter {
-        Reporter { fd, state: Mutex::new(ReporterState::default()), open: Default::default() }
+    pub(crate) fn new(fd: Arc<OwnedFd>, hand_back: crate::wire::HandBack) -> Reporter {
+        Reporter { fd, hand_back, state: Mutex::new(ReporterState::default()), open: Default::default() }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ReporterState> {
@@ -170,7 +188,7 @@ impl Reporter {
 
     pub(crate) fn ready(&self) -> io::Result<()> {
         let mut st = self.lock();
-        wire::encode_ready(&mut st.buf, CAPS, std::process::id());
+        wire::encode_ready(&mut st.buf, caps(self.hand_back), std::process::id());
         let ReporterState { buf, .. } = &mut *st;
         fdpass::send_with_fds(self.fd.as_fd(), buf, &[]).map(drop)
     }
@@ -183,6 +201,26 @@ impl Reporter {
         if !*closed {
             let _ = fdpass::send_with_fds(self.fd.as_fd(), buf, &[]);
         }
+    }
+
+    /// Hands connection `id` back to the master with its descriptor (a RETURN frame).
+    /// On an error nothing was sent and the caller keeps the connection: the channel
+    /// is full, or an ACK still waits in the queue (the master must see a connection's
+    /// ACK before its RETURN).
+    pub(crate) fn give_back(&self, id: u64, fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+        let mut st = self.lock();
+        let _ = self.flush_locked(&mut st);
+        if st.closed {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        if !st.acks.is_empty() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        wire::encode_ids(&mut st.buf, kind::RETURN, &[id]);
+        fdpass::send_with_fds(self.fd.as_fd(), &st.buf, &[fd])?;
+        drop(st);
+        self.forget_open(1);
+        Ok(())
     }
 
     /// Connections received and not yet finished.

@@ -80,7 +80,7 @@ impl AsyncIncoming {
             return Err(WorkerError::NoRuntime);
         }
         let fd = Arc::new(fd);
-        let reporter = Arc::new(Reporter::new(fd.clone()));
+        let reporter = Arc::new(Reporter::new(fd.clone(), env.hand_back));
         reporter.ready()?;
         let beat = {
             let reporter = reporter.clone();

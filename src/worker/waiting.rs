@@ -249,7 +249,7 @@ mod tests {
     use std::os::unix::net::UnixStream;
 
     fn item(id: u64) -> ConnItem {
-        ConnItem { id, listener: 0, sock: crate::wire::sock::UNIX, addrs: None }
+        ConnItem { id, listener: 0, sock: crate::wire::sock::UNIX, flags: 0, addrs: None }
     }
 
     /// `n` connections in `room`, and the client end of each.

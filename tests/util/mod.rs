@@ -858,3 +858,18 @@ pub fn assert_every_slot_serves(h: &Handoff, workers: usize) {
 pub fn misbehaving_in_slot_0(fault: &str) -> [&str; 7] {
     ["--", handoff_bin(), "worker", "--misbehave", fault, "--misbehave-slot", "0"]
 }
+
+/// Request-level balancing (`--hand-back always`): 40 requests on one keep-alive
+/// connection reach every one of `workers` workers, each answered in turn.
+pub fn assert_one_connection_reaches_every_worker(h: &Handoff, workers: usize) {
+    let mut s = TcpStream::connect(h.addr()).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let mut seen = BTreeSet::new();
+    for i in 0..40 {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+        let r = read_one_response(&mut s).unwrap_or_else(|| panic!("no response to request {i}"));
+        assert_eq!(r.status, 200, "{r:?}");
+        seen.insert(r.worker.unwrap_or_else(|| panic!("no X-Handoff-Worker header: {r:?}")));
+    }
+    assert_eq!(seen.len(), workers, "40 requests on one connection reached only workers {seen:?}");
+}

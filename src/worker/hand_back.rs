@@ -1,0 +1,265 @@
+//! Handing idle keep-alive connections back to the master (RETURN), so that the master
+//! places every request, not just every connection.
+//!
+//! A worker may give a connection back only at a request boundary: every response
+//! written, nothing of the next request read (`docs/PROTOCOL.md`, "Request-level
+//! balancing"). When it should is the mode the master passes in `HANDOFF_RETURN`
+//! ([`HandBack`]):
+//!
+//! - `always`: after every response whose connection stays open;
+//! - `auto` (the default): only while this worker is *slow*, from the end of a request
+//!   that held it for [`SLOW_REQUEST`] (time spent running it, not waiting: a request
+//!   that sleeps or waits for a database does not count) until [`SLOW_HOLD`] later.
+//!   Uniform fast traffic then never pays for a hand-back, while a worker that starts
+//!   getting stuck behind long requests stops hoarding the idle connections of clients
+//!   whose next request would queue behind them;
+//! - `off`: never (the worker does not announce the capability).
+//!
+//! A draining worker hands back its idle connections in every mode but `off`: the
+//! master gives them to the other workers, and a rolling reload keeps its clients'
+//! connections open.
+//!
+//! This module holds that decision (one per process: a worker is one process) and the
+//! pieces the built-in HTTP worker uses to find request boundaries under hyper: an
+//! I/O wrapper that sees hyper wait for a next request it has not got, a response body
+//! that says when a response is completely handed to hyper, and a timer around request
+//! handlers.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+pub use crate::wire::{HandBack, SLOW_HOLD, SLOW_REQUEST};
+
+/// The mode the master asked for (`HANDOFF_RETURN`; absent or unknown: `auto`), as
+/// [`super::WorkerEnv::from_env`] reads it.
+pub fn mode() -> HandBack {
+    static MODE: OnceLock<HandBack> = OnceLock::new();
+    *MODE.get_or_init(|| std::env::var(super::ENV_RETURN).ok().and_then(|v| v.parse().ok()).unwrap_or_default())
+}
+
+/// When this process started being measured: the slow clock counts from it.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// Until when (ns after `epoch`) this worker counts as slow; 0: not slow.
+static SLOW_UNTIL: AtomicU64 = AtomicU64::new(0);
+
+/// Tells the hand-back policy how long a request held this worker (the time spent
+/// running its handler, not waiting). The built-in worker does it for every request;
+/// a worker of your own that hands connections back in `auto` mode calls it too.
+pub fn note_request(held: Duration) {
+    if held >= SLOW_REQUEST {
+        let until = Instant::now() + SLOW_HOLD;
+        let ns = until.duration_since(epoch()).as_nanos().min(u64::MAX as u128) as u64;
+        SLOW_UNTIL.fetch_max(ns, Ordering::Relaxed);
+    }
+}
+
+/// Should a connection that is idle at a request boundary go back to the master now,
+/// in `mode`? (`always`; or `auto` while this worker is slow.) A draining worker hands
+/// back in any mode but `off`, whatever this says.
+pub fn wanted(mode: HandBack) -> bool {
+    match mode {
+        HandBack::Always => true,
+        HandBack::Off => false,
+        HandBack::Auto => {
+            let until = SLOW_UNTIL.load(Ordering::Relaxed);
+            until != 0 && (Instant::now().duration_since(epoch()).as_nanos() as u64) < until
+        }
+    }
+}
+
+/// What the built-in worker knows of one connection's position between requests,
+/// shared by its I/O wrapper, its service and its response bodies.
+#[derive(Debug, Default)]
+pub(crate) struct Boundary {
+    /// Requests started whose response body hyper has not finished with.
+    in_service: AtomicU32,
+    /// Bytes were written since the last bytes were read.
+    wrote: AtomicBool,
+    /// Bytes were written since hyper last flushed them all (its `poll_flush` returns
+    /// ready only once its own buffer is empty).
+    unflushed: AtomicBool,
+    /// hyper asked for more bytes, found none, and has no request in service after
+    /// writing a response: it is waiting for the next request.
+    idle: AtomicBool,
+    /// A request has started on this connection.
+    started: AtomicBool,
+}
+
+impl Boundary {
+    /// hyper is waiting for a next request it has not got (as far as this wrapper can
+    /// see: a partial request hyper buffered is found by `into_parts` and served on).
+    pub(crate) fn is_idle(&self) -> bool {
+        self.idle.load(Ordering::Relaxed)
+    }
+
+    /// A request has started on this connection.
+    pub(crate) fn started(&self) -> bool {
+        self.started.load(Ordering::Relaxed)
+    }
+
+    /// Marks a request as started; the guard ends it when the response body is gone.
+    pub(crate) fn request(self: &Arc<Self>) -> InService {
+        self.started.store(true, Ordering::Relaxed);
+        self.in_service.fetch_add(1, Ordering::Relaxed);
+        self.idle.store(false, Ordering::Relaxed);
+        InService(self.clone())
+    }
+}
+
+/// One request in service, from its head until hyper drops its response body.
+#[derive(Debug)]
+pub(crate) struct InService(Arc<Boundary>);
+
+impl Drop for InService {
+    fn drop(&mut self) {
+        self.0.in_service.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The I/O hyper reads and writes through, watched for request boundaries.
+#[derive(Debug)]
+pub(crate) struct Watched<I> {
+    pub(crate) inner: I,
+    pub(crate) at: Arc<Boundary>,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        match &r {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                this.at.wrote.store(false, Ordering::Relaxed);
+                this.at.idle.store(false, Ordering::Relaxed);
+            }
+            Poll::Pending => {
+                let idle = this.at.wrote.load(Ordering::Relaxed)
+                    && !this.at.unflushed.load(Ordering::Relaxed)
+                    && this.at.in_service.load(Ordering::Relaxed) == 0;
+                this.at.idle.store(idle, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+        r
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.at.wrote.store(true, Ordering::Relaxed);
+        }
+        this.at.unflushed.store(true, Ordering::Relaxed);
+        r
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.at.wrote.store(true, Ordering::Relaxed);
+        }
+        this.at.unflushed.store(true, Ordering::Relaxed);
+        r
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_flush(cx);
+        if matches!(r, Poll::Ready(Ok(()))) {
+            this.at.unflushed.store(false, Ordering::Relaxed);
+        }
+        r
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// A response body that keeps its request "in service" until hyper drops it, which
+/// hyper does once the body is completely written (or the connection failed).
+#[derive(Debug)]
+pub(crate) struct Tracked<B> {
+    pub(crate) body: B,
+    pub(crate) _in_service: InService,
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A request handler's future, timed while it runs (each poll), not while it waits:
+/// when it completes, [`note_request`] hears how long it held the worker.
+#[derive(Debug)]
+pub(crate) struct Timed<F> {
+    fut: Pin<Box<F>>,
+    held: Duration,
+}
+
+impl<F> Timed<F> {
+    pub(crate) fn new(fut: F) -> Timed<F> {
+        Timed { fut: Box::pin(fut), held: Duration::ZERO }
+    }
+}
+
+impl<F: Future> Future for Timed<F> {
+    type Output = F::Output;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.get_mut();
+        let t = Instant::now();
+        let r = this.fut.as_mut().poll(cx);
+        this.held += t.elapsed();
+        if r.is_ready() {
+            note_request(this.held);
+        }
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_request_makes_the_worker_slow_for_a_while_and_a_short_one_does_not() {
+        // The mode is read once per process; tests run in auto (no HANDOFF_RETURN).
+        note_request(Duration::from_micros(50));
+        let before = SLOW_UNTIL.load(Ordering::Relaxed);
+        note_request(SLOW_REQUEST);
+        let after = SLOW_UNTIL.load(Ordering::Relaxed);
+        assert!(after > before);
+        assert!(Duration::from_nanos(after) <= Instant::now().duration_since(epoch()) + SLOW_HOLD);
+    }
+}

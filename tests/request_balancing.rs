@@ -1,0 +1,216 @@
+//! Balancing per request: workers hand idle keep-alive connections back to the master
+//! (RETURN), which holds them until their next request and places that request by
+//! policy. Pipelined bytes are never left behind, hung-up and timed-out idle
+//! connections are closed, a stop or a reload keeps every request that had begun.
+
+mod util;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+use util::*;
+
+fn start(extra: &[&str]) -> (Handoff, TempDir, String) {
+    let dir = TempDir::new("rb");
+    let control = dir.path_str("control.sock");
+    let args = [&["--listen", "127.0.0.1:0", "--control", &control][..], extra].concat();
+    let h = Handoff::start(&args);
+    (h, dir, control)
+}
+
+fn idle_held(control: &str) -> u64 {
+    status_json(control)["idle"].as_u64().expect("status.idle")
+}
+
+fn total(control: &str, key: &str) -> u64 {
+    status_json(control)["totals"][key].as_u64().unwrap_or_else(|| panic!("totals.{key}"))
+}
+
+fn keep_alive(addr: std::net::SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s
+}
+
+fn get(s: &mut TcpStream, path: &str) -> Response {
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes()).unwrap();
+    read_one_response(s).expect("a response on the keep-alive connection")
+}
+
+#[test]
+fn one_keep_alive_connection_is_served_by_every_worker() {
+    let (h, _dir, control) = start(&["--workers", "4", "--hand-back", "always"]);
+    h.wait_ready(4);
+    assert_one_connection_reaches_every_worker(&h, 4);
+    let st = status_json(&control);
+    assert_eq!(st["totals"]["accepted"], 1, "{st}");
+    assert!(st["totals"]["continued"].as_u64().unwrap() >= 39, "{st}");
+    assert!(st["totals"]["returned"].as_u64().unwrap() >= 39, "{st}");
+}
+
+#[test]
+fn without_hand_back_a_connection_stays_with_its_worker() {
+    for mode in ["off", "auto"] {
+        let (h, _dir, control) = start(&["--workers", "4", "--hand-back", mode]);
+        h.wait_ready(4);
+        let mut s = keep_alive(h.addr());
+        let first = get(&mut s, "/").worker;
+        for _ in 0..40 {
+            assert_eq!(get(&mut s, "/").worker, first, "{mode}");
+        }
+        // Auto: fast requests never make a worker slow, so nothing was handed back.
+        assert_eq!(total(&control, "returned"), 0, "{mode}");
+    }
+}
+
+#[test]
+fn a_slow_request_makes_its_worker_hand_back_in_auto_mode() {
+    let (h, _dir, control) = start(&["--workers", "2"]);
+    h.wait_ready(2);
+    let mut s = keep_alive(h.addr());
+    assert_eq!(get(&mut s, "/").status, 200);
+    assert_eq!(total(&control, "returned"), 0);
+    // 20 ms of CPU: this worker is now slow for a second and hands the connection back
+    // after the response.
+    assert_eq!(get(&mut s, "/?cpu_ms=20").status, 200);
+    wait_until("the connection to come back to the master", || total(&control, "returned") == 1);
+    assert_eq!(idle_held(&control), 1);
+    // Its next request is dispatched again, and answered.
+    assert_eq!(get(&mut s, "/").status, 200);
+    assert!(total(&control, "continued") >= 1);
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order_and_no_byte_is_left_behind() {
+    let (h, _dir, control) = start(&["--workers", "3", "--hand-back", "always"]);
+    h.wait_ready(3);
+    let mut s = keep_alive(h.addr());
+    // Three whole requests and the start of a fourth in one write, then the rest of it
+    // later: the worker must not hand the connection back with the fourth's first bytes
+    // in its buffer.
+    s.write_all(
+        b"GET /a HTTP/1.1\r\nHost: t\r\n\r\nGET /b HTTP/1.1\r\nHost: t\r\n\r\nGET /c HTTP/1.1\r\nHost: t\r\n\r\nGET /d HT",
+    )
+    .unwrap();
+    for i in 0..3 {
+        assert_eq!(read_one_response(&mut s).map(|r| r.status), Some(200), "response {i}");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    s.write_all(b"TP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    assert_eq!(read_one_response(&mut s).map(|r| r.status), Some(200), "the split request");
+    // And the connection is still good afterwards, however often it moved.
+    for _ in 0..10 {
+        assert_eq!(get(&mut s, "/").status, 200);
+    }
+    drop(s);
+    wait_until("the closed client's connection to be dropped", || idle_held(&control) == 0);
+}
+
+#[test]
+fn a_client_that_hangs_up_while_held_is_closed_at_once() {
+    let (h, _dir, control) = start(&["--workers", "2", "--hand-back", "always"]);
+    h.wait_ready(2);
+    let mut s = keep_alive(h.addr());
+    assert_eq!(get(&mut s, "/").status, 200);
+    wait_until("the connection to be held", || idle_held(&control) == 1);
+    drop(s);
+    wait_until("the hang-up to be seen", || idle_held(&control) == 0);
+    assert_eq!(total(&control, "idle_hangups"), 1);
+    let master_fds = fd_count(h.pid());
+    // A request sent just before the FIN is still served.
+    let mut s = keep_alive(h.addr());
+    assert_eq!(get(&mut s, "/").status, 200);
+    wait_until("the connection to be held", || idle_held(&control) == 1);
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    assert!(rest.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&rest));
+    wait_until("the master's descriptors to come back", || fd_count(h.pid()) <= master_fds);
+}
+
+#[test]
+fn an_idle_connection_is_closed_after_the_keepalive_timeout() {
+    let (h, _dir, control) = start(&["--workers", "2", "--hand-back", "always", "--keepalive-timeout", "0.5"]);
+    h.wait_ready(2);
+    let mut s = keep_alive(h.addr());
+    assert_eq!(get(&mut s, "/").status, 200);
+    // The client sees the end of its idle connection, and the master counts it.
+    let mut b = [0u8; 1];
+    assert_eq!(s.read(&mut b).unwrap(), 0);
+    assert_eq!(total(&control, "idle_timeouts"), 1);
+    assert_eq!(idle_held(&control), 0);
+}
+
+#[test]
+fn beyond_max_idle_the_oldest_are_closed_first() {
+    let (h, _dir, control) = start(&["--workers", "2", "--hand-back", "always", "--max-idle", "3"]);
+    h.wait_ready(2);
+    let mut conns: Vec<TcpStream> = (0..5).map(|_| keep_alive(h.addr())).collect();
+    for (i, s) in conns.iter_mut().enumerate() {
+        assert_eq!(get(s, "/").status, 200);
+        wait_until("the connection to be held", || total(&control, "returned") == i as u64 + 1);
+    }
+    assert_eq!(idle_held(&control), 3);
+    assert_eq!(total(&control, "idle_evicted"), 2);
+    let mut b = [0u8; 1];
+    for s in &mut conns[..2] {
+        assert_eq!(s.read(&mut b).unwrap(), 0, "the oldest are closed");
+    }
+    for s in &mut conns[2..] {
+        assert_eq!(get(s, "/").status, 200, "the newest are still served");
+    }
+}
+
+#[test]
+fn a_reload_keeps_held_connections_and_serves_them_with_the_new_workers() {
+    let (h, _dir, control) = start(&["--workers", "2", "--hand-back", "always"]);
+    let old: std::collections::HashSet<u32> = h.wait_ready_slots(2).into_values().collect();
+    let mut conns: Vec<TcpStream> = (0..6).map(|_| keep_alive(h.addr())).collect();
+    for s in &mut conns {
+        assert_eq!(get(s, "/").status, 200);
+    }
+    h.signal(Signal::HUP);
+    h.wait_lines("ready (pid", 4);
+    wait_until("the old workers to exit", || h.children().iter().all(|p| !old.contains(p)));
+    // Every connection opened before the reload is still open and served.
+    for s in &mut conns {
+        assert_eq!(get(s, "/").status, 200);
+    }
+    assert_eq!(total(&control, "accepted"), 6);
+}
+
+#[test]
+fn a_stop_closes_idle_connections_and_serves_a_request_that_had_arrived() {
+    let (mut h, _dir, control) = start(&["--workers", "2", "--hand-back", "always"]);
+    h.wait_ready(2);
+    let mut idle = keep_alive(h.addr());
+    assert_eq!(get(&mut idle, "/").status, 200);
+    wait_until("the connection to be held", || idle_held(&control) == 1);
+    h.signal(Signal::TERM);
+    assert_eq!(h.wait_exit(), Some(0));
+    let mut b = [0u8; 1];
+    assert_eq!(idle.read(&mut b).unwrap(), 0, "an idle connection is closed by the stop");
+}
+
+#[test]
+fn held_connections_cost_the_workers_nothing_and_leave_no_descriptor_behind() {
+    const CLIENTS: usize = 1000;
+    let (h, _dir, control) = start(&["--workers", "2", "--hand-back", "always"]);
+    h.wait_ready(2);
+    let master_before = fd_count(h.pid());
+    let workers = h.worker_pids();
+    let worker_fds: Vec<usize> = workers.iter().map(|&p| fd_count(p)).collect();
+    let mut conns: Vec<TcpStream> = (0..CLIENTS).map(|_| keep_alive(h.addr())).collect();
+    for s in &mut conns {
+        assert_eq!(get(s, "/").status, 200);
+    }
+    wait_until("every connection to be held", || idle_held(&control) == CLIENTS as u64);
+    // The workers hold none of them.
+    for (&p, &before) in workers.iter().zip(&worker_fds) {
+        assert!(fd_count(p) <= before + 2, "worker {p}: {} descriptors, {before} before", fd_count(p));
+    }
+    assert!(fd_count(h.pid()) >= master_before + CLIENTS);
+    drop(conns);
+    wait_until("every idle connection to be closed", || idle_held(&control) == 0);
+    wait_until("the master's descriptors to come back", || fd_count(h.pid()) <= master_before);
+}
