@@ -214,3 +214,21 @@ fn held_connections_cost_the_workers_nothing_and_leave_no_descriptor_behind() {
     wait_until("every idle connection to be closed", || idle_held(&control) == 0);
     wait_until("the master's descriptors to come back", || fd_count(h.pid()) <= master_before);
 }
+
+#[test]
+fn the_master_leaves_sched_batch_while_it_places_requests() {
+    const SCHED_OTHER: u32 = 0;
+    const SCHED_BATCH: u32 = 3;
+    let (h, _dir, _control) = start(&["--workers", "2", "--hand-back", "always"]);
+    h.wait_ready(2);
+    assert_eq!(sched_policy(h.pid()), Some(SCHED_BATCH));
+    let mut s = keep_alive(h.addr());
+    for _ in 0..3 {
+        assert_eq!(get(&mut s, "/").status, 200);
+    }
+    // Every request of a kept-alive connection now waits for the master: it must not
+    // wait for the CPU as well.
+    wait_until("the master to run as SCHED_OTHER", || sched_policy(h.pid()) == Some(SCHED_OTHER));
+    // A second after the last one, back to handing out connections in batches.
+    wait_until("the master to run as SCHED_BATCH again", || sched_policy(h.pid()) == Some(SCHED_BATCH));
+}

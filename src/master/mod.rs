@@ -64,6 +64,9 @@ pub const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most connections waiting for their PROXY header at once; beyond it the master stops
 /// accepting on `,proxy` listeners until some complete.
 pub const MAX_PENDING_PROXY: usize = 4096;
+/// How long after the last request of a handed-back connection the master still runs as
+/// `SCHED_OTHER` (see `Master::apply_master_sched`).
+const REQUESTS_HOLD: Duration = Duration::from_secs(1);
 /// Time between SIGTERM and SIGKILL for a worker being killed.
 const KILL_GRACE: Duration = Duration::from_secs(3);
 /// A worker whose channel closed but which has not exited is killed after this.
@@ -319,6 +322,10 @@ pub struct Master {
     upgrade: Option<upgrade::Child>,
     /// This master was started by an upgrade: tell the old one once ready.
     upgrade_ready: Option<OwnedFd>,
+    /// When a handed-back connection was last dispatched again.
+    last_continued: Option<Instant>,
+    /// The master runs as `SCHED_BATCH` by its own doing.
+    sched_batch: bool,
     /// When to send the next systemd watchdog ping.
     watchdog: Option<(Duration, Instant)>,
     ready_notified: bool,
@@ -450,6 +457,8 @@ impl Master {
             rolling: VecDeque::new(),
             upgrade: None,
             upgrade_ready,
+            last_continued: None,
+            sched_batch: false,
             watchdog: upgrade::watchdog_interval().map(|d| (d, Instant::now())),
             ready_notified: false,
             exe: std::env::current_exe().unwrap_or_else(|_| "handoff".into()),
@@ -868,6 +877,11 @@ impl Master {
             return;
         }
         self.totals.continued += 1;
+        if self.sched_batch && self.last_continued.is_none_or(|t| self.now.duration_since(t) >= REQUESTS_HOLD) {
+            self.last_continued = Some(self.now);
+            self.apply_master_sched();
+        }
+        self.last_continued = Some(self.now);
         self.held.push_back(Held { fd: c.fd, listener: c.listener, addrs: c.addrs, flags: wire::flags::CONTINUED });
     }
 
@@ -1278,6 +1292,10 @@ impl Master {
         }
         self.admin_timeouts(now);
         self.idle.expire(self.poll.registry(), now);
+        if !self.sched_batch && self.last_continued.is_some_and(|t| now.duration_since(t) >= REQUESTS_HOLD) {
+            self.last_continued = None;
+            self.apply_master_sched();
+        }
         self.upgrade_timeout(now);
         self.proxy_timeouts(now);
         if let Some((every, last)) = self.watchdog {
@@ -1550,11 +1568,20 @@ impl Master {
     }
 
     /// The master's own CPU scheduling, as `--master-sched` asks (see
-    /// `sys::process::set_master_batch`): at start and at each reload.
+    /// `sys::process::set_master_batch`): at start, at each reload, and when handed-back
+    /// connections start or stop flowing. `SCHED_BATCH` suits handing out new
+    /// connections (the master waits for the CPU and hands on in larger batches); but
+    /// while it places requests of kept-alive connections, every request waits for the
+    /// master, which then runs as `SCHED_OTHER` (woken, it gets the CPU at once) until a
+    /// second after the last one.
     pub(super) fn apply_master_sched(&mut self) {
-        let batch = self.cfg.master_sched == crate::config::MasterSched::Batch;
+        let placing_requests = self.last_continued.is_some_and(|t| self.now.duration_since(t) < REQUESTS_HOLD);
+        let batch = self.cfg.master_sched == crate::config::MasterSched::Batch && !placing_requests;
         match crate::sys::process::set_master_batch(batch) {
-            Ok(now) => debug!("master scheduling: {}", if now { "SCHED_BATCH" } else { "as started" }),
+            Ok(now) => {
+                self.sched_batch = now;
+                debug!("master scheduling: {}", if now { "SCHED_BATCH" } else { "as started" })
+            }
             Err(e) => warn!("master scheduling: cannot change it ({e}); running as it was"),
         }
     }
