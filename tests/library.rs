@@ -52,6 +52,8 @@ fn main() {
         ("axum_round_robin_and_graceful_drain", axum_round_robin_and_graceful_drain),
         ("axum_without_drained_still_exits_on_drain", axum_without_drained_still_exits_on_drain),
         ("forked_workers_run_as_the_given_user", forked_workers_run_as_the_given_user),
+        ("blocking_conn_hands_back_between_requests", blocking_conn_hands_back_between_requests),
+        ("serve_axum_hands_back_between_requests", serve_axum_hands_back_between_requests),
     ];
     // Understand the harness arguments cargo may pass: `--list`, name filters, and flags
     // whose value must not be taken for a filter (`--test-threads 2`, `--skip NAME`).
@@ -96,6 +98,7 @@ fn master(role: &str) {
     let file = handoff::config::ConfigFile {
         control: std::env::var_os(CONTROL).map(std::path::PathBuf::from),
         user: (role == "blocking-nobody").then(|| "nobody".to_string()),
+        hand_back: role.ends_with("-return").then_some(handoff::wire::HandBack::Always),
         ..Default::default()
     };
     let server = Server::new()
@@ -109,6 +112,8 @@ fn master(role: &str) {
         "blocking-nobody" => server.serve(blocking_worker),
         "axum" => server.serve(|ctx| axum_worker(ctx, true)),
         "axum-plain" => server.serve(|ctx| axum_worker(ctx, false)),
+        "blocking-return" => server.serve(blocking_worker),
+        "axum-return" => server.serve(serve_axum_worker),
         other => panic!("unknown role {other}"),
     };
     if let Err(e) = result {
@@ -144,6 +149,14 @@ fn blocking_worker(ctx: Context) -> Result<(), BoxError> {
                 if conn.write_all(head.as_bytes()).is_err() || close {
                     return; // dropping the Conn sends DONE, then closes
                 }
+                // Between requests, nothing of the next one read (the reader's buffer
+                // is empty): the connection may go back to the master.
+                if r.buffer().is_empty() && r.get_ref().hand_back_wanted() {
+                    match r.into_inner().hand_back() {
+                        Ok(()) => return,
+                        Err(e) => r = BufReader::new(*e.conn),
+                    }
+                }
             }
         });
     }
@@ -167,6 +180,20 @@ fn axum_worker(ctx: Context, graceful: bool) -> Result<(), BoxError> {
         } else {
             axum::serve(listener, app).await?;
         }
+        Ok(())
+    })
+}
+
+/// `handoff::worker::serve_axum`: axum with request-level balancing.
+fn serve_axum_worker(ctx: Context) -> Result<(), BoxError> {
+    let id = ctx.id();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let app = axum::Router::new().route(
+            "/",
+            axum::routing::get(move || async move { ([("x-handoff-worker", id.to_string())], "hello from axum\n") }),
+        );
+        handoff::worker::serve_axum(ctx.listener()?, app).await?;
         Ok(())
     })
 }
@@ -233,6 +260,18 @@ fn axum_round_robin_and_graceful_drain() {
 fn axum_without_drained_still_exits_on_drain() {
     let h = start("axum-plain", "round-robin");
     assert_eq!(served_counts(h.addr(), 8).len(), 4);
+    stop_gracefully(h, 4);
+}
+
+fn blocking_conn_hands_back_between_requests() {
+    let h = start("blocking-return", "least-conn");
+    assert_one_connection_reaches_every_worker(&h, 4);
+    stop_gracefully(h, 4);
+}
+
+fn serve_axum_hands_back_between_requests() {
+    let h = start("axum-return", "least-conn");
+    assert_one_connection_reaches_every_worker(&h, 4);
     stop_gracefully(h, 4);
 }
 

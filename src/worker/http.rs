@@ -6,7 +6,6 @@
 //! `?cpu_ms=N` burns N ms of CPU before answering (capped at 10 s), `?sleep_ms=N`
 //! waits N ms without holding the CPU. With a static root it serves files instead.
 
-use std::convert::Infallible;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,11 +15,10 @@ use http_body_util::Full;
 use hyper::body::Incoming as Body;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::tokio_incoming::{FirstLook, FirstLookFn};
-use super::{AsyncIncoming, End, WorkerEnv, WorkerError};
+use super::{AsyncIncoming, WorkerEnv, WorkerError};
 
 /// Longest `cpu_ms` or `sleep_ms` honoured.
 pub const MAX_DELAY_MS: u64 = 10_000;
@@ -63,8 +61,8 @@ fn header_limit(cfg: &HttpConfig) -> Duration {
     cfg.header_timeout.min(Duration::from_secs(365 * 86_400))
 }
 
-/// How long a drain waits for the first request of a connection that has none yet.
-pub const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(5);
+pub use super::serve::FIRST_REQUEST_GRACE;
+use super::serve::{serve_each, serve_hyper, Http1Opts, Plain};
 
 /// Serves one connection with HTTP/1.1 keep-alive until the client or `stop` ends it.
 ///
@@ -91,254 +89,38 @@ pub async fn serve_connection_from<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    serve_hyper(Plain(io), cfg, stop, client, None).await
+    let opts = opts(&cfg);
+    serve_hyper(Plain(io), handler(cfg, client), opts, stop, None).await
 }
 
-/// A connection the built-in server can hand back to the master at a request boundary
-/// (see [`super::hand_back`]): the worker's own connections; any other stream is
-/// served as it is ([`Plain`]).
-pub(crate) trait ServeIo: AsyncRead + AsyncWrite + Unpin + Send + 'static + Sized {
-    /// When it may go back to the master (`Off`: never).
-    fn return_mode(&self) -> super::hand_back::HandBack;
-    /// Hands it back; on an error it stays here, unchanged.
-    fn give_back(self) -> Result<(), Self>;
-    /// Puts bytes hyper read ahead (a partial next request) back in front of the
-    /// stream, for the next hyper connection over it. Called only after a boundary
-    /// that [`ServeIo::return_mode`] allowed.
-    fn unread(self, bytes: Bytes) -> Self;
+/// How the built-in worker runs hyper: the greeting is a few dozen bytes, copied behind
+/// the head it goes in one plain `send`, where hyper's default (a `writev` of head and
+/// body) costs 6% more CPU per keep-alive request; a file's body is not worth copying.
+fn opts(cfg: &HttpConfig) -> Http1Opts {
+    Http1Opts { writev: cfg.static_root.is_some(), header_timeout: header_limit(cfg) }
 }
 
-impl ServeIo for super::Conn<super::TokioStream> {
-    fn return_mode(&self) -> super::hand_back::HandBack {
-        self.hand_back_mode().unwrap_or(super::hand_back::HandBack::Off)
-    }
-    fn give_back(self) -> Result<(), Self> {
-        self.hand_back().map_err(|e| *e.conn)
-    }
-    fn unread(self, bytes: Bytes) -> Self {
-        self.replay(bytes.to_vec())
-    }
-}
-
-/// Any other stream: served, never handed back.
-#[derive(Debug)]
-pub(crate) struct Plain<I>(pub(crate) I);
-
-impl<I: AsyncRead + Unpin> AsyncRead for Plain<I> {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
-    }
-}
-
-impl<I: AsyncWrite + Unpin> AsyncWrite for Plain<I> {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
-    }
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.get_mut().0).poll_flush(cx)
-    }
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
-    }
-}
-
-impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> ServeIo for Plain<I> {
-    fn return_mode(&self) -> super::hand_back::HandBack {
-        super::hand_back::HandBack::Off
-    }
-    fn give_back(self) -> Result<(), Self> {
-        Err(self)
-    }
-    fn unread(self, _bytes: Bytes) -> Self {
-        // Never called: in mode `Off` no connection stops at a boundary.
-        self
-    }
-}
-
-/// [`serve_connection_from`], with `first_head_by` the deadline of the first request
-/// head, for a connection that has spent part of its header timeout waiting in the
-/// waiting room; the later heads of a keep-alive connection get the whole timeout.
-///
-/// A connection that may go back to the master is served until a request boundary
-/// where the hand-back policy (or a drain) says it should, then handed back; if that
-/// fails (a full channel) it is served on.
-async fn serve_hyper<I: ServeIo>(
-    io: I,
+/// The built-in service for one connection: [`handle`], with `X-Handoff-Client` for a
+/// client whose address is known.
+fn handler(
     cfg: Arc<HttpConfig>,
-    stop: tokio::sync::watch::Receiver<bool>,
     client: Option<std::net::SocketAddr>,
-    first_head_by: Option<std::time::Instant>,
-) {
+) -> impl Fn(Request<Body>) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<Full<Bytes>>> + Send>>
+       + Clone
+       + Unpin
+       + Send
+       + Sync
+       + 'static {
     let client = client.and_then(|c| HeaderValue::from_str(&c.to_string()).ok());
-    let mut stop = stop;
-    let (mut io, mut first_head_by, mut started) = (io, first_head_by, false);
-    loop {
-        let Some((back, leftover)) =
-            serve_until_boundary(io, &cfg, &mut stop, client.clone(), first_head_by.take(), started).await
-        else {
-            return;
-        };
-        let back = if leftover.is_empty() {
-            match back.give_back() {
-                Ok(()) => return,
-                Err(back) => back,
+    move |req| {
+        let (cfg, client) = (cfg.clone(), client.clone());
+        Box::pin(async move {
+            let mut resp = handle(req, &cfg).await;
+            if let Some(c) = client {
+                resp.headers_mut().insert("x-handoff-client", c);
             }
-        } else {
-            // A pipelined request had begun to arrive: not a boundary after all.
-            back.unread(leftover)
-        };
-        if *stop.borrow() {
-            // Draining, and it could not go back: end it as a drain always did.
-            let mut back = back;
-            let _ = tokio::io::AsyncWriteExt::shutdown(&mut back).await;
-            return;
-        }
-        (io, started) = (back, true);
-    }
-}
-
-/// One hyper connection over `io`, until the client or a drain ends it (`None`; the
-/// stream is shut down or dropped), or until it is idle at a request boundary and
-/// should go back to the master (`Some`: the stream, and any bytes hyper had read of a
-/// next request).
-async fn serve_until_boundary<I: ServeIo>(
-    io: I,
-    cfg: &Arc<HttpConfig>,
-    stop: &mut tokio::sync::watch::Receiver<bool>,
-    client: Option<HeaderValue>,
-    first_head_by: Option<std::time::Instant>,
-    started_before: bool,
-) -> Option<(I, Bytes)> {
-    use super::hand_back::{Boundary, Timed, Tracked, Watched};
-    use std::future::Future;
-    use std::pin::Pin;
-    use std::task::Poll;
-    let at = Arc::new(Boundary::default());
-    if started_before {
-        drop(at.request());
-    }
-    let first = Arc::new(tokio::sync::Notify::new());
-    let static_files = cfg.static_root.is_some();
-    let header_timeout = header_limit(cfg);
-    let mode = io.return_mode();
-    let can_return = mode != super::hand_back::HandBack::Off;
-    let svc = {
-        let (first, at, cfg) = (first.clone(), at.clone(), cfg.clone());
-        hyper::service::service_fn(move |req| {
-            let cfg = cfg.clone();
-            if !at.started() {
-                first.notify_one();
-            }
-            let in_service = at.request();
-            let client = client.clone();
-            Timed::new(async move {
-                let mut resp = handle(req, &cfg).await;
-                if let Some(c) = client {
-                    resp.headers_mut().insert("x-handoff-client", c);
-                }
-                Ok::<_, Infallible>(resp.map(|body| Tracked { body, _in_service: in_service }))
-            })
+            resp
         })
-    };
-    let mut conn = hyper::server::conn::http1::Builder::new()
-        // The greeting is a few dozen bytes: copied behind the head, it goes in one
-        // plain `send`, where hyper's default (a `writev` of head and body) costs 6%
-        // more CPU per keep-alive request. A file's body is not worth copying.
-        .writev(static_files)
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(header_timeout)
-        .serve_connection(TokioIo::new(Watched { inner: io, at: at.clone() }), svc);
-    // hyper applies one header timeout to every head: the first one's shorter limit is
-    // kept here, until the first request has started (drain or not).
-    let first_head_late = async {
-        let Some(by) = first_head_by else {
-            return std::future::pending().await;
-        };
-        tokio::time::sleep_until(by.into()).await;
-        if at.started() {
-            std::future::pending::<()>().await;
-        }
-    };
-    let mut first_head_late = std::pin::pin!(first_head_late);
-    let mut stopped_fut = std::pin::pin!(stopped(stop));
-    // On a drain, a connection without a request yet gets FIRST_REQUEST_GRACE for one
-    // (the timer is set when the drain comes).
-    let mut grace = std::pin::pin!(tokio::time::sleep(Duration::from_secs(365 * 86_400)));
-    let mut first_seen = std::pin::pin!(first.notified());
-    let (mut draining, mut graceful, mut handing_back) = (false, false, false);
-    let ended = std::future::poll_fn(|cx| loop {
-        // The connection first: a head that came in time is parsed (and the request
-        // started) in the same poll that would see the deadline pass. Polled as a
-        // future it ends the stream itself (DONE, then the FIN, after the last bytes);
-        // stopped at a boundary to go back, it leaves the stream open.
-        let polled = if handing_back { conn.poll_without_shutdown(cx) } else { Pin::new(&mut conn).poll(cx) };
-        if let Poll::Ready(r) = polled {
-            return Poll::Ready(Some(r));
-        }
-        // Dropping the connection closes it (reset if unread bytes remain).
-        if first_head_late.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(None);
-        }
-        if !draining && stopped_fut.as_mut().poll(cx).is_ready() {
-            draining = true;
-            grace.as_mut().reset(tokio::time::Instant::now() + FIRST_REQUEST_GRACE);
-        }
-        if graceful || handing_back {
-            return Poll::Pending;
-        }
-        if can_return && at.is_idle() && (draining || super::hand_back::wanted(mode)) {
-            // Idle between requests: hyper closes at once, keeping the socket open.
-            Pin::new(&mut conn).graceful_shutdown();
-            handing_back = true;
-            continue;
-        }
-        if draining && !can_return {
-            let waiting_first =
-                !at.started() && first_seen.as_mut().poll(cx).is_pending() && grace.as_mut().poll(cx).is_pending();
-            if !waiting_first {
-                Pin::new(&mut conn).graceful_shutdown();
-                graceful = true;
-                continue;
-            }
-        }
-        if draining && can_return && !at.started() && grace.as_mut().poll(cx).is_ready() {
-            // No first request in the grace time: nothing to hand back.
-            Pin::new(&mut conn).graceful_shutdown();
-            graceful = true;
-            continue;
-        }
-        return Poll::Pending;
-    })
-    .await;
-    match ended {
-        Some(Ok(())) if handing_back => {
-            let parts = conn.into_parts();
-            Some((parts.io.into_inner().inner, parts.read_buf))
-        }
-        _ => None,
-    }
-}
-
-async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
-    // `wait_for` would hold a non-Send guard across the await; poll the flag instead.
-    while !*stop.borrow_and_update() {
-        if stop.changed().await.is_err() {
-            return std::future::pending().await;
-        }
     }
 }
 
@@ -451,35 +233,15 @@ pub async fn serve_incoming(mut incoming: AsyncIncoming, cfg: Arc<HttpConfig>) -
         let mut quick = Quick::new(greeting.clone());
         incoming.set_first_look(FirstLookFn(Box::new(move |item, s| quick.look(item, s))), header_limit(&cfg));
     }
-    let env = incoming.env().clone();
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut tasks = tokio::task::JoinSet::new();
-    while let Some(conn) = incoming.accept().await {
-        match conn {
-            Ok(conn) => {
-                // Only connections that came through a balancer carry the header:
-                // a direct client knows its own address, and asking the socket
-                // would cost a getpeername per connection.
-                let client = conn.proxy_header().and_then(|_| conn.client_addr());
-                // After a wait in the waiting room, what is left of the header timeout.
-                let first_head_by = conn.head_deadline();
-                tasks.spawn(serve_hyper(conn, cfg.clone(), stop_rx.clone(), client, first_head_by));
-            }
-            Err(e) => {
-                tracing::error!("worker {}: {e}", env.id);
-                return Err(e);
-            }
-        }
-        // Reap finished tasks so the set does not grow with every connection.
-        while tasks.try_join_next().is_some() {}
-    }
-    let _ = stop_tx.send(true);
-    let grace = match incoming.end() {
-        Some(End::MasterGone) => Duration::from_secs(1),
-        _ => Duration::from_secs(3600),
-    };
-    let _ = tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
-    Ok(())
+    let opts = opts(&cfg);
+    serve_each(incoming, opts, move |conn| {
+        // Only connections that came through a balancer carry the header: a direct
+        // client knows its own address, and asking the socket would cost a getpeername
+        // per connection.
+        let client = conn.proxy_header().and_then(|_| conn.client_addr());
+        handler(cfg.clone(), client)
+    })
+    .await
 }
 
 /// Sends what it can of a connection's last bytes without waiting, held back (with

@@ -30,6 +30,7 @@ pub mod faults;
 pub mod hand_back;
 pub mod http;
 mod incoming;
+mod serve;
 mod tokio_incoming;
 mod waiting;
 // Library additions (forked workers, axum): kept apart from the list above.
@@ -38,6 +39,9 @@ mod context;
 pub use conn::{Conn, HandBackError, Returnable, Stream, TokioStream};
 pub use context::{listener, Context};
 pub use incoming::{End, Incoming};
+#[cfg(feature = "axum")]
+pub use serve::serve_axum;
+pub use serve::serve_http;
 pub use tokio_incoming::AsyncIncoming;
 
 use std::io;

@@ -1,0 +1,382 @@
+//! Serving HTTP/1.1 with hyper on the connections a master hands out, and handing
+//! them back between requests (RETURN): what the built-in worker runs, and what
+//! [`serve_http`] (and, with the `axum` feature, [`serve_axum`]) offers a Rust worker
+//! of your own, in place of `axum::serve` or hyper-util's server.
+//!
+//! Each connection is one hyper connection that is stopped at a request boundary when
+//! the hand-back policy says so ([`super::hand_back`]): hyper is told to close while
+//! it is idle (`graceful_shutdown`, which closes an idle connection at once), polled
+//! without shutting the socket down, and the socket goes back to the master. A request
+//! boundary is what the I/O wrapper sees: hyper asking for a next request it has not
+//! got, after every response body was dropped and flushed. hyper may have buffered the
+//! start of a pipelined next request: those bytes come back from `into_parts` and the
+//! connection is served on with them in front, never handed back.
+//!
+//! On DRAIN, a connection between requests goes back to the master (unless the master
+//! said `off`; then it is closed, as hyper's graceful shutdown does); one in a request
+//! finishes it first; one that has not sent its first request yet gets
+//! [`FIRST_REQUEST_GRACE`] for it.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::hand_back::{Boundary, Timed, Tracked, Watched};
+use super::{AsyncIncoming, End, WorkerError};
+
+/// How long a drain waits for the first request of a connection that has none yet.
+pub const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(5);
+
+/// How hyper runs a connection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Http1Opts {
+    /// hyper's `writev` (false: head and body copied into one buffer, one `send`).
+    pub(crate) writev: bool,
+    /// How long a client may take over a request head.
+    pub(crate) header_timeout: Duration,
+}
+
+impl Default for Http1Opts {
+    fn default() -> Http1Opts {
+        Http1Opts { writev: true, header_timeout: super::http::HEADER_TIMEOUT }
+    }
+}
+
+/// Serves every connection of `incoming` with `handler` (one call per request), HTTP/1.1
+/// with keep-alive, handing idle connections back to the master as `HANDOFF_RETURN`
+/// says, so that the master balances every request. Returns once the master has asked
+/// for a drain (or gone away) and the connections in progress are finished.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), handoff::worker::WorkerError> {
+/// use http_body_util::Full;
+/// use hyper::{body::Bytes, Request, Response};
+/// let incoming = handoff::worker::listener()?;
+/// handoff::worker::serve_http(incoming, |_req: Request<hyper::body::Incoming>| async {
+///     Response::new(Full::new(Bytes::from_static(b"hello\n")))
+/// })
+/// .await
+/// # }
+/// ```
+pub async fn serve_http<H, F, B>(incoming: AsyncIncoming, handler: H) -> Result<(), WorkerError>
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Unpin + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    serve_each(incoming, Http1Opts::default(), move |_| handler.clone()).await
+}
+
+/// [`serve_http`] for an axum `Router`: `axum::serve(listener, app)` with request-level
+/// balancing.
+#[cfg(feature = "axum")]
+pub async fn serve_axum(incoming: AsyncIncoming, app: axum::Router) -> Result<(), WorkerError> {
+    use tower_service::Service;
+    serve_http(incoming, move |req: Request<Incoming>| {
+        let mut app = app.clone();
+        async move {
+            match app.call(req.map(axum::body::Body::new)).await {
+                Ok(resp) => resp,
+                Err(never) => match never {},
+            }
+        }
+    })
+    .await
+}
+
+/// The accept loop: one task per connection, running `handler_for(conn)`'s handler,
+/// until DRAIN; then the tasks are told to stop and waited for (a second at most if
+/// the master is gone).
+pub(crate) async fn serve_each<H, F, B>(
+    mut incoming: AsyncIncoming,
+    opts: Http1Opts,
+    mut handler_for: impl FnMut(&super::Conn<super::TokioStream>) -> H,
+) -> Result<(), WorkerError>
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Unpin + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let env = incoming.env().clone();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    while let Some(conn) = incoming.accept().await {
+        match conn {
+            Ok(conn) => {
+                let handler = handler_for(&conn);
+                // After a wait in the waiting room, what is left of the header timeout.
+                let first_head_by = conn.head_deadline();
+                tasks.spawn(serve_hyper(conn, handler, opts, stop_rx.clone(), first_head_by));
+            }
+            Err(e) => {
+                tracing::error!("worker {}: {e}", env.id);
+                return Err(e);
+            }
+        }
+        // Reap finished tasks so the set does not grow with every connection.
+        while tasks.try_join_next().is_some() {}
+    }
+    let _ = stop_tx.send(true);
+    let grace = match incoming.end() {
+        Some(End::MasterGone) => Duration::from_secs(1),
+        _ => Duration::from_secs(3600),
+    };
+    let _ = tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+    Ok(())
+}
+
+/// A connection this server can hand back to the master at a request boundary
+/// (see [`super::hand_back`]): the worker's own connections; any other stream is
+/// served as it is ([`Plain`]).
+pub(crate) trait ServeIo: AsyncRead + AsyncWrite + Unpin + Send + 'static + Sized {
+    /// When it may go back to the master (`Off`: never).
+    fn return_mode(&self) -> super::hand_back::HandBack;
+    /// Hands it back; on an error it stays here, unchanged.
+    fn give_back(self) -> Result<(), Self>;
+    /// Puts bytes hyper read ahead (a partial next request) back in front of the
+    /// stream, for the next hyper connection over it. Called only after a boundary
+    /// that [`ServeIo::return_mode`] allowed.
+    fn unread(self, bytes: Bytes) -> Self;
+}
+
+impl ServeIo for super::Conn<super::TokioStream> {
+    fn return_mode(&self) -> super::hand_back::HandBack {
+        self.hand_back_mode().unwrap_or(super::hand_back::HandBack::Off)
+    }
+    fn give_back(self) -> Result<(), Self> {
+        self.hand_back().map_err(|e| *e.conn)
+    }
+    fn unread(self, bytes: Bytes) -> Self {
+        self.replay(bytes.to_vec())
+    }
+}
+
+/// Any other stream: served, never handed back.
+#[derive(Debug)]
+pub(crate) struct Plain<I>(pub(crate) I);
+
+impl<I: AsyncRead + Unpin> AsyncRead for Plain<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Plain<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> ServeIo for Plain<I> {
+    fn return_mode(&self) -> super::hand_back::HandBack {
+        super::hand_back::HandBack::Off
+    }
+    fn give_back(self) -> Result<(), Self> {
+        Err(self)
+    }
+    fn unread(self, _bytes: Bytes) -> Self {
+        // Never called: in mode `Off` no connection stops at a boundary.
+        self
+    }
+}
+
+/// Serves one connection with `handler`, with `first_head_by` the deadline of the
+/// first request head, for a connection that has spent part of its header timeout
+/// waiting in the waiting room; the later heads of a keep-alive connection get the
+/// whole timeout.
+///
+/// A connection that may go back to the master is served until a request boundary
+/// where the hand-back policy (or a drain) says it should, then handed back; if that
+/// fails (a full channel) it is served on.
+pub(crate) async fn serve_hyper<I, H, F, B>(
+    io: I,
+    handler: H,
+    opts: Http1Opts,
+    stop: tokio::sync::watch::Receiver<bool>,
+    first_head_by: Option<std::time::Instant>,
+) where
+    I: ServeIo,
+    H: Fn(Request<Incoming>) -> F + Clone + Unpin + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut stop = stop;
+    let (mut io, mut first_head_by, mut started) = (io, first_head_by, false);
+    loop {
+        let Some((back, leftover)) =
+            serve_until_boundary(io, handler.clone(), &opts, &mut stop, first_head_by.take(), started).await
+        else {
+            return;
+        };
+        let back = if leftover.is_empty() {
+            match back.give_back() {
+                Ok(()) => return,
+                Err(back) => back,
+            }
+        } else {
+            // A pipelined request had begun to arrive: not a boundary after all.
+            back.unread(leftover)
+        };
+        if *stop.borrow() {
+            // Draining, and it could not go back: end it as a drain always did.
+            let mut back = back;
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut back).await;
+            return;
+        }
+        (io, started) = (back, true);
+    }
+}
+
+/// One hyper connection over `io`, until the client or a drain ends it (`None`; the
+/// stream is shut down or dropped), or until it is idle at a request boundary and
+/// should go back to the master (`Some`: the stream, and any bytes hyper had read of a
+/// next request).
+async fn serve_until_boundary<I, H, F, B>(
+    io: I,
+    handler: H,
+    opts: &Http1Opts,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+    first_head_by: Option<std::time::Instant>,
+    started_before: bool,
+) -> Option<(I, Bytes)>
+where
+    I: ServeIo,
+    H: Fn(Request<Incoming>) -> F + Clone + Unpin + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let at = Arc::new(Boundary::default());
+    if started_before {
+        drop(at.request());
+    }
+    let first = Arc::new(tokio::sync::Notify::new());
+    let mode = io.return_mode();
+    let can_return = mode != super::hand_back::HandBack::Off;
+    let svc = {
+        let (first, at) = (first.clone(), at.clone());
+        hyper::service::service_fn(move |req| {
+            if !at.started() {
+                first.notify_one();
+            }
+            let in_service = at.request();
+            let resp = handler(req);
+            Timed::new(
+                async move { Ok::<_, Infallible>(resp.await.map(|body| Tracked { body, _in_service: in_service })) },
+            )
+        })
+    };
+    let mut conn = hyper::server::conn::http1::Builder::new()
+        .writev(opts.writev)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(opts.header_timeout)
+        .serve_connection(TokioIo::new(Watched { inner: io, at: at.clone() }), svc);
+    // hyper applies one header timeout to every head: the first one's shorter limit is
+    // kept here, until the first request has started (drain or not).
+    let first_head_late = async {
+        let Some(by) = first_head_by else {
+            return std::future::pending().await;
+        };
+        tokio::time::sleep_until(by.into()).await;
+        if at.started() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let mut first_head_late = std::pin::pin!(first_head_late);
+    let mut stopped_fut = std::pin::pin!(stopped(stop));
+    // On a drain, a connection without a request yet gets FIRST_REQUEST_GRACE for one
+    // (the timer is set when the drain comes).
+    let mut grace = std::pin::pin!(tokio::time::sleep(Duration::from_secs(365 * 86_400)));
+    let mut first_seen = std::pin::pin!(first.notified());
+    let (mut draining, mut graceful, mut handing_back) = (false, false, false);
+    let ended = std::future::poll_fn(|cx| loop {
+        // The connection first: a head that came in time is parsed (and the request
+        // started) in the same poll that would see the deadline pass. Polled as a
+        // future it ends the stream itself (DONE, then the FIN, after the last bytes);
+        // stopped at a boundary to go back, it leaves the stream open.
+        let polled = if handing_back { conn.poll_without_shutdown(cx) } else { Pin::new(&mut conn).poll(cx) };
+        if let Poll::Ready(r) = polled {
+            return Poll::Ready(Some(r));
+        }
+        // Dropping the connection closes it (reset if unread bytes remain).
+        if first_head_late.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        if !draining && stopped_fut.as_mut().poll(cx).is_ready() {
+            draining = true;
+            grace.as_mut().reset(tokio::time::Instant::now() + FIRST_REQUEST_GRACE);
+        }
+        if graceful || handing_back {
+            return Poll::Pending;
+        }
+        if can_return && at.is_idle() && (draining || super::hand_back::wanted(mode)) {
+            // Idle between requests: hyper closes at once, keeping the socket open.
+            Pin::new(&mut conn).graceful_shutdown();
+            handing_back = true;
+            continue;
+        }
+        if draining && !can_return {
+            let waiting_first =
+                !at.started() && first_seen.as_mut().poll(cx).is_pending() && grace.as_mut().poll(cx).is_pending();
+            if !waiting_first {
+                Pin::new(&mut conn).graceful_shutdown();
+                graceful = true;
+                continue;
+            }
+        }
+        if draining && can_return && !at.started() && grace.as_mut().poll(cx).is_ready() {
+            // No first request in the grace time: nothing to hand back.
+            Pin::new(&mut conn).graceful_shutdown();
+            graceful = true;
+            continue;
+        }
+        return Poll::Pending;
+    })
+    .await;
+    match ended {
+        Some(Ok(())) if handing_back => {
+            let parts = conn.into_parts();
+            Some((parts.io.into_inner().inner, parts.read_buf))
+        }
+        _ => None,
+    }
+}
+
+async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    // `wait_for` would hold a non-Send guard across the await; poll the flag instead.
+    while !*stop.borrow_and_update() {
+        if stop.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
+}
