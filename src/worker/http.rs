@@ -100,17 +100,15 @@ fn opts(cfg: &HttpConfig) -> Http1Opts {
     Http1Opts { writev: cfg.static_root.is_some(), header_timeout: header_limit(cfg) }
 }
 
+/// The built-in service's answer to one request, on its way.
+type Answer = std::pin::Pin<Box<dyn std::future::Future<Output = Response<Full<Bytes>>> + Send>>;
+
 /// The built-in service for one connection: [`handle`], with `X-Handoff-Client` for a
 /// client whose address is known.
 fn handler(
     cfg: Arc<HttpConfig>,
     client: Option<std::net::SocketAddr>,
-) -> impl Fn(Request<Body>) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<Full<Bytes>>> + Send>>
-       + Clone
-       + Unpin
-       + Send
-       + Sync
-       + 'static {
+) -> impl Fn(Request<Body>) -> Answer + Clone + Unpin + Send + Sync + 'static {
     let client = client.and_then(|c| HeaderValue::from_str(&c.to_string()).ok());
     move |req| {
         let (cfg, client) = (cfg.clone(), client.clone());
