@@ -100,6 +100,22 @@ pub fn check_socket_path(path: &Path) -> Result<(), ControlError> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
+    match std::fs::symlink_metadata(path) {
+        Err(_) => {}
+        Ok(m) if m.uid() != uid => {
+            return Err(ControlError::Unsafe {
+                path: path.into(),
+                why: format!(
+                    "already exists and belongs to uid {}: someone else may be listening there in a master's place",
+                    m.uid()
+                ),
+            })
+        }
+        Ok(m) if !m.file_type().is_socket() => {
+            return Err(ControlError::Unsafe { path: path.into(), why: "already exists and is not a socket".into() })
+        }
+        Ok(_) => {}
+    }
     if let Ok(m) = std::fs::metadata(dir) {
         let open = m.mode() & 0o022 != 0 && m.mode() & 0o1000 == 0;
         if m.uid() != uid && m.uid() != 0 {
@@ -111,20 +127,7 @@ pub fn check_socket_path(path: &Path) -> Result<(), ControlError> {
             return Err(ControlError::Unsafe { path: path.into(), why });
         }
     }
-    match std::fs::symlink_metadata(path) {
-        Err(_) => Ok(()),
-        Ok(m) if m.uid() != uid => Err(ControlError::Unsafe {
-            path: path.into(),
-            why: format!(
-                "already exists and belongs to uid {}: someone else may be listening there in a master's place",
-                m.uid()
-            ),
-        }),
-        Ok(m) if !m.file_type().is_socket() => {
-            Err(ControlError::Unsafe { path: path.into(), why: "already exists and is not a socket".into() })
-        }
-        Ok(_) => Ok(()),
-    }
+    Ok(())
 }
 
 /// The file name stem of this process's next master (`PID`, then `PID-1`, ... for
@@ -434,7 +437,7 @@ pub enum ControlError {
         me: u32,
     },
     /// The master refused the connection (another user's client).
-    #[error("the master at {path} refused: {message}")]
+    #[error("{path}: {message}")]
     Refused {
         /// The socket path.
         path: PathBuf,
@@ -492,11 +495,14 @@ pub fn request(path: &Path, command: &str) -> Result<String, ControlError> {
     // A master that refuses closes at once: the write may then fail, but its answer is
     // still there to read.
     let sent = s.write_all(format!("{command}\n").as_bytes());
-    let mut out = String::new();
-    match s.read_to_string(&mut out) {
-        Ok(_) if !out.is_empty() => Ok(out),
-        Ok(_) => Err(io_err(sent.err().unwrap_or_else(|| io::ErrorKind::UnexpectedEof.into()))),
-        Err(e) => Err(io_err(e)),
+    // A master that closes without reading all we sent (a refusal) makes the kernel
+    // report a reset after its answer: the answer still counts.
+    let mut out = Vec::new();
+    let read = s.read_to_end(&mut out);
+    match (read, sent) {
+        _ if !out.is_empty() => Ok(String::from_utf8_lossy(&out).into_owned()),
+        (Err(e), _) | (Ok(_), Err(e)) => Err(io_err(e)),
+        (Ok(_), Ok(())) => Err(io_err(io::ErrorKind::UnexpectedEof.into())),
     }
 }
 

@@ -755,7 +755,7 @@ fn peer_refusal(fd: &OwnedFd) -> Option<String> {
     match rustix::net::sockopt::socket_peercred(fd) {
         Ok(c) if c.uid == me || c.uid.is_root() => None,
         Ok(c) => Some(format!(
-            "uid {} (pid {}) may not use this control socket: it answers uid {} and root only",
+            "refused: uid {} (pid {}) may not use this control socket: it answers uid {} and root only",
             c.uid.as_raw(),
             c.pid.as_raw_nonzero(),
             me.as_raw()
