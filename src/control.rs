@@ -5,8 +5,8 @@
 //! control socket, so that no command ever reaches a master by accident:
 //!
 //! - **Where.** In a runtime directory private to the user ([`runtime_dir`]):
-//!   `$XDG_RUNTIME_DIR/handoff/` if that directory is the user's, else `/run/handoff/`
-//!   for root, else `/tmp/handoff-<uid>/`. The master creates it mode 0700 and refuses to
+//!   `/run/handoff/` for root, `$XDG_RUNTIME_DIR/handoff/` for others if that directory
+//!   is theirs, else `/tmp/handoff-<uid>/` (`$HANDOFF_RUNTIME_DIR` overrides). The master creates it mode 0700 and refuses to
 //!   use one that is not a directory of its own user that nobody else can write (a
 //!   directory pre-created by another user to catch the commands). The socket is
 //!   `<pid>.sock` there, mode 0600, unless `--control PATH` names another.
@@ -44,18 +44,23 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// The directory where masters put their control sockets and registry entries when
-/// `--control` is not given: `$XDG_RUNTIME_DIR/handoff` if `$XDG_RUNTIME_DIR` is a
-/// directory of this user, else `/run/handoff` for root, else `/tmp/handoff-<uid>`.
+/// `--control` is not given: `$HANDOFF_RUNTIME_DIR` if set (an absolute path); else
+/// `/run/handoff` for root (the same for a system service and a root shell, which
+/// often has `$XDG_RUNTIME_DIR=/run/user/0`); else `$XDG_RUNTIME_DIR/handoff` if that
+/// is a directory of this user; else `/tmp/handoff-<uid>`.
 pub fn runtime_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("HANDOFF_RUNTIME_DIR").filter(|d| Path::new(d).is_absolute()) {
+        return d.into();
+    }
     let uid = rustix::process::getuid();
+    if uid.is_root() && Path::new("/run").is_dir() {
+        return PathBuf::from("/run/handoff");
+    }
     if let Some(x) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| Path::new(d).is_absolute()) {
         // A runtime directory inherited from another user (`sudo` may keep it) is not ours.
         if std::fs::metadata(&x).is_ok_and(|m| m.is_dir() && m.uid() == uid.as_raw()) {
             return Path::new(&x).join("handoff");
         }
-    }
-    if uid.is_root() && Path::new("/run").is_dir() {
-        return PathBuf::from("/run/handoff");
     }
     PathBuf::from(format!("/tmp/handoff-{}", uid.as_raw()))
 }

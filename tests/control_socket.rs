@@ -1,9 +1,10 @@
 //! The control socket: one per master, found through the registry without guessing,
 //! answering only its own user and root, and never mistaken for an impostor's.
 //!
-//! Each test gives its masters and its `handoff status`/`ctl` runs a private
-//! `$XDG_RUNTIME_DIR`, so that they see only the masters of the test (CI runs as root,
-//! whose masters otherwise register in /run/handoff, shared by every test).
+//! Each test gives its masters and its `handoff status`/`ctl` runs a private runtime
+//! directory (`$HANDOFF_RUNTIME_DIR`), so that they see only the masters of the test
+//! (CI runs as root, whose masters otherwise register in /run/handoff, shared by every
+//! test).
 //! The tests that switch users run as root, as CI does.
 
 mod util;
@@ -14,24 +15,30 @@ use util::*;
 
 const NOBODY: u32 = 65534;
 
-/// `handoff ARGS` with `$XDG_RUNTIME_DIR` = `xdg`; returns (success, stdout, stderr).
-fn handoff_in(xdg: &TempDir, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(handoff_bin()).args(args).env("XDG_RUNTIME_DIR", &xdg.0).output().unwrap();
+/// The runtime directory of a test: `run` in its temporary directory (created by the
+/// first master, unless the test made it).
+fn run_dir(tmp: &TempDir) -> std::path::PathBuf {
+    tmp.join("run")
+}
+
+/// `handoff ARGS` with the test's runtime directory; returns (success, stdout, stderr).
+fn handoff_in(tmp: &TempDir, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(handoff_bin()).args(args).env("HANDOFF_RUNTIME_DIR", run_dir(tmp)).output().unwrap();
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
 }
 
-/// Starts `handoff run ARGS` with `$XDG_RUNTIME_DIR` = `xdg`.
-fn start_in(xdg: &TempDir, args: &[&str]) -> Handoff {
-    let dir = xdg.0.clone();
+/// Starts `handoff run ARGS` with the test's runtime directory.
+fn start_in(tmp: &TempDir, args: &[&str]) -> Handoff {
+    let dir = run_dir(tmp);
     Handoff::start_with(args, move |cmd| {
-        cmd.env("XDG_RUNTIME_DIR", dir);
+        cmd.env("HANDOFF_RUNTIME_DIR", dir);
     })
 }
 
-fn status_of(xdg: &TempDir, selector: &[&str]) -> serde_json::Value {
+fn status_of(tmp: &TempDir, selector: &[&str]) -> serde_json::Value {
     let mut args = vec!["status", "--json"];
     args.extend_from_slice(selector);
-    let (ok, out, err) = handoff_in(xdg, &args);
+    let (ok, out, err) = handoff_in(tmp, &args);
     assert!(ok, "status {selector:?}: {err}");
     serde_json::from_str(&out).unwrap()
 }
@@ -46,12 +53,12 @@ fn assert_root() {
 
 #[test]
 fn two_masters_each_have_their_own_socket_and_neither_is_steered_by_mistake() {
-    let xdg = TempDir::new("ctl-two");
-    let a = start_in(&xdg, &["--listen", "127.0.0.1:0", "--workers", "1"]);
-    let b = start_in(&xdg, &["--listen", "127.0.0.1:0", "--workers", "1"]);
+    let tmp = TempDir::new("ctl-two");
+    let a = start_in(&tmp, &["--listen", "127.0.0.1:0", "--workers", "1"]);
+    let b = start_in(&tmp, &["--listen", "127.0.0.1:0", "--workers", "1"]);
     a.wait_ready(1);
     b.wait_ready(1);
-    let run = xdg.join("handoff");
+    let run = run_dir(&tmp);
     assert_eq!(mode(&run), 0o700, "the runtime directory is private");
     for h in [&a, &b] {
         let sock = run.join(format!("{}.sock", h.pid()));
@@ -59,7 +66,7 @@ fn two_masters_each_have_their_own_socket_and_neither_is_steered_by_mistake() {
         assert!(h.lines().iter().any(|l| l.contains(&format!("control socket at {}", sock.display()))));
     }
     // The list names both, with their listeners and sockets.
-    let (ok, list, err) = handoff_in(&xdg, &["status", "--list"]);
+    let (ok, list, err) = handoff_in(&tmp, &["status", "--list"]);
     assert!(ok, "{err}");
     for h in [&a, &b] {
         let line = list.lines().find(|l| l.trim_start().starts_with(&h.pid().to_string())).unwrap_or_else(|| {
@@ -69,38 +76,38 @@ fn two_masters_each_have_their_own_socket_and_neither_is_steered_by_mistake() {
     }
     // Without a choice, status and ctl refuse, and say which masters there are.
     for args in [&["status"][..], &["ctl", "scale", "3"]] {
-        let (ok, _, err) = handoff_in(&xdg, args);
+        let (ok, _, err) = handoff_in(&tmp, args);
         assert!(!ok, "{args:?} acted although two masters run");
         assert!(err.contains("2 handoff masters are running; choose one with --master PID or --listen ADDR"), "{err}");
         assert!(err.contains(&a.pid().to_string()) && err.contains(&b.pid().to_string()), "{err}");
     }
-    assert_eq!(status_of(&xdg, &["--master", &b.pid().to_string()])["workers_wanted"], 1, "nothing was scaled");
+    assert_eq!(status_of(&tmp, &["--master", &b.pid().to_string()])["workers_wanted"], 1, "nothing was scaled");
     // Chosen by pid: ctl acts on that one only and says which it was.
-    let (ok, out, err) = handoff_in(&xdg, &["ctl", "--master", &a.pid().to_string(), "scale", "2"]);
+    let (ok, out, err) = handoff_in(&tmp, &["ctl", "--master", &a.pid().to_string(), "scale", "2"]);
     assert!(ok, "{err}");
     assert_eq!(out.trim(), format!("master pid {} ({}): scaling to 2 workers", a.pid(), a.addr()));
-    assert_eq!(status_of(&xdg, &["--master", &a.pid().to_string()])["workers_wanted"], 2);
+    assert_eq!(status_of(&tmp, &["--master", &a.pid().to_string()])["workers_wanted"], 2);
     // Chosen by listen address, or by its port alone.
-    let st = status_of(&xdg, &["--listen", &b.addr().to_string()]);
+    let st = status_of(&tmp, &["--listen", &b.addr().to_string()]);
     assert_eq!((st["pid"].as_u64(), st["workers_wanted"].as_u64()), (Some(b.pid() as u64), Some(1)));
-    let st = status_of(&xdg, &["--listen", &b.addr().port().to_string()]);
+    let st = status_of(&tmp, &["--listen", &b.addr().port().to_string()]);
     assert_eq!(st["pid"].as_u64(), Some(b.pid() as u64));
-    let (ok, _, err) = handoff_in(&xdg, &["ctl", "--master", "1", "stop"]);
+    let (ok, _, err) = handoff_in(&tmp, &["ctl", "--master", "1", "stop"]);
     assert!(!ok && err.contains("no running master matches --master 1"), "{err}");
     // Once one has stopped, the other is the only one: no choice needed.
     let mut a = a;
-    let (ok, out, err) = handoff_in(&xdg, &["ctl", "--master", &a.pid().to_string(), "stop"]);
+    let (ok, out, err) = handoff_in(&tmp, &["ctl", "--master", &a.pid().to_string(), "stop"]);
     assert!(ok && out.contains("stopping gracefully"), "{out}{err}");
     assert_eq!(a.wait_exit(), Some(0));
     assert!(!run.join(format!("{}.json", a.pid())).exists(), "the registry entry goes with its master");
     assert!(!run.join(format!("{}.sock", a.pid())).exists());
-    assert_eq!(status_of(&xdg, &[])["pid"].as_u64(), Some(b.pid() as u64));
+    assert_eq!(status_of(&tmp, &[])["pid"].as_u64(), Some(b.pid() as u64));
     // A master killed outright leaves its entry behind: it is found dead and removed.
     let mut b = b;
     b.signal(Signal::KILL);
     b.wait_exit();
     assert!(run.join(format!("{}.json", b.pid())).exists(), "SIGKILL leaves the entry");
-    let (ok, _, err) = handoff_in(&xdg, &["status"]);
+    let (ok, _, err) = handoff_in(&tmp, &["status"]);
     assert!(!ok && err.contains("no handoff master of yours is running"), "{err}");
     assert!(!run.join(format!("{}.json", b.pid())).exists(), "the stale entry is removed");
     assert!(!run.join(format!("{}.sock", b.pid())).exists(), "and its socket");
@@ -108,18 +115,18 @@ fn two_masters_each_have_their_own_socket_and_neither_is_steered_by_mistake() {
 
 #[test]
 fn a_master_with_an_explicit_control_path_is_listed_too() {
-    let xdg = TempDir::new("ctl-explicit");
+    let tmp = TempDir::new("ctl-explicit");
     let dir = TempDir::new("ctl-explicit-sock");
     let control = dir.path_str("c.sock");
-    let h = start_in(&xdg, &["--listen", "127.0.0.1:0", "--workers", "1", "--control", &control]);
+    let h = start_in(&tmp, &["--listen", "127.0.0.1:0", "--workers", "1", "--control", &control]);
     h.wait_ready(1);
-    let (ok, list, err) = handoff_in(&xdg, &["status", "--list", "--json"]);
+    let (ok, list, err) = handoff_in(&tmp, &["status", "--list", "--json"]);
     assert!(ok, "{err}");
     let list: serde_json::Value = serde_json::from_str(&list).unwrap();
     assert_eq!(list[0]["pid"].as_u64(), Some(h.pid() as u64), "{list}");
     assert_eq!(list[0]["control"], control.as_str());
     assert_eq!(list[0]["listeners"][0], h.addr().to_string());
-    let (ok, out, err) = handoff_in(&xdg, &["ctl", "scale", "2"]);
+    let (ok, out, err) = handoff_in(&tmp, &["ctl", "scale", "2"]);
     assert!(ok, "{err}");
     assert!(out.starts_with(&format!("master pid {} ", h.pid())), "{out}");
     assert_eq!(status_json(&control)["workers_wanted"], 2);
@@ -190,47 +197,47 @@ fn a_client_refuses_a_socket_served_by_another_user() {
 #[test]
 fn an_unsafe_runtime_directory_or_socket_path_is_refused() {
     assert_root();
-    let start_fails = |xdg: &TempDir, extra: &[&str], expect: &str| {
-        let dir = xdg.0.clone();
+    let start_fails = |tmp: &TempDir, extra: &[&str], expect: &str| {
+        let dir = run_dir(tmp);
         let mut args = vec!["--listen", "127.0.0.1:0"];
         args.extend_from_slice(extra);
         let mut h = Handoff::spawn(&args, move |cmd| {
-            cmd.env("XDG_RUNTIME_DIR", dir);
+            cmd.env("HANDOFF_RUNTIME_DIR", dir);
         });
         assert_eq!(h.wait_exit(), Some(1), "started with {extra:?}");
         let log = h.lines().join("\n");
         assert!(log.contains(expect) && log.contains("refusing to use it"), "expected {expect:?} in:\n{log}");
     };
     // Pre-created by another user.
-    let xdg = TempDir::new("ctl-unsafe-owner");
-    std::fs::create_dir(xdg.join("handoff")).unwrap();
-    std::os::unix::fs::chown(xdg.join("handoff"), Some(NOBODY), Some(NOBODY)).unwrap();
-    start_fails(&xdg, &[], "belongs to uid 65534, not to you (uid 0)");
+    let tmp = TempDir::new("ctl-unsafe-owner");
+    std::fs::create_dir(run_dir(&tmp)).unwrap();
+    std::os::unix::fs::chown(run_dir(&tmp), Some(NOBODY), Some(NOBODY)).unwrap();
+    start_fails(&tmp, &[], "belongs to uid 65534, not to you (uid 0)");
     // Ours, but open to others.
-    let xdg = TempDir::new("ctl-unsafe-mode");
-    std::fs::create_dir(xdg.join("handoff")).unwrap();
-    std::fs::set_permissions(xdg.join("handoff"), std::fs::Permissions::from_mode(0o777)).unwrap();
-    start_fails(&xdg, &[], "has mode 0777: others may use it");
+    let tmp = TempDir::new("ctl-unsafe-mode");
+    std::fs::create_dir(run_dir(&tmp)).unwrap();
+    std::fs::set_permissions(run_dir(&tmp), std::fs::Permissions::from_mode(0o777)).unwrap();
+    start_fails(&tmp, &[], "has mode 0777: others may use it");
     // A symbolic link to somewhere else.
-    let xdg = TempDir::new("ctl-unsafe-link");
+    let tmp = TempDir::new("ctl-unsafe-link");
     let elsewhere = TempDir::new("ctl-unsafe-elsewhere");
-    std::os::unix::fs::symlink(&elsewhere.0, xdg.join("handoff")).unwrap();
-    start_fails(&xdg, &[], "is a symbolic link");
+    std::os::unix::fs::symlink(&elsewhere.0, run_dir(&tmp)).unwrap();
+    start_fails(&tmp, &[], "is a symbolic link");
     // --control in a directory anyone may write (not sticky): the socket could be
     // replaced under the master.
-    let xdg = TempDir::new("ctl-unsafe-explicit");
+    let tmp = TempDir::new("ctl-unsafe-explicit");
     let open = TempDir::new("ctl-unsafe-open");
     std::fs::set_permissions(&open.0, std::fs::Permissions::from_mode(0o777)).unwrap();
-    start_fails(&xdg, &["--control", &open.path_str("c.sock")], "which others may write (mode 0777)");
+    start_fails(&tmp, &["--control", &open.path_str("c.sock")], "which others may write (mode 0777)");
     // --control naming a file that is not a socket.
     let plain = TempDir::new("ctl-unsafe-file");
     std::fs::write(plain.join("c.sock"), "not a socket").unwrap();
-    start_fails(&xdg, &["--control", &plain.path_str("c.sock")], "already exists and is not a socket");
+    start_fails(&tmp, &["--control", &plain.path_str("c.sock")], "already exists and is not a socket");
     // The safe setups start (the runtime directory is created 0700).
-    let xdg = TempDir::new("ctl-safe");
-    let h = start_in(&xdg, &["--listen", "127.0.0.1:0", "--workers", "1"]);
+    let tmp = TempDir::new("ctl-safe");
+    let h = start_in(&tmp, &["--listen", "127.0.0.1:0", "--workers", "1"]);
     h.wait_ready(1);
-    assert_eq!(mode(&xdg.join("handoff")), 0o700);
+    assert_eq!(mode(&run_dir(&tmp)), 0o700);
 }
 
 #[test]

@@ -67,8 +67,8 @@ enum Cmd {
 }
 
 /// Which master `status` and `ctl` talk to: the only one running, unless one of these
-/// chooses (masters register in $XDG_RUNTIME_DIR/handoff, /run/handoff for root, else
-/// /tmp/handoff-UID).
+/// chooses (masters register in /run/handoff for root, else $XDG_RUNTIME_DIR/handoff,
+/// else /tmp/handoff-UID; $HANDOFF_RUNTIME_DIR overrides).
 #[derive(Args)]
 struct Target {
     /// The master's control socket, as given to `handoff run --control`
@@ -151,7 +151,7 @@ struct RunArgs {
     /// Add a random 0..=J to --max-requests per worker, so they do not recycle together
     #[arg(long, value_name = "J")]
     max_requests_jitter: Option<u64>,
-    /// Control socket for `handoff status` / `handoff ctl` [default: PID.sock in $XDG_RUNTIME_DIR/handoff, /run/handoff for root, else /tmp/handoff-UID]
+    /// Control socket for `handoff status` / `handoff ctl` [default: PID.sock in /run/handoff for root, else in $XDG_RUNTIME_DIR/handoff or /tmp/handoff-UID]
     #[arg(long, value_name = "PATH")]
     control: Option<PathBuf>,
     /// Serve Prometheus metrics at http://ADDR/metrics

@@ -35,7 +35,12 @@ impl Master {
             hint: "",
         };
         let registry = match crate::control::prepare_runtime_dir(&dir) {
-            Ok(()) => Some(dir.join(format!("{stem}.json"))),
+            Ok(()) => {
+                // Entries of masters that died without removing theirs (SIGKILL) go now:
+                // the directory holds the living, not a history.
+                let _ = crate::control::list_masters_in(&dir);
+                Some(dir.join(format!("{stem}.json")))
+            }
             // The socket the user named still works; only the listing misses it.
             Err(e) if self.cfg.control.is_some() => {
                 warn!("`handoff status` will not list this master: {e}");
