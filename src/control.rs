@@ -569,3 +569,53 @@ pub fn format_table(s: &Status) -> String {
     );
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listen_address_matches_as_typed_or_by_port() {
+        assert!(listen_matches("127.0.0.1:8080", "127.0.0.1:8080"));
+        assert!(listen_matches("127.0.0.1:8080", "8080"));
+        assert!(!listen_matches("127.0.0.1:8080", "80"));
+        assert!(listen_matches("[::1]:8080", "[0:0:0:0:0:0:0:1]:8080"));
+        assert!(listen_matches("unix:/run/app.sock", "/run/app.sock"));
+        assert!(listen_matches("unix:/run/app.sock", "unix:/run/app.sock"));
+        assert!(!listen_matches("unix:/run/app.sock", "8080"));
+    }
+
+    /// A registry with this process (alive) twice and a pid that cannot exist: the
+    /// dead entry is dropped and removed, the choice follows the selector.
+    #[test]
+    fn the_registry_lists_the_living_and_chooses_one_or_refuses() {
+        let dir = std::env::temp_dir().join(format!("handoff-unit-registry-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        prepare_runtime_dir(&dir).unwrap();
+        let me = std::process::id();
+        let entry = |pid: u32, start_time: u64, listen: &str| MasterEntry {
+            pid,
+            start_time,
+            listeners: vec![listen.into()],
+            control: dir.join(format!("{pid}-{listen}.sock")),
+        };
+        let start = process_start_time(me).unwrap();
+        assert!(find_master_in(&dir, &Selector::Only).unwrap_err().to_string().contains("no handoff master"));
+        write_entry(&dir.join("a.json"), &entry(me, start, "127.0.0.1:1")).unwrap();
+        // A dead master: a pid above the kernel's maximum.
+        write_entry(&dir.join("dead.json"), &entry(u32::MAX - 1, 1, "127.0.0.1:3")).unwrap();
+        // Our pid, but a start time that is not ours: a reused pid.
+        write_entry(&dir.join("reused.json"), &entry(me, start + 1, "127.0.0.1:4")).unwrap();
+        let found = find_master_in(&dir, &Selector::Only).unwrap();
+        assert_eq!(found.listeners, ["127.0.0.1:1"]);
+        assert!(!dir.join("dead.json").exists() && !dir.join("reused.json").exists());
+        write_entry(&dir.join("b.json"), &entry(me, start, "127.0.0.1:2")).unwrap();
+        let err = find_master_in(&dir, &Selector::Only).unwrap_err().to_string();
+        assert!(err.starts_with("2 handoff masters are running"), "{err}");
+        let found = find_master_in(&dir, &Selector::Listen("2".into())).unwrap();
+        assert_eq!(found.listeners, ["127.0.0.1:2"]);
+        let err = find_master_in(&dir, &Selector::Listen("9".into())).unwrap_err().to_string();
+        assert!(err.starts_with("no running master matches --listen 9"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

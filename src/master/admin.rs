@@ -254,3 +254,21 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod reserve_tests {
+    use super::*;
+
+    #[test]
+    fn spares_are_given_up_one_at_a_time_and_taken_back() {
+        let mut s = AdminState::default();
+        assert_eq!(s.spares(), 0, "no server, no spares");
+        s.serve(AdminKind::Health);
+        assert_eq!(s.spares(), SPARES_PER_KIND);
+        assert!(s.release_spare(AdminKind::Health));
+        assert!(!s.release_spare(AdminKind::Control), "the control socket has none until it is served");
+        assert_eq!(s.spares(), SPARES_PER_KIND - 1);
+        s.refill();
+        assert_eq!(s.spares(), SPARES_PER_KIND);
+    }
+}
