@@ -177,7 +177,13 @@ pub fn process_start_time(pid: u32) -> Option<u64> {
 fn alive(e: &MasterEntry) -> bool {
     match process_start_time(e.pid) {
         Some(t) => e.start_time == 0 || t == e.start_time,
-        None => false,
+        // /proc works, and has no such process.
+        None if Path::new("/proc/self/stat").exists() => false,
+        // No /proc (a sandbox): whether the pid exists at all is all we can tell.
+        None => i32::try_from(e.pid)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+            .is_some_and(|p| matches!(rustix::process::test_kill_process(p), Ok(()) | Err(rustix::io::Errno::PERM))),
     }
 }
 
@@ -421,7 +427,7 @@ pub enum ControlError {
     },
     /// A path that another user could control: not used.
     #[error(
-        "{path} {why}; refusing to use it (remove it if it is not yours to trust, or give --control with a path in a directory only you can write)"
+        "{path} {why}; refusing to use it: remove it, or choose a directory only you can write (HANDOFF_RUNTIME_DIR=DIR, or --control PATH)"
     )]
     Unsafe {
         /// The directory or socket.

@@ -46,7 +46,7 @@ impl Master {
                 warn!("`handoff status` will not list this master: {e}");
                 None
             }
-            Err(e) => return Err(refuse(&dir, e)),
+            Err(e) => return Err(refuse(&dir.join(format!("{stem}.sock")), e)),
         };
         let path = match &self.cfg.control {
             Some(p) => {
