@@ -66,6 +66,9 @@ pub struct AdminState {
     pub refused_peer: u64,
     /// Connections accepted with a spare descriptor.
     pub from_reserve: u64,
+    /// An accept failed for want of a descriptor with no spare left: what waits is
+    /// accepted again at the next housekeeping tick (its readiness edge has passed).
+    pub starved: bool,
     /// When a refusal was last logged (at most one line a second).
     pub last_refusal_log: Option<Instant>,
     /// This master's registry entry (`<runtime dir>/<pid>.json`) and the process that

@@ -150,8 +150,14 @@ impl Master {
                     spent_spare = true;
                     continue;
                 }
-                // EAGAIN, or out of descriptors with no spare left: what still waits is
-                // taken by the next event or the next housekeeping tick.
+                // Out of descriptors with no spare left: what waits is taken at the
+                // next housekeeping tick.
+                Err(rustix::io::Errno::MFILE | rustix::io::Errno::NFILE) => {
+                    self.admin_state.starved = true;
+                    break;
+                }
+                // EAGAIN: all taken; anything else: one failed connection, the next
+                // event brings the rest.
                 Err(_) => break,
             };
             if std::mem::take(&mut spent_spare) {
@@ -236,8 +242,8 @@ impl Master {
     }
 
     /// Closes admin connections past their deadline; takes back spares given up; and
-    /// accepts what waits on each admin server (its readiness edge may have come while
-    /// the master had no descriptor to take it with).
+    /// after an accept that found no descriptor, accepts what waits on each admin
+    /// server (its readiness edge came while the master could not take it).
     pub(super) fn admin_timeouts(&mut self, now: Instant) {
         for slot in 0..self.admin_conns.len() {
             if self.admin_conns[slot].as_ref().is_some_and(|c| now.duration_since(c.since) > admin::ADMIN_TIMEOUT) {
@@ -245,8 +251,10 @@ impl Master {
             }
         }
         self.admin_state.refill();
-        for i in 0..self.admin.len() {
-            self.admin_accept(i);
+        if std::mem::take(&mut self.admin_state.starved) {
+            for i in 0..self.admin.len() {
+                self.admin_accept(i);
+            }
         }
     }
 
