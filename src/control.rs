@@ -1,7 +1,28 @@
 //! The control socket: what `handoff status` and `handoff ctl` say to a running master,
-//! and what it answers.
+//! how they find it, and what it answers.
 //!
-//! The master listens on a Unix stream socket (mode 0600: only its user may steer it).
+//! Every master (`handoff run`, and every library [`Server`](crate::Server)) has its own
+//! control socket, so that no command ever reaches a master by accident:
+//!
+//! - **Where.** In a runtime directory private to the user ([`runtime_dir`]):
+//!   `/run/handoff/` for root, `$XDG_RUNTIME_DIR/handoff/` for others if that directory
+//!   is theirs, else `/tmp/handoff-<uid>/` (`$HANDOFF_RUNTIME_DIR` overrides). The master creates it mode 0700 and refuses to
+//!   use one that is not a directory of its own user that nobody else can write (a
+//!   directory pre-created by another user to catch the commands). The socket is
+//!   `<pid>.sock` there, mode 0600, unless `--control PATH` names another.
+//! - **Registry.** Beside it the master writes `<pid>.json` (a [`MasterEntry`]: pid,
+//!   listeners, socket path; also for an explicit `--control`), rewritten when a reload
+//!   changes the listeners and removed at exit. [`list_masters`] reads them and drops
+//!   the entries of masters that have died (the pid is gone or belongs to a newer
+//!   process: the entry records the process's start time).
+//! - **Choice.** [`find_master`]: with exactly one master running, `status` and `ctl`
+//!   act on it; with several they refuse and list them, and `--master PID` or
+//!   `--listen ADDR` chooses (`--control PATH` still names a socket directly).
+//! - **Who may talk.** The master checks each client's credentials (`SO_PEERCRED`):
+//!   only its own user and root; others get a refusal and nothing else. The client
+//!   checks the master's in turn: a socket served by another user (an impostor) is
+//!   refused before a command is sent.
+//!
 //! A client connects, writes one command line, and reads one JSON document until the
 //! master closes the connection:
 //!
@@ -14,21 +35,274 @@
 //! | `stop` | as SIGTERM: graceful stop | a [`Reply`] |
 
 use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// The control socket path used when `--control` is not given:
-/// `$XDG_RUNTIME_DIR/handoff.sock`, else `/tmp/handoff-<uid>.sock`.
-pub fn default_path() -> PathBuf {
-    match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(d) if !d.is_empty() => Path::new(&d).join("handoff.sock"),
-        _ => PathBuf::from(format!("/tmp/handoff-{}.sock", rustix::process::getuid().as_raw())),
+/// The directory where masters put their control sockets and registry entries when
+/// `--control` is not given: `$HANDOFF_RUNTIME_DIR` if set (an absolute path); else
+/// `/run/handoff` for root (the same for a system service and a root shell, which
+/// often has `$XDG_RUNTIME_DIR=/run/user/0`); else `$XDG_RUNTIME_DIR/handoff` if that
+/// is a directory of this user; else `/tmp/handoff-<uid>`.
+pub fn runtime_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("HANDOFF_RUNTIME_DIR").filter(|d| Path::new(d).is_absolute()) {
+        return d.into();
+    }
+    let uid = rustix::process::getuid();
+    if uid.is_root() && Path::new("/run").is_dir() {
+        return PathBuf::from("/run/handoff");
+    }
+    if let Some(x) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| Path::new(d).is_absolute()) {
+        // A runtime directory inherited from another user (`sudo` may keep it) is not ours.
+        if std::fs::metadata(&x).is_ok_and(|m| m.is_dir() && m.uid() == uid.as_raw()) {
+            return Path::new(&x).join("handoff");
+        }
+    }
+    PathBuf::from(format!("/tmp/handoff-{}", uid.as_raw()))
+}
+
+/// Creates the runtime directory (mode 0700) if it is missing, then checks it as
+/// [`check_private_dir`] does.
+pub fn prepare_runtime_dir(dir: &Path) -> Result<(), ControlError> {
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(source) => return Err(ControlError::Io { path: dir.into(), source }),
+    }
+    check_private_dir(dir)
+}
+
+/// Checks that `dir` is a directory (not a symlink) of this user that no one else can
+/// write or read: anything else may have been put there to catch the commands.
+pub fn check_private_dir(dir: &Path) -> Result<(), ControlError> {
+    let m = std::fs::symlink_metadata(dir).map_err(|source| ControlError::Io { path: dir.into(), source })?;
+    let uid = rustix::process::getuid().as_raw();
+    let why = if m.file_type().is_symlink() {
+        "is a symbolic link".to_string()
+    } else if !m.is_dir() {
+        "is not a directory".to_string()
+    } else if m.uid() != uid {
+        format!("belongs to uid {}, not to you (uid {uid})", m.uid())
+    } else if m.mode() & 0o077 != 0 {
+        format!("has mode {:04o}: others may use it", m.mode() & 0o7777)
+    } else {
+        return Ok(());
+    };
+    Err(ControlError::Unsafe { path: dir.into(), why })
+}
+
+/// Checks a control socket path given with `--control` before the master binds it:
+/// its directory must not let others replace it (owned by this user or root, and not
+/// writable by others unless sticky, like `/tmp`), and a file already there must be
+/// this user's socket (a stale one is replaced; a live master's is refused when bound).
+pub fn check_socket_path(path: &Path) -> Result<(), ControlError> {
+    let uid = rustix::process::getuid().as_raw();
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    match std::fs::symlink_metadata(path) {
+        Err(_) => {}
+        Ok(m) if m.uid() != uid => {
+            return Err(ControlError::Unsafe {
+                path: path.into(),
+                why: format!(
+                    "already exists and belongs to uid {}: someone else may be listening there in a master's place",
+                    m.uid()
+                ),
+            })
+        }
+        Ok(m) if !m.file_type().is_socket() => {
+            return Err(ControlError::Unsafe { path: path.into(), why: "already exists and is not a socket".into() })
+        }
+        Ok(_) => {}
+    }
+    if let Ok(m) = std::fs::metadata(dir) {
+        let open = m.mode() & 0o022 != 0 && m.mode() & 0o1000 == 0;
+        if m.uid() != uid && m.uid() != 0 {
+            let why = format!("is in {}, which belongs to uid {}", dir.display(), m.uid());
+            return Err(ControlError::Unsafe { path: path.into(), why });
+        }
+        if open {
+            let why = format!("is in {}, which others may write (mode {:04o})", dir.display(), m.mode() & 0o7777);
+            return Err(ControlError::Unsafe { path: path.into(), why });
+        }
+    }
+    Ok(())
+}
+
+/// The file name stem of this process's next master (`PID`, then `PID-1`, ... for
+/// further masters a library program runs in the same process).
+pub fn next_stem() -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    match N.fetch_add(1, Ordering::Relaxed) {
+        0 => std::process::id().to_string(),
+        n => format!("{}-{n}", std::process::id()),
     }
 }
 
+/// A running master as its registry entry (`<runtime dir>/<pid>.json`) describes it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MasterEntry {
+    /// The master's pid.
+    pub pid: u32,
+    /// The process's start time (field 22 of `/proc/PID/stat`): tells the master from a
+    /// later process that got the same pid.
+    #[serde(default)]
+    pub start_time: u64,
+    /// Its listen addresses, as `handoff status` shows them.
+    pub listeners: Vec<String>,
+    /// Its control socket.
+    pub control: PathBuf,
+}
+
+impl std::fmt::Display for MasterEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "master pid {} on {} (control {})", self.pid, self.listeners.join(", "), self.control.display())
+    }
+}
+
+/// A process's start time in clock ticks since boot, from `/proc/PID/stat`.
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count from its end.
+    stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether the master an entry describes still runs.
+fn alive(e: &MasterEntry) -> bool {
+    match process_start_time(e.pid) {
+        Some(t) => e.start_time == 0 || t == e.start_time,
+        // /proc works, and has no such process.
+        None if Path::new("/proc/self/stat").exists() => false,
+        // No /proc (a sandbox): whether the pid exists at all is all we can tell.
+        None => i32::try_from(e.pid)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+            .is_some_and(|p| matches!(rustix::process::test_kill_process(p), Ok(()) | Err(rustix::io::Errno::PERM))),
+    }
+}
+
+/// Writes a registry entry (through a temporary file and a rename: a reader sees the
+/// old entry or the new one, never half of one).
+pub fn write_entry(path: &Path, entry: &MasterEntry) -> io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let text = serde_json::to_vec_pretty(entry).map_err(io::Error::other)?;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    f.write_all(&text)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// The masters of this user that run now, by pid, from the registry in `dir`.
+/// Entries of masters that have died are removed (with their socket, when it is in
+/// `dir`). A missing directory means no master.
+pub fn list_masters_in(dir: &Path) -> Result<Vec<MasterEntry>, ControlError> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(ControlError::Io { path: dir.into(), source }),
+    };
+    check_private_dir(dir)?;
+    let mut out = Vec::new();
+    for ent in rd.flatten() {
+        let p = ent.path();
+        if p.extension().is_none_or(|x| x != "json") {
+            continue;
+        }
+        let Some(e) = std::fs::read(&p).ok().and_then(|b| serde_json::from_slice::<MasterEntry>(&b).ok()) else {
+            continue;
+        };
+        if alive(&e) {
+            out.push(e);
+        } else {
+            let _ = std::fs::remove_file(&p);
+            if e.control.parent() == Some(dir) {
+                let _ = std::fs::remove_file(&e.control);
+            }
+        }
+    }
+    out.sort_by_key(|e| e.pid);
+    Ok(out)
+}
+
+/// [`list_masters_in`] the [`runtime_dir`].
+pub fn list_masters() -> Result<Vec<MasterEntry>, ControlError> {
+    list_masters_in(&runtime_dir())
+}
+
+/// Which master a command is for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Selector {
+    /// The one master running (an error if there are several).
+    #[default]
+    Only,
+    /// The master with this pid.
+    Pid(u32),
+    /// The master listening on this address (`127.0.0.1:8080`, `unix:/path`, or just a
+    /// port: `8080`).
+    Listen(String),
+}
+
+impl Selector {
+    fn matches(&self, e: &MasterEntry) -> bool {
+        match self {
+            Selector::Only => true,
+            Selector::Pid(p) => e.pid == *p,
+            Selector::Listen(a) => e.listeners.iter().any(|l| listen_matches(l, a)),
+        }
+    }
+}
+
+impl std::fmt::Display for Selector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Selector::Only => write!(f, "any master"),
+            Selector::Pid(p) => write!(f, "--master {p}"),
+            Selector::Listen(a) => write!(f, "--listen {a}"),
+        }
+    }
+}
+
+/// Whether listener `l` (as a master shows it) is the address `a` a user typed.
+fn listen_matches(l: &str, a: &str) -> bool {
+    if l == a || l.strip_prefix("unix:") == Some(a) {
+        return true;
+    }
+    if a.parse::<u16>().is_ok() {
+        return l.rsplit_once(':').is_some_and(|(_, port)| port == a);
+    }
+    matches!((l.parse::<std::net::SocketAddr>(), a.parse::<std::net::SocketAddr>()), (Ok(x), Ok(y)) if x == y)
+}
+
+/// The one running master that `sel` names, from the registry in `dir`.
+pub fn find_master_in(dir: &Path, sel: &Selector) -> Result<MasterEntry, ControlError> {
+    let all = list_masters_in(dir)?;
+    let mut found: Vec<MasterEntry> = all.iter().filter(|e| sel.matches(e)).cloned().collect();
+    match (found.len(), sel) {
+        (1, _) => Ok(found.remove(0)),
+        (0, _) if all.is_empty() => Err(ControlError::NoMaster { dir: dir.into() }),
+        (0, _) => Err(ControlError::NoMatch { selector: sel.to_string(), running: list_text(&all).trim_end().into() }),
+        _ => Err(ControlError::Ambiguous { n: found.len(), running: list_text(&found).trim_end().into() }),
+    }
+}
+
+/// [`find_master_in`] the [`runtime_dir`].
+pub fn find_master(sel: &Selector) -> Result<MasterEntry, ControlError> {
+    find_master_in(&runtime_dir(), sel)
+}
+
+/// One line per master: pid, listeners, control socket.
+pub fn list_text(masters: &[MasterEntry]) -> String {
+    let mut out = format!("{:>8}  {:<40}  {}\n", "PID", "LISTENING ON", "CONTROL SOCKET");
+    for e in masters {
+        out += &format!("{:>8}  {:<40}  {}\n", e.pid, e.listeners.join(", "), e.control.display());
+    }
+    out
+}
 /// One worker, as `handoff status` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct WorkerStatus {
@@ -76,6 +350,34 @@ pub struct Status {
     pub totals: crate::master::Totals,
     /// Jain's fairness index of connections dispatched per slot since start (1 = even).
     pub fairness: f64,
+    /// The control socket, metrics and health endpoints: connections and refusals.
+    #[serde(default)]
+    pub admin: AdminStatus,
+}
+
+/// The master's own endpoints, as `handoff status --json` shows them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct AdminStatus {
+    /// Connections open now, per endpoint.
+    pub open: AdminCounts,
+    /// Connections closed at once because the endpoint had its most open, per endpoint.
+    pub refused_full: AdminCounts,
+    /// Control connections refused because the peer was neither the master's user nor root.
+    pub refused_peer: u64,
+    /// Connections accepted with a descriptor kept in reserve for the endpoint, when
+    /// the master had no other left.
+    pub from_reserve: u64,
+}
+
+/// One number per admin endpoint.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct AdminCounts {
+    /// The control socket.
+    pub control: u64,
+    /// `/metrics`.
+    pub metrics: u64,
+    /// The health endpoint.
+    pub health: u64,
 }
 
 /// The answer to a command other than `status`.
@@ -85,15 +387,27 @@ pub struct Reply {
     pub ok: bool,
     /// What happened, or what was wrong.
     pub message: String,
+    /// The master that answered (absent in answers of older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master: Option<MasterId>,
 }
 
-/// Errors talking to a master.
+/// Which master answered a command: what `handoff ctl` prints.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MasterId {
+    /// Its pid.
+    pub pid: u32,
+    /// Its listen addresses.
+    pub listeners: Vec<String>,
+}
+
+/// Errors finding or talking to a master.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ControlError {
     /// Nobody listens at the path.
     #[error(
-        "cannot reach a handoff master at {path}: {source} (is it running? was it started with --control {path}?)"
+        "cannot reach a handoff master at {path}: {source} (is it running? `handoff status --list` shows the running masters)"
     )]
     Connect {
         /// The socket path.
@@ -111,26 +425,115 @@ pub enum ControlError {
         #[source]
         source: io::Error,
     },
+    /// A path that another user could control: not used.
+    #[error(
+        "{path} {why}; refusing to use it: remove it, or choose a directory only you can write (HANDOFF_RUNTIME_DIR=DIR, or --control PATH)"
+    )]
+    Unsafe {
+        /// The directory or socket.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// The socket is served by a process of another user: not a master of ours.
+    #[error(
+        "{path} is served by uid {uid}, neither you (uid {me}) nor root: refusing to talk to it (an impostor, or another user's master: run as that user)"
+    )]
+    Impostor {
+        /// The socket path.
+        path: PathBuf,
+        /// The serving process's uid.
+        uid: u32,
+        /// Ours.
+        me: u32,
+    },
+    /// The master refused the connection (another user's client).
+    #[error("{path}: {message}")]
+    Refused {
+        /// The socket path.
+        path: PathBuf,
+        /// Its answer.
+        message: String,
+    },
+    /// No master of this user runs.
+    #[error("no handoff master of yours is running (none registered in {dir}); start one with `handoff run`, or give --control PATH")]
+    NoMaster {
+        /// The runtime directory.
+        dir: PathBuf,
+    },
+    /// None of the running masters matches the selector.
+    #[error("no running master matches {selector}; running:\n{running}")]
+    NoMatch {
+        /// The selector, as typed.
+        selector: String,
+        /// The running masters, one a line.
+        running: String,
+    },
+    /// More than one master could be meant.
+    #[error("{n} handoff masters are running; choose one with --master PID or --listen ADDR:\n{running}")]
+    Ambiguous {
+        /// How many.
+        n: usize,
+        /// They, one a line.
+        running: String,
+    },
     /// The answer was not what this version expects.
     #[error("unexpected answer from the master: {0}")]
     Answer(String),
 }
 
-/// Sends one command line, returns the raw answer.
+/// Connects to a master's control socket, after checking that whoever serves it is this
+/// user or root (`SO_PEERCRED`: the credentials of the process that bound it).
+pub fn connect(path: &Path) -> Result<UnixStream, ControlError> {
+    let s = UnixStream::connect(path).map_err(|source| ControlError::Connect { path: path.into(), source })?;
+    let cred = rustix::net::sockopt::socket_peercred(&s)
+        .map_err(|e| ControlError::Io { path: path.into(), source: e.into() })?;
+    let me = rustix::process::getuid();
+    if cred.uid != me && !cred.uid.is_root() {
+        return Err(ControlError::Impostor { path: path.into(), uid: cred.uid.as_raw(), me: me.as_raw() });
+    }
+    Ok(s)
+}
+
+/// Sends one command line, returns the raw answer. A refusal (a [`Reply`] with `ok`
+/// false, which is what a master answers a client it does not accept) is left to the
+/// caller.
 pub fn request(path: &Path, command: &str) -> Result<String, ControlError> {
-    let mut s = UnixStream::connect(path).map_err(|source| ControlError::Connect { path: path.into(), source })?;
+    let mut s = connect(path)?;
     let io_err = |source| ControlError::Io { path: path.into(), source };
     s.set_read_timeout(Some(Duration::from_secs(10))).map_err(io_err)?;
-    s.write_all(format!("{command}\n").as_bytes()).map_err(io_err)?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).map_err(io_err)?;
-    Ok(out)
+    s.set_write_timeout(Some(Duration::from_secs(10))).map_err(io_err)?;
+    // A master that refuses closes at once: the write may then fail, but its answer is
+    // still there to read.
+    let sent = s.write_all(format!("{command}\n").as_bytes());
+    // A master that closes without reading all we sent (a refusal) makes the kernel
+    // report a reset after its answer: the answer still counts.
+    let mut out = Vec::new();
+    let read = s.read_to_end(&mut out);
+    match (read, sent) {
+        _ if !out.is_empty() => Ok(String::from_utf8_lossy(&out).into_owned()),
+        (Err(e), _) | (Ok(_), Err(e)) => Err(io_err(e)),
+        (Ok(_), Ok(())) => Err(io_err(io::ErrorKind::UnexpectedEof.into())),
+    }
 }
 
 /// Asks for the status.
 pub fn status(path: &Path) -> Result<Status, ControlError> {
     let raw = request(path, "status")?;
-    serde_json::from_str(&raw).map_err(|e| ControlError::Answer(format!("{e}: {raw}")))
+    serde_json::from_str(&raw).map_err(|e| match serde_json::from_str::<Reply>(&raw) {
+        Ok(r) if !r.ok => ControlError::Refused { path: path.into(), message: r.message },
+        _ => ControlError::Answer(format!("{e}: {raw}")),
+    })
+}
+
+/// Asks for the status and returns the raw JSON document (for `--json`), after
+/// checking that it is one (a refusal is an error).
+pub fn status_json(path: &Path) -> Result<String, ControlError> {
+    let raw = request(path, "status")?;
+    match serde_json::from_str::<Reply>(&raw) {
+        Ok(r) if !r.ok => Err(ControlError::Refused { path: path.into(), message: r.message }),
+        _ => Ok(raw),
+    }
 }
 
 /// Sends a command other than `status`.
@@ -171,4 +574,54 @@ pub fn format_table(s: &Status) -> String {
         s.fairness
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listen_address_matches_as_typed_or_by_port() {
+        assert!(listen_matches("127.0.0.1:8080", "127.0.0.1:8080"));
+        assert!(listen_matches("127.0.0.1:8080", "8080"));
+        assert!(!listen_matches("127.0.0.1:8080", "80"));
+        assert!(listen_matches("[::1]:8080", "[0:0:0:0:0:0:0:1]:8080"));
+        assert!(listen_matches("unix:/run/app.sock", "/run/app.sock"));
+        assert!(listen_matches("unix:/run/app.sock", "unix:/run/app.sock"));
+        assert!(!listen_matches("unix:/run/app.sock", "8080"));
+    }
+
+    /// A registry with this process (alive) twice and a pid that cannot exist: the
+    /// dead entry is dropped and removed, the choice follows the selector.
+    #[test]
+    fn the_registry_lists_the_living_and_chooses_one_or_refuses() {
+        let dir = std::env::temp_dir().join(format!("handoff-unit-registry-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        prepare_runtime_dir(&dir).unwrap();
+        let me = std::process::id();
+        let entry = |pid: u32, start_time: u64, listen: &str| MasterEntry {
+            pid,
+            start_time,
+            listeners: vec![listen.into()],
+            control: dir.join(format!("{pid}-{listen}.sock")),
+        };
+        let start = process_start_time(me).unwrap();
+        assert!(find_master_in(&dir, &Selector::Only).unwrap_err().to_string().contains("no handoff master"));
+        write_entry(&dir.join("a.json"), &entry(me, start, "127.0.0.1:1")).unwrap();
+        // A dead master: a pid above the kernel's maximum.
+        write_entry(&dir.join("dead.json"), &entry(u32::MAX - 1, 1, "127.0.0.1:3")).unwrap();
+        // Our pid, but a start time that is not ours: a reused pid.
+        write_entry(&dir.join("reused.json"), &entry(me, start + 1, "127.0.0.1:4")).unwrap();
+        let found = find_master_in(&dir, &Selector::Only).unwrap();
+        assert_eq!(found.listeners, ["127.0.0.1:1"]);
+        assert!(!dir.join("dead.json").exists() && !dir.join("reused.json").exists());
+        write_entry(&dir.join("b.json"), &entry(me, start, "127.0.0.1:2")).unwrap();
+        let err = find_master_in(&dir, &Selector::Only).unwrap_err().to_string();
+        assert!(err.starts_with("2 handoff masters are running"), "{err}");
+        let found = find_master_in(&dir, &Selector::Listen("2".into())).unwrap();
+        assert_eq!(found.listeners, ["127.0.0.1:2"]);
+        let err = find_master_in(&dir, &Selector::Listen("9".into())).unwrap_err().to_string();
+        assert!(err.starts_with("no running master matches --listen 9"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -27,20 +27,22 @@ struct Cli {
 enum Cmd {
     /// Run a master and its workers (the built-in HTTP worker unless a command follows `--`).
     Run(Box<RunArgs>),
-    /// Show a running master's workers and counters (through its control socket).
+    /// Show a running master's workers and counters (through its control socket), or
+    /// list the running masters.
     Status {
-        /// The master's control socket [default: $XDG_RUNTIME_DIR/handoff.sock or /tmp/handoff-UID.sock]
-        #[arg(long, value_name = "PATH")]
-        control: Option<PathBuf>,
+        #[command(flatten)]
+        target: Target,
+        /// List the running masters (pid, listeners, control socket) instead
+        #[arg(long, conflicts_with_all = ["control", "master", "listen"])]
+        list: bool,
         /// Print JSON for scripts
         #[arg(long)]
         json: bool,
     },
     /// Steer a running master: reload | scale N | drain ID | stop.
     Ctl {
-        /// The master's control socket [default: as for `status`]
-        #[arg(long, value_name = "PATH")]
-        control: Option<PathBuf>,
+        #[command(flatten)]
+        target: Target,
         #[command(subcommand)]
         action: CtlAction,
     },
@@ -62,6 +64,38 @@ enum Cmd {
         #[arg(long)]
         misbehave_slot: Option<usize>,
     },
+}
+
+/// Which master `status` and `ctl` talk to: the only one running, unless one of these
+/// chooses (masters register in /run/handoff for root, else $XDG_RUNTIME_DIR/handoff,
+/// else /tmp/handoff-UID; $HANDOFF_RUNTIME_DIR overrides).
+#[derive(Args)]
+struct Target {
+    /// The master's control socket, as given to `handoff run --control`
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["master", "listen"])]
+    control: Option<PathBuf>,
+    /// The running master with this pid
+    #[arg(long, value_name = "PID", conflicts_with = "listen")]
+    master: Option<u32>,
+    /// The running master listening on ADDR (127.0.0.1:8080, unix:/path, or a port)
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+}
+
+impl Target {
+    /// The control socket to use.
+    fn path(self) -> Result<PathBuf, String> {
+        use handoff::control::Selector;
+        if let Some(p) = self.control {
+            return Ok(p);
+        }
+        let sel = match (self.master, self.listen) {
+            (Some(pid), _) => Selector::Pid(pid),
+            (None, Some(a)) => Selector::Listen(a),
+            (None, None) => Selector::Only,
+        };
+        handoff::control::find_master(&sel).map(|e| e.control).map_err(|e| e.to_string())
+    }
 }
 
 #[derive(Subcommand)]
@@ -117,7 +151,7 @@ struct RunArgs {
     /// Add a random 0..=J to --max-requests per worker, so they do not recycle together
     #[arg(long, value_name = "J")]
     max_requests_jitter: Option<u64>,
-    /// Control socket for `handoff status` / `handoff ctl` [default: $XDG_RUNTIME_DIR/handoff.sock or /tmp/handoff-UID.sock]
+    /// Control socket for `handoff status` / `handoff ctl` [default: PID.sock in /run/handoff for root, else in $XDG_RUNTIME_DIR/handoff or /tmp/handoff-UID]
     #[arg(long, value_name = "PATH")]
     control: Option<PathBuf>,
     /// Serve Prometheus metrics at http://ADDR/metrics
@@ -211,10 +245,19 @@ fn run(args: RunArgs) -> Result<(), String> {
     master.run().map_err(|e| e.to_string())
 }
 
-fn status(control: Option<PathBuf>, json: bool) -> Result<(), String> {
-    let path = control.unwrap_or_else(handoff::control::default_path);
+fn status(target: Target, list: bool, json: bool) -> Result<(), String> {
+    if list {
+        let masters = handoff::control::list_masters().map_err(|e| e.to_string())?;
+        if json {
+            say(&format!("{}\n", serde_json::to_string_pretty(&masters).map_err(|e| e.to_string())?));
+        } else {
+            say(&handoff::control::list_text(&masters));
+        }
+        return Ok(());
+    }
+    let path = target.path()?;
     if json {
-        let raw = handoff::control::request(&path, "status").map_err(|e| e.to_string())?;
+        let raw = handoff::control::status_json(&path).map_err(|e| e.to_string())?;
         say(&format!("{raw}\n"));
     } else {
         let st = handoff::control::status(&path).map_err(|e| e.to_string())?;
@@ -223,8 +266,8 @@ fn status(control: Option<PathBuf>, json: bool) -> Result<(), String> {
     Ok(())
 }
 
-fn ctl(control: Option<PathBuf>, action: CtlAction) -> Result<(), String> {
-    let path = control.unwrap_or_else(handoff::control::default_path);
+fn ctl(target: Target, action: CtlAction) -> Result<(), String> {
+    let path = target.path()?;
     let line = match action {
         CtlAction::Reload => "reload".to_string(),
         CtlAction::Scale { n } => format!("scale {n}"),
@@ -232,11 +275,16 @@ fn ctl(control: Option<PathBuf>, action: CtlAction) -> Result<(), String> {
         CtlAction::Stop => "stop".to_string(),
     };
     let reply = handoff::control::command(&path, &line).map_err(|e| e.to_string())?;
+    // Which master acted: the one that answered says so itself.
+    let who = match &reply.master {
+        Some(m) => format!("master pid {} ({}): ", m.pid, m.listeners.join(", ")),
+        None => format!("master at {}: ", path.display()),
+    };
     if reply.ok {
-        say(&format!("{}\n", reply.message));
+        say(&format!("{who}{}\n", reply.message));
         Ok(())
     } else {
-        Err(reply.message)
+        Err(format!("{who}{}", reply.message))
     }
 }
 
@@ -264,8 +312,8 @@ fn main() -> ExitCode {
             init_logging(args.verbose, args.quiet);
             exit_with(run(*args))
         }
-        Cmd::Status { control, json } => exit_with(status(control, json)),
-        Cmd::Ctl { control, action } => exit_with(ctl(control, action)),
+        Cmd::Status { target, list, json } => exit_with(status(target, list, json)),
+        Cmd::Ctl { target, action } => exit_with(ctl(target, action)),
         Cmd::Bench(args) => exit_with(handoff::bench::main(args)),
         Cmd::BenchWorker(args) => exit_with(handoff::bench::worker_main(args)),
         Cmd::Worker { static_dir, misbehave, misbehave_slot } => {

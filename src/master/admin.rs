@@ -2,8 +2,18 @@
 //! endpoint. Each request is tiny and each answer is computed from the master's state
 //! at once, so these run inside the event loop, non-blocking, like everything else:
 //! read until the request is complete (one line, or HTTP headers), answer, close.
-//! A client that sends more than [`MAX_REQUEST`] bytes or stalls for
-//! [`ADMIN_TIMEOUT`] is dropped.
+//!
+//! None of them can hold up the loop or crowd out another:
+//! - a client that sends more than [`MAX_REQUEST`] bytes is dropped, and every
+//!   connection is closed [`ADMIN_TIMEOUT`] after it was accepted, answered or not;
+//! - each endpoint has its own cap, [`MAX_CONNS_PER_KIND`]: a flood of idle `/metrics`
+//!   connections leaves `/health` and the control socket answering;
+//! - each endpoint keeps [`SPARES_PER_KIND`] descriptors in reserve ([`AdminState`]):
+//!   when clients (say, silent connections to a `,proxy` listener) have taken every
+//!   descriptor the master may open, `accept` fails with EMFILE for them, while an
+//!   admin endpoint gives up one of its spares and accepts in its place, and takes it
+//!   back when that connection closes;
+//! - the control socket answers only the master's own user and root (`SO_PEERCRED`).
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -11,10 +21,13 @@ use std::time::{Duration, Instant};
 
 /// Largest request accepted.
 pub const MAX_REQUEST: usize = 8192;
-/// Most admin connections open at once; more are closed at once (a flood on the health
-/// port must not take the descriptors the master needs for clients).
-pub const MAX_ADMIN_CONNS: usize = 256;
-/// An admin connection idle this long is closed.
+/// Most connections open at once to each endpoint (control, metrics, health); more are
+/// closed at once. Far more than a scraper, a load balancer's checks and an operator
+/// need together, and few enough descriptors that all three fit beside the clients.
+pub const MAX_CONNS_PER_KIND: usize = 128;
+/// Descriptors each endpoint keeps in reserve for when the master has no other.
+pub const SPARES_PER_KIND: usize = 4;
+/// An admin connection is closed this long after it was accepted, answered or not.
 pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Which server a connection came to.
@@ -26,6 +39,94 @@ pub enum AdminKind {
     Metrics,
     /// The health endpoint over HTTP.
     Health,
+}
+
+impl AdminKind {
+    /// Its index in per-kind tables.
+    pub fn index(self) -> usize {
+        match self {
+            AdminKind::Control => 0,
+            AdminKind::Metrics => 1,
+            AdminKind::Health => 2,
+        }
+    }
+}
+
+/// Per-endpoint bookkeeping: spare descriptors, counters, the registry entry.
+#[derive(Debug, Default)]
+pub struct AdminState {
+    /// Spare descriptors per kind (`O_PATH` opens of `/`: they cost nothing but a slot
+    /// in the descriptor table, which is the point).
+    spares: [Vec<OwnedFd>; 3],
+    /// Which kinds have a server (and so keep spares).
+    served: [bool; 3],
+    /// Connections closed at once because the endpoint was full, per kind.
+    pub refused_full: [u64; 3],
+    /// Control connections from another user, refused.
+    pub refused_peer: u64,
+    /// Connections accepted with a spare descriptor.
+    pub from_reserve: u64,
+    /// An accept failed for want of a descriptor with no spare left: what waits is
+    /// accepted again at the next housekeeping tick (its readiness edge has passed).
+    pub starved: bool,
+    /// When a refusal was last logged (at most one line a second).
+    pub last_refusal_log: Option<Instant>,
+    /// This master's registry entry (`<runtime dir>/<pid>.json`) and the process that
+    /// wrote it: removed when the master ends, however it ends (also a master that was
+    /// built and dropped without running), but never by a forked child.
+    pub registry: Option<(std::path::PathBuf, u32)>,
+}
+
+impl Drop for AdminState {
+    fn drop(&mut self) {
+        if let Some((path, pid)) = self.registry.take() {
+            if pid == std::process::id() {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+}
+
+impl AdminState {
+    /// Notes that `kind` has a server, and fills its spares.
+    pub fn serve(&mut self, kind: AdminKind) {
+        self.served[kind.index()] = true;
+        self.refill();
+    }
+
+    /// Opens spares up to [`SPARES_PER_KIND`] for every served kind (as many as the
+    /// descriptor limit allows now; the rest on a later call).
+    pub fn refill(&mut self) {
+        for k in 0..3 {
+            while self.served[k] && self.spares[k].len() < SPARES_PER_KIND {
+                let flags = rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC;
+                match rustix::fs::open("/", flags, rustix::fs::Mode::empty()) {
+                    Ok(fd) => self.spares[k].push(fd),
+                    Err(_) => return,
+                }
+            }
+        }
+    }
+
+    /// Closes one spare of `kind`, so that the next `accept` can have its slot; false
+    /// if none is left.
+    pub fn release_spare(&mut self, kind: AdminKind) -> bool {
+        self.spares[kind.index()].pop().is_some()
+    }
+
+    /// Spares held now (for tests and status).
+    pub fn spares(&self) -> usize {
+        self.spares.iter().map(Vec::len).sum()
+    }
+
+    /// Whether to log a refusal now (at most one line a second); the counters count all.
+    pub fn log_refusal(&mut self, now: Instant) -> bool {
+        let quiet = self.last_refusal_log.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1));
+        if !quiet {
+            self.last_refusal_log = Some(now);
+        }
+        !quiet
+    }
 }
 
 /// A parsed request.
@@ -154,5 +255,23 @@ mod tests {
             parse(AdminKind::Metrics, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
             Some(Request::Http { path: "/metrics".into() })
         );
+    }
+}
+
+#[cfg(test)]
+mod reserve_tests {
+    use super::*;
+
+    #[test]
+    fn spares_are_given_up_one_at_a_time_and_taken_back() {
+        let mut s = AdminState::default();
+        assert_eq!(s.spares(), 0, "no server, no spares");
+        s.serve(AdminKind::Health);
+        assert_eq!(s.spares(), SPARES_PER_KIND);
+        assert!(s.release_spare(AdminKind::Health));
+        assert!(!s.release_spare(AdminKind::Control), "the control socket has none until it is served");
+        assert_eq!(s.spares(), SPARES_PER_KIND - 1);
+        s.refill();
+        assert_eq!(s.spares(), SPARES_PER_KIND);
     }
 }

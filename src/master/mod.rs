@@ -316,6 +316,7 @@ pub struct Master {
     source: Option<ConfigSource>,
     admin: Vec<AdminServer>,
     admin_conns: Vec<Option<AdminConn>>,
+    admin_state: admin::AdminState,
     /// Slots waiting for a rolling restart.
     rolling: VecDeque<usize>,
     /// A new master being started by SIGUSR2.
@@ -454,6 +455,7 @@ impl Master {
             source: None,
             admin: Vec::new(),
             admin_conns: Vec::new(),
+            admin_state: admin::AdminState::default(),
             rolling: VecDeque::new(),
             upgrade: None,
             upgrade_ready,

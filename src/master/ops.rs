@@ -16,25 +16,61 @@ use super::upgrade;
 use super::{
     AdminServer, ListenerSlot, Master, MasterError, Phase, ADMIN_BASE, ADMIN_CONN_BASE, LISTENER_BASE, UPGRADE_TOKEN,
 };
-use crate::control::{Reply, Status, WorkerStatus};
+use crate::control::{AdminCounts, AdminStatus, MasterId, Reply, Status, WorkerStatus};
 use crate::listener::{ListenAddr, Listener};
 use crate::policy::jain;
 
 impl Master {
     /// Opens the control socket, metrics and health endpoints the config asks for.
+    ///
+    /// The control socket is always opened (see [`crate::control`] for where): a master
+    /// that cannot have one does not start, rather than run unreachable or let another
+    /// take its commands.
     pub(super) fn open_admin_servers(&mut self) -> Result<(), MasterError> {
-        let explicit = self.cfg.control.is_some();
-        let path = self.cfg.control.clone().unwrap_or_else(crate::control::default_path);
-        match bind_control(&path, self.upgrade_ready.is_some()) {
-            Ok(fd) => {
-                info!("control socket at {}", path.display());
-                self.add_admin(AdminKind::Control, fd, Some(path))?;
+        let dir = crate::control::runtime_dir();
+        let stem = crate::control::next_stem();
+        let refuse = |path: &std::path::Path, e: crate::control::ControlError| MasterError::Bind {
+            addr: ListenAddr::Unix(path.to_path_buf()),
+            source: io::Error::new(io::ErrorKind::PermissionDenied, e.to_string()),
+            hint: "",
+        };
+        let registry = match crate::control::prepare_runtime_dir(&dir) {
+            Ok(()) => {
+                // Entries of masters that died without removing theirs (SIGKILL) go now:
+                // the directory holds the living, not a history.
+                let _ = crate::control::list_masters_in(&dir);
+                Some(dir.join(format!("{stem}.json")))
             }
-            Err(e) if !explicit => warn!("no control socket: {}: {e} (give --control PATH)", path.display()),
-            Err(source) => {
-                return Err(MasterError::Bind { addr: ListenAddr::Unix(path), hint: super::bind_hint(&source), source })
+            // The socket the user named still works; only the listing misses it.
+            Err(e) if self.cfg.control.is_some() => {
+                warn!("`handoff status` will not list this master: {e}");
+                None
             }
-        }
+            Err(e) => return Err(refuse(&dir.join(format!("{stem}.sock")), e)),
+        };
+        let path = match &self.cfg.control {
+            Some(p) => {
+                crate::control::check_socket_path(p).map_err(|e| refuse(p, e))?;
+                p.clone()
+            }
+            None => dir.join(format!("{stem}.sock")),
+        };
+        // After an upgrade the new master takes over a path named with --control; a
+        // default path has the pid in it, so each master has its own.
+        let take_over = self.upgrade_ready.is_some() && self.cfg.control.is_some();
+        let fd = bind_control(&path, take_over).map_err(|source| MasterError::Bind {
+            addr: ListenAddr::Unix(path.clone()),
+            hint: if source.kind() == io::ErrorKind::AddrInUse {
+                " (another master listens there: `handoff status --list` shows them; give another --control PATH)"
+            } else {
+                ""
+            },
+            source,
+        })?;
+        info!("control socket at {}", path.display());
+        self.add_admin(AdminKind::Control, fd, Some(path))?;
+        self.admin_state.registry = registry.map(|r| (r, std::process::id()));
+        self.write_registry();
         for (kind, addr) in [(AdminKind::Metrics, self.cfg.metrics), (AdminKind::Health, self.cfg.health)] {
             let Some(addr) = addr else { continue };
             let la = ListenAddr::Tcp(addr);
@@ -53,17 +89,41 @@ impl Master {
         Ok(())
     }
 
+    /// Writes (or rewrites, after a reload changed the listeners) this master's entry
+    /// in the registry that `handoff status` and `handoff ctl` read.
+    pub(super) fn write_registry(&self) {
+        let Some((reg, _)) = &self.admin_state.registry else { return };
+        let control = self.admin.iter().find(|s| s.kind == AdminKind::Control).and_then(|s| s.path.as_ref());
+        let Some((control, _)) = control else { return };
+        let pid = std::process::id();
+        let entry = crate::control::MasterEntry {
+            pid,
+            start_time: crate::control::process_start_time(pid).unwrap_or(0),
+            listeners: self.local_addrs().iter().map(|a| a.to_string()).collect(),
+            control: control.clone(),
+        };
+        if let Err(e) = crate::control::write_entry(reg, &entry) {
+            warn!("cannot write {}: {e} (`handoff status` will not list this master)", reg.display());
+        }
+    }
+
     fn add_admin(&mut self, kind: AdminKind, fd: OwnedFd, path: Option<std::path::PathBuf>) -> io::Result<()> {
         let i = self.admin.len();
         self.poll.registry().register(&mut SourceFd(&fd.as_raw_fd()), Token(ADMIN_BASE + i), Interest::READABLE)?;
         let path = path.and_then(|p| Some((p.clone(), inode(&p)?)));
         self.admin.push(AdminServer { kind, fd, path });
+        self.admin_state.serve(kind);
         Ok(())
     }
 
     /// Removes the control socket file if it is still ours (a new master may have
     /// taken the path over).
     pub(super) fn close_admin_servers(&mut self) {
+        if let Some((reg, pid)) = self.admin_state.registry.take() {
+            if pid == std::process::id() {
+                let _ = std::fs::remove_file(reg);
+            }
+        }
         for s in self.admin.drain(..) {
             if let Some((p, ino)) = &s.path {
                 if inode(p) == Some(*ino) {
@@ -73,20 +133,62 @@ impl Master {
         }
     }
 
+    /// Accepts what waits on admin server `i`. Each endpoint has its own cap, and
+    /// spare descriptors for when the master has no other (see [`admin`]).
     pub(super) fn admin_accept(&mut self, i: usize) {
-        let Some(server) = self.admin.get(i) else { return };
-        let kind = server.kind;
+        let Some(kind) = self.admin.get(i).map(|s| s.kind) else { return };
+        let mut spent_spare = false;
         loop {
             let fd = match rustix::net::accept_with(
-                &server.fd,
+                &self.admin[i].fd,
                 rustix::net::SocketFlags::CLOEXEC | rustix::net::SocketFlags::NONBLOCK,
             ) {
                 Ok(fd) => fd,
                 Err(rustix::io::Errno::INTR) => continue,
-                Err(_) => return,
+                // Out of descriptors: give up a spare for this one.
+                Err(rustix::io::Errno::MFILE | rustix::io::Errno::NFILE) if self.admin_state.release_spare(kind) => {
+                    spent_spare = true;
+                    continue;
+                }
+                // Out of descriptors with no spare left: what waits is taken at the
+                // next housekeeping tick.
+                Err(rustix::io::Errno::MFILE | rustix::io::Errno::NFILE) => {
+                    self.admin_state.starved = true;
+                    break;
+                }
+                // EAGAIN: all taken; anything else: one failed connection, the next
+                // event brings the rest.
+                Err(_) => break,
             };
-            if self.admin_conns.iter().flatten().count() >= admin::MAX_ADMIN_CONNS {
+            if std::mem::take(&mut spent_spare) {
+                self.admin_state.from_reserve += 1;
+            }
+            let open = self.admin_conns.iter().flatten().filter(|c| c.kind == kind).count();
+            if open >= admin::MAX_CONNS_PER_KIND {
+                self.admin_state.refused_full[kind.index()] += 1;
+                if self.admin_state.log_refusal(self.now) {
+                    warn!(
+                        "{} endpoint: {} connections open, closing new ones ({} so far)",
+                        kind_name(kind),
+                        admin::MAX_CONNS_PER_KIND,
+                        self.admin_state.refused_full[kind.index()]
+                    );
+                }
                 continue; // `fd` drops: closed
+            }
+            if kind == AdminKind::Control {
+                if let Some(why) = peer_refusal(&fd) {
+                    self.admin_state.refused_peer += 1;
+                    if self.admin_state.log_refusal(self.now) {
+                        warn!("control socket: refused a client: {why} ({} so far)", self.admin_state.refused_peer);
+                    }
+                    let answer =
+                        serde_json::to_vec(&Reply { ok: false, message: why, master: None }).unwrap_or_default();
+                    // A few bytes into an empty socket buffer: they fit, or the client
+                    // sees the connection close, which says the same.
+                    let _ = rustix::net::send(&fd, &answer, rustix::net::SendFlags::NOSIGNAL);
+                    continue;
+                }
             }
             let slot = super::free_slot(&mut self.admin_conns);
             let token = Token(ADMIN_CONN_BASE + slot);
@@ -115,6 +217,13 @@ impl Master {
                     conn.flush()
                 }
                 Ok(None) => Ok(false),
+                // A control client gets told why (once, if it fits), then the close.
+                Err(e) if conn.kind == AdminKind::Control && e.kind() == io::ErrorKind::InvalidData => {
+                    let message = format!("{e}: a command is one line of at most {} bytes", admin::MAX_REQUEST);
+                    conn.respond(serde_json::to_vec(&Reply { ok: false, message, master: None }).unwrap_or_default());
+                    let _ = conn.flush();
+                    Err(e)
+                }
                 Err(e) => Err(e),
             }
         };
@@ -126,14 +235,25 @@ impl Master {
     pub(super) fn close_admin_conn(&mut self, slot: usize) {
         if let Some(c) = self.admin_conns.get_mut(slot).and_then(Option::take) {
             let _ = self.poll.registry().deregister(&mut SourceFd(&c.fd.as_raw_fd()));
+            drop(c);
+            // Its descriptor slot is free now, before anything else can take it.
+            self.admin_state.refill();
         }
     }
 
-    /// Closes admin connections that stalled.
+    /// Closes admin connections past their deadline; takes back spares given up; and
+    /// after an accept that found no descriptor, accepts what waits on each admin
+    /// server (its readiness edge came while the master could not take it).
     pub(super) fn admin_timeouts(&mut self, now: Instant) {
         for slot in 0..self.admin_conns.len() {
             if self.admin_conns[slot].as_ref().is_some_and(|c| now.duration_since(c.since) > admin::ADMIN_TIMEOUT) {
                 self.close_admin_conn(slot);
+            }
+        }
+        self.admin_state.refill();
+        if std::mem::take(&mut self.admin_state.starved) {
+            for i in 0..self.admin.len() {
+                self.admin_accept(i);
             }
         }
     }
@@ -167,7 +287,13 @@ impl Master {
 
     fn control_command(&mut self, line: &str) -> Vec<u8> {
         let mut words = line.split_whitespace();
-        let reply = |ok: bool, message: String| serde_json::to_vec(&Reply { ok, message }).unwrap_or_default();
+        let master = Some(MasterId {
+            pid: std::process::id(),
+            listeners: self.local_addrs().iter().map(|a| a.to_string()).collect(),
+        });
+        let reply = |ok: bool, message: String| {
+            serde_json::to_vec(&Reply { ok, message, master: master.clone() }).unwrap_or_default()
+        };
         match (words.next(), words.next(), words.next()) {
             (Some("status"), None, _) => serde_json::to_vec(&self.status()).unwrap_or_default(),
             (Some("reload"), None, _) => match self.reload() {
@@ -239,6 +365,21 @@ impl Master {
             idle: self.idle.len(),
             totals: self.totals(),
             fairness: self.fairness(),
+            admin: self.admin_status(),
+        }
+    }
+
+    fn admin_status(&self) -> AdminStatus {
+        let counts = |f: &dyn Fn(AdminKind) -> u64| AdminCounts {
+            control: f(AdminKind::Control),
+            metrics: f(AdminKind::Metrics),
+            health: f(AdminKind::Health),
+        };
+        AdminStatus {
+            open: counts(&|k| self.admin_conns.iter().flatten().filter(|c| c.kind == k).count() as u64),
+            refused_full: counts(&|k| self.admin_state.refused_full[k.index()]),
+            refused_peer: self.admin_state.refused_peer,
+            from_reserve: self.admin_state.from_reserve,
         }
     }
 
@@ -329,6 +470,19 @@ impl Master {
             self.slots.len()
         );
         let _ = writeln!(o, "# HELP handoff_fairness_index Jain's index of connections dispatched per worker slot (1 = even).\n# TYPE handoff_fairness_index gauge\nhandoff_fairness_index {}", self.fairness());
+        let a = self.admin_status();
+        let _ = writeln!(o, "# HELP handoff_admin_connections Connections open to the master's own endpoints.\n# TYPE handoff_admin_connections gauge");
+        let _ = writeln!(o, "# HELP handoff_admin_refused_total Connections to the master's own endpoints refused, by reason: full (the endpoint's cap), peer (a control client of another user).\n# TYPE handoff_admin_refused_total counter");
+        for (name, open, full) in [
+            ("control", a.open.control, a.refused_full.control),
+            ("metrics", a.open.metrics, a.refused_full.metrics),
+            ("health", a.open.health, a.refused_full.health),
+        ] {
+            let _ = writeln!(o, "handoff_admin_connections{{endpoint=\"{name}\"}} {open}");
+            let _ = writeln!(o, "handoff_admin_refused_total{{endpoint=\"{name}\",reason=\"full\"}} {full}");
+        }
+        let _ = writeln!(o, "handoff_admin_refused_total{{endpoint=\"control\",reason=\"peer\"}} {}", a.refused_peer);
+        let _ = writeln!(o, "# HELP handoff_admin_reserve_used_total Admin connections accepted with a reserved descriptor (the master had no other).\n# TYPE handoff_admin_reserve_used_total counter\nhandoff_admin_reserve_used_total {}", a.from_reserve);
         type Field = fn(&Master, usize) -> f64;
         let per_slot: [(&str, &str, &str, Field); 4] = [
             ("worker_dispatched_total", "counter", "Connections handed to the workers of this slot.", |m, s| {
@@ -388,6 +542,7 @@ impl Master {
         self.scale(n);
         self.rolling = (0..old_slots.min(n)).collect();
         self.ready_notified = false;
+        self.write_registry();
         let m = format!(
             "reloaded: {n} workers, policy {}; replacing {} workers one by one",
             self.cfg.policy,
@@ -594,6 +749,31 @@ impl Master {
             info!("all {} workers ready", self.slots.len());
             upgrade::notify("READY=1");
         }
+    }
+}
+
+fn kind_name(kind: AdminKind) -> &'static str {
+    match kind {
+        AdminKind::Control => "control",
+        AdminKind::Metrics => "metrics",
+        AdminKind::Health => "health",
+    }
+}
+
+/// Why a control client may not steer this master, or `None` if it may: it must run
+/// as the master's user or as root (`SO_PEERCRED`, read from the kernel, not claimed
+/// by the client).
+fn peer_refusal(fd: &OwnedFd) -> Option<String> {
+    let me = rustix::process::getuid();
+    match rustix::net::sockopt::socket_peercred(fd) {
+        Ok(c) if c.uid == me || c.uid.is_root() => None,
+        Ok(c) => Some(format!(
+            "refused: uid {} (pid {}) may not use this control socket: it answers uid {} and root only",
+            c.uid.as_raw(),
+            c.pid.as_raw_nonzero(),
+            me.as_raw()
+        )),
+        Err(e) => Some(format!("cannot read the client's credentials: {e}")),
     }
 }
 
