@@ -575,13 +575,7 @@ pub fn format_table(s: &Status) -> String {
     );
     out += &format!(
         "idle keep-alive: held {}  returned {}  continued {}  closed: hangup {} timeout {} evicted {} at stop {}\n",
-        s.idle,
-        t.returned,
-        t.continued,
-        t.idle_hangups,
-        t.idle_timeouts,
-        t.idle_evicted,
-        t.idle_closed_at_stop
+        s.idle, t.returned, t.continued, t.idle_hangups, t.idle_timeouts, t.idle_evicted, t.idle_closed_at_stop
     );
     out
 }

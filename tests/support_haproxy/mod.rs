@@ -160,12 +160,18 @@ pub struct Haproxy {
 impl Haproxy {
     /// Starts haproxy in front of `backends` and waits until its frontend accepts.
     pub fn start(mode: Mode, backends: &[Backend]) -> Haproxy {
+        Haproxy::start_config(|frontend, admin| config(mode, frontend, backends, admin))
+    }
+
+    /// Starts haproxy with the configuration `render(frontend, admin_socket)` writes,
+    /// and waits until its frontend accepts.
+    pub fn start_config(render: impl FnOnce(SocketAddr, &Path) -> String) -> Haproxy {
         let bin = haproxy_bin();
         let dir = std::env::temp_dir().join(format!("handoff-haproxy-{}-{}", std::process::id(), free_port()));
         std::fs::create_dir_all(&dir).expect("create haproxy dir");
         let frontend: SocketAddr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let cfg_path = dir.join("haproxy.cfg");
-        std::fs::write(&cfg_path, config(mode, frontend, backends, &dir.join("admin.sock"))).expect("write config");
+        std::fs::write(&cfg_path, render(frontend, &dir.join("admin.sock"))).expect("write config");
         let log_path = dir.join("haproxy.log");
         let log = std::fs::File::create(&log_path).expect("create haproxy log");
         // Check the file first: a config error is then one clear message.
