@@ -315,6 +315,21 @@ impl ConfigFile {
             }
             (None, None) => WorkerKind::Builtin { static_dir: None },
         };
+        // The built-in worker speaks HTTP, where the client speaks first: its TCP
+        // listeners defer accept unless told not to (a connection then reaches the master
+        // with its request, and the worker answers it at once; BENCHMARKS.md). Workers of
+        // other kinds may speak protocols where the server speaks first: as asked.
+        let listen = if matches!(worker, WorkerKind::Builtin { .. }) {
+            listen
+                .into_iter()
+                .map(|mut l| {
+                    l.deferred |= !l.no_deferred && matches!(l.addr, crate::listener::ListenAddr::Tcp(_));
+                    l
+                })
+                .collect()
+        } else {
+            listen
+        };
         if self.max_conns_per_worker == Some(0) {
             return invalid("max-conns-per-worker must be at least 1 (leave it out for no limit)".into());
         }
@@ -412,7 +427,10 @@ mod tests {
     #[test]
     fn defaults() {
         let c = ConfigFile::default().resolve().unwrap();
-        assert_eq!(c.listen, vec![DEFAULT_LISTEN.parse().unwrap()]);
+        // The built-in worker speaks HTTP: its TCP listeners defer accept by default.
+        let mut deferred: ListenSpec = DEFAULT_LISTEN.parse().unwrap();
+        deferred.deferred = true;
+        assert_eq!(c.listen, vec![deferred]);
         assert_eq!(c.workers, default_workers());
         assert_eq!(c.policy, Policy::LeastConn);
         assert_eq!(c.worker, WorkerKind::Builtin { static_dir: None });

@@ -73,8 +73,11 @@ pub struct ListenSpec {
     pub proxy: bool,
     /// `TCP_DEFER_ACCEPT` (nginx's `deferred`, HAProxy's `defer-accept`): a connection
     /// reaches the master only once its client has sent something, for protocols where
-    /// the client speaks first (HTTP). See [`Listener::set_deferred`].
+    /// the client speaks first (HTTP). See [`Listener::set_deferred`]. On by default
+    /// for the built-in HTTP worker's TCP listeners (see `no_deferred`).
     pub deferred: bool,
+    /// `,nodeferred`: not deferred, even for the built-in HTTP worker.
+    pub no_deferred: bool,
 }
 
 impl FromStr for ListenSpec {
@@ -82,18 +85,22 @@ impl FromStr for ListenSpec {
     fn from_str(s: &str) -> Result<ListenSpec, String> {
         let mut parts = s.split(',');
         let addr = parts.next().unwrap_or_default().parse()?;
-        let mut spec = ListenSpec { addr, proxy: false, deferred: false };
+        let mut spec = ListenSpec { addr, proxy: false, deferred: false, no_deferred: false };
         for opt in parts {
             match opt {
                 "proxy" => spec.proxy = true,
                 "deferred" => spec.deferred = true,
+                "nodeferred" => spec.no_deferred = true,
                 _ => {
                     return Err(format!(
-                        "{s:?}: unknown listen option {opt:?}; the options are \"proxy\" and \"deferred\" \
-                         (as in 0.0.0.0:8080,proxy,deferred)"
+                        "{s:?}: unknown listen option {opt:?}; the options are \"proxy\", \"deferred\" and \
+                         \"nodeferred\" (as in 0.0.0.0:8080,proxy,deferred)"
                     ))
                 }
             }
+        }
+        if spec.deferred && spec.no_deferred {
+            return Err(format!("{s:?}: \"deferred\" and \"nodeferred\" contradict each other: keep one"));
         }
         if spec.deferred && matches!(spec.addr, ListenAddr::Unix(_)) {
             return Err(format!("{s:?}: \"deferred\" (TCP_DEFER_ACCEPT) is for TCP listeners, not Unix sockets"));
@@ -110,6 +117,9 @@ impl fmt::Display for ListenSpec {
         }
         if self.deferred {
             f.write_str(",deferred")?;
+        }
+        if self.no_deferred {
+            f.write_str(",nodeferred")?;
         }
         Ok(())
     }
@@ -179,9 +189,11 @@ impl Listener {
     /// worker finds the request already there (the built-in worker then answers a
     /// `Connection: close` request without registering the socket with its event
     /// loop). A client that connects and stays silent is accepted after about a second,
-    /// like any other. Only for protocols where the client speaks first.
+    /// like any other. Only for protocols where the client speaks first. A socket that
+    /// has it on already (systemd's `DeferAcceptSec=`) keeps its own timeout.
     pub fn set_deferred(&self, on: bool) -> io::Result<()> {
         match self.addr {
+            ListenAddr::Tcp(_) if on && crate::sys::tcp_defer_accept(self.fd.as_fd())? > 0 => Ok(()),
             ListenAddr::Tcp(_) => crate::sys::set_tcp_defer_accept(self.fd.as_fd(), u32::from(on)),
             ListenAddr::Unix(_) => Ok(()),
         }
@@ -314,7 +326,7 @@ mod tests {
         let e = "unix:/run/a.sock,deferred".parse::<ListenSpec>().unwrap_err();
         assert!(e.contains("for TCP listeners"), "{e}");
         let e = "0.0.0.0:80,fast".parse::<ListenSpec>().unwrap_err();
-        assert!(e.contains("\"proxy\" and \"deferred\""), "{e}");
+        assert!(e.contains("\"proxy\", \"deferred\" and"), "{e}");
         assert!("0.0.0.0:80,tls".parse::<ListenSpec>().unwrap_err().contains("unknown listen option"));
     }
 

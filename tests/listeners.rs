@@ -53,7 +53,7 @@ fn a_listener_without_deferred_accepts_a_silent_client_at_once() {
     // The control for the test above: the same sequence on a plain listener.
     let dir = TempDir::new("not-deferred");
     let control = dir.path_str("ctl.sock");
-    let h = Handoff::start(&["--listen", "127.0.0.1:0", "--workers", "1", "--control", &control]);
+    let h = Handoff::start(&["--listen", "127.0.0.1:0,nodeferred", "--workers", "1", "--control", &control]);
     h.wait_ready(1);
     assert_eq!(silent_then_speaking(h.addr(), &control).0, 2);
 }

@@ -64,14 +64,14 @@ fn an_invalid_config_is_refused_and_the_running_setup_stays() {
 fn reload_turns_deferred_accept_on_and_off_for_a_kept_listener() {
     let dir = TempDir::new("reload-deferred");
     let cfg = dir.join("h.toml");
-    std::fs::write(&cfg, "listen = [\"127.0.0.1:0\"]\nworkers = 1\n").unwrap();
+    std::fs::write(&cfg, "listen = [\"127.0.0.1:0,nodeferred\"]\nworkers = 1\n").unwrap();
     let control = dir.path_str("ctl.sock");
     let h = Handoff::start(&["--config", cfg.to_str().unwrap(), "--control", &control]);
     h.wait_ready(1);
     let port = h.addr().port();
     assert_eq!(silent_then_speaking(h.addr(), &control).0, 2, "plain listener");
     for (deferred, accepted) in [(true, 1), (false, 2)] {
-        let opt = if deferred { ",deferred" } else { "" };
+        let opt = if deferred { ",deferred" } else { ",nodeferred" };
         std::fs::write(&cfg, format!("listen = [\"127.0.0.1:{port}{opt}\"]\nworkers = 1\n")).unwrap();
         let (ok, out) = ctl(&control, &["reload"]);
         assert!(ok, "{out}");

@@ -179,7 +179,8 @@ fn start_handoff(
             }
         };
         if let Some(rest) = line.split("listening on ").nth(1) {
-            addr = rest.trim().parse().ok();
+            // "listening on ADDR", perhaps followed by notes such as "(deferred accept)".
+            addr = rest.split_whitespace().next().and_then(|a| a.parse().ok());
         }
         if let Some(rest) = line.split("worker ").nth(1) {
             if let Some((slot, tail)) = rest.split_once(' ') {

@@ -839,20 +839,36 @@ impl Master {
             return Err(format!("a RETURN of {} connections with {} descriptors", ids.len(), fds.len()));
         }
         // All checked before any is taken: a bad frame changes nothing but the
-        // worker's fate (its descriptors are closed with it).
+        // worker's fate (its descriptors are closed with it). Connections sent before
+        // its READY are not tracked (as for ACK and DONE), so they cannot be checked
+        // against what it holds: their ids must predate its READY, and their
+        // descriptors be stream sockets.
         let mut seen = std::collections::HashSet::with_capacity(ids.len());
-        if let Some(id) = ids.iter().find(|&&id| !w.inflight.contains_key(&id) || !seen.insert(id)) {
+        let held_or_untracked = |id: u64, fd: &OwnedFd| {
+            w.inflight.contains_key(&id)
+                || (id < w.tracked_from.min(self.next_conn_id)
+                    && rustix::net::sockopt::socket_type(fd).is_ok_and(|t| t == rustix::net::SocketType::STREAM))
+        };
+        if let Some(id) =
+            ids.iter().zip(&fds).find(|(&id, fd)| !held_or_untracked(id, fd) || !seen.insert(id)).map(|(id, _)| id)
+        {
             return Err(format!("a RETURN of connection {id}, which it does not hold"));
         }
         for (id, fd) in ids.into_iter().zip(fds) {
-            let Some(e) = self.workers[i].inflight.remove(&id) else { continue };
+            let (listener, addrs) = match self.workers[i].inflight.remove(&id) {
+                Some(e) => (e.listener, e.addrs),
+                // Sent before READY: its listener and PROXY addresses are not known
+                // any more; the listener index goes unsaid (0) and the addresses, if
+                // any, are lost for its next requests.
+                None => (0, None),
+            };
             self.totals.returned += 1;
             if self.phase == Phase::Running {
-                if let Err(err) = self.idle.insert(self.poll.registry(), self.now, fd, e.listener, e.addrs) {
+                if let Err(err) = self.idle.insert(self.poll.registry(), self.now, fd, listener, addrs) {
                     warn!("cannot hold an idle connection ({err}): closing it");
                 }
             } else {
-                self.hold_or_close_at_stop(fd, e.listener, e.addrs);
+                self.hold_or_close_at_stop(fd, listener, addrs);
             }
         }
         Ok(())
