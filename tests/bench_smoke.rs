@@ -1,5 +1,6 @@
-//! `handoff bench` end to end: every model × workload with a tiny request count, real
-//! processes on loopback, then `--serve`. No speed is asserted (this runs on noisy,
+//! `handoff bench` end to end: every model × workload with a tiny request count (the
+//! keep-alive uneven and held-idle workloads under the kernel models and handoff's
+//! default), real processes on loopback, then `--serve`. No speed is asserted (this runs on noisy,
 //! shared 2-core machines): only that every request was answered by a worker of the
 //! model, that the report adds up, and that no process is left behind.
 //!
@@ -177,4 +178,89 @@ fn serve_runs_one_model_until_sigterm() {
         assert!(st.success(), "{model}: --serve exited with {st}");
         assert_no_leftovers(&t);
     }
+}
+
+/// Descriptors of the master (if any) and every worker in a `procs::Sample` as JSON.
+fn total_fds(sample: &serde_json::Value) -> u64 {
+    let master = sample["master"]["fds"].as_u64().unwrap_or(0);
+    master + sample["workers"].as_array().unwrap().iter().map(|w| w["fds"].as_u64().unwrap()).sum::<u64>()
+}
+
+#[test]
+fn keepalive_uneven_and_held_idle_answer_with_tiny_counts() {
+    let t = tag();
+    let dir = std::env::temp_dir().join(format!("handoff-bench-smoke-ka-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let models = ["shared", "shared-nginx", "reuseport", "handoff-least-conn"];
+    // 600 requests: the 500th asks for ?cpu_ms=25, so the slow path is exercised too.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_handoff"))
+        .args(["bench", "--workers", "2", "--models", &models.join(",")])
+        .args(["--workloads", "keepalive-uneven-32,keepalive-uneven-16,held-idle"])
+        .args(["--requests", "600", "--idle", "40", "--duration", "10", "--json", "--out"])
+        .arg(&dir)
+        .env(TAG, &t)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start handoff bench");
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let status = wait_bounded(&mut child, Duration::from_secs(240));
+    let out = out_reader.join().unwrap();
+    let err = err_reader.join().unwrap();
+    assert!(status.success(), "handoff bench failed: {status}\n{err}");
+    assert_no_leftovers(&t);
+
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("bad JSON ({e}):\n{out}\n{err}"));
+    let cells = v["cells"].as_array().expect("cells");
+    assert_eq!(cells.len(), models.len() * 3, "{out}");
+    for m in models {
+        let cell = |w: &str| {
+            cells.iter().find(|c| c["model"] == m && c["workload"] == w).unwrap_or_else(|| panic!("no cell {m} × {w}"))
+        };
+        for (w, conns) in [("keepalive-uneven-32", 32), ("keepalive-uneven-16", 16)] {
+            let c = cell(w);
+            assert_eq!(c["errors"], 0, "{m} × {w}: {c}");
+            assert_eq!(c["requests"], 600, "{m} × {w}: {c}");
+            // Every client keeps its one connection for the whole run.
+            assert_eq!(c["connections"], conns, "{m} × {w}: {c}");
+            // The ?cpu_ms=25 request was served as one (not refused, not skipped).
+            assert!(c["latency"]["max"].as_f64().unwrap() >= 25.0, "{m} × {w}: {c}");
+        }
+        let c = cell("held-idle");
+        assert_eq!(c["errors"], 0, "{m} × held-idle: {c}");
+        assert_eq!(c["requests"], 600, "{m} × held-idle: {c}");
+        let h = &c["held"];
+        assert_eq!(h["idle"], 40, "{m}: {h}");
+        let (before, held, after) = (total_fds(&h["baseline"]), total_fds(&h["held"]), total_fds(&h["after"]));
+        // Each idle connection is held by the master or by a worker...
+        assert!(held >= before + 40, "{m}: descriptors {before} → {held}: idle connections not held? {h}");
+        // ...and closed once its client has gone.
+        assert!(after <= before + 4, "{m}: descriptors {before} → {held} → {after} after the clients left: {h}");
+        assert!(h["held"]["workers"].as_array().unwrap().len() == 2, "{m}: {h}");
+        assert_eq!(h["held"]["master"].is_object(), m.starts_with("handoff"), "{m}: {h}");
+    }
+    let names: Vec<&str> = v["ratios"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+    for w in ["keepalive-uneven-32", "keepalive-uneven-16"] {
+        assert!(names.contains(&format!("{w} p99, handoff-least-conn / best kernel model").as_str()), "{names:?}");
+    }
+    for f in ["report.md", "results.json", "bench-latency.svg", "bench-held-idle.svg"] {
+        let meta = std::fs::metadata(dir.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+        assert!(meta.len() > 100, "{f} is nearly empty");
+    }
+    let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(md.contains("| handoff-least-conn | 40 |"), "{md}");
+    assert!(md.contains("no coordinated-omission correction"), "{md}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

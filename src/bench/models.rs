@@ -203,6 +203,15 @@ impl Server {
         cpu_time_us(self.master_pid?)
     }
 
+    /// The worker processes' pids: the handoff master's children, or the kernel
+    /// model's processes (which are all workers).
+    pub fn worker_pids(&self) -> Vec<u32> {
+        match self.master_pid {
+            Some(m) => super::procs::children(m),
+            None => self.pids(),
+        }
+    }
+
     /// The model's processes' pids.
     pub fn pids(&self) -> Vec<u32> {
         self.children.iter().map(|c| c.id()).collect()
