@@ -237,6 +237,11 @@ fn keepalive_uneven_and_held_idle_answer_with_tiny_counts() {
             assert_eq!(c["connections"], conns, "{m} × {w}: {c}");
             // The ?cpu_ms=25 request was served as one (not refused, not skipped).
             assert!(c["latency"]["max"].as_f64().unwrap() >= 25.0, "{m} × {w}: {c}");
+            // Fairness is counted in requests here: a few held connections carry them all.
+            let reqs: Vec<f64> = c["reqs_per_worker"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+            assert_eq!(reqs.iter().sum::<f64>(), 600.0, "{m} × {w}: {c}");
+            let jain = reqs.iter().sum::<f64>().powi(2) / (reqs.len() as f64 * reqs.iter().map(|x| x * x).sum::<f64>());
+            assert!((c["jain"].as_f64().unwrap() - jain).abs() < 1e-9, "{m} × {w}: Jain not over requests: {c}");
         }
         let c = cell("held-idle");
         assert_eq!(c["errors"], 0, "{m} × held-idle: {c}");

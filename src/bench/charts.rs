@@ -1,7 +1,8 @@
 //! The report's SVG charts (plotters, SVG backend only: no fonts or native libraries).
 //!
 //! - `bench-distribution.svg`: one panel per workload; for each model, one bar per
-//!   worker giving its share of the connections, against a dashed line at the fair
+//!   worker giving its share of the connections (of the requests, for the workloads
+//!   whose clients hold their connections), against a dashed line at the fair
 //!   share `100/N %`. A balanced model is a row of equal bars on the line.
 //! - `bench-latency.svg`: one panel per workload; p50, p99 and p99.9 per model on a
 //!   log scale, so the 25 ms stalls of `uneven` and sub-millisecond medians fit together.
@@ -57,7 +58,10 @@ pub fn distribution(rows: &[Row], workers: usize, path: &Path) -> io::Result<()>
     for (panel, &w) in panels.iter().zip(&workloads) {
         let mut chart = ChartBuilder::on(panel)
             .caption(
-                format!("{w}: share of connections per worker ({workers} workers; dashed = fair share)"),
+                format!(
+                    "{w}: share of {} per worker ({workers} workers; dashed = fair share)",
+                    if w.counts_requests() { "requests" } else { "connections" }
+                ),
                 ("sans-serif", 16),
             )
             .margin(8)
@@ -70,7 +74,7 @@ pub fn distribution(rows: &[Row], workers: usize, path: &Path) -> io::Result<()>
             .disable_x_mesh()
             .x_labels(2 * n + 1)
             .x_label_formatter(&|x| model_label(&models, *x))
-            .y_desc("% of connections")
+            .y_desc(if w.counts_requests() { "% of requests" } else { "% of connections" })
             .draw()
             .map_err(err)?;
         let width = 0.8 / workers.max(1) as f64;
@@ -78,8 +82,8 @@ pub fn distribution(rows: &[Row], workers: usize, path: &Path) -> io::Result<()>
             let Some(r) = rows.iter().find(|r| r.model == m && r.workload == w) else {
                 continue;
             };
-            let total: u64 = r.conns_per_worker.iter().sum();
-            let bars = r.conns_per_worker.iter().enumerate().map(|(k, &c)| {
+            let total: u64 = r.counts().iter().sum();
+            let bars = r.counts().iter().enumerate().map(|(k, &c)| {
                 let share = if total == 0 { 0.0 } else { 100.0 * c as f64 / total as f64 };
                 let x0 = i as f64 + 0.1 + k as f64 * width;
                 Rectangle::new([(x0, 0.0), (x0 + width * 0.9, share)], Palette99::pick(k).filled())

@@ -158,6 +158,14 @@ impl Workload {
         }
     }
 
+    /// Whether fairness is counted in requests per worker rather than connections: the
+    /// workloads whose clients hold their connections, so that a handful of connections
+    /// carries every request (and, with connections handed back to the master, one
+    /// connection's requests may be served by several workers).
+    pub fn counts_requests(self) -> bool {
+        matches!(self, Workload::KeepaliveUneven32 | Workload::KeepaliveUneven16 | Workload::HeldIdle)
+    }
+
     /// The load for this workload under the given settings.
     pub fn spec(self, s: &BenchArgs) -> load::LoadSpec {
         let duration = Duration::from_secs_f64(s.duration.clamp(0.1, 600.0));

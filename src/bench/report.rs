@@ -42,9 +42,11 @@ pub struct Cell {
     pub conns_per_worker: Vec<u64>,
     /// Requests each worker served.
     pub reqs_per_worker: Vec<u64>,
-    /// Busiest over idlest worker (connections); `None` if one got none.
+    /// Busiest over idlest worker (connections; requests where
+    /// [`Workload::counts_requests`]); `None` if one got none.
     pub max_min: Option<f64>,
-    /// Jain's index over connections per worker.
+    /// Jain's index over connections per worker (requests where
+    /// [`Workload::counts_requests`]).
     pub jain: f64,
     /// The handoff master's CPU time per connection, µs (handoff models).
     pub master_cpu_us_per_conn: Option<f64>,
@@ -192,6 +194,7 @@ fn progress_bar(done: usize, total: usize) -> String {
 
 fn make_cell(model: Model, workload: Workload, run: usize, r: load::LoadResult, master_cpu_us: Option<u64>) -> Cell {
     let secs = r.elapsed.as_secs_f64().max(1e-9);
+    let counts = if workload.counts_requests() { &r.reqs_per_worker } else { &r.conns_per_worker };
     Cell {
         model,
         workload,
@@ -203,8 +206,8 @@ fn make_cell(model: Model, workload: Workload, run: usize, r: load::LoadResult, 
         elapsed_s: secs,
         rps: r.requests as f64 / secs,
         latency: stats::percentiles(&r.latency),
-        max_min: stats::max_min(&r.conns_per_worker),
-        jain: stats::jain(&r.conns_per_worker),
+        max_min: stats::max_min(counts),
+        jain: stats::jain(counts),
         conns_per_worker: r.conns_per_worker,
         reqs_per_worker: r.reqs_per_worker,
         master_cpu_us_per_conn: master_cpu_us.filter(|_| r.connections > 0).map(|us| us as f64 / r.connections as f64),
@@ -231,6 +234,9 @@ pub struct Row {
     pub max_min: Option<f64>,
     /// Connections per worker, from the run with the median Jain's index.
     pub conns_per_worker: Vec<u64>,
+    /// Requests per worker, from the same run.
+    #[serde(default)]
+    pub reqs_per_worker: Vec<u64>,
     /// The handoff master's CPU per connection, µs.
     pub master_cpu_us_per_conn: Option<f64>,
     /// Failed requests, summed over runs.
@@ -238,6 +244,18 @@ pub struct Row {
     /// Held-idle only: the memory and descriptors of the run with the median Jain's index.
     #[serde(default)]
     pub held: Option<HeldIdle>,
+}
+
+impl Row {
+    /// What fairness is counted in: requests per worker where
+    /// [`Workload::counts_requests`], else connections.
+    pub fn counts(&self) -> &[u64] {
+        if self.workload.counts_requests() && !self.reqs_per_worker.is_empty() {
+            &self.reqs_per_worker
+        } else {
+            &self.conns_per_worker
+        }
+    }
 }
 
 /// A ratio between two models, per run and its median.
@@ -304,7 +322,7 @@ impl Summary {
         );
         let _ = writeln!(
             s,
-            "{:<18} {:<19} {:>9} {:>8} {:>8} {:>8} {:>6} {:>7}  {:>8}  connections per worker",
+            "{:<18} {:<19} {:>9} {:>8} {:>8} {:>8} {:>6} {:>7}  {:>8}  per worker (connections or requests)",
             "model", "workload", "req/s", "p50 ms", "p99 ms", "p99.9ms", "jain", "max/min", "cpu µs/c",
         );
         for r in &self.rows {
@@ -349,7 +367,7 @@ impl Summary {
         let _ = writeln!(s, "Workers: {}. Runs: {} (figures are medians over runs; ratios are computed within each run, then the median is taken). Concurrency: {} clients (trickle: 1). Latency is per request as the client measured it (no coordinated-omission correction).\n", self.workers, self.runs, self.concurrency);
         let _ = writeln!(s, "Command: `{}`\n", self.command);
         let _ = writeln!(s, "![connections per worker]({dist_svg})\n\n![latency percentiles]({lat_svg})\n");
-        let _ = writeln!(s, "| model | workload | req/s | p50 ms | p99 ms | p99.9 ms | Jain | max/min | master CPU µs/conn | connections per worker |");
+        let _ = writeln!(s, "| model | workload | req/s | p50 ms | p99 ms | p99.9 ms | Jain | max/min | master CPU µs/conn | per worker (connections or requests) |");
         let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---|");
         for r in &self.rows {
             let c = cells(r, "–");
@@ -455,7 +473,7 @@ fn cells(r: &Row, none: &str) -> [String; 11] {
         format!("{:.3}", r.jain),
         fmt_ratio(r.max_min),
         r.master_cpu_us_per_conn.map(|v| format!("{v:.1}")).unwrap_or_else(|| none.into()),
-        fmt_counts(&r.conns_per_worker),
+        fmt_counts(r.counts()) + if r.workload.counts_requests() { " requests" } else { "" },
         if r.errors > 0 { format!(" ({} errors)", r.errors) } else { String::new() },
     ]
 }
@@ -489,6 +507,7 @@ fn row_of(model: Model, workload: Workload, cells: &[&Cell]) -> Row {
         jain,
         max_min: rep.and_then(|c| c.max_min),
         conns_per_worker: rep.map(|c| c.conns_per_worker.clone()).unwrap_or_default(),
+        reqs_per_worker: rep.map(|c| c.reqs_per_worker.clone()).unwrap_or_default(),
         master_cpu_us_per_conn: stats::median(&cpu),
         errors: cells.iter().map(|c| c.errors).sum(),
         held: rep.and_then(|c| c.held.clone()),
