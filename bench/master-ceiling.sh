@@ -81,6 +81,10 @@ for _ in $(seq "$CLIENTS"); do
 done
 sleep 1 # warm-up: every client has its connections in flight
 
+restarts() {
+  status | python3 -c 'import json,sys; print(sum(w.get("restarts", 0) for w in json.load(sys.stdin)["workers"]))'
+}
+r0=$(restarts) || die "handoff status failed"
 sample() { # -> "dispatched master_ticks monotonic_seconds"
   local d
   d=$(status | python3 -c 'import json,sys; print(json.load(sys.stdin)["totals"]["dispatched"])') || die "handoff status failed"
@@ -89,10 +93,15 @@ sample() { # -> "dispatched master_ticks monotonic_seconds"
 a=$(sample)
 sleep "$DURATION"
 b=$(sample)
+r1=$(restarts) || die "handoff status failed"
 for p in "${CLIENT_PIDS[@]}"; do wait "$p" || true; done
 CLIENT_PIDS=()
 failed=$(awk '{ s += $2 } END { print s + 0 }' "$TMP"/client.*)
 
+if [ "$r1" != "$r0" ]; then
+  # A worker the master killed (a protocol error) or lost: the figure would be wrong.
+  die "workers were restarted during the run ($r0 -> $r1): see the master's log; no figure"
+fi
 python3 - "$a" "$b" "$(getconf CLK_TCK)" "$failed" <<PY
 import sys
 d0, t0, s0 = map(float, sys.argv[1].split()); d1, t1, s1 = map(float, sys.argv[2].split())

@@ -1,6 +1,8 @@
 //! `handoff bench` end to end: every model × workload with a tiny request count (the
 //! keep-alive uneven and held-idle workloads under the kernel models and handoff's
-//! default), real processes on loopback, then `--serve`. No speed is asserted (this runs on noisy,
+//! default), real processes on loopback, then `--serve`; and the scripts whose numbers
+//! get quoted, `bench/vs-nginx.sh` (pinned) and `bench/master-ceiling.sh`, for a second
+//! each. No speed is asserted (this runs on noisy,
 //! shared 2-core machines): only that every request was answered by a worker of the
 //! model, that the report adds up, and that no process is left behind.
 //!
@@ -268,4 +270,114 @@ fn keepalive_uneven_and_held_idle_answer_with_tiny_counts() {
     assert!(md.contains("| handoff-least-conn | 40 |"), "{md}");
     assert!(md.contains("no coordinated-omission correction"), "{md}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Runs a script of `bench/` with `env`, tagged, bounded by `limit`; returns its exit
+/// status, stdout and stderr, after checking that it left no process behind.
+fn run_script(script: &str, env: &[(&str, String)], limit: Duration) -> (std::process::ExitStatus, String, String) {
+    let t = tag();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut cmd = Command::new("bash");
+    cmd.arg(root.join("bench").join(script))
+        .current_dir(root)
+        .env(TAG, &t)
+        .env("HANDOFF", env!("CARGO_BIN_EXE_handoff"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("start bench/{script}: {e}"));
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let status = wait_bounded(&mut child, limit);
+    let (out, err) = (out_reader.join().unwrap(), err_reader.join().unwrap());
+    assert_no_leftovers(&t);
+    (status, out, err)
+}
+
+/// The CPUs the scripts pin the server and the client to: 1 and 0 where there are two,
+/// both 0 on a one-CPU machine (the pinning is exercised either way).
+fn server_and_client_cpus() -> (String, String) {
+    let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    if n >= 2 {
+        ("1".into(), "0".into())
+    } else {
+        ("0".into(), "0".into())
+    }
+}
+
+#[test]
+fn master_ceiling_script_counts_connections_handed_out() {
+    let (server, other) = server_and_client_cpus();
+    for (mode, listen) in [("full", ""), ("minimal", ",deferred")] {
+        let env = [
+            ("DURATION", "1".to_string()),
+            ("CLIENTS", "1".into()),
+            ("INFLIGHT", "8".into()),
+            ("MODE", mode.into()),
+            ("LISTEN_OPTS", listen.into()),
+            ("MASTER_CPU", server.clone()),
+            ("OTHER_CPUS", other.clone()),
+        ];
+        let (status, out, err) = run_script("master-ceiling.sh", &env, Duration::from_secs(90));
+        assert!(status.success(), "{mode}{listen}: {status}\n{out}\n{err}");
+        // The figure is the master's own count; a worker killed for a protocol error
+        // makes the script refuse to print one.
+        let rate: f64 = out
+            .lines()
+            .find_map(|l| l.strip_prefix("connections/s handed out: "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{mode}{listen}: no rate in:\n{out}\n{err}"));
+        assert!(rate > 0.0, "{mode}{listen}: {out}");
+        assert!(out.contains("µs per connection"), "{mode}{listen}: {out}");
+        assert!(out.contains(&format!("master on CPU {server}; 2 '{mode}' workers")), "{out}");
+    }
+}
+
+#[test]
+fn vs_nginx_script_runs_pinned_with_tiny_counts() {
+    let (server, client) = server_and_client_cpus();
+    let env = [
+        ("DURATION", "1".to_string()),
+        ("RUNS", "1".into()),
+        ("CONNS", "8".into()),
+        ("SERVER_CPUS", server.clone()),
+        ("CLIENT_CPUS", client.clone()),
+    ];
+    // It installs nginx and wrk with apt-get if they are missing (as root).
+    let (status, out, err) = run_script("vs-nginx.sh", &env, Duration::from_secs(240));
+    assert!(status.success(), "{status}\n{out}\n{err}");
+    assert!(
+        out.contains(&format!("PINNED: servers (every process) on CPU {server}, wrk -t1 on CPU {client}")),
+        "{out}"
+    );
+    for name in ["nginx-reuseport", "nginx-reuseport-deferred", "handoff-default", "handoff-deferred"] {
+        // Every process of every server ran on the server's CPU only...
+        assert!(err.contains(&format!("  {name}: ")), "{name}: {err}");
+        let line = err.lines().find(|l| l.starts_with(&format!("  {name}: "))).unwrap();
+        assert!(line.ends_with(&format!("on CPUs {server}")), "{name} not pinned: {line}");
+        // ...and was measured in both modes, with a CPU figure.
+        for mode in ["close", "keepalive"] {
+            let row = out
+                .lines()
+                .find(|l| l.split_whitespace().take(2).eq([name, mode]))
+                .unwrap_or_else(|| panic!("no {name} {mode} row in:\n{out}"));
+            let cpu: f64 = row.split_whitespace().nth(5).and_then(|v| v.parse().ok()).unwrap_or(-1.0);
+            assert!(cpu > 0.0, "{name} {mode}: no CPU per request: {row}");
+        }
+    }
+    assert!(out.contains("handoff-default / nginx-reuseport: close CPU/req"), "{out}");
+    assert!(out.contains("target <= 1.0"), "{out}");
 }
