@@ -2,9 +2,9 @@
 //! keep-alive uneven and held-idle workloads under the kernel models and handoff's
 //! default), real processes on loopback, then `--serve`; and the scripts whose numbers
 //! get quoted, `bench/vs-nginx.sh` (pinned) and `bench/master-ceiling.sh`, for a second
-//! each. No speed is asserted (this runs on noisy,
-//! shared 2-core machines): only that every request was answered by a worker of the
-//! model, that the report adds up, and that no process is left behind.
+//! each. No speed is asserted (this runs on noisy, shared 2-core machines): only that
+//! every request was answered by a worker of the model, that the report adds up, and
+//! that no process is left behind.
 //!
 //! Each run is tagged with a unique environment variable, which every process the
 //! bench starts inherits; after the run, no process in `/proc` may still carry it.
