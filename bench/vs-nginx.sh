@@ -28,6 +28,7 @@
 # Usage: bench/vs-nginx.sh            (after `cargo build --release`)
 # Knobs (environment):
 #   WORKERS (2)  DURATION (s, 5)  CONNS (wrk connections, 50)  RUNS (rounds, 3)
+#   WARMUP (s, 1: one unmeasured wrk run per server before its measured ones)
 #   MODES ("close keepalive": a new connection per request, and keep-alive)
 #   PIN (1; PIN=0 is the UNPINNED mode: nothing pinned, wrk -t2, output labelled so,
 #        its CPU per request is not a figure to quote)
@@ -39,6 +40,7 @@ WORKERS=${WORKERS:-2}
 DURATION=${DURATION:-5}
 CONNS=${CONNS:-50}
 RUNS=${RUNS:-3}
+WARMUP=${WARMUP:-1}
 MODES=${MODES:-close keepalive}
 PIN=${PIN:-1}
 SERVER_CPUS=${SERVER_CPUS:-1}
@@ -257,6 +259,9 @@ for run in $(seq "$RUNS"); do
     p=$(free_port)
     start_server "$name" "$p"
     if [ "$run" = 1 ]; then echo "  $name: $(cpus_of "$SERVER_PID")" >&2; fi
+    if [ "$WARMUP" != 0 ]; then # start-up work and first-touch page faults stay out of the figures
+      timeout $((WARMUP + 20)) "${WRK[@]}" -t"$THREADS" -c"$CONNS" -d"${WARMUP}s" "http://127.0.0.1:$p/" >/dev/null 2>&1 || true
+    fi
     modes=$MODES
     case $name in c-fdpass-*) modes=close ;; esac # it answers and closes
     measure "$run" "$name" "$p" "$SERVER_PID" "$modes"
