@@ -250,6 +250,7 @@ fn keepalive_uneven_and_held_idle_answer_with_tiny_counts() {
         assert_eq!(c["requests"], 600, "{m} × held-idle: {c}");
         let h = &c["held"];
         assert_eq!(h["idle"], 40, "{m}: {h}");
+        assert_eq!(h["closed_by_server"], 0, "{m}: idle clients cut while held: {h}");
         let (before, held, after) = (total_fds(&h["baseline"]), total_fds(&h["held"]), total_fds(&h["after"]));
         // Each idle connection is held by the master or by a worker...
         assert!(held >= before + 40, "{m}: descriptors {before} → {held}: idle connections not held? {h}");

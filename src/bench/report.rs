@@ -68,6 +68,10 @@ pub struct HeldIdle {
     pub errors: u64,
     /// The first such failure.
     pub first_error: Option<String>,
+    /// Idle clients the server had closed by the time `held` was sampled (a keep-alive
+    /// timeout shorter than the run, for example).
+    #[serde(default)]
+    pub closed_by_server: usize,
     /// Before the idle clients connected.
     pub baseline: procs::Sample,
     /// With every idle client held, after the active clients' run.
@@ -101,6 +105,7 @@ fn run_held_idle(
     let idle = rt.block_on(load::hold_idle(server.addr, n, spec.max_duration + std::time::Duration::from_secs(30)));
     let r = rt.block_on(load::run(server.addr, spec, workers));
     let held = procs::Sample::take(master, &server.worker_pids());
+    let closed_by_server = idle.streams.iter().filter(|s| closed_by_peer(s)).count();
     let (opened, errors, first_error) = (idle.streams.len(), idle.errors, idle.first_error);
     drop(idle.streams);
     let until = Instant::now() + AFTER_WAIT;
@@ -111,7 +116,21 @@ fn run_held_idle(
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
-    (r, HeldIdle { requested: args.idle, idle: opened, errors, first_error, baseline, held, after })
+    (r, HeldIdle { requested: args.idle, idle: opened, errors, first_error, closed_by_server, baseline, held, after })
+}
+
+/// Whether the server has closed `s` (end of file or an error on a peek), without
+/// consuming anything or waiting.
+fn closed_by_peer(s: &std::net::TcpStream) -> bool {
+    if s.set_nonblocking(true).is_err() {
+        return true;
+    }
+    let mut b = [0u8; 1];
+    match s.peek(&mut b) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+    }
 }
 
 /// Runs every model × workload `args.runs` times. Processes are started from this
@@ -419,7 +438,10 @@ impl Summary {
             .map(|(r, h)| {
                 [
                     r.model.name().to_string(),
-                    h.idle.to_string(),
+                    match h.closed_by_server {
+                        0 => h.idle.to_string(),
+                        n => format!("{} ({n} closed by the server)", h.idle),
+                    },
                     three(&|s| s.master.map(|m| mib(m.rss_kib)), h),
                     three(&|s| s.master.map(|m| m.fds.to_string()), h),
                     three(&|s| Some(mib(s.workers_rss_kib())), h),
