@@ -660,6 +660,45 @@ mod tests {
     }
 
     #[test]
+    fn keepalive_uneven_ratios_compare_handoff_with_the_best_kernel_model_per_count() {
+        let mut cells = Vec::new();
+        for (w, lc) in [(Workload::KeepaliveUneven32, 10.0), (Workload::KeepaliveUneven16, 20.0)] {
+            cells.push(cell(Model::SharedNginx, w, 0, 1.0, 25.0, vec![1, 1]));
+            cells.push(cell(Model::Reuseport, w, 0, 1.0, 40.0, vec![1, 1]));
+            cells.push(cell(Model::HandoffLeastConn, w, 0, 1.0, lc, vec![1, 1]));
+        }
+        let r = ratios(&cells, 1);
+        let get = |n: &str| r.iter().find(|r| r.name.starts_with(n)).unwrap_or_else(|| panic!("{n}: {r:?}"));
+        assert_eq!(get("keepalive-uneven-32 p99").median, Some(0.4));
+        assert_eq!(get("keepalive-uneven-32 p99").met, Some(true));
+        assert_eq!(get("keepalive-uneven-16 p99").median, Some(0.8));
+        assert_eq!(get("keepalive-uneven-16 p99").met, Some(false));
+    }
+
+    #[test]
+    fn held_connection_workloads_count_fairness_in_requests() {
+        let result = |conns: Vec<u64>, reqs: Vec<u64>| load::LoadResult {
+            requests: reqs.iter().sum(),
+            connections: conns.iter().sum(),
+            errors: 0,
+            elapsed: std::time::Duration::from_secs(1),
+            latency: stats::new_histogram(),
+            conns_per_worker: conns,
+            reqs_per_worker: reqs,
+            first_error: None,
+        };
+        // One connection each on two workers, but one worker served 3× the requests.
+        let held =
+            make_cell(Model::Reuseport, Workload::KeepaliveUneven16, 0, result(vec![8, 8], vec![300, 100]), None);
+        assert_eq!(held.max_min, Some(3.0));
+        assert!((held.jain - 0.8).abs() < 1e-9, "{}", held.jain);
+        assert_eq!(row_of(Model::Reuseport, Workload::KeepaliveUneven16, &[&held]).counts(), &[300, 100]);
+        let ka = make_cell(Model::Reuseport, Workload::Keepalive, 0, result(vec![8, 8], vec![300, 100]), None);
+        assert_eq!(ka.max_min, Some(1.0));
+        assert_eq!(row_of(Model::Reuseport, Workload::Keepalive, &[&ka]).counts(), &[8, 8]);
+    }
+
+    #[test]
     fn rows_take_medians_and_the_median_runs_counts() {
         let cells = [
             cell(Model::Shared, Workload::Trickle, 0, 10.0, 3.0, vec![10, 0]),
