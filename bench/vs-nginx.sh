@@ -292,6 +292,12 @@ for mode in ("close", "keepalive"):
             print(f"{n:<26} {mode:<10} {med([x['rps'] for x in c]):>9.0f} {c[0]['p50']:>9} {c[0]['p99']:>9} "
                   f"{med([x['cpu'] for x in c]):>11.1f} {med([x['master'] for x in c]):>10.1f}  {c[0]['errs']}")
 print("(CPU µs/req: every process of the server; leader: the master / nginx master alone)")
+for mode in ("close", "keepalive"):
+    rates = [med([x["rps"] for x in cell[(n, mode)]]) for n in names if (n, mode) in cell]
+    if len(rates) > 1 and max(rates) > 1.05 * min(rates):
+        why = ("CPU per request compares, and so does the rate: pinned, the server's one core is the limit"
+               if mode == "keepalive" and pinned else "CPU per request is the figure that compares")
+        print(f"{mode}: request rates differ by {max(rates) / min(rates):.2f}x at the same offered load: {why}")
 print()
 def ratio(a, b, mode, key):
     rs = [x[key] / y[key] for x in cell.get((a, mode), []) for y in cell.get((b, mode), [])
