@@ -193,7 +193,7 @@ fn keepalive_uneven_and_held_idle_answer_with_tiny_counts() {
     let t = tag();
     let dir = std::env::temp_dir().join(format!("handoff-bench-smoke-ka-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let models = ["shared", "shared-nginx", "reuseport", "handoff-least-conn"];
+    let models = ["shared", "shared-nginx", "reuseport", "handoff-least-conn", "handoff-always", "handoff-off"];
     // 600 requests: the 500th asks for ?cpu_ms=25, so the slow path is exercised too.
     let mut child = Command::new(env!("CARGO_BIN_EXE_handoff"))
         .args(["bench", "--workers", "2", "--models", &models.join(",")])
@@ -239,6 +239,7 @@ fn keepalive_uneven_and_held_idle_answer_with_tiny_counts() {
             assert_eq!(c["connections"], conns, "{m} × {w}: {c}");
             // The ?cpu_ms=25 request was served as one (not refused, not skipped).
             assert!(c["latency"]["max"].as_f64().unwrap() >= 25.0, "{m} × {w}: {c}");
+            assert_eq!(c["master_cpu_us_per_req"].is_number(), m.starts_with("handoff"), "{m} × {w}: {c}");
             // Fairness is counted in requests here: a few held connections carry them all.
             let reqs: Vec<f64> = c["reqs_per_worker"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
             assert_eq!(reqs.iter().sum::<f64>(), 600.0, "{m} × {w}: {c}");
@@ -258,6 +259,18 @@ fn keepalive_uneven_and_held_idle_answer_with_tiny_counts() {
         assert!(after <= before + 4, "{m}: descriptors {before} → {held} → {after} after the clients left: {h}");
         assert!(h["held"]["workers"].as_array().unwrap().len() == 2, "{m}: {h}");
         assert_eq!(h["held"]["master"].is_object(), m.starts_with("handoff"), "{m}: {h}");
+        // Where the idle connections wait: the master with every one handed back, the
+        // workers with hand-back off.
+        let master_fds = |s: &str| h[s]["master"]["fds"].as_u64().unwrap_or(0);
+        match m {
+            "handoff-always" => {
+                assert!(master_fds("held") >= master_fds("baseline") + 40, "{m}: not in the master: {h}")
+            }
+            "handoff-off" => {
+                assert!(master_fds("held") < master_fds("baseline") + 40, "{m}: in the master: {h}")
+            }
+            _ => {}
+        }
     }
     let names: Vec<&str> = v["ratios"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
     for w in ["keepalive-uneven-32", "keepalive-uneven-16"] {

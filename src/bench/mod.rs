@@ -5,7 +5,9 @@
 //! The parts, by role:
 //! - [`models`] starts and stops one model as real processes: `shared`, `shared-nginx`
 //!   and `reuseport` through [`kworker`] (the hidden `bench-worker` subcommand), and
-//!   `handoff-rr`, `handoff-least-conn`, `handoff-p2c` through `handoff run`.
+//!   `handoff-rr`, `handoff-least-conn`, `handoff-p2c` through `handoff run` (and, asked
+//!   for by name, `handoff-always` and `handoff-off`: least-conn with `--hand-back
+//!   always` or `off`, beside the default `auto`).
 //! - [`load`] is the load generator (tokio, loopback only, bounded in requests and
 //!   time, per-request latency in an HdrHistogram, per-worker counts from the
 //!   `X-Handoff-Worker` header that every model sets).
@@ -55,10 +57,17 @@ pub enum Model {
     HandoffLeastConn,
     /// `handoff run --policy p2c`.
     HandoffP2c,
+    /// `handoff run --policy least-conn --hand-back always`: every idle keep-alive
+    /// connection goes back to the master after each response.
+    HandoffAlways,
+    /// `handoff run --policy least-conn --hand-back off`: balancing per connection only,
+    /// as before RETURN.
+    HandoffOff,
 }
 
 impl Model {
-    /// Every model, in report order.
+    /// The models run without `--models`, in report order. `handoff-always` and
+    /// `handoff-off` (the other hand-back modes) are asked for by name.
     pub const ALL: [Model; 6] = [
         Model::Shared,
         Model::SharedNginx,
@@ -77,6 +86,8 @@ impl Model {
             Model::HandoffRr => "handoff-rr",
             Model::HandoffLeastConn => "handoff-least-conn",
             Model::HandoffP2c => "handoff-p2c",
+            Model::HandoffAlways => "handoff-always",
+            Model::HandoffOff => "handoff-off",
         }
     }
 
@@ -86,6 +97,16 @@ impl Model {
             Model::HandoffRr => Some("round-robin"),
             Model::HandoffLeastConn => Some("least-conn"),
             Model::HandoffP2c => Some("p2c"),
+            Model::HandoffAlways | Model::HandoffOff => Some("least-conn"),
+            _ => None,
+        }
+    }
+
+    /// The `handoff run --hand-back` of a handoff model; `None`: handoff's default.
+    pub fn hand_back(self) -> Option<&'static str> {
+        match self {
+            Model::HandoffAlways => Some("always"),
+            Model::HandoffOff => Some("off"),
             _ => None,
         }
     }

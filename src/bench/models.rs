@@ -142,6 +142,10 @@ fn start_handoff(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
+
+    if let Some(mode) = model.hand_back() {
+        cmd.args(["--hand-back", mode]);
+    }
     // spawn_with_channel is used for its death signal; the master gets /dev/null as
     // an extra descriptor, which it marks close-on-exec at start-up and ignores.
     let devnull: OwnedFd = std::fs::File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?.into();

@@ -50,6 +50,10 @@ pub struct Cell {
     pub jain: f64,
     /// The handoff master's CPU time per connection, µs (handoff models).
     pub master_cpu_us_per_conn: Option<f64>,
+    /// The handoff master's CPU time per request, µs (handoff models): what it costs
+    /// when connections come back to it between requests.
+    #[serde(default)]
+    pub master_cpu_us_per_req: Option<f64>,
     /// What the idle connections of the held-idle workload cost (that workload only).
     #[serde(default)]
     pub held: Option<HeldIdle>,
@@ -176,9 +180,11 @@ pub fn run_matrix(
                 let mut cell = make_cell(model, workload, run, r, cpu0.zip(cpu1).map(|(a, b)| b.saturating_sub(a)));
                 if let Some(h) = &held {
                     // The master also handed out every idle connection in this cell.
-                    let conns = cell.connections + h.idle as u64;
-                    cell.master_cpu_us_per_conn =
-                        cpu0.zip(cpu1).filter(|_| conns > 0).map(|(a, b)| b.saturating_sub(a) as f64 / conns as f64);
+                    // (and each of them served one request).
+                    let per =
+                        |n: u64| cpu0.zip(cpu1).filter(|_| n > 0).map(|(a, b)| b.saturating_sub(a) as f64 / n as f64);
+                    cell.master_cpu_us_per_conn = per(cell.connections + h.idle as u64);
+                    cell.master_cpu_us_per_req = per(cell.requests + h.idle as u64);
                     if h.errors > 0 {
                         cell.errors += h.errors;
                         cell.first_error = cell.first_error.or_else(|| h.first_error.clone());
@@ -230,6 +236,7 @@ fn make_cell(model: Model, workload: Workload, run: usize, r: load::LoadResult, 
         conns_per_worker: r.conns_per_worker,
         reqs_per_worker: r.reqs_per_worker,
         master_cpu_us_per_conn: master_cpu_us.filter(|_| r.connections > 0).map(|us| us as f64 / r.connections as f64),
+        master_cpu_us_per_req: master_cpu_us.filter(|_| r.requests > 0).map(|us| us as f64 / r.requests as f64),
         held: None,
     }
 }
@@ -258,6 +265,9 @@ pub struct Row {
     pub reqs_per_worker: Vec<u64>,
     /// The handoff master's CPU per connection, µs.
     pub master_cpu_us_per_conn: Option<f64>,
+    /// The handoff master's CPU per request, µs.
+    #[serde(default)]
+    pub master_cpu_us_per_req: Option<f64>,
     /// Failed requests, summed over runs.
     pub errors: u64,
     /// Held-idle only: the memory and descriptors of the run with the median Jain's index.
@@ -336,19 +346,20 @@ impl Summary {
         let _ = writeln!(
             s,
             "\nhandoff bench: {} workers, {} run(s), concurrency {} (trickle 1); medians over runs\n\
-             latency: raw per request as the client saw it (HdrHistogram, no coordinated-omission correction)\n",
+             latency: raw per request as the client saw it (HdrHistogram, no coordinated-omission correction)\n\
+             master µs: the handoff master's CPU per connection (/r: per request, where clients hold connections)\n",
             self.workers, self.runs, self.concurrency
         );
         let _ = writeln!(
             s,
-            "{:<18} {:<19} {:>9} {:>8} {:>8} {:>8} {:>6} {:>7}  {:>8}  per worker (connections or requests)",
-            "model", "workload", "req/s", "p50 ms", "p99 ms", "p99.9ms", "jain", "max/min", "cpu µs/c",
+            "{:<18} {:<19} {:>9} {:>8} {:>8} {:>8} {:>6} {:>7}  {:>9}  per worker (connections or requests)",
+            "model", "workload", "req/s", "p50 ms", "p99 ms", "p99.9ms", "jain", "max/min", "master µs",
         );
         for r in &self.rows {
             let c = cells(r, "-");
             let _ = writeln!(
                 s,
-                "{:<18} {:<19} {:>9} {:>8} {:>8} {:>8} {:>6} {:>7}  {:>8}  {}{}",
+                "{:<18} {:<19} {:>9} {:>8} {:>8} {:>8} {:>6} {:>7}  {:>9}  {}{}",
                 c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9], c[10]
             );
         }
@@ -386,7 +397,7 @@ impl Summary {
         let _ = writeln!(s, "Workers: {}. Runs: {} (figures are medians over runs; ratios are computed within each run, then the median is taken). Concurrency: {} clients (trickle: 1). Latency is per request as the client measured it (no coordinated-omission correction).\n", self.workers, self.runs, self.concurrency);
         let _ = writeln!(s, "Command: `{}`\n", self.command);
         let _ = writeln!(s, "![connections per worker]({dist_svg})\n\n![latency percentiles]({lat_svg})\n");
-        let _ = writeln!(s, "| model | workload | req/s | p50 ms | p99 ms | p99.9 ms | Jain | max/min | master CPU µs/conn | per worker (connections or requests) |");
+        let _ = writeln!(s, "| model | workload | req/s | p50 ms | p99 ms | p99.9 ms | Jain | max/min | master CPU µs/conn (/r: per request) | per worker (connections or requests) |");
         let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---|");
         for r in &self.rows {
             let c = cells(r, "–");
@@ -494,7 +505,13 @@ fn cells(r: &Row, none: &str) -> [String; 11] {
         format!("{:.2}", r.latency.p999),
         format!("{:.3}", r.jain),
         fmt_ratio(r.max_min),
-        r.master_cpu_us_per_conn.map(|v| format!("{v:.1}")).unwrap_or_else(|| none.into()),
+        // Per request where connections are held (they may come back between requests).
+        if r.workload.counts_requests() {
+            r.master_cpu_us_per_req.map(|v| format!("{v:.1}/r"))
+        } else {
+            r.master_cpu_us_per_conn.map(|v| format!("{v:.1}"))
+        }
+        .unwrap_or_else(|| none.into()),
         fmt_counts(r.counts()) + if r.workload.counts_requests() { " requests" } else { "" },
         if r.errors > 0 { format!(" ({} errors)", r.errors) } else { String::new() },
     ]
@@ -515,6 +532,7 @@ fn row_of(model: Model, workload: Workload, cells: &[&Cell]) -> Row {
     let jain = med(&|c| c.jain);
     let rep = cells.iter().min_by(|a, b| (a.jain - jain).abs().total_cmp(&(b.jain - jain).abs())).copied();
     let cpu: Vec<f64> = cells.iter().filter_map(|c| c.master_cpu_us_per_conn).collect();
+    let cpu_req: Vec<f64> = cells.iter().filter_map(|c| c.master_cpu_us_per_req).collect();
     Row {
         model,
         workload,
@@ -531,6 +549,7 @@ fn row_of(model: Model, workload: Workload, cells: &[&Cell]) -> Row {
         conns_per_worker: rep.map(|c| c.conns_per_worker.clone()).unwrap_or_default(),
         reqs_per_worker: rep.map(|c| c.reqs_per_worker.clone()).unwrap_or_default(),
         master_cpu_us_per_conn: stats::median(&cpu),
+        master_cpu_us_per_req: stats::median(&cpu_req),
         errors: cells.iter().map(|c| c.errors).sum(),
         held: rep.and_then(|c| c.held.clone()),
     }
@@ -574,10 +593,14 @@ fn ratios(cells: &[Cell], runs: usize) -> Vec<Ratio> {
     push("uneven p99, handoff-least-conn / best kernel model".into(), per, "<= 0.50", &|v| v <= 0.5);
     // Issue 15's check: handoff with default settings (least-conn) against the best of
     // the kernel models in the same run, keep-alive connections held all run long.
-    for w in [Workload::KeepaliveUneven32, Workload::KeepaliveUneven16] {
+    // The other hand-back modes, where they ran, against the same kernel models.
+    for (m, w) in [Model::HandoffLeastConn, Model::HandoffAlways, Model::HandoffOff]
+        .into_iter()
+        .flat_map(|m| [(m, Workload::KeepaliveUneven32), (m, Workload::KeepaliveUneven16)])
+    {
         let per: Vec<f64> = (0..runs)
             .filter_map(|r| {
-                let lc = find(cells, Model::HandoffLeastConn, w, r)?.latency.p99;
+                let lc = find(cells, m, w, r)?.latency.p99;
                 let best = [Model::Shared, Model::SharedNginx, Model::Reuseport]
                     .iter()
                     .filter_map(|&k| find(cells, k, w, r).map(|c| c.latency.p99))
@@ -585,7 +608,7 @@ fn ratios(cells: &[Cell], runs: usize) -> Vec<Ratio> {
                 Some(lc / best.max(1e-9))
             })
             .collect();
-        push(format!("{w} p99, handoff-least-conn / best kernel model"), per, "<= 0.50", &|v| v <= 0.5);
+        push(format!("{w} p99, {m} / best kernel model"), per, "<= 0.50", &|v| v <= 0.5);
     }
     // Connections per worker are what round robin evens out; with a handful of held
     // connections (keep-alive workloads) the index says nothing.
@@ -620,6 +643,7 @@ mod tests {
             conns_per_worker: counts,
             reqs_per_worker: vec![],
             master_cpu_us_per_conn: None,
+            master_cpu_us_per_req: None,
             held: None,
         }
     }
