@@ -89,6 +89,10 @@ pub struct HeldIdle {
 /// clients have gone.
 pub const AFTER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// How long to wait before the held-idle baseline: `--hand-back auto`'s 1 s "slow"
+/// window, with a margin.
+const HAND_BACK_SLOW_WINDOW: std::time::Duration = std::time::Duration::from_millis(1500);
+
 /// Descriptors kept free when bounding the idle clients by this process's
 /// RLIMIT_NOFILE: the active clients, the runtime, the models' pipes.
 const FD_HEADROOM: u64 = 256;
@@ -105,6 +109,10 @@ fn run_held_idle(
     let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current.unwrap_or(u64::MAX);
     let n = (args.idle as u64).min(limit.saturating_sub(FD_HEADROOM)) as usize;
     let master = server.master_pid;
+    // With `--hand-back auto` a worker hands connections back for 1 s after a slow
+    // request: let an earlier workload's slow requests (uneven) age out, so that where
+    // the idle connections wait is decided by this workload alone.
+    std::thread::sleep(HAND_BACK_SLOW_WINDOW);
     let baseline = procs::Sample::take(master, &server.worker_pids());
     let idle = rt.block_on(load::hold_idle(server.addr, n, spec.max_duration + std::time::Duration::from_secs(30)));
     let r = rt.block_on(load::run(server.addr, spec, workers));
