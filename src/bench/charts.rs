@@ -1,18 +1,21 @@
 //! The report's SVG charts (plotters, SVG backend only: no fonts or native libraries).
 //!
 //! - `bench-distribution.svg`: one panel per workload; for each model, one bar per
-//!   worker giving its share of the connections, against a dashed line at the fair
+//!   worker giving its share of the connections (of the requests, for the workloads
+//!   whose clients hold their connections), against a dashed line at the fair
 //!   share `100/N %`. A balanced model is a row of equal bars on the line.
 //! - `bench-latency.svg`: one panel per workload; p50, p99 and p99.9 per model on a
 //!   log scale, so the 25 ms stalls of `uneven` and sub-millisecond medians fit together.
+//! - `bench-held-idle.svg` (held-idle results only): memory and descriptors of the
+//!   master and the workers before and while thousands of idle clients are held.
 
 use std::io;
 use std::path::Path;
 
 use plotters::prelude::*;
 
-use super::report::Row;
-use super::{Model, Workload};
+use super::report::{HeldIdle, Row};
+use super::{procs, Model, Workload};
 
 /// A percentile series: its legend, colour, and how to read it from a row.
 type Series = (&'static str, RGBColor, fn(&Row) -> f64);
@@ -55,7 +58,10 @@ pub fn distribution(rows: &[Row], workers: usize, path: &Path) -> io::Result<()>
     for (panel, &w) in panels.iter().zip(&workloads) {
         let mut chart = ChartBuilder::on(panel)
             .caption(
-                format!("{w}: share of connections per worker ({workers} workers; dashed = fair share)"),
+                format!(
+                    "{w}: share of {} per worker ({workers} workers; dashed = fair share)",
+                    if w.counts_requests() { "requests" } else { "connections" }
+                ),
                 ("sans-serif", 16),
             )
             .margin(8)
@@ -68,7 +74,7 @@ pub fn distribution(rows: &[Row], workers: usize, path: &Path) -> io::Result<()>
             .disable_x_mesh()
             .x_labels(2 * n + 1)
             .x_label_formatter(&|x| model_label(&models, *x))
-            .y_desc("% of connections")
+            .y_desc(if w.counts_requests() { "% of requests" } else { "% of connections" })
             .draw()
             .map_err(err)?;
         let width = 0.8 / workers.max(1) as f64;
@@ -76,8 +82,8 @@ pub fn distribution(rows: &[Row], workers: usize, path: &Path) -> io::Result<()>
             let Some(r) = rows.iter().find(|r| r.model == m && r.workload == w) else {
                 continue;
             };
-            let total: u64 = r.conns_per_worker.iter().sum();
-            let bars = r.conns_per_worker.iter().enumerate().map(|(k, &c)| {
+            let total: u64 = r.counts().iter().sum();
+            let bars = r.counts().iter().enumerate().map(|(k, &c)| {
                 let share = if total == 0 { 0.0 } else { 100.0 * c as f64 / total as f64 };
                 let x0 = i as f64 + 0.1 + k as f64 * width;
                 Rectangle::new([(x0, 0.0), (x0 + width * 0.9, share)], Palette99::pick(k).filled())
@@ -132,6 +138,96 @@ pub fn latency(rows: &[Row], path: &Path) -> io::Result<()> {
                     let r = rows.iter().find(|r| r.model == m && r.workload == w)?;
                     let x0 = i as f64 + 0.15 + k as f64 * 0.24;
                     Some(Rectangle::new([(x0, floor), (x0 + 0.22, get(r).max(floor))], color.filled()))
+                })
+                .collect();
+            let color = *color;
+            chart
+                .draw_series(bars)
+                .map_err(err)?
+                .label(*label)
+                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(err)?;
+    }
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+/// A figure of the master (0 for kernel models, which have none).
+fn master(s: &procs::Sample, f: fn(&procs::ProcMem) -> u64) -> f64 {
+    s.master.as_ref().map(f).unwrap_or(0) as f64
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// A held-idle bar: its legend, colour, and how to read it from a row's measurements.
+type HeldSeries = (&'static str, RGBColor, fn(&HeldIdle) -> f64);
+
+/// Draws where the held-idle workload's idle connections cost: resident memory and open
+/// descriptors of the master and of the workers (summed), before the idle clients
+/// connected and while they were held.
+pub fn held_idle(rows: &[Row], path: &Path) -> io::Result<()> {
+    let held: Vec<(Model, &HeldIdle)> = rows.iter().filter_map(|r| Some((r.model, r.held.as_ref()?))).collect();
+    let n = held.len().max(1);
+    let panels: [(String, &str, [HeldSeries; 4]); 2] = [
+        (
+            "resident memory (MiB), workers summed".into(),
+            "MiB",
+            [
+                ("master, before", RGBColor(0xa0, 0xcb, 0xe8), |h| master(&h.baseline, |p| p.rss_kib) / 1024.0),
+                ("master, idle held", RGBColor(0x4e, 0x79, 0xa7), |h| master(&h.held, |p| p.rss_kib) / 1024.0),
+                ("workers, before", RGBColor(0xff, 0xbe, 0x7d), |h| mib(h.baseline.workers_rss_kib())),
+                ("workers, idle held", RGBColor(0xf2, 0x8e, 0x2b), |h| mib(h.held.workers_rss_kib())),
+            ],
+        ),
+        (
+            "open descriptors, workers summed".into(),
+            "descriptors",
+            [
+                ("master, before", RGBColor(0xa0, 0xcb, 0xe8), |h| master(&h.baseline, |p| p.fds)),
+                ("master, idle held", RGBColor(0x4e, 0x79, 0xa7), |h| master(&h.held, |p| p.fds)),
+                ("workers, before", RGBColor(0xff, 0xbe, 0x7d), |h| h.baseline.workers_fds() as f64),
+                ("workers, idle held", RGBColor(0xf2, 0x8e, 0x2b), |h| h.held.workers_fds() as f64),
+            ],
+        ),
+    ];
+    let idle = held.iter().map(|(_, h)| h.idle).max().unwrap_or(0);
+    let models: Vec<Model> = held.iter().map(|(m, _)| *m).collect();
+    let root = SVGBackend::new(path, (1100, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let areas = root.split_evenly((2, 1));
+    for (area, (title, unit, series)) in areas.iter().zip(&panels) {
+        let top = held.iter().flat_map(|(_, h)| series.iter().map(move |s| (s.2)(h))).fold(1.0f64, f64::max) * 1.25;
+        let mut chart = ChartBuilder::on(area)
+            .caption(format!("held-idle, {idle} idle keep-alive clients: {title}"), ("sans-serif", 16))
+            .margin(8)
+            .x_label_area_size(24)
+            .y_label_area_size(56)
+            .build_cartesian_2d(-0.5f64..n as f64, 0f64..top)
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(2 * n + 2)
+            .x_label_formatter(&|x| model_label(&models, *x))
+            .y_desc(*unit)
+            .draw()
+            .map_err(err)?;
+        for (k, (label, color, get)) in series.iter().enumerate() {
+            let bars: Vec<_> = held
+                .iter()
+                .enumerate()
+                .map(|(i, (_, h))| {
+                    let x0 = i as f64 + 0.1 + k as f64 * 0.2;
+                    Rectangle::new([(x0, 0.0), (x0 + 0.18, get(h))], color.filled())
                 })
                 .collect();
             let color = *color;

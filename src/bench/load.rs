@@ -221,6 +221,59 @@ async fn client_task(
     t
 }
 
+/// Idle keep-alive connections held open by [`hold_idle`].
+pub struct IdleClients {
+    /// The connections, each after one answered request; dropping them closes them.
+    pub streams: Vec<std::net::TcpStream>,
+    /// Connections that failed to open or to get their one answer.
+    pub errors: u64,
+    /// The first such failure.
+    pub first_error: Option<String>,
+}
+
+/// Connections opened at once by [`hold_idle`]: enough to open thousands in a second or
+/// two, few enough not to overflow the server's accept backlog (a dropped SYN costs a
+/// one-second retransmit).
+const IDLE_OPEN_AT_ONCE: usize = 64;
+
+/// Opens `n` keep-alive connections to `addr`, sends one request on each and reads its
+/// answer, then leaves them silent: clients that keep a connection for later, the way
+/// browsers and connection pools do. Bounded by `limit` overall.
+pub async fn hold_idle(addr: SocketAddr, n: usize, limit: Duration) -> IdleClients {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut out = IdleClients { streams: Vec::with_capacity(n), errors: 0, first_error: None };
+    let mut set = tokio::task::JoinSet::new();
+    let mut started = 0;
+    while started < n || !set.is_empty() {
+        while started < n && set.len() < IDLE_OPEN_AT_ONCE {
+            started += 1;
+            set.spawn(tokio::time::timeout_at(deadline, async move {
+                let mut s = TcpStream::connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
+                s.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n").await.map_err(|e| format!("write: {e}"))?;
+                let mut buf = Vec::with_capacity(512);
+                let resp = read_response(&mut s, &mut buf).await?;
+                if resp.close {
+                    return Err("the server closed an idle keep-alive connection after its first answer".into());
+                }
+                s.into_std().map_err(|e| format!("into_std: {e}"))
+            }));
+        }
+        let Some(r) = set.join_next().await else { break };
+        match r {
+            Ok(Ok(Ok(s))) => out.streams.push(s),
+            Ok(Ok(Err(e))) => {
+                out.errors += 1;
+                out.first_error.get_or_insert(e);
+            }
+            Ok(Err(_)) | Err(_) => {
+                out.errors += 1;
+                out.first_error.get_or_insert_with(|| "opening idle connections timed out".into());
+            }
+        }
+    }
+    out
+}
+
 struct Response {
     worker: Option<usize>,
     close: bool,

@@ -5,21 +5,31 @@
 //! The parts, by role:
 //! - [`models`] starts and stops one model as real processes: `shared`, `shared-nginx`
 //!   and `reuseport` through [`kworker`] (the hidden `bench-worker` subcommand), and
-//!   `handoff-rr`, `handoff-least-conn`, `handoff-p2c` through `handoff run`.
+//!   `handoff-rr`, `handoff-least-conn`, `handoff-p2c` through `handoff run` (and, asked
+//!   for by name, `handoff-always` and `handoff-off`: least-conn with `--hand-back
+//!   always` or `off`, beside the default `auto`).
 //! - [`load`] is the load generator (tokio, loopback only, bounded in requests and
 //!   time, per-request latency in an HdrHistogram, per-worker counts from the
 //!   `X-Handoff-Worker` header that every model sets).
+//! - [`procs`] reads the models' memory and descriptors from `/proc` (held-idle).
 //! - [`stats`] is the arithmetic: Jain's index, max/min, percentiles, medians.
 //! - [`report`] prints the terminal table, the JSON, and the Markdown report;
 //!   [`charts`] draws its SVG charts.
 //!
 //! Every model serves with [`crate::worker::http`], so what differs between rows is
 //! only how connections reach workers.
+//!
+//! Beside the connection-level workloads, two ask about keep-alive traffic (issue 15):
+//! `keepalive-uneven-32`/`-16` hold 32 or 16 connections for the whole run while 1
+//! request in 500 burns 25 ms (a worker holding a connection keeps its next requests
+//! behind a slow one, unless connections can move), and `held-idle` holds thousands of
+//! idle clients to show where they cost memory and descriptors.
 
 pub mod charts;
 pub mod kworker;
 pub mod load;
 pub mod models;
+pub mod procs;
 pub mod report;
 pub mod stats;
 
@@ -47,10 +57,17 @@ pub enum Model {
     HandoffLeastConn,
     /// `handoff run --policy p2c`.
     HandoffP2c,
+    /// `handoff run --policy least-conn --hand-back always`: every idle keep-alive
+    /// connection goes back to the master after each response.
+    HandoffAlways,
+    /// `handoff run --policy least-conn --hand-back off`: balancing per connection only,
+    /// as before RETURN.
+    HandoffOff,
 }
 
 impl Model {
-    /// Every model, in report order.
+    /// The models run without `--models`, in report order. `handoff-always` and
+    /// `handoff-off` (the other hand-back modes) are asked for by name.
     pub const ALL: [Model; 6] = [
         Model::Shared,
         Model::SharedNginx,
@@ -69,6 +86,8 @@ impl Model {
             Model::HandoffRr => "handoff-rr",
             Model::HandoffLeastConn => "handoff-least-conn",
             Model::HandoffP2c => "handoff-p2c",
+            Model::HandoffAlways => "handoff-always",
+            Model::HandoffOff => "handoff-off",
         }
     }
 
@@ -78,6 +97,16 @@ impl Model {
             Model::HandoffRr => Some("round-robin"),
             Model::HandoffLeastConn => Some("least-conn"),
             Model::HandoffP2c => Some("p2c"),
+            Model::HandoffAlways | Model::HandoffOff => Some("least-conn"),
+            _ => None,
+        }
+    }
+
+    /// The `handoff run --hand-back` of a handoff model; `None`: handoff's default.
+    pub fn hand_back(self) -> Option<&'static str> {
+        match self {
+            Model::HandoffAlways => Some("always"),
+            Model::HandoffOff => Some("off"),
             _ => None,
         }
     }
@@ -106,11 +135,36 @@ pub enum Workload {
     Uneven,
     /// One client, one request per connection, where the shared queue picks one worker.
     Trickle,
+    /// 32 keep-alive connections open for the whole run; 1 request in 500 asks for
+    /// `?cpu_ms=25` (issue 15: where request-level balancing shows).
+    #[value(name = "keepalive-uneven-32")]
+    #[serde(rename = "keepalive-uneven-32")]
+    KeepaliveUneven32,
+    /// The same with 16 keep-alive connections.
+    #[value(name = "keepalive-uneven-16")]
+    #[serde(rename = "keepalive-uneven-16")]
+    KeepaliveUneven16,
+    /// `--idle` keep-alive clients held open (one request each, then silent) while 4
+    /// keep-alive clients run; reports the servers' memory and descriptors.
+    HeldIdle,
 }
 
 impl Workload {
     /// Every workload, in report order.
-    pub const ALL: [Workload; 4] = [Workload::Close, Workload::Keepalive, Workload::Uneven, Workload::Trickle];
+    pub const ALL: [Workload; 7] = [
+        Workload::Close,
+        Workload::Keepalive,
+        Workload::Uneven,
+        Workload::Trickle,
+        Workload::KeepaliveUneven32,
+        Workload::KeepaliveUneven16,
+        Workload::HeldIdle,
+    ];
+
+    /// What runs without `--workloads`: the connection-level four, which fit the
+    /// default run in about a minute. The keep-alive and held-idle workloads are asked
+    /// for by name (`--workloads keepalive-uneven-32,keepalive-uneven-16,held-idle`).
+    pub const DEFAULT: [Workload; 4] = [Workload::Close, Workload::Keepalive, Workload::Uneven, Workload::Trickle];
 
     /// The workload's name.
     pub fn name(self) -> &'static str {
@@ -119,7 +173,18 @@ impl Workload {
             Workload::Keepalive => "keepalive",
             Workload::Uneven => "uneven",
             Workload::Trickle => "trickle",
+            Workload::KeepaliveUneven32 => "keepalive-uneven-32",
+            Workload::KeepaliveUneven16 => "keepalive-uneven-16",
+            Workload::HeldIdle => "held-idle",
         }
+    }
+
+    /// Whether fairness is counted in requests per worker rather than connections: the
+    /// workloads whose clients hold their connections, so that a handful of connections
+    /// carries every request (and, with connections handed back to the master, one
+    /// connection's requests may be served by several workers).
+    pub fn counts_requests(self) -> bool {
+        matches!(self, Workload::KeepaliveUneven32 | Workload::KeepaliveUneven16 | Workload::HeldIdle)
     }
 
     /// The load for this workload under the given settings.
@@ -130,6 +195,10 @@ impl Workload {
             Workload::Keepalive => (s.concurrency, 100, 60_000, None),
             Workload::Uneven => (s.concurrency, 1, 20_000, Some((500, 25))),
             Workload::Trickle => (1, 1, 4_000, None),
+            // A connection per client for the whole run: no request ever closes it.
+            Workload::KeepaliveUneven32 => (32, u64::MAX, 200_000, Some((500, 25))),
+            Workload::KeepaliveUneven16 => (16, u64::MAX, 200_000, Some((500, 25))),
+            Workload::HeldIdle => (HELD_IDLE_ACTIVE, 100, 60_000, None),
         };
         load::LoadSpec {
             concurrency,
@@ -140,6 +209,9 @@ impl Workload {
         }
     }
 }
+
+/// Active clients of the held-idle workload, beside the idle ones.
+pub const HELD_IDLE_ACTIVE: usize = 4;
 
 impl fmt::Display for Workload {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -156,18 +228,21 @@ pub struct BenchArgs {
     /// Models to run, comma-separated [default: all]
     #[arg(long, value_enum, value_delimiter = ',', value_name = "MODEL")]
     pub models: Vec<Model>,
-    /// Workloads to run, comma-separated [default: all]
+    /// Workloads to run, comma-separated [default: close, keepalive, uneven, trickle]
     #[arg(long, value_enum, value_delimiter = ',', value_name = "WORKLOAD")]
     pub workloads: Vec<Workload>,
-    /// Requests per model × workload [default: close 20000, keepalive 60000, uneven 20000, trickle 4000]
+    /// Requests per model × workload [default: close 20000, keepalive 60000, uneven 20000, trickle 4000, keepalive-uneven-N 200000, held-idle 60000]
     #[arg(long, value_name = "N")]
     pub requests: Option<u64>,
     /// Time limit per model × workload, seconds
     #[arg(long, value_name = "SECS", default_value_t = 4.0)]
     pub duration: f64,
-    /// Concurrent clients (trickle always uses 1)
+    /// Concurrent clients (trickle always uses 1, keepalive-uneven-N N, held-idle 4 active)
     #[arg(long, short = 'c', value_name = "N", default_value_t = 16)]
     pub concurrency: usize,
+    /// Idle keep-alive clients the held-idle workload holds open (bounded by RLIMIT_NOFILE)
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub idle: usize,
     /// Repeat the whole matrix; the report shows the median of each figure
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub runs: usize,
@@ -239,7 +314,15 @@ pub fn main(args: BenchArgs) -> Result<(), String> {
         return output(&args, &summary);
     }
     let models = if args.models.is_empty() { Model::ALL.to_vec() } else { args.models.clone() };
-    let workloads = if args.workloads.is_empty() { Workload::ALL.to_vec() } else { args.workloads.clone() };
+    if args.idle > 1_000_000 {
+        return Err(format!("--idle {}: give at most 1000000", args.idle));
+    }
+    let workloads = if args.workloads.is_empty() { Workload::DEFAULT.to_vec() } else { args.workloads.clone() };
+    if workloads.contains(&Workload::HeldIdle) {
+        // The idle clients' sockets are this process's descriptors, and the kernel
+        // models' workers (started from here) inherit the limit for their side.
+        let _ = crate::sys::raise_nofile_limit();
+    }
     let results = report::run_matrix(&args, workers, &exe, &models, &workloads)?;
     let summary = report::Summary::new(&args, workers, results);
     output(&args, &summary)

@@ -142,6 +142,10 @@ fn start_handoff(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
+
+    if let Some(mode) = model.hand_back() {
+        cmd.args(["--hand-back", mode]);
+    }
     // spawn_with_channel is used for its death signal; the master gets /dev/null as
     // an extra descriptor, which it marks close-on-exec at start-up and ignores.
     let devnull: OwnedFd = std::fs::File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?.into();
@@ -202,6 +206,15 @@ impl Server {
     /// CPU time (user + system) the handoff master has used so far, in µs.
     pub fn master_cpu_us(&self) -> Option<u64> {
         cpu_time_us(self.master_pid?)
+    }
+
+    /// The worker processes' pids: the handoff master's children, or the kernel
+    /// model's processes (which are all workers).
+    pub fn worker_pids(&self) -> Vec<u32> {
+        match self.master_pid {
+            Some(m) => super::procs::children(m),
+            None => self.pids(),
+        }
     }
 
     /// The model's processes' pids.
