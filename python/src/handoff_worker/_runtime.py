@@ -1,0 +1,204 @@
+"""What the WSGI and ASGI servers share: the command line, loading the app, logging,
+the hang watch that gates HEARTBEAT, and the rule for handing connections back.
+
+The hang rule (HEARTBEAT): a thread sends HEARTBEAT twice per ``HANDOFF_HEARTBEAT_MS``,
+but only while no request is *hung*. A request is hung when the app has held it for
+``--timeout`` seconds (default 30, gunicorn's default) without making progress: progress
+is the app reading the request body or writing a piece of the response, and time the
+app spends waiting for the client (reading a body that has not arrived) is never
+counted. For the ASGI server the event loop itself counts too: a loop that has not run
+for ``--timeout`` seconds (a blocking call in async code) is hung. Once a request is
+hung the worker falls silent, and the master, which asks for HEARTBEAT from every worker
+holding connections, kills and replaces it after its ``--worker-timeout``. A streaming
+response that sends a chunk now and then is never hung.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import threading
+import time
+import traceback
+from typing import Any, Callable, Dict, Optional
+
+from . import protocol
+
+WORKER_ID = os.environ.get("HANDOFF_WORKER_ID", "?")
+
+# RETURN in `auto` mode: a request whose app call took at least this long makes the
+# worker "slow" for SLOW_FOR seconds, during which it hands idle connections back.
+SLOW_REQUEST = 0.002
+SLOW_FOR = 1.0
+
+
+def log(msg: str) -> None:
+    """One line on stderr (the master forwards it), naming this worker."""
+    sys.stderr.write(f"handoff-worker {WORKER_ID} (pid {os.getpid()}): {msg}\n")
+    sys.stderr.flush()
+
+
+def parse_args(prog: str, description: str, threads: bool, argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("app", help="the application: MODULE:NAME (NAME may be dotted), e.g. myproject.wsgi:application")
+    p.add_argument("--app-dir", default=".", help="directory to import the app from (default: the current one)")
+    if threads:
+        p.add_argument("--threads", type=int, default=8, help="threads running the app (default 8)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        help="seconds a request may run without progress before the worker stops sending "
+        "HEARTBEAT, so that the master replaces it (default 30)",
+    )
+    p.add_argument(
+        "--keep-alive", type=float, default=5.0, help="seconds an idle keep-alive connection is kept (default 5)"
+    )
+    p.add_argument(
+        "--worker-header", action="store_true", help="add X-Handoff-Worker: <worker id> to every response"
+    )
+    args = p.parse_args(argv)
+    if threads and args.threads < 1:
+        p.error("--threads must be at least 1")
+    if args.timeout <= 0 or args.keep_alive <= 0:
+        p.error("--timeout and --keep-alive must be positive")
+    return args
+
+
+def load_app(spec: str, app_dir: str) -> Any:
+    """Imports ``MODULE:NAME``; exits with a message saying what to fix if it cannot."""
+    module, sep, name = spec.partition(":")
+    if not module or not sep or not name:
+        raise SystemExit(f"the app must be given as MODULE:NAME (e.g. app:app), not {spec!r}")
+    sys.path.insert(0, os.path.abspath(app_dir))
+    try:
+        obj: Any = importlib.import_module(module)
+    except ImportError as e:
+        traceback.print_exc()
+        raise SystemExit(f"cannot import {module!r} from {os.path.abspath(app_dir)} ({e}): check --app-dir")
+    for part in name.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise SystemExit(f"module {module!r} has no attribute {name!r}")
+    return obj
+
+
+def return_mode() -> str:
+    """``HANDOFF_RETURN``: ``auto`` (absent), ``always`` or ``off``."""
+    value = os.environ.get("HANDOFF_RETURN", "auto").strip().lower() or "auto"
+    if value not in ("auto", "always", "off"):
+        raise SystemExit(f"HANDOFF_RETURN must be auto, always or off, not {value!r}")
+    return value
+
+
+class ReturnPolicy:
+    """When to hand an idle keep-alive connection back to the master (RETURN)."""
+
+    def __init__(self, mode: str):
+        self.mode = mode
+        self.enabled = mode != "off"
+        self._slow_until = 0.0
+
+    def request_took(self, seconds: float) -> None:
+        if seconds >= SLOW_REQUEST:
+            self._slow_until = time.monotonic() + SLOW_FOR
+
+    def now(self) -> bool:
+        """Whether a connection that just finished a response should go back."""
+        if self.mode == "always":
+            return True
+        return self.mode == "auto" and time.monotonic() < self._slow_until
+
+
+class Activity:
+    """One request in the app's hands, for the hang watch."""
+
+    __slots__ = ("since", "waiting", "what", "thread")
+
+    def __init__(self, what: str, thread: Optional[int]):
+        self.since = time.monotonic()
+        self.waiting = False  # waiting for the client: never hung
+        self.what = what
+        self.thread = thread
+
+    def progress(self) -> None:
+        self.since = time.monotonic()
+
+    def wait_client(self, waiting: bool) -> None:
+        self.waiting = waiting
+        self.since = time.monotonic()
+
+
+class HangWatch:
+    """Sends HEARTBEAT from its own thread while nothing is hung (see the module docs)."""
+
+    def __init__(self, channel: protocol.Channel, timeout: float):
+        self.channel = channel
+        self.timeout = timeout
+        self.lock = threading.Lock()
+        self.active: Dict[int, Activity] = {}
+        self.loop_tick: Optional[float] = None  # the ASGI event loop's last sign of life
+        self._reported = False
+
+    def start(self, what: str, thread: Optional[int] = None) -> Activity:
+        a = Activity(what, thread)
+        with self.lock:
+            self.active[id(a)] = a
+        return a
+
+    def end(self, a: Activity) -> None:
+        with self.lock:
+            self.active.pop(id(a), None)
+
+    def hung(self) -> Optional[str]:
+        now = time.monotonic()
+        if self.loop_tick is not None and now - self.loop_tick > self.timeout:
+            return f"the event loop has not run for {now - self.loop_tick:.1f} s (a blocking call in async code?)"
+        with self.lock:
+            for a in self.active.values():
+                if not a.waiting and now - a.since > self.timeout:
+                    stack = ""
+                    frame = sys._current_frames().get(a.thread) if a.thread is not None else None
+                    if frame is not None:
+                        stack = "; where it is:\n" + "".join(traceback.format_stack(frame))
+                    return f"{a.what} has made no progress for {now - a.since:.1f} s{stack}"
+        return None
+
+    def run_thread(self, every: float) -> None:
+        threading.Thread(target=self._beat, args=(every,), name="handoff-heartbeat", daemon=True).start()
+
+    def _beat(self, every: float) -> None:
+        while True:
+            time.sleep(every)
+            why = self.hung()
+            if why is not None:
+                if not self._reported:
+                    self._reported = True
+                    log(f"hung: {why}\nnot sending HEARTBEAT: the master will replace this worker")
+                continue
+            if self._reported:
+                self._reported = False
+                log("no longer hung: sending HEARTBEAT again")
+            try:
+                self.channel.heartbeat()
+            except OSError:  # the master is gone
+                os._exit(0)
+
+
+def heartbeat_every() -> float:
+    """Twice per ``HANDOFF_HEARTBEAT_MS``, so a beat is never late."""
+    try:
+        ms = int(os.environ.get("HANDOFF_HEARTBEAT_MS", "1000"))
+    except ValueError:
+        ms = 1000
+    return max(ms, 10) / 2000
+
+
+def call_quietly(f: Callable[[], Any]) -> None:
+    try:
+        f()
+    except OSError:
+        pass
