@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import socket
 import sys
 import threading
 import time
@@ -59,6 +60,13 @@ def parse_args(prog: str, description: str, threads: bool, argv=None) -> argpars
     p.add_argument(
         "--worker-header", action="store_true", help="add X-Handoff-Worker: <worker id> to every response"
     )
+    if threads:
+        p.add_argument(
+            "--stream-chunked",
+            action="store_true",
+            help="pass chunked request bodies to the app as they come, without CONTENT_LENGTH "
+            "(default: read them whole first and set CONTENT_LENGTH, which every WSGI app understands)",
+        )
     args = p.parse_args(argv)
     if threads and args.threads < 1:
         p.error("--threads must be at least 1")
@@ -141,6 +149,7 @@ class HangWatch:
         self.lock = threading.Lock()
         self.active: Dict[int, Activity] = {}
         self.loop_tick: Optional[float] = None  # the ASGI event loop's last sign of life
+        self.loop_thread: Optional[int] = None
         self._reported = False
 
     def start(self, what: str, thread: Optional[int] = None) -> Activity:
@@ -156,15 +165,14 @@ class HangWatch:
     def hung(self) -> Optional[str]:
         now = time.monotonic()
         if self.loop_tick is not None and now - self.loop_tick > self.timeout:
-            return f"the event loop has not run for {now - self.loop_tick:.1f} s (a blocking call in async code?)"
+            return (
+                f"the event loop has not run for {now - self.loop_tick:.1f} s (a blocking call in async code?)"
+                + _stack(self.loop_thread)
+            )
         with self.lock:
             for a in self.active.values():
                 if not a.waiting and now - a.since > self.timeout:
-                    stack = ""
-                    frame = sys._current_frames().get(a.thread) if a.thread is not None else None
-                    if frame is not None:
-                        stack = "; where it is:\n" + "".join(traceback.format_stack(frame))
-                    return f"{a.what} has made no progress for {now - a.since:.1f} s{stack}"
+                    return f"{a.what} has made no progress for {now - a.since:.1f} s" + _stack(a.thread)
         return None
 
     def run_thread(self, every: float) -> None:
@@ -188,6 +196,11 @@ class HangWatch:
                 os._exit(0)
 
 
+def _stack(thread: Optional[int]) -> str:
+    frame = sys._current_frames().get(thread) if thread is not None else None
+    return "; where it is:\n" + "".join(traceback.format_stack(frame)).rstrip() if frame is not None else ""
+
+
 def heartbeat_every() -> float:
     """Twice per ``HANDOFF_HEARTBEAT_MS``, so a beat is never late."""
     try:
@@ -195,6 +208,16 @@ def heartbeat_every() -> float:
     except ValueError:
         ms = 1000
     return max(ms, 10) / 2000
+
+
+def no_delay(sock) -> None:
+    """TCP_NODELAY on TCP sockets: a response's last small write must not wait for the
+    client's delayed ACK of the one before (40 ms a request with keep-alive)."""
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
 
 
 def call_quietly(f: Callable[[], Any]) -> None:

@@ -1,7 +1,8 @@
 """A WSGI server that runs as a handoff worker: ``python -m handoff_worker.wsgi app:app``.
 
 HTTP/1.1 on h11 (the sans-I/O parser under uvicorn and httpcore): keep-alive, pipelining,
-chunked request bodies (``wsgi.input_terminated``), ``Expect: 100-continue`` (the
+chunked request bodies (read whole and given a CONTENT_LENGTH, or streamed with
+``wsgi.input_terminated`` under ``--stream-chunked``), ``Expect: 100-continue`` (the
 ``100 Continue`` goes out when the app first reads the body), streamed responses (chunked
 when the app gives no Content-Length), HEAD, and a 500 with the traceback on stderr when
 the app raises.
@@ -23,6 +24,7 @@ import selectors
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -134,6 +136,7 @@ class Client:
         self.h = h11.Connection(h11.SERVER)
         self.ended = False
         self.sock.settimeout(READ_TIMEOUT)
+        rt.no_delay(self.sock)
         self.remote, self.local = self._addresses()
 
     def _addresses(self):
@@ -298,7 +301,10 @@ class Client:
         resp = Response(self, req, activity)
         result = None
         try:
-            result = w.app(self.environ(req, body), resp.start_response)
+            environ = self.environ(req, body)
+            if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower() and not w.stream_chunked:
+                self.spool_body(body, environ)
+            result = w.app(environ, resp.start_response)
             if isinstance(result, (list, tuple)) and len(result) <= 1:
                 resp.length_hint = sum(len(x) for x in result)
             for chunk in result:
@@ -322,6 +328,23 @@ class Client:
         if resp.close:
             return False
         return self.discard_body()
+
+    def spool_body(self, body: Input, environ: Dict[str, Any]) -> None:
+        """Reads a chunked body whole before the app runs, and gives it a CONTENT_LENGTH.
+
+        Many WSGI apps read exactly CONTENT_LENGTH bytes and take a request without it for
+        an empty one (Django does), so a chunked body would silently vanish; nginx in front
+        of gunicorn de-chunks for the same reason. Memory up to 1 MiB, then a temporary
+        file. ``--stream-chunked`` passes the body through instead, for apps that read
+        ``wsgi.input`` to its end.
+        """
+        spool = tempfile.SpooledTemporaryFile(max_size=1 << 20)
+        while body._fill():
+            spool.write(body.buf)
+            body.buf.clear()
+        environ["CONTENT_LENGTH"] = str(spool.tell())
+        spool.seek(0)
+        environ["wsgi.input"] = spool
 
     def discard_body(self) -> bool:
         """Reads what is left of a request body the app did not read, to keep the connection."""
@@ -367,7 +390,7 @@ class Response:
         self.status, self.headers = status, list(headers)
         return self.write
 
-    def _send_head(self) -> None:
+    def _send_head(self) -> bytes:
         if self.status is None:
             raise AssertionError("the app returned a body before calling start_response")
         code_text, _, reason = self.status.partition(" ")
@@ -390,23 +413,29 @@ class Response:
                 self.close = True
         self.no_body = self.head_only or code in (204, 304) or code < 200
         self.sent = True
-        c.send(h11.Response(status_code=code, headers=headers, reason=reason.encode("latin-1")))
+        return c.h.send(h11.Response(status_code=code, headers=headers, reason=reason.encode("latin-1")))
 
     def write(self, data: bytes) -> None:
+        out = b""
         if not self.sent:
             if not data:
                 return  # headers go out with the first non-empty piece (PEP 3333)
-            self._send_head()
+            out = self._send_head()
         if data and not self.no_body:
-            self.client.send(h11.Data(data=data))
+            out += self.client.h.send(h11.Data(data=data))
+        if out:
+            self.client.sock.sendall(out)  # the head with the first piece: one segment
             self.activity.progress()
 
     def end(self) -> None:
+        out = b""
         if not self.sent:
             if self.length_hint is None:
                 self.length_hint = 0
-            self._send_head()
-        self.client.send(h11.EndOfMessage())
+            out = self._send_head()
+        out += self.client.h.send(h11.EndOfMessage()) or b""
+        if out:
+            self.client.sock.sendall(out)
 
     def error_500(self) -> None:
         body = b"Internal Server Error\n"
@@ -414,10 +443,11 @@ class Response:
         self.headers = [("Content-Type", "text/plain"), ("Content-Length", str(len(body))), ("Connection", "close")]
         self.length_hint = None
         try:
-            self._send_head()
+            out = self._send_head()
             if not self.no_body:
-                self.client.send(h11.Data(data=body))
-            self.client.send(h11.EndOfMessage())
+                out += self.client.h.send(h11.Data(data=body))
+            out += self.client.h.send(h11.EndOfMessage()) or b""
+            self.client.sock.sendall(out)
         except (h11.LocalProtocolError, OSError):
             pass
 
@@ -488,6 +518,7 @@ class Worker:
         self.channel = channel
         self.keep_alive = args.keep_alive
         self.worker_header = args.worker_header
+        self.stream_chunked = args.stream_chunked
         self.returns = rt.ReturnPolicy(rt.return_mode())
         self.watch = rt.HangWatch(channel, args.timeout)
         self.pool = ThreadPoolExecutor(args.threads, thread_name_prefix="handoff-wsgi")
