@@ -1,8 +1,9 @@
 """Django fixture for tests/python_package.rs: a one-file project, served as WSGI
 (``django_app:application``) and as ASGI (``django_app:asgi_application``)."""
-import hashlib
 import os
+import sys
 import time
+import zlib
 
 import django
 from django.conf import settings
@@ -33,7 +34,7 @@ def index(request):
 @csrf_exempt
 def echo(request):
     data = request.body
-    return HttpResponse(f"{len(data)} {hashlib.sha256(data).hexdigest()}\n", content_type="text/plain")
+    return HttpResponse(f"{len(data)} {zlib.crc32(data):08x}\n", content_type="text/plain")
 
 
 def stream(request):
@@ -45,6 +46,7 @@ def boom(request):
 
 
 def sleep(request):
+    print(f"fixture: sleeping in worker {os.environ.get('HANDOFF_WORKER_ID')}", file=sys.stderr, flush=True)
     time.sleep(float(request.GET.get("s", "1")))
     return HttpResponse("slept\n", content_type="text/plain")
 

@@ -1,9 +1,10 @@
 """FastAPI fixture for tests/python_package.rs: every behaviour the ASGI server must get right."""
 import asyncio
 import contextlib
-import hashlib
 import os
+import sys
 import time
+import zlib
 
 from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, StreamingResponse
@@ -13,7 +14,7 @@ from fastapi.responses import PlainTextResponse, StreamingResponse
 async def lifespan(app):
     app.state.started = "lifespan startup ran"
     yield
-    print(f"fastapi worker {os.environ.get('HANDOFF_WORKER_ID')}: lifespan shutdown ran", flush=True)
+    print(f"fastapi worker {os.environ.get('HANDOFF_WORKER_ID')}: lifespan shutdown ran", file=sys.stderr, flush=True)
 
 
 app = FastAPI(lifespan=lifespan)
@@ -27,7 +28,7 @@ async def index(request: Request):
 @app.post("/echo", response_class=PlainTextResponse)
 async def echo(request: Request):
     data = await request.body()
-    return f"{len(data)} {hashlib.sha256(data).hexdigest()}\n"
+    return f"{len(data)} {zlib.crc32(data):08x}\n"
 
 
 @app.get("/stream")
@@ -46,12 +47,14 @@ async def boom():
 
 @app.get("/sleep", response_class=PlainTextResponse)
 async def sleep(s: float = 1.0):
+    print(f"fixture: sleeping in worker {os.environ.get('HANDOFF_WORKER_ID')}", file=sys.stderr, flush=True)
     await asyncio.sleep(s)
     return "slept\n"
 
 
 @app.get("/block", response_class=PlainTextResponse)
 async def block(s: float = 1.0):
+    print(f"fixture: blocking in worker {os.environ.get('HANDOFF_WORKER_ID')}", file=sys.stderr, flush=True)
     time.sleep(s)  # blocks the event loop: the hang the heartbeat rule must catch
     return "blocked\n"
 
@@ -59,3 +62,9 @@ async def block(s: float = 1.0):
 @app.get("/client", response_class=PlainTextResponse)
 async def client(request: Request):
     return f"{request.client.host}\n"
+
+
+@app.get("/continued", response_class=PlainTextResponse)
+async def continued(request: Request):
+    # Set by handoff_worker.asgi: this connection was handed back to the master before.
+    return f"{request.scope['extensions']['handoff']['continued']}\n"

@@ -1,7 +1,8 @@
 """Flask fixture for tests/python_package.rs: every behaviour the WSGI server must get right."""
-import hashlib
 import os
+import sys
 import time
+import zlib
 
 from flask import Flask, Response, request
 
@@ -17,7 +18,7 @@ def index():
 def echo():
     # The whole body, however it came (chunked or with a Content-Length).
     data = request.get_data()
-    return f"{len(data)} {hashlib.sha256(data).hexdigest()}\n"
+    return f"{len(data)} {zlib.crc32(data):08x}\n"
 
 
 @app.route("/stream")
@@ -35,6 +36,7 @@ def boom():
 
 @app.route("/sleep")
 def sleep():
+    print(f"fixture: sleeping in worker {os.environ.get('HANDOFF_WORKER_ID')}", file=sys.stderr, flush=True)
     time.sleep(float(request.args.get("s", "1")))
     return "slept\n"
 
@@ -42,3 +44,9 @@ def sleep():
 @app.route("/client")
 def client():
     return f"{request.remote_addr}\n"
+
+
+@app.route("/continued")
+def continued():
+    # Set by handoff_worker.wsgi: this connection was handed back to the master before.
+    return f"{request.environ.get('handoff.continued')}\n"
