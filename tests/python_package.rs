@@ -422,3 +422,33 @@ fn wsgi_returns_connections_between_requests() {
 fn asgi_returns_connections_between_requests() {
     assert_return_balances_requests("asgi", "fastapi_app:app");
 }
+
+/// RETURN checked frame by frame against a stand-in master (`tests/python_apps/fake_master.py`),
+/// whatever this tree's master does: the frame, the descriptor, blocking mode, nothing
+/// of the next request read, CONTINUED, DONE for `Connection: close`, RETURN at DRAIN.
+fn assert_return_frames(server: &str, app: &str) {
+    require_python();
+    let out = Command::new("python3")
+        .args(["tests/python_apps/fake_master.py", server, app])
+        .current_dir(root())
+        .env("PYTHONPATH", root().join("python/src"))
+        .output()
+        .expect("run python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.trim_end().ends_with("ok"),
+        "fake master with {server} {app}: {}\n{stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn wsgi_return_frames_keep_the_protocol_promises() {
+    assert_return_frames("wsgi", "flask_app:app");
+}
+
+#[test]
+fn asgi_return_frames_keep_the_protocol_promises() {
+    assert_return_frames("asgi", "fastapi_app:app");
+}

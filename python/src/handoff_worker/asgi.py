@@ -132,6 +132,10 @@ class Client:
         try:
             while True:
                 if not self.h.trailing_data[0]:
+                    if s.draining:  # (a new connection, taken just before DRAIN)
+                        if self.give_back():
+                            return
+                        break
                     # Nothing of the next request is here: wait without reading, so a
                     # drain can still hand the connection back untouched.
                     self.idle = True
@@ -358,12 +362,14 @@ class Exchange:
         if not more:
             events.append(h11.EndOfMessage())
             self.complete = True
+        self.activity.wait_client(True)  # a client slow to read: its time, not a hang
         try:
             await self.c.write(*events)
         except h11.LocalProtocolError as e:
             self.close = True
             raise RuntimeError(f"the app's response is not valid HTTP/1.1: {e}") from None
-        self.activity.progress()
+        finally:
+            self.activity.wait_client(False)
         if self.complete:
             self.stop_watching()
             self.over.set()

@@ -424,8 +424,16 @@ class Response:
         if data and not self.no_body:
             out += self.client.h.send(h11.Data(data=data))
         if out:
-            self.client.sock.sendall(out)  # the head with the first piece: one segment
+            self._sendall(out)  # the head with the first piece: one segment
             self.activity.progress()
+
+    def _sendall(self, data: bytes) -> None:
+        # A client slow to read blocks this; that is the client's time, not a hang.
+        self.activity.wait_client(True)
+        try:
+            self.client.sock.sendall(data)
+        finally:
+            self.activity.wait_client(False)
 
     def end(self) -> None:
         out = b""
@@ -435,7 +443,7 @@ class Response:
             out = self._send_head()
         out += self.client.h.send(h11.EndOfMessage()) or b""
         if out:
-            self.client.sock.sendall(out)
+            self._sendall(out)
 
     def error_500(self) -> None:
         body = b"Internal Server Error\n"
@@ -574,7 +582,7 @@ class Worker:
                 ev = self.channel.receive()
             except protocol.ProtocolError as e:
                 rt.log(f"protocol error, exiting: {e}")
-                return 1
+                os._exit(1)  # not sys.exit: it would wait for the pool's requests
             if isinstance(ev, protocol.Eof):
                 os._exit(0)  # the master is gone: nobody to finish for
             if isinstance(ev, protocol.Drain):
