@@ -48,6 +48,11 @@ def _addr(a: Any) -> Optional[tuple]:
     return (str(a[0]), int(a[1])) if isinstance(a, tuple) and len(a) >= 2 else None
 
 
+def _resolve(fut: asyncio.Future, value: bool) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
 class Client:
     """One connection, served by one task."""
 
@@ -99,14 +104,18 @@ class Client:
 
     # ---- I/O ----
 
-    async def readable(self) -> None:
-        """Waits until the socket can be read (data or end of file), reading nothing."""
+    async def wait_readable(self, timeout: float) -> bool:
+        """Waits until the socket can be read (data or end of file), reading nothing;
+        False after ``timeout`` seconds. (Futures and timer handles, not tasks: this runs
+        once or twice a request.)"""
         fut = self.loop.create_future()
         fd = self.sock.fileno()
-        self.loop.add_reader(fd, lambda: fut.done() or fut.set_result(None))
+        self.loop.add_reader(fd, _resolve, fut, True)
+        timer = self.loop.call_later(timeout, _resolve, fut, False)
         try:
-            await fut
+            return await fut
         finally:
+            timer.cancel()
             self.loop.remove_reader(fd)
 
     async def next_event(self):
@@ -114,16 +123,25 @@ class Client:
             ev = self.h.next_event()
             if ev is not h11.NEED_DATA:
                 return ev
-            try:
-                data = await asyncio.wait_for(self.loop.sock_recv(self.sock, READ_CHUNK), READ_TIMEOUT)
-            except asyncio.TimeoutError:
-                raise ClientGone("the client sent nothing for %d s mid-request" % READ_TIMEOUT)
+            while True:
+                try:
+                    data = self.sock.recv(READ_CHUNK)
+                    break
+                except (BlockingIOError, InterruptedError):
+                    if not await self.wait_readable(READ_TIMEOUT):
+                        raise ClientGone("the client sent nothing for %d s mid-request" % READ_TIMEOUT)
             self.h.receive_data(data)
 
     async def write(self, *events) -> None:
         data = b"".join(self.h.send(e) or b"" for e in events)
-        if data:
-            await self.loop.sock_sendall(self.sock, data)
+        if not data:
+            return
+        try:
+            sent = self.sock.send(data)  # most responses fit the socket buffer at once
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        if sent < len(data):
+            await self.loop.sock_sendall(self.sock, memoryview(data)[sent:])
 
     # ---- serving ----
 
@@ -140,9 +158,8 @@ class Client:
                     # drain can still hand the connection back untouched.
                     self.idle = True
                     try:
-                        await asyncio.wait_for(self.readable(), s.keep_alive)
-                    except asyncio.TimeoutError:
-                        break
+                        if not await self.wait_readable(s.keep_alive):
+                            break
                     finally:
                         self.idle = False
                 ev = await self.next_event()
