@@ -423,13 +423,12 @@ fn asgi_returns_connections_between_requests() {
     assert_return_balances_requests("asgi", "fastapi_app:app");
 }
 
-/// RETURN checked frame by frame against a stand-in master (`tests/python_apps/fake_master.py`),
-/// whatever this tree's master does: the frame, the descriptor, blocking mode, nothing
-/// of the next request read, CONTINUED, DONE for `Connection: close`, RETURN at DRAIN.
-fn assert_return_frames(server: &str, app: &str) {
+/// Runs `tests/python_apps/SCRIPT ARGS` with the package from this tree; it prints "ok".
+fn run_check(script: &str, args: &[&str]) {
     require_python();
     let out = Command::new("python3")
-        .args(["tests/python_apps/fake_master.py", server, app])
+        .arg(format!("tests/python_apps/{script}"))
+        .args(args)
         .current_dir(root())
         .env("PYTHONPATH", root().join("python/src"))
         .output()
@@ -437,10 +436,22 @@ fn assert_return_frames(server: &str, app: &str) {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && stdout.trim_end().ends_with("ok"),
-        "fake master with {server} {app}: {}\n{stdout}{}",
+        "{script} {args:?}: {}\n{stdout}{}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn protocol_frames_decode_and_malformed_ones_leak_nothing() {
+    run_check("protocol_check.py", &[]);
+}
+
+/// RETURN checked frame by frame against a stand-in master (`tests/python_apps/fake_master.py`),
+/// whatever this tree's master does: the frame, the descriptor, blocking mode, nothing
+/// of the next request read, CONTINUED, DONE for `Connection: close`, RETURN at DRAIN.
+fn assert_return_frames(server: &str, app: &str) {
+    run_check("fake_master.py", &[server, app]);
 }
 
 #[test]

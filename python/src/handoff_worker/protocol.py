@@ -196,10 +196,16 @@ class Channel:
         e.g. out of descriptors): the caller should exit non-zero, so that the master hands
         the connections it has not seen ACKed to another worker.
         """
+        # Not socket.recv_fds: it drops its flags argument, and MSG_CMSG_CLOEXEC with it.
+        fds_buf = array.array("i")
         try:
-            msg, fds, flags, _ = socket.recv_fds(self.sock, RECV_BUFFER, MAX_FDS, _CLOEXEC)
+            msg, anc, flags, _ = self.sock.recvmsg(RECV_BUFFER, socket.CMSG_SPACE(MAX_FDS * fds_buf.itemsize), _CLOEXEC)
         except ConnectionResetError:
             return Eof()
+        for level, kind, data in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds_buf.frombytes(data[: len(data) - len(data) % fds_buf.itemsize])
+        fds = list(fds_buf)
         if not _CLOEXEC:
             for fd in fds:
                 os.set_inheritable(fd, False)
