@@ -2,7 +2,7 @@
 //! its WSGI server with Flask and Django, its ASGI server with FastAPI and Django's ASGI
 //! handler (fixtures in `tests/python_apps/`). Real apps from PyPI, real clients:
 //! keep-alive, a chunked and a 2 MB `Expect: 100-continue` body reaching the app whole,
-//! streamed responses, an app that raises, PROXY addresses, a graceful drain with a
+//! streamed responses, an app that raises, PROXY addresses, WebSockets, a graceful drain with a
 //! request in flight, a hung request caught by the HEARTBEAT rule, and RETURN.
 //!
 //! The package is used from the working tree (`PYTHONPATH=python/src`), so the tests
@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use util::*;
 
-const MODULES: &str = "h11, flask, django, fastapi";
+const MODULES: &str = "h11, wsproto, flask, django, fastapi";
 
 /// Fails with what to install unless python3 imports everything the tests need.
 fn require_python() {
@@ -462,4 +462,67 @@ fn wsgi_return_frames_keep_the_protocol_promises() {
 #[test]
 fn asgi_return_frames_keep_the_protocol_promises() {
     assert_return_frames("asgi", "fastapi_app:app");
+}
+
+// ---- WebSockets (ASGI) ----
+
+/// A client frame (masked, as RFC 6455 requires of clients), payload under 126 bytes.
+fn ws_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask: [u8; 4] = fastrand::u32(..).to_le_bytes();
+    let mut f = vec![0x80 | opcode, 0x80 | payload.len() as u8];
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+/// A server frame (unmasked, under 126 bytes): (opcode, payload).
+fn ws_read(c: &mut Conn) -> (u8, Vec<u8>) {
+    let mut head = [0u8; 2];
+    c.0.read_exact(&mut head).expect("a WebSocket frame");
+    assert!(head[1] & 0x80 == 0 && head[1] < 126, "unexpected frame header {head:?}");
+    let mut payload = vec![0; head[1] as usize];
+    c.0.read_exact(&mut payload).unwrap();
+    (head[0] & 0x0f, payload)
+}
+
+/// Opens `/ws` on the FastAPI fixture: the 101 and one echoed message.
+fn ws_open(addr: SocketAddr) -> Conn {
+    let mut c = Conn::open(addr);
+    c.send(b"GET /ws HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n");
+    let (status, headers) = c.head();
+    assert_eq!(status, 101, "{headers:?}");
+    // RFC 6455's own example key and answer.
+    assert!(headers.contains(&("sec-websocket-accept".into(), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into())), "{headers:?}");
+    c.send(&ws_frame(1, b"hello"));
+    assert_eq!(ws_read(&mut c), (1, b"echo hello".to_vec()));
+    c
+}
+
+#[test]
+fn asgi_serves_websockets() {
+    let h = start("asgi", "fastapi_app:app", &["--workers", "1"], &[], "auto");
+    h.wait_ready_slots(1);
+    let mut c = ws_open(h.addr());
+    c.send(&ws_frame(9, b"ping?")); // a ping is answered with its pong
+    assert_eq!(ws_read(&mut c), (10, b"ping?".to_vec()));
+    c.send(&ws_frame(1, b"again"));
+    assert_eq!(ws_read(&mut c), (1, b"echo again".to_vec()));
+    c.send(&ws_frame(8, &1000u16.to_be_bytes())); // close: answered, and the app told
+    assert_eq!(ws_read(&mut c), (8, 1000u16.to_be_bytes().to_vec()));
+    assert!(c.closed(), "the connection ends after the close handshake");
+    h.wait_line("fixture: websocket closed with 1000");
+    // The worker goes on serving.
+    assert_eq!(get(h.addr(), "/").status, 200);
+}
+
+#[test]
+fn asgi_drain_closes_websockets_with_service_restart() {
+    let h = start("asgi", "fastapi_app:app", &["--workers", "1"], &[], "auto");
+    h.wait_ready_slots(1);
+    let mut c = ws_open(h.addr());
+    h.signal(Signal::TERM);
+    // 1012: service restart, so the client reconnects (to a worker that is not leaving).
+    assert_eq!(ws_read(&mut c), (8, 1012u16.to_be_bytes().to_vec()));
+    h.wait_line("fixture: websocket closed with 1012");
+    stop_gracefully(h, 1);
 }

@@ -6,7 +6,7 @@ import sys
 import time
 import zlib
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
 
@@ -68,3 +68,13 @@ async def client(request: Request):
 async def continued(request: Request):
     # Set by handoff_worker.asgi: this connection was handed back to the master before.
     return f"{request.scope['extensions']['handoff']['continued']}\n"
+
+
+@app.websocket("/ws")
+async def ws(websocket: WebSocket):
+    await websocket.accept()
+    try:
+        while True:
+            await websocket.send_text("echo " + await websocket.receive_text())
+    except WebSocketDisconnect as e:
+        print(f"fixture: websocket closed with {e.code}", file=sys.stderr, flush=True)

@@ -5,8 +5,7 @@ with keep-alive and pipelining, streaming request and response bodies (chunked w
 app sends no Content-Length), ``Expect: 100-continue`` (sent when the app first asks
 for the body), ``http.disconnect``, the lifespan protocol (startup before READY,
 shutdown after DRAIN; an app that does not speak it, such as Django's, is served
-without it). WebSockets are not served: an upgrade request reaches the app as plain
-HTTP (FastAPI then answers 404 or 403); use the WSGI server or uvicorn for those.
+without it), and WebSockets on wsproto (h11's sibling).
 
 The event loop owns every connection. A thread reads the channel (blocking) and hands
 each CONN frame to the loop; another sends HEARTBEAT while nothing is hung (see
@@ -30,6 +29,10 @@ from typing import Any, Dict, List, Optional, Set
 from urllib.parse import unquote
 
 import h11
+import wsproto
+import wsproto.connection
+import wsproto.utilities
+from wsproto import events as wsevents
 
 from . import _runtime as rt
 from . import protocol
@@ -67,6 +70,7 @@ class Client:
         self.ended = False
         self.idle = False  # waiting for the next request, nothing of it read
         self.task: Optional[asyncio.Task] = None
+        self.websocket: Optional["WebSocket"] = None
         client, local = conn.client, conn.server
         try:
             client = client or self.sock.getpeername()
@@ -133,7 +137,9 @@ class Client:
             self.h.receive_data(data)
 
     async def write(self, *events) -> None:
-        data = b"".join(self.h.send(e) or b"" for e in events)
+        await self.write_bytes(b"".join(self.h.send(e) or b"" for e in events))
+
+    async def write_bytes(self, data: bytes) -> None:
         if not data:
             return
         try:
@@ -165,6 +171,9 @@ class Client:
                 ev = await self.next_event()
                 if not isinstance(ev, h11.Request):
                     break
+                if is_websocket(ev):
+                    await WebSocket(self, ev).run()
+                    break  # the end of a WebSocket is the end of its connection
                 if not await Exchange(self, ev).run():
                     break
                 self.h.start_next_cycle()
@@ -425,6 +434,174 @@ class Exchange:
         self.complete = True
 
 
+def is_websocket(req: h11.Request) -> bool:
+    upgrade = connection = b""
+    for k, v in req.headers:
+        if k == b"upgrade":
+            upgrade = v.lower()
+        elif k == b"connection":
+            connection += b"," + v.lower()
+    return req.method == b"GET" and upgrade == b"websocket" and b"upgrade" in connection
+
+
+class WebSocket:
+    """A WebSocket (ASGI ``websocket`` scope) on wsproto, the sans-I/O WebSocket library
+    by h11's authors. The connection is never handed back (RETURN) and never counts as
+    hung: its client may rightly stay silent for hours. DRAIN closes it with 1012
+    (service restart), as uvicorn does, so clients reconnect to another worker."""
+
+    def __init__(self, client: Client, req: h11.Request):
+        self.c = client
+        self.req = req
+        self.ws = wsproto.WSConnection(wsproto.ConnectionType.SERVER)
+        self.ws.initiate_upgrade_connection(req.headers, req.target)
+        self.early = bytes(client.h.trailing_data[0])  # frames sent right after the handshake
+        self.queue: "asyncio.Queue[Dict[str, Any]]" = asyncio.Queue()
+        self.accepted = False
+        self.closed = False
+        self.reader: Optional[asyncio.Task] = None
+        self.text: List[str] = []
+        self.data: List[bytes] = []
+
+    def scope(self) -> Dict[str, Any]:
+        req, c = self.req, self.c
+        path, _, query = req.target.partition(b"?")
+        protocols = [p.strip() for k, v in req.headers if k == b"sec-websocket-protocol" for p in v.decode("latin-1").split(",")]
+        return {
+            "type": "websocket",
+            "asgi": ASGI,
+            "http_version": req.http_version.decode("ascii"),
+            "scheme": "ws",
+            "path": unquote(path.decode("latin-1")),
+            "raw_path": path,
+            "query_string": query,
+            "root_path": "",
+            "headers": [(k, v) for k, v in req.headers],
+            "client": c.client,
+            "server": c.local,
+            "subprotocols": [p for p in protocols if p],
+            "state": dict(c.server.lifespan.state),
+            "extensions": {"handoff": {"worker_id": rt.WORKER_ID, "connection_id": c.conn.id,
+                                       "listener": c.conn.listener, "continued": c.conn.continued}},
+        }
+
+    async def run(self) -> None:
+        self.c.websocket = self
+        for ev in self.ws.events():  # the handshake request
+            if isinstance(ev, wsevents.Request):
+                self.queue.put_nowait({"type": "websocket.connect"})
+        what = f"WebSocket {self.req.target.decode('latin-1')[:200]}"
+        try:
+            await self.c.server.app(self.scope(), self.queue.get, self.send)
+        except (ClientGone, OSError):
+            pass
+        except Exception:
+            rt.log(f"exception in the app serving {what}:\n{traceback.format_exc().rstrip()}")
+            if not self.accepted:
+                await self.reject(500)
+        finally:
+            if self.reader is not None:
+                self.reader.cancel()
+            self.c.websocket = None
+        try:
+            if not self.accepted and not self.closed:
+                await self.reject(403)  # the app ended without accepting
+            elif not self.closed:
+                await self.close(1000, None)
+        except OSError:
+            pass
+
+    async def reject(self, status: int) -> None:
+        self.closed = True
+        await self.c.write_bytes(self.ws.send(wsevents.RejectConnection(status_code=status)))
+
+    async def close(self, code: int, reason: Optional[str]) -> None:
+        self.closed = True
+        if self.ws.state is wsproto.connection.ConnectionState.OPEN:
+            await self.c.write_bytes(self.ws.send(wsevents.CloseConnection(code=code, reason=reason)))
+
+    def going_away(self) -> None:
+        if self.accepted and not self.closed:
+            self.c.loop.create_task(self.close_quietly(1012))
+            self.queue.put_nowait({"type": "websocket.disconnect", "code": 1012})
+
+    async def close_quietly(self, code: int) -> None:
+        try:
+            await self.close(code, None)
+        except OSError:
+            pass
+
+    async def send(self, message: Dict[str, Any]) -> None:
+        kind = message["type"]
+        if self.closed:
+            raise ClientGone(f"{kind} after the WebSocket was closed")
+        if kind == "websocket.accept":
+            if self.accepted:
+                raise RuntimeError("websocket.accept sent twice")
+            headers = [(bytes(k), bytes(v)) for k, v in message.get("headers", [])]
+            out = self.ws.send(wsevents.AcceptConnection(subprotocol=message.get("subprotocol"), extra_headers=headers))
+            self.accepted = True
+            await self.c.write_bytes(out)
+            self.reader = self.c.loop.create_task(self.read())
+        elif kind == "websocket.send":
+            if not self.accepted:
+                raise RuntimeError("websocket.send before websocket.accept")
+            if message.get("bytes") is not None:
+                event: Any = wsevents.BytesMessage(data=bytes(message["bytes"]))
+            else:
+                event = wsevents.TextMessage(data=message.get("text") or "")
+            await self.c.write_bytes(self.ws.send(event))
+        elif kind == "websocket.close":
+            if self.accepted:
+                await self.close(int(message.get("code", 1000)), message.get("reason") or None)
+            else:
+                await self.reject(403)
+        else:
+            raise RuntimeError(f"unexpected ASGI message {kind!r} for a WebSocket")
+
+    async def read(self) -> None:
+        """Client frames into ``websocket.receive`` messages; pings answered; a close
+        (or end of file) into ``websocket.disconnect``."""
+        data, code = self.early, 1006
+        try:
+            while True:
+                if data:
+                    self.ws.receive_data(data)
+                    for ev in self.ws.events():
+                        if isinstance(ev, wsevents.Ping):
+                            await self.c.write_bytes(self.ws.send(ev.response()))
+                        elif isinstance(ev, wsevents.TextMessage):
+                            self.text.append(ev.data)
+                            if ev.message_finished:
+                                self.queue.put_nowait({"type": "websocket.receive", "text": "".join(self.text)})
+                                self.text = []
+                        elif isinstance(ev, wsevents.BytesMessage):
+                            self.data.append(bytes(ev.data))
+                            if ev.message_finished:
+                                self.queue.put_nowait({"type": "websocket.receive", "bytes": b"".join(self.data)})
+                                self.data = []
+                        elif isinstance(ev, wsevents.CloseConnection):
+                            code = ev.code
+                            if self.ws.state is wsproto.connection.ConnectionState.REMOTE_CLOSING:
+                                await self.c.write_bytes(self.ws.send(ev.response()))
+                            self.closed = True
+                            return
+                try:
+                    data = self.c.sock.recv(READ_CHUNK)
+                except (BlockingIOError, InterruptedError):
+                    await self.c.wait_readable(1e9)
+                    data = b""
+                    continue
+                if not data:
+                    self.ws.receive_data(None)
+                    self.closed = True
+                    return
+        except (OSError, wsproto.utilities.LocalProtocolError, wsproto.utilities.RemoteProtocolError):
+            self.closed = True
+        finally:
+            self.queue.put_nowait({"type": "websocket.disconnect", "code": code})
+
+
 class Lifespan:
     """The ASGI lifespan protocol: startup before READY, shutdown after the drain."""
 
@@ -523,6 +700,8 @@ class Server:
         for c in list(self.clients):
             if c.idle and c.task is not None:
                 c.task.cancel()
+            elif c.websocket is not None:
+                c.websocket.going_away()
         if not self.clients and not self.drained.done():
             self.drained.set_result(None)
 
