@@ -2,8 +2,8 @@
 //! its WSGI server with Flask and Django, its ASGI server with FastAPI and Django's ASGI
 //! handler (fixtures in `tests/python_apps/`). Real apps from PyPI, real clients:
 //! keep-alive, a chunked and a 2 MB `Expect: 100-continue` body reaching the app whole,
-//! streamed responses, an app that raises, PROXY addresses, WebSockets, a graceful drain with a
-//! request in flight, a hung request caught by the HEARTBEAT rule, and RETURN.
+//! streamed responses, an app that raises, PROXY addresses, WebSockets, a graceful drain
+//! with a request in flight, a hung request caught by the HEARTBEAT rule, and RETURN.
 //!
 //! The package is used from the working tree (`PYTHONPATH=python/src`), so the tests
 //! test this tree; its dependencies (h11) and the apps' frameworks must be installed
