@@ -124,11 +124,12 @@ class ReturnPolicy:
 class Activity:
     """One request in the app's hands, for the hang watch."""
 
-    __slots__ = ("since", "waiting", "what", "thread")
+    __slots__ = ("start", "since", "waiting", "waited", "what", "thread")
 
     def __init__(self, what: str, thread: Optional[int]):
-        self.since = time.monotonic()
+        self.start = self.since = time.monotonic()
         self.waiting = False  # waiting for the client: never hung
+        self.waited = 0.0  # seconds spent waiting for the client
         self.what = what
         self.thread = thread
 
@@ -136,8 +137,16 @@ class Activity:
         self.since = time.monotonic()
 
     def wait_client(self, waiting: bool) -> None:
+        now = time.monotonic()
+        if self.waiting and not waiting:
+            self.waited += now - self.since
         self.waiting = waiting
-        self.since = time.monotonic()
+        self.since = now
+
+    def busy(self) -> float:
+        """Seconds the request has held the worker, not counting waits for the client:
+        what makes a worker slow for RETURN's ``auto``."""
+        return time.monotonic() - self.start - self.waited
 
 
 class HangWatch:

@@ -250,7 +250,6 @@ class Exchange:
     async def run(self) -> bool:
         """Calls the app; True if the connection may serve another request."""
         s = self.c.server
-        started = time.monotonic()
         try:
             await s.app(self.scope(), self.receive, self.send)
             if not self.complete:
@@ -271,7 +270,7 @@ class Exchange:
             self.stop_watching()
             self.over.set()
             s.watch.end(self.activity)
-            s.returns.request_took(time.monotonic() - started)
+            s.returns.request_took(self.activity.busy())
         if self.close:
             return False
         return await self.discard_body()

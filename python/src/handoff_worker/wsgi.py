@@ -296,7 +296,6 @@ class Client:
         w = self.worker
         what = f"{req.method.decode('ascii', 'replace')} {req.target.decode('latin-1')[:200]}"
         activity = w.watch.start(what, threading.get_ident())
-        started = time.monotonic()
         body = Input(self, activity)
         resp = Response(self, req, activity)
         result = None
@@ -324,7 +323,7 @@ class Client:
                 except Exception:
                     rt.log(f"exception closing the response of {what}:\n{traceback.format_exc().rstrip()}")
             w.watch.end(activity)
-            w.returns.request_took(time.monotonic() - started)
+            w.returns.request_took(activity.busy())
         if resp.close:
             return False
         return self.discard_body()
