@@ -279,7 +279,7 @@ fn wsgi_serves_django() {
 fn asgi_serves_fastapi_with_its_lifespan() {
     let h = start("asgi", "fastapi_app:app", &["--workers", "2"], &[], "auto");
     h.wait_ready_slots(2);
-    // The lifespan startup ran before the worker said READY.
+    // The lifespan startup ran before the first connection was read.
     assert!(get(h.addr(), "/").text().ends_with("lifespan startup ran\n"));
     assert_serves_http(&h, "hello from fastapi");
 }
@@ -391,7 +391,9 @@ fn asgi_heartbeat_stops_for_a_blocked_event_loop() {
 
 /// `HANDOFF_RETURN=always`: the connection goes back to the master after every response,
 /// so requests on one keep-alive connection are spread by policy (round robin over two
-/// workers) and arrive marked CONTINUED after the first.
+/// workers) and arrive marked CONTINUED after the first. (A connection a worker received
+/// in its first second may be one the master does not track, if the worker was slow to
+/// say READY; such a one is never handed back: try new connections until one is.)
 fn assert_return_balances_requests(server: &str, app: &str) {
     if !master_takes_return() {
         eprintln!("docs/PROTOCOL.md has no RETURN yet: the master cannot take connections back; not tested");
@@ -399,11 +401,19 @@ fn assert_return_balances_requests(server: &str, app: &str) {
     }
     let h = start(server, app, &["--workers", "2", "--policy", "round-robin"], &[], "always");
     h.wait_ready_slots(2);
-    let mut c = Conn::open(h.addr());
-    let first = c.get("/continued");
-    assert_eq!(first.text(), "False\n", "{first:?}");
-    let mut workers = vec![first.worker()];
-    for i in 0..6 {
+    let deadline = std::time::Instant::now() + WAIT;
+    let (mut c, mut workers) = loop {
+        let mut c = Conn::open(h.addr());
+        let first = c.get("/continued");
+        assert_eq!((first.status, first.text()), (200, "False\n".to_string()), "{first:?}");
+        let second = c.get("/continued");
+        assert_eq!(second.status, 200, "{second:?}");
+        if second.text() == "True\n" {
+            break (c, vec![first.worker(), second.worker()]);
+        }
+        assert!(std::time::Instant::now() < deadline, "no connection was handed back within {WAIT:?}");
+    };
+    for i in 0..5 {
         let r = c.get("/continued");
         assert_eq!((r.status, r.text()), (200, "True\n".to_string()), "request {i}: {r:?}");
         workers.push(r.worker());

@@ -6,8 +6,13 @@ loopback connections as the master would, and checks what the protocol promises 
 connection handed back: a RETURN frame with its id and exactly its descriptor, the socket
 in blocking mode, every byte of the response written and nothing of the next request
 read; CONTINUED reaching the app; DONE (never RETURN) for a client that asked to close;
-idle connections handed back at DRAIN; exit status 0. Prints "ok" and exits 0, or fails
-with an AssertionError. The worker is killed (by its pid, our child) if anything fails.
+idle connections handed back at DRAIN; exit status 0. And a connection queued before the
+worker said READY (which a master does not track) is never handed back.
+
+Connections after READY carry the CONTINUED flag, which proves to the worker that the
+master tracks them (without it, a worker whose READY came late waits a second before it
+returns anything). Prints "ok" and exits 0, or fails with an AssertionError. The worker
+is killed (by its pid, our child) if anything fails.
 """
 import array
 import fcntl
@@ -21,6 +26,24 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 server, app = sys.argv[1], sys.argv[2]
 
 master, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+listener = socket.create_server(("127.0.0.1", 0))
+
+
+def send_conn(cid, sock, flags=0):
+    item = struct.pack("<BBH", 0x81, 1, 1) + struct.pack("<QHBB4x", cid, 0, 1, flags)
+    master.sendmsg([item], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [sock.fileno()]))])
+    sock.close()  # the worker has its own copy now
+
+
+def connect():
+    cli = socket.create_connection(listener.getsockname())
+    cli.settimeout(20)
+    return cli, listener.accept()[0]
+
+
+# Queued before the worker even starts: sent before READY, so untracked.
+early, srv = connect()
+send_conn(5, srv)
 env = dict(os.environ, HANDOFF_FD=str(worker_end.fileno()), HANDOFF_WORKER_ID="0", HANDOFF_WORKERS="1",
            HANDOFF_RETURN="always", HANDOFF_HEARTBEAT_MS="60000")
 worker = subprocess.Popen([sys.executable, "-m", f"handoff_worker.{server}", "--app-dir", HERE, app],
@@ -46,10 +69,8 @@ def frame():
         return kind, [struct.unpack_from("<Q", msg, 4 + 8 * i)[0] for i in range(n)], fds
 
 
-def send_conn(cid, sock, flags=0):
-    item = struct.pack("<BBH", 0x81, 1, 1) + struct.pack("<QHBB4x", cid, 0, 1, flags)
-    master.sendmsg([item], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [sock.fileno()]))])
-    sock.close()  # the worker has its own copy now
+def conn(cid, sock, flags=1):
+    send_conn(cid, sock, flags)
     assert frame()[:2] == (0x02, [cid]), "ACK"
 
 
@@ -71,15 +92,19 @@ def response(cli):
 try:
     kind, (caps, pid), _ = frame()
     assert kind == 0x01 and caps & 0x3F == 0x3F and pid == worker.pid, (kind, hex(caps), pid)
+    assert frame()[:2] == (0x02, [5]), "ACK of the connection queued before READY"
+    early.sendall(b"GET /continued HTTP/1.1\r\nHost: test\r\n\r\n")
+    head, body = response(early)
+    assert head.startswith(b"HTTP/1.1 200") and body == b"False\n", (head, body)
+    # (not handed back: it is still served here, and ends with DONE at the DRAIN below)
+    early.sendall(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+    assert response(early)[0].startswith(b"HTTP/1.1 200")
 
-    listener = socket.create_server(("127.0.0.1", 0))
-    cli = socket.create_connection(listener.getsockname())
-    cli.settimeout(20)
-    srv, _ = listener.accept()
-    send_conn(7, srv)
+    cli, srv = connect()
+    conn(7, srv)
     cli.sendall(b"GET /continued HTTP/1.1\r\nHost: test\r\n\r\n")
     head, body = response(cli)
-    assert head.startswith(b"HTTP/1.1 200") and body == b"False\n", (head, body)
+    assert head.startswith(b"HTTP/1.1 200") and body == b"True\n", (head, body)
 
     kind, ids, fds = frame()
     assert (kind, ids, len(fds)) == (0x05, [7], 1), (kind, ids, fds)
@@ -91,7 +116,7 @@ try:
     back.settimeout(20)
     assert back.recv(4, socket.MSG_PEEK) == b"GET ", "bytes of the next request were read"
     back.settimeout(None)
-    send_conn(8, back, flags=1)  # CONTINUED
+    conn(8, back)
     head, body = response(cli)
     assert body == b"True\n", (head, body)
     kind, ids, fds = frame()
@@ -100,21 +125,20 @@ try:
         os.close(fd)
 
     # A client that asks to close: DONE, never RETURN.
-    cli2 = socket.create_connection(listener.getsockname())
-    srv2, _ = listener.accept()
-    send_conn(9, srv2)
+    cli2, srv2 = connect()
+    conn(9, srv2)
     cli2.sendall(b"GET /continued HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
     kind, ids, fds = frame()
     assert (kind, ids, fds) == (0x03, [9], []), (kind, ids, fds)
 
-    # DRAIN with an idle connection (no request yet): handed back, then exit 0.
-    cli3 = socket.create_connection(listener.getsockname())
-    srv3, _ = listener.accept()
-    send_conn(10, srv3)
+    # DRAIN with an idle connection (no request yet): handed back; the untracked one
+    # ends with DONE; then exit 0.
+    cli3, srv3 = connect()
+    conn(10, srv3)
     master.send(struct.pack("<BBH", 0x82, 1, 0))
-    kind, ids, fds = frame()
-    assert (kind, ids, len(fds)) == (0x05, [10], 1), (kind, ids, fds)
-    for fd in fds:
+    ends = sorted([frame(), frame()], key=lambda f: f[0])
+    assert [(k, i, len(f)) for k, i, f in ends] == [(0x03, [5], 0), (0x05, [10], 1)], ends
+    for fd in ends[1][2]:
         os.close(fd)
     assert worker.wait(20) == 0, "exit status after DRAIN"
     print("ok")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import queue
 import socket
 import sys
 import threading
@@ -124,9 +125,10 @@ class ReturnPolicy:
 class Activity:
     """One request in the app's hands, for the hang watch."""
 
-    __slots__ = ("start", "since", "waiting", "waited", "what", "thread")
+    __slots__ = ("start", "since", "waiting", "waited", "what", "thread", "limit")
 
-    def __init__(self, what: str, thread: Optional[int]):
+    def __init__(self, what: str, thread: Optional[int], limit: Optional[float] = None):
+        self.limit = limit  # seconds without progress that make it hung (None: --timeout)
         self.start = self.since = time.monotonic()
         self.waiting = False  # waiting for the client: never hung
         self.waited = 0.0  # seconds spent waiting for the client
@@ -161,8 +163,8 @@ class HangWatch:
         self.loop_thread: Optional[int] = None
         self._reported = False
 
-    def start(self, what: str, thread: Optional[int] = None) -> Activity:
-        a = Activity(what, thread)
+    def start(self, what: str, thread: Optional[int] = None, limit: Optional[float] = None) -> Activity:
+        a = Activity(what, thread, limit)
         with self.lock:
             self.active[id(a)] = a
         return a
@@ -180,7 +182,7 @@ class HangWatch:
             )
         with self.lock:
             for a in self.active.values():
-                if not a.waiting and now - a.since > self.timeout:
+                if not a.waiting and now - a.since > (a.limit or self.timeout):
                     return f"{a.what} has made no progress for {now - a.since:.1f} s" + _stack(a.thread)
         return None
 
@@ -208,6 +210,104 @@ class HangWatch:
 def _stack(thread: Optional[int]) -> str:
     frame = sys._current_frames().get(thread) if thread is not None else None
     return "; where it is:\n" + "".join(traceback.format_stack(frame)).rstrip() if frame is not None else ""
+
+
+# The master takes a worker that has not said READY this long after its start for a
+# minimal one and sends it connections it does not track (MINIMAL_READY_AFTER, 300 ms).
+READY_IN_TIME = 0.25
+# ... and such connections may still be arriving this long after READY.
+UNTRACKED_GRACE = 1.0
+# Loading the app is hung after max(--timeout, this): imports are slow on a busy machine.
+LOAD_TIMEOUT = 60.0
+
+
+def process_age() -> Optional[float]:
+    """Seconds since this process started (Linux), or None if unknown."""
+    try:
+        with open("/proc/self/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        start = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime
+        return time.clock_gettime(time.CLOCK_BOOTTIME) - start
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+class Start:
+    """A worker's first moments, and its channel reader: READY before the app is
+    imported, HEARTBEAT and ACK from then on, and which connections must never be
+    handed back.
+
+    READY goes out first, and a thread ACKs every connection as it arrives, also while
+    the app is still loading (the connections wait for it in a queue): the master tracks
+    (and would hand on, were the worker to die) only the connections it sends after
+    reading READY; it takes a worker silent for 300 ms for a minimal one and sends it
+    untracked connections; and it kills a worker that leaves a connection un-ACKed for
+    its ``--worker-timeout``, which a slow import would otherwise do. Loading the app
+    (its import, the ASGI lifespan startup) counts as a request for the hang watch: one
+    that takes ``--timeout`` seconds, and at least a minute, stops HEARTBEAT.
+
+    A RETURN of a connection the master does not track is a protocol error (the worker
+    is killed), so a connection that may have been sent before the master read READY is
+    never handed back: those already queued when READY was sent and, if READY itself
+    came late, those received in the second after it. Connections with the CONTINUED
+    flag are tracked for sure.
+    """
+
+    def __init__(self, timeout: float):
+        self.channel = protocol.Channel.from_env()
+        self.returns = ReturnPolicy(return_mode())
+        caps = protocol.CAP_ACK | protocol.CAP_DONE | protocol.CAP_HEARTBEAT | protocol.CAP_BATCH | protocol.CAP_ADDRS
+        if self.returns.enabled:
+            caps |= protocol.CAP_RETURN
+        age = process_age()
+        self.channel.ready(caps)
+        late = age is None or age >= READY_IN_TIME
+        self.suspect_until = time.monotonic() + UNTRACKED_GRACE if late else 0.0
+        self.events: "queue.Queue[protocol.Event]" = queue.Queue()
+        self.watch = HangWatch(self.channel, timeout)
+        self.loading = self.watch.start("loading the app", threading.get_ident(), max(timeout, LOAD_TIMEOUT))
+        self.watch.run_thread(heartbeat_every())
+        try:
+            backlog = self.channel.queued()
+        except protocol.ProtocolError as e:
+            log(f"protocol error, exiting: {e}")
+            os._exit(1)
+        for ev in backlog:
+            self._take(ev, untracked=True)
+        if not backlog or isinstance(backlog[-1], list):
+            threading.Thread(target=self._read, name="handoff-channel", daemon=True).start()
+
+    def _take(self, ev: protocol.Event, untracked: bool) -> None:
+        if isinstance(ev, protocol.Eof):
+            os._exit(0)  # the master is gone: nobody to finish for
+        if isinstance(ev, list):
+            suspect = untracked or time.monotonic() < self.suspect_until
+            for c in ev:
+                c.untracked = suspect and not c.continued
+            try:
+                self.channel.ack([c.id for c in ev])
+            except OSError:
+                os._exit(0)
+        self.events.put(ev)
+
+    def _read(self) -> None:
+        while True:
+            try:
+                ev = self.channel.receive()
+            except protocol.ProtocolError as e:
+                log(f"protocol error, exiting: {e}")
+                os._exit(1)  # what it has not ACKed goes to another worker
+            self._take(ev, untracked=False)
+            if not isinstance(ev, list):
+                return
+
+    def serving(self) -> None:
+        """The app is loaded (and started): the hang watch stops timing the load."""
+        self.watch.end(self.loading)
+
+    def receive(self) -> protocol.Event:
+        """The next batch of connections (ACKed already), or Drain."""
+        return self.events.get()
 
 
 def heartbeat_every() -> float:

@@ -3,12 +3,13 @@
 asyncio and h11 (the sans-I/O HTTP/1.1 parser under uvicorn and httpcore): HTTP/1.1
 with keep-alive and pipelining, streaming request and response bodies (chunked when the
 app sends no Content-Length), ``Expect: 100-continue`` (sent when the app first asks
-for the body), ``http.disconnect``, the lifespan protocol (startup before READY,
+for the body), ``http.disconnect``, the lifespan protocol (startup before the first connection is read,
 shutdown after DRAIN; an app that does not speak it, such as Django's, is served
 without it), and WebSockets on wsproto (h11's sibling).
 
-The event loop owns every connection. A thread reads the channel (blocking) and hands
-each CONN frame to the loop; another sends HEARTBEAT while nothing is hung (see
+The event loop owns every connection. READY goes out before the app is imported; a
+thread reads the channel and ACKs each connection at once, and the loop takes them once
+the app has started; another thread sends HEARTBEAT while nothing is hung (see
 ``_runtime``). Idle keep-alive connections wait for readability only, never reading,
 so they can be handed back (RETURN) untouched. Every connection ends exactly once:
 DONE then close, or RETURN.
@@ -17,7 +18,6 @@ DONE then close, or RETURN.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import socket
 import sys
@@ -68,6 +68,7 @@ class Client:
         rt.no_delay(self.sock)
         self.h = h11.Connection(h11.SERVER)
         self.ended = False
+        self.may_return = not conn.untracked
         self.idle = False  # waiting for the next request, nothing of it read
         self.task: Optional[asyncio.Task] = None
         self.websocket: Optional["WebSocket"] = None
@@ -91,7 +92,7 @@ class Client:
         self.server.connection_ended(self)
 
     def give_back(self) -> bool:
-        if self.ended or not self.server.returns.enabled:
+        if self.ended or not self.server.returns.enabled or not self.may_return:
             return False
         self.sock.setblocking(True)  # as the master passes them
         try:
@@ -602,7 +603,8 @@ class WebSocket:
 
 
 class Lifespan:
-    """The ASGI lifespan protocol: startup before READY, shutdown after the drain."""
+    """The ASGI lifespan protocol: startup before the first connection is read, shutdown
+    after the drain."""
 
     def __init__(self, app: Any):
         self.app = app
@@ -663,14 +665,15 @@ class Lifespan:
 
 
 class Server:
-    def __init__(self, app: Any, args, channel: protocol.Channel, loop: asyncio.AbstractEventLoop):
+    def __init__(self, app: Any, args, start: rt.Start, loop: asyncio.AbstractEventLoop):
         self.app = app
-        self.channel = channel
+        self.start = start
+        self.channel = start.channel
         self.loop = loop
         self.keep_alive = args.keep_alive
         self.worker_header = args.worker_header
-        self.returns = rt.ReturnPolicy(rt.return_mode())
-        self.watch = rt.HangWatch(channel, args.timeout)
+        self.returns = start.returns
+        self.watch = start.watch
         self.lifespan = Lifespan(app)
         self.clients: Set[Client] = set()
         self.draining = False
@@ -682,7 +685,6 @@ class Server:
             self.drained.set_result(None)
 
     def accept(self, conns: List[protocol.Connection]) -> None:
-        self.channel.ack([c.id for c in conns])
         for conn in conns:
             try:
                 c = Client(self, conn)
@@ -705,15 +707,9 @@ class Server:
             self.drained.set_result(None)
 
     def read_channel(self) -> None:
-        """The channel reader thread: blocking reads, each frame handed to the loop."""
+        """A thread: each batch of connections (ACKed already) and DRAIN to the loop."""
         while True:
-            try:
-                ev = self.channel.receive()
-            except protocol.ProtocolError as e:
-                rt.log(f"protocol error, exiting: {e}")
-                os._exit(1)
-            if isinstance(ev, protocol.Eof):
-                os._exit(0)  # the master is gone
+            ev = self.start.receive()
             if isinstance(ev, protocol.Drain):
                 self.loop.call_soon_threadsafe(self.drain)
                 return
@@ -726,33 +722,25 @@ class Server:
     async def run(self) -> int:
         if not await self.lifespan.startup():
             return 1
-        caps = (
-            protocol.CAP_ACK | protocol.CAP_DONE | protocol.CAP_HEARTBEAT | protocol.CAP_BATCH | protocol.CAP_ADDRS
-        )
-        if self.returns.enabled:
-            caps |= protocol.CAP_RETURN
-        self.channel.ready(caps)
         self.watch.loop_thread = threading.get_ident()
         self.tick()
-        self.watch.run_thread(rt.heartbeat_every())
+        self.start.serving()
         threading.Thread(target=self.read_channel, name="handoff-channel", daemon=True).start()
         await self.drained
         await self.lifespan.shutdown()
         return 0
 
 
-async def serve(app: Any, args) -> int:
-    channel = protocol.Channel.from_env()
-    return await Server(app, args, channel, asyncio.get_running_loop()).run()
+async def serve(app: Any, args, start: rt.Start) -> int:
+    return await Server(app, args, start, asyncio.get_running_loop()).run()
 
 
 def main(argv=None) -> None:
     args = rt.parse_args("python -m handoff_worker.asgi", "Serve an ASGI app as a handoff worker.", threads=False, argv=argv)
-    if "HANDOFF_FD" not in os.environ:
-        protocol.Channel.from_env()  # says how to run it, before the app is imported
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the master turns Ctrl-C into DRAIN
+    start = rt.Start(args.timeout)  # READY, before the (slow) import of the app
     app = rt.load_app(args.app, args.app_dir)
-    sys.exit(asyncio.run(serve(app, args)))
+    sys.exit(asyncio.run(serve(app, args, start)))
 
 
 if __name__ == "__main__":

@@ -91,6 +91,9 @@ class Connection:
     sock: socket.socket
     client: Optional[Address] = None
     server: Optional[Address] = None
+    # Set by the worker: the master may not track this connection (it may have been
+    # sent before the master read READY), so it must never be handed back.
+    untracked: bool = False
 
     @property
     def continued(self) -> bool:
@@ -187,6 +190,21 @@ class Channel:
         return True
 
     # ---- master -> worker ----
+
+    def queued(self) -> List[Event]:
+        """Every frame already waiting in the channel, without blocking."""
+        events: List[Event] = []
+        self.sock.setblocking(False)
+        try:
+            while True:
+                events.append(self.receive())
+                if not isinstance(events[-1], list):
+                    break
+        except BlockingIOError:
+            pass
+        finally:
+            self.sock.setblocking(True)
+        return events
 
     def receive(self) -> Event:
         """Blocks for the next frame: a list of connections, :class:`Drain` or :class:`Eof`.

@@ -7,7 +7,9 @@ chunked request bodies (read whole and given a CONTENT_LENGTH, or streamed with
 when the app gives no Content-Length), HEAD, and a 500 with the traceback on stderr when
 the app raises.
 
-Threads: the main thread reads the channel (CONN, DRAIN) and ACKs at once. A pool of
+Threads: READY goes out before the app is imported, and from then on a thread reads the
+channel and ACKs each connection at once (``_runtime.Start``); the main thread takes
+them from it and hands each to the pool, or to the idle set until it has data. A pool of
 ``--threads`` threads runs requests; an idle keep-alive connection holds no thread: it
 waits in one selector thread (:class:`IdleSet`), which hands it to the pool when the
 next request arrives and closes it after ``--keep-alive`` seconds. Every connection ends
@@ -19,7 +21,6 @@ DRAIN: idle connections are handed back (RETURN) or closed, requests in flight f
 
 from __future__ import annotations
 
-import os
 import selectors
 import signal
 import socket
@@ -135,6 +136,7 @@ class Client:
         self.sock = conn.sock
         self.h = h11.Connection(h11.SERVER)
         self.ended = False
+        self.may_return = not conn.untracked
         self.sock.settimeout(READ_TIMEOUT)
         rt.no_delay(self.sock)
         self.remote, self.local = self._addresses()
@@ -167,7 +169,7 @@ class Client:
 
     def give_back(self) -> bool:
         """RETURN; False if the master could not take it now (keep serving it)."""
-        if self.ended or not self.worker.returns.enabled:
+        if self.ended or not self.worker.returns.enabled or not self.may_return:
             return False
         self.sock.setblocking(True)  # the master passes (and takes back) blocking sockets
         try:
@@ -520,14 +522,15 @@ class IdleSet:
 
 
 class Worker:
-    def __init__(self, app: Any, args, channel: protocol.Channel):
+    def __init__(self, app: Any, args, start: rt.Start):
         self.app = app
-        self.channel = channel
+        self.start = start
+        self.channel = start.channel
         self.keep_alive = args.keep_alive
         self.worker_header = args.worker_header
         self.stream_chunked = args.stream_chunked
-        self.returns = rt.ReturnPolicy(rt.return_mode())
-        self.watch = rt.HangWatch(channel, args.timeout)
+        self.returns = start.returns
+        self.watch = start.watch
         self.pool = ThreadPoolExecutor(args.threads, thread_name_prefix="handoff-wsgi")
         self.idle = IdleSet(self)
         self.draining = False
@@ -540,7 +543,6 @@ class Worker:
             self.cond.notify_all()
 
     def accept(self, conns: List[protocol.Connection]) -> None:
-        self.channel.ack([c.id for c in conns])
         with self.cond:
             self.open += len(conns)
         readable = selectors.DefaultSelector()
@@ -568,22 +570,10 @@ class Worker:
         self.connection_ended()
 
     def run(self) -> int:
-        caps = (
-            protocol.CAP_ACK | protocol.CAP_DONE | protocol.CAP_HEARTBEAT | protocol.CAP_BATCH | protocol.CAP_ADDRS
-        )
-        if self.returns.enabled:
-            caps |= protocol.CAP_RETURN
-        self.channel.ready(caps)
-        self.watch.run_thread(rt.heartbeat_every())
         self.idle.start()
+        self.start.serving()
         while True:
-            try:
-                ev = self.channel.receive()
-            except protocol.ProtocolError as e:
-                rt.log(f"protocol error, exiting: {e}")
-                os._exit(1)  # not sys.exit: it would wait for the pool's requests
-            if isinstance(ev, protocol.Eof):
-                os._exit(0)  # the master is gone: nobody to finish for
+            ev = self.start.receive()  # ACKed already; the master's end of file exits
             if isinstance(ev, protocol.Drain):
                 break
             self.accept(ev)
@@ -600,12 +590,12 @@ def main(argv=None) -> None:
     args = rt.parse_args(
         "python -m handoff_worker.wsgi", "Serve a WSGI app as a handoff worker.", threads=True, argv=argv
     )
-    channel = protocol.Channel.from_env()
     # Ctrl-C in a terminal reaches the whole process group: the master turns it into a
     # DRAIN, which is the graceful way; a KeyboardInterrupt here would not be.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    start = rt.Start(args.timeout)  # READY, before the (slow) import of the app
     app = rt.load_app(args.app, args.app_dir)
-    sys.exit(Worker(app, args, channel).run())
+    sys.exit(Worker(app, args, start).run())
 
 
 if __name__ == "__main__":
