@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from . import protocol
 
@@ -264,6 +264,8 @@ class Start:
         late = age is None or age >= READY_IN_TIME
         self.suspect_until = time.monotonic() + UNTRACKED_GRACE if late else 0.0
         self.events: "queue.Queue[protocol.Event]" = queue.Queue()
+        self.lock = threading.Lock()
+        self.abandoned = False
         self.watch = HangWatch(self.channel, timeout)
         self.loading = self.watch.start("loading the app", threading.get_ident(), max(timeout, LOAD_TIMEOUT))
         self.watch.run_thread(heartbeat_every())
@@ -280,15 +282,53 @@ class Start:
     def _take(self, ev: protocol.Event, untracked: bool) -> None:
         if isinstance(ev, protocol.Eof):
             os._exit(0)  # the master is gone: nobody to finish for
-        if isinstance(ev, list):
-            suspect = untracked or time.monotonic() < self.suspect_until
-            for c in ev:
-                c.untracked = suspect and not c.continued
-            try:
-                self.channel.ack([c.id for c in ev])
-            except OSError:
-                os._exit(0)
-        self.events.put(ev)
+        with self.lock:
+            if self.abandoned:
+                # Not ACKed: the master hands them to another worker when this one exits.
+                for c in ev if isinstance(ev, list) else ():
+                    c.sock.close()
+                return
+            if isinstance(ev, list):
+                suspect = untracked or time.monotonic() < self.suspect_until
+                for c in ev:
+                    c.untracked = suspect and not c.continued
+                try:
+                    self.channel.ack([c.id for c in ev])
+                except OSError:
+                    os._exit(0)
+            self.events.put(ev)
+
+    def abandon(self) -> None:
+        """The app could not be loaded or started: before the worker exits, hand back
+        the connections it took meanwhile (nothing was read from them: RETURN allows
+        it), so that their clients are served by another worker; close the others."""
+        with self.lock:
+            self.abandoned = True
+            conns: List[protocol.Connection] = []
+            while not self.events.empty():
+                ev = self.events.get_nowait()
+                if isinstance(ev, list):
+                    conns.extend(ev)
+        back = [c for c in conns if self.returns.enabled and not c.untracked]
+        returned = 0
+        try:
+            for i in range(0, len(back), protocol.MAX_RETURN):
+                batch = back[i : i + protocol.MAX_RETURN]
+                for c in batch:
+                    c.sock.setblocking(True)
+                if not self.channel.give_back([(c.id, c.sock) for c in batch]):
+                    break
+                for c in batch:
+                    c.sock.close()
+                returned += len(batch)
+        except OSError:
+            pass
+        for c in conns:
+            if c.sock.fileno() != -1:
+                call_quietly(lambda: self.channel.done([c.id]))
+                c.sock.close()
+        if conns:
+            log(f"handed {returned} of the {len(conns)} connections waiting for the app back to the master")
 
     def _read(self) -> None:
         while True:

@@ -721,6 +721,7 @@ class Server:
 
     async def run(self) -> int:
         if not await self.lifespan.startup():
+            self.start.abandon()
             return 1
         self.watch.loop_thread = threading.get_ident()
         self.tick()
@@ -739,7 +740,11 @@ def main(argv=None) -> None:
     args = rt.parse_args("python -m handoff_worker.asgi", "Serve an ASGI app as a handoff worker.", threads=False, argv=argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the master turns Ctrl-C into DRAIN
     start = rt.Start(args.timeout)  # READY, before the (slow) import of the app
-    app = rt.load_app(args.app, args.app_dir)
+    try:
+        app = rt.load_app(args.app, args.app_dir)
+    except BaseException:
+        start.abandon()
+        raise
     sys.exit(asyncio.run(serve(app, args, start)))
 
 

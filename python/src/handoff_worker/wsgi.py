@@ -594,7 +594,11 @@ def main(argv=None) -> None:
     # DRAIN, which is the graceful way; a KeyboardInterrupt here would not be.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     start = rt.Start(args.timeout)  # READY, before the (slow) import of the app
-    app = rt.load_app(args.app, args.app_dir)
+    try:
+        app = rt.load_app(args.app, args.app_dir)
+    except BaseException:
+        start.abandon()
+        raise
     sys.exit(Worker(app, args, start).run())
 
 
