@@ -1,0 +1,422 @@
+#!/usr/bin/env ruby
+# frozen_string_literal: true
+
+# handoff Rack worker: any Rack app (a config.ru) on the handoff worker protocol v1
+# (docs/PROTOCOL.md), Ruby's standard library plus Rack, no other gem.
+#
+#   handoff run -w 4 -- ruby examples/ruby/rack_worker.rb examples/ruby/config.ru
+#
+# Protocol: READY with ACK|DONE|HEARTBEAT, ACK on receipt, DONE before each close,
+# HEARTBEAT from a thread, DRAIN: finish what is in flight, close idle keep-alive
+# connections, exit 0; end of file on the channel: exit at once.
+# HTTP: HTTP/1.1 with keep-alive and pipelining, request bodies by Content-Length or
+# chunked (answering `Expect: 100-continue`), responses framed by the app's
+# Content-Length or else chunked (HTTP/1.0: close-delimited). A thread per connection:
+# blocking I/O releases Ruby's GVL, so a slow request never holds up the others.
+#
+# Settings (environment): HANDOFF_RACK_IDLE_TIMEOUT (seconds a keep-alive connection
+# may sit idle, 60), HANDOFF_RACK_MAX_BODY (bytes, 104857600; larger bodies get 413).
+
+require "socket"
+require "stringio"
+begin
+  require "rack"
+rescue LoadError
+  abort "rack_worker: Ruby cannot load Rack: install it (Debian/Ubuntu: apt-get install ruby-rack; " \
+        "elsewhere: gem install rack)"
+end
+
+module Handoff
+  # Frame types and capability bits of protocol v1 (docs/PROTOCOL.md, section 3).
+  READY = 0x01
+  ACK = 0x02
+  DONE = 0x03
+  HEARTBEAT = 0x04
+  CONN = 0x81
+  DRAIN = 0x82
+  CAPS = 0b111 # ACK | DONE | HEARTBEAT; no BATCH, so every CONN carries one socket
+  # Room for one descriptor: CMSG_SPACE(sizeof(int)) is 24 on Linux. Giving a size also
+  # stops Ruby from peeking first (which would install every descriptor twice).
+  CONTROL_LEN = 64
+
+  # A request the worker answers itself (with this status) and then closes.
+  class BadRequest < StandardError
+    attr_reader :status
+
+    def initialize(status, message)
+      super(message)
+      @status = status
+    end
+  end
+
+  # Bytes read from a client socket but not used yet, and reads that fill it.
+  class Reader
+    def initialize(sock)
+      @sock = sock
+      @buf = +"".b
+    end
+
+    def buffered?
+      !@buf.empty?
+    end
+
+    # Reads more; false at end of file.
+    def fill
+      @buf << @sock.readpartial(65_536)
+      true
+    rescue EOFError
+      false
+    end
+
+    # The request line and headers, up to and including the empty line; nil if the
+    # client closed before sending a byte.
+    def head(limit)
+      loop do
+        i = @buf.index("\r\n\r\n")
+        return @buf.slice!(0, i + 4) if i
+        raise BadRequest.new(431, "request head over #{limit} bytes") if @buf.bytesize > limit
+        next if fill
+        return nil if @buf.empty?
+
+        raise BadRequest.new(400, "connection closed inside the request head")
+      end
+    end
+
+    def exactly(n)
+      while @buf.bytesize < n
+        raise BadRequest.new(400, "connection closed inside the request body") unless fill
+      end
+      @buf.slice!(0, n)
+    end
+
+    def line(limit = 4096)
+      loop do
+        i = @buf.index("\r\n")
+        return @buf.slice!(0, i + 2).chomp!("\r\n") if i
+        raise BadRequest.new(400, "chunk line too long") if @buf.bytesize > limit
+        raise BadRequest.new(400, "connection closed inside a chunked body") unless fill
+      end
+    end
+  end
+
+  # One Rack app served on connections handed over by the master.
+  class RackWorker
+    HEAD_LIMIT = 65_536
+    NO_BODY = [204, 304].freeze
+
+    def initialize(app, chan)
+      @app = app
+      @chan = chan
+      @me = ENV.fetch("HANDOFF_WORKER_ID", "0")
+      @send_lock = Mutex.new
+      @threads = []
+      @draining = false
+      # Written once at DRAIN and never read: readable from then on, it wakes every
+      # connection thread waiting in IO.select for its next request.
+      @drain_r, @drain_w = IO.pipe
+      @idle_timeout = Float(ENV.fetch("HANDOFF_RACK_IDLE_TIMEOUT", "60"))
+      @max_body = Integer(ENV.fetch("HANDOFF_RACK_MAX_BODY", "104857600"))
+    end
+
+    def log(msg)
+      $stderr.write("rack worker #{@me} (pid #{Process.pid}): #{msg}\n")
+    end
+
+    # Sends one frame (one send on a SEQPACKET socket: whole, even from many threads).
+    def frame(kind, ids = [])
+      bytes = [kind, 1, ids.size].pack("CCv") + ids.pack("Q<*")
+      @send_lock.synchronize { @chan.sendmsg(bytes) }
+    end
+
+    def run
+      @chan.sendmsg([READY, 1, 1, CAPS, Process.pid].pack("CCvVV"))
+      start_heartbeat
+      loop do
+        data, _addr, rflags, *controls = @chan.recvmsg(4096, 0, CONTROL_LEN, scm_rights: true)
+        ios = controls.select { |c| c.cmsg_is?(:SOCKET, :RIGHTS) }.flat_map(&:unix_rights)
+        exit!(0) if data.empty? && ios.empty? # end of file: the master is gone
+        if (rflags & Socket::MSG_CTRUNC) != 0 || data.bytesize < 4
+          ios.each(&:close)
+          abort "rack worker #{@me}: a frame lost its descriptors (MSG_CTRUNC) or is short; exiting"
+        end
+        kind, _version, n = data.unpack("CCv")
+        break if kind == DRAIN
+
+        unless kind == CONN && n == 1 && ios.size == 1 && data.bytesize == 20
+          ios.each(&:close)
+          abort "rack worker #{@me}: unexpected frame #{data[0, 4].unpack1('H*')} with #{ios.size} descriptors"
+        end
+        accept(data.unpack1("Q<", offset: 4), ios[0])
+      end
+      drain
+    end
+
+    private
+
+    def start_heartbeat
+      every = Integer(ENV.fetch("HANDOFF_HEARTBEAT_MS", "1000")) / 2000.0 # twice per period: never late
+      Thread.new do
+        loop do
+          sleep every
+          frame(HEARTBEAT)
+        end
+      rescue SystemCallError, IOError
+        exit!(0) # the master is gone
+      end
+    end
+
+    def accept(id, io)
+      sock = Socket.for_fd(io.fileno)
+      io.autoclose = false # `sock` owns the descriptor now
+      frame(ACK, [id])
+      begin
+        sock.setsockopt(Socket::IPPROTO_TCP, Socket::TCP_NODELAY, 1)
+      rescue SystemCallError
+        nil # a Unix socket: no Nagle to turn off
+      end
+      @threads = @threads.select(&:alive?) << Thread.new { serve(id, sock) }
+    end
+
+    def drain
+      @draining = true
+      @drain_w.write("x")
+      @threads.each(&:join)
+      exit(0)
+    end
+
+    def serve(id, sock)
+      reader = Reader.new(sock)
+      first = true
+      while wait_for_request(sock, reader, first)
+        first = false
+        break unless serve_one(sock, reader)
+      end
+    rescue SystemCallError, IOError
+      nil # the client went away
+    rescue StandardError => e # a response body that raised while being sent
+      log("closing connection #{id}: #{e.class}: #{e.message}")
+    ensure
+      begin
+        frame(DONE, [id]) # before the close, so the master's count is right first
+      rescue SystemCallError, IOError
+        nil # the master is gone; nobody to tell
+      end
+      sock.close
+    end
+
+    # Whether to read a request: true when bytes are there (or arrive); false when the
+    # connection sits idle past the timeout, or at DRAIN. A new connection whose first
+    # request is on its way gets 2 s more after DRAIN: its client has not been served.
+    def wait_for_request(sock, reader, first)
+      return true if reader.buffered?
+
+      ready, = IO.select([sock, @drain_r], nil, nil, @idle_timeout)
+      return false if ready.nil?
+      return true if ready.include?(sock)
+      return false unless first
+
+      !IO.select([sock], nil, nil, 2).nil?
+    end
+
+    # Reads one request, calls the app, writes the response; whether to keep the
+    # connection open for another.
+    def serve_one(sock, reader)
+      head = reader.head(HEAD_LIMIT)
+      return false if head.nil?
+
+      env, keep = parse(head, sock)
+      body = read_body(env, reader, sock)
+      env["rack.input"] = StringIO.new(body)
+      env["CONTENT_LENGTH"] = body.bytesize.to_s if env.key?("handoff.chunked")
+      respond(sock, env, keep && !@draining)
+    rescue BadRequest => e
+      log("#{e.status}: #{e.message}")
+      simple(sock, e.status)
+      false
+    end
+
+    def parse(head, sock)
+      lines = head.split("\r\n")
+      method, target, version = lines.shift.to_s.split(" ", 3)
+      unless method&.match?(/\A[A-Z]+\z/) && target && version&.match?(%r{\AHTTP/1\.[01]\z})
+        raise BadRequest.new(400, "bad request line")
+      end
+
+      headers = {}
+      lines.each do |l|
+        name, value = l.split(":", 2)
+        raise BadRequest.new(400, "bad header line") if value.nil? || name.empty? || name.match?(/\s/)
+
+        key = name.upcase.tr("-", "_")
+        key = "HTTP_#{key}" unless %w[CONTENT_TYPE CONTENT_LENGTH].include?(key)
+        value = value.strip
+        headers[key] = headers.key?(key) ? "#{headers[key]}#{key == 'HTTP_COOKIE' ? '; ' : ', '}#{value}" : value
+      end
+      path, query = target.sub(%r{\Ahttps?://[^/]*}i, "").split("?", 2)
+      host, port = server_name(headers["HTTP_HOST"], sock)
+      env = headers.merge(
+        "REQUEST_METHOD" => method, "SCRIPT_NAME" => "", "PATH_INFO" => path.to_s,
+        "QUERY_STRING" => query.to_s, "REQUEST_URI" => target, "SERVER_NAME" => host,
+        "SERVER_PORT" => port, "SERVER_PROTOCOL" => version, "HTTP_VERSION" => version,
+        "REMOTE_ADDR" => remote_addr(sock),
+        "rack.version" => Rack::VERSION, "rack.url_scheme" => "http", "rack.errors" => $stderr,
+        "rack.multithread" => true, "rack.multiprocess" => true, "rack.run_once" => false,
+        "rack.hijack?" => false, "handoff.worker_id" => @me
+      )
+      conn = headers["HTTP_CONNECTION"].to_s.downcase
+      keep = version == "HTTP/1.1" ? !conn.include?("close") : conn.include?("keep-alive")
+      [env, keep]
+    end
+
+    def server_name(host, sock)
+      if host && !host.empty?
+        name, port = host.match(/\A(.*?)(?::(\d+))?\z/).captures # "[::1]:8080" too
+        return [name, port || "80"]
+      end
+      addr = sock.local_address
+      addr.ip? ? [addr.ip_address, addr.ip_port.to_s] : ["localhost", "0"]
+    rescue SystemCallError
+      ["localhost", "0"]
+    end
+
+    def remote_addr(sock)
+      addr = sock.remote_address
+      addr.ip? ? addr.ip_address : "127.0.0.1"
+    rescue SystemCallError
+      "127.0.0.1"
+    end
+
+    # The whole request body, read before the app is called (so the app never blocks
+    # on a slow client while holding a database connection, say).
+    def read_body(env, reader, sock)
+      chunked = env.delete("HTTP_TRANSFER_ENCODING")
+      length = env["CONTENT_LENGTH"]
+      if chunked
+        # Both framings at once is how requests are smuggled: refuse it.
+        raise BadRequest.new(400, "both Transfer-Encoding and Content-Length") if length
+        raise BadRequest.new(501, "transfer coding #{chunked.inspect}") unless chunked.downcase.strip == "chunked"
+
+        continue(env, sock)
+        env["handoff.chunked"] = true
+        return read_chunked(reader)
+      end
+      return "".b if length.nil?
+      raise BadRequest.new(400, "bad Content-Length #{length.inspect}") unless length.match?(/\A\d{1,18}\z/)
+
+      n = Integer(length, 10)
+      raise BadRequest.new(413, "body of #{n} bytes over HANDOFF_RACK_MAX_BODY") if n > @max_body
+      return "".b if n.zero?
+
+      continue(env, sock)
+      reader.exactly(n)
+    end
+
+    def continue(env, sock)
+      return unless env["SERVER_PROTOCOL"] == "HTTP/1.1" && env["HTTP_EXPECT"].to_s.casecmp?("100-continue")
+
+      sock.write("HTTP/1.1 100 Continue\r\n\r\n")
+    end
+
+    def read_chunked(reader)
+      body = +"".b
+      loop do
+        size_line = reader.line.split(";", 2)[0].strip
+        raise BadRequest.new(400, "bad chunk size #{size_line.inspect}") unless size_line.match?(/\A\h{1,15}\z/)
+
+        size = size_line.to_i(16)
+        if size.zero?
+          nil until reader.line.empty? # trailers, ignored
+          return body
+        end
+        raise BadRequest.new(413, "chunked body over HANDOFF_RACK_MAX_BODY") if body.bytesize + size > @max_body
+
+        body << reader.exactly(size)
+        raise BadRequest.new(400, "chunk not followed by CRLF") unless reader.exactly(2) == "\r\n"
+      end
+    end
+
+    def respond(sock, env, keep)
+      status, headers, body = call_app(env)
+      if status.nil?
+        simple(sock, 500)
+        return false
+      end
+
+      status = status.to_i
+      head = +"HTTP/1.1 #{status} #{Rack::Utils::HTTP_STATUS_CODES.fetch(status, 'Unknown')}\r\n"
+      length = nil
+      headers.each do |name, values|
+        lower = name.to_s.downcase
+        next if %w[connection transfer-encoding keep-alive].include?(lower) # the worker frames the message
+
+        values = values.is_a?(Array) ? values : values.to_s.split("\n")
+        length = values.first if lower == "content-length"
+        values.each { |v| head << "#{name}: #{v}\r\n" }
+      end
+      bodiless = env["REQUEST_METHOD"] == "HEAD" || NO_BODY.include?(status) || status < 200
+      parts = nil
+      if !bodiless && length.nil? && body.respond_to?(:to_ary)
+        parts = body.to_ary
+        length = parts.sum(&:bytesize).to_s
+        head << "Content-Length: #{length}\r\n"
+      end
+      chunked = !bodiless && length.nil? && env["SERVER_PROTOCOL"] == "HTTP/1.1"
+      keep &&= bodiless || !length.nil? || chunked
+      head << "Transfer-Encoding: chunked\r\n" if chunked
+      head << "Connection: #{keep ? 'keep-alive' : 'close'}\r\n\r\n"
+      write_body(sock, head, parts || body, bodiless, chunked)
+      keep
+    ensure
+      body.close if body.respond_to?(:close)
+    end
+
+    def call_app(env)
+      @app.call(env)
+    rescue StandardError, ScriptError => e
+      log("the app raised #{e.class}: #{e.message}\n  #{(e.backtrace || []).join("\n  ")}")
+      nil
+    end
+
+    # Writes the head and the body, coalescing small pieces into few writes.
+    def write_body(sock, head, body, bodiless, chunked)
+      out = head
+      unless bodiless
+        body.each do |part|
+          part = part.to_s
+          next if part.empty?
+
+          out << (chunked ? "#{part.bytesize.to_s(16)}\r\n#{part}\r\n" : part)
+          if out.bytesize >= 65_536
+            sock.write(out)
+            out = +""
+          end
+        end
+        out << "0\r\n\r\n" if chunked
+      end
+      sock.write(out) unless out.empty?
+    end
+
+    def simple(sock, status)
+      text = "#{Rack::Utils::HTTP_STATUS_CODES.fetch(status, 'Error')}\n"
+      sock.write("HTTP/1.1 #{status} #{text.chomp}\r\nContent-Type: text/plain\r\n" \
+                 "Content-Length: #{text.bytesize}\r\nConnection: close\r\n\r\n#{text}")
+      true
+    rescue SystemCallError, IOError
+      true
+    end
+  end
+end
+
+if $PROGRAM_NAME == __FILE__
+  config = ARGV[0] or abort "usage: handoff run -- ruby #{__FILE__} CONFIG.ru"
+  abort "rack_worker: HANDOFF_FD is not set: run this under `handoff run -- ruby #{__FILE__} #{config}`" unless ENV["HANDOFF_FD"]
+  begin
+    app = Rack::Builder.parse_file(config)
+  rescue StandardError, ScriptError => e
+    abort "rack_worker: cannot load #{config}: #{e.class}: #{e.message}"
+  end
+  app = app[0] if app.is_a?(Array) # Rack 2 returns [app, options], Rack 3 the app
+  chan = Socket.for_fd(Integer(ENV["HANDOFF_FD"])) # AF_UNIX, SOCK_SEQPACKET
+  chan.close_on_exec = true # the app may start programs: they get no channel
+  Handoff::RackWorker.new(app, chan).run
+end
