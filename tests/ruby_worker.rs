@@ -27,7 +27,9 @@ fn need_ruby_with_rack() {
             "ruby cannot load Rack ({}): install it (Debian/Ubuntu: apt-get install ruby-rack); .ci/run does",
             String::from_utf8_lossy(&o.stderr).trim()
         ),
-        Err(e) => panic!("cannot run `ruby` ({e}): install Ruby and Rack (apt-get install ruby ruby-rack); .ci/run does"),
+        Err(e) => {
+            panic!("cannot run `ruby` ({e}): install Ruby and Rack (apt-get install ruby ruby-rack); .ci/run does")
+        }
     }
 }
 
@@ -183,10 +185,8 @@ fn post_chunked(addr: SocketAddr, path: &str, body: &str, chunk: usize) -> Respo
 /// `100 Continue`, so a server that never sends one fails this (after [`WAIT`]).
 fn post_expect_continue(addr: SocketAddr, path: &str, body: &str) -> Response {
     let mut s = connect(addr);
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
-        body.len()
-    );
+    let head =
+        format!("POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n", body.len());
     s.write_all(head.as_bytes()).unwrap();
     let interim = read_one_response(&mut s).expect("an interim response");
     assert_eq!(interim.status, 100, "{interim:?}");
