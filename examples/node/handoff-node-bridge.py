@@ -15,10 +15,14 @@ channel; examples/node/handoff.js is the Node side. See examples/node/README.md.
 Stdlib only, one thread, one selector over three descriptors: the handoff channel, the
 Node channel and a pidfd of the Node process.
 - READY with ACK|DONE|HEARTBEAT at start.
-- CONN: queued, then passed to Node one at a time (Node's own senders wait for each
-  NODE_HANDLE_ACK too: Node matches a received descriptor with the one message read with
-  it). ACK goes to the master only once Node has the socket, so if Node dies before that,
-  the master hands the connection to another worker; the bridge then closes its copy.
+- CONN (BATCH too): queued, then passed to Node one at a time, each after Node's
+  NODE_HANDLE_ACK of the one before, as Node's own senders do. HANDOFF_NODE_WINDOW=N lets
+  N await their ACK at once: the kernel never merges two descriptor-carrying writes into
+  one read, so Node still matches each descriptor with its own message and answers in
+  order (ACKs are matched first in, first out); measured here it gained nothing, Node's
+  own work per connection dominates, so 1 is the default. ACK goes to the master only
+  once Node has the socket, so if Node dies before that, the master hands the connection
+  to another worker; the bridge then closes its copy.
 - DONE when handoff.js reports the socket ending; HEARTBEAT when handoff.js beats, so a
   Node event loop stuck in a busy loop stops the beats and the master replaces it.
 - DRAIN: pass on what is queued, then tell Node to drain; exit with Node's status.
@@ -38,7 +42,9 @@ import subprocess
 import sys
 
 READY, ACK, DONE, HEARTBEAT, CONN, DRAIN = 0x01, 0x02, 0x03, 0x04, 0x81, 0x82
-CAPS = 0b111  # ACK | DONE | HEARTBEAT; no BATCH: Node takes one descriptor at a time anyway
+CAPS = 0b1111  # ACK | DONE | HEARTBEAT | BATCH
+MAX_BATCH = 253  # connections in one CONN frame (docs/PROTOCOL.md)
+WINDOW = max(1, int(os.environ.get("HANDOFF_NODE_WINDOW", "1")))
 ME = os.environ.get("HANDOFF_WORKER_ID", "0")
 NACK_RETRIES = 3  # as Node's own sender (MAX_HANDLE_RETRANSMISSIONS)
 
@@ -60,7 +66,8 @@ class Bridge:
     def __init__(self, chan, argv):
         self.chan = chan
         self.queue = collections.deque()  # (id, fd, listener): from the master, not yet in Node
-        self.inflight = None  # [id, fd, listener, tries]: sent to Node, its ACK awaited
+        self.inflight = collections.deque()  # [id, fd, listener, tries]: sent to Node, in order
+        self.acks, self.dones = [], []  # gathered while reading Node's lines: one frame each
         self.live = set()  # ids Node holds: DONE is sent only for these
         self.node_ready = False
         self.draining = False
@@ -86,12 +93,17 @@ class Bridge:
 
     def frame(self, kind, ids=()):
         try:
-            self.chan.send(struct.pack("<BBH", kind, 1, len(ids)) + b"".join(struct.pack("<Q", i) for i in ids))
+            if not ids:
+                self.chan.send(struct.pack("<BBH", kind, 1, 0))
+            for at in range(0, len(ids), 511):  # at most 511 ids in an ACK or DONE
+                part = ids[at : at + 511]
+                self.chan.send(struct.pack(f"<BBH{len(part)}Q", kind, 1, len(part), *part))
         except OSError:  # the master is gone
             self.stop_node_and_exit(0)
 
     def on_channel(self):
-        msg, anc, flags, _ = self.chan.recvmsg(4096, socket.CMSG_SPACE(4), socket.MSG_CMSG_CLOEXEC)
+        msg, anc, flags, _ = self.chan.recvmsg(4 + 16 * MAX_BATCH, socket.CMSG_SPACE(4 * MAX_BATCH),
+                                               socket.MSG_CMSG_CLOEXEC)
         fds = []
         for level, kind, data in anc:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
@@ -103,13 +115,14 @@ class Bridge:
             self.draining = True
             self.pump()
             return
-        if kind != CONN or n != 1 or len(fds) != 1 or len(msg) != 20 or flags & socket.MSG_CTRUNC:
+        if kind != CONN or not 1 <= n == len(fds) or len(msg) != 4 + 16 * n or flags & socket.MSG_CTRUNC:
             for fd in fds:
                 os.close(fd)
             log(f"unexpected frame {msg[:4].hex()} with {len(fds)} descriptors (flags {flags:#x}); exiting")
             self.stop_node_and_exit(1)
-        cid, listener = struct.unpack_from("<QH", msg, 4)
-        self.queue.append((cid, fds[0], listener))
+        for i, fd in enumerate(fds):
+            cid, listener = struct.unpack_from("<QH", msg, 4 + 16 * i)
+            self.queue.append((cid, fd, listener))
         self.pump()
 
     # ---- the Node channel ----
@@ -126,19 +139,20 @@ class Bridge:
             log(f"cannot write to Node: {e}")
 
     def pump(self):
-        """Passes the next queued connection to Node, or the drain when none is left."""
-        if not self.node_ready or self.inflight is not None:
+        """Passes queued connections to Node, or the drain once all are in Node."""
+        if not self.node_ready:
             return
-        if self.queue:
+        while self.queue and len(self.inflight) < WINDOW:
             cid, fd, listener = self.queue.popleft()
-            self.inflight = [cid, fd, listener, 0]
-            self.send_handle()
-        elif self.draining and not self.drain_sent:
+            item = [cid, fd, listener, 0]
+            self.inflight.append(item)
+            self.send_handle(item)
+        if self.draining and not self.drain_sent and not self.queue and not self.inflight:
             self.drain_sent = True
             self.send_node({"handoff": "drain"})
 
-    def send_handle(self):
-        cid, fd, listener, _ = self.inflight
+    def send_handle(self, item):
+        cid, fd, listener, _ = item
         msg = {"handoff": "conn", "id": cid, "listener": listener}
         self.send_node({"cmd": "NODE_HANDLE", "type": "net.Socket", "msg": msg}, fd)
 
@@ -156,39 +170,43 @@ class Bridge:
                 continue
             if isinstance(m, dict):
                 self.on_message(m)
+        if self.acks:
+            self.frame(ACK, self.acks)
+            self.acks = []
+        if self.dones:
+            self.frame(DONE, self.dones)
+            self.dones = []
+        self.pump()
 
     def on_message(self, m):
         cmd, what = m.get("cmd"), m.get("handoff")
         if cmd == "NODE_HANDLE_ACK" and self.inflight:
-            cid, fd, _, _ = self.inflight
-            self.inflight = None
+            cid, fd, _, _ = self.inflight.popleft()
             os.close(fd)  # Node has its own copy now
             self.live.add(cid)
-            self.frame(ACK, [cid])
-            self.pump()
+            self.acks.append(cid)
         elif cmd == "NODE_HANDLE_NACK" and self.inflight:
             # Node lost the descriptor (MSG_CTRUNC on its side): send it again.
-            self.inflight[3] += 1
-            if self.inflight[3] <= NACK_RETRIES:
-                self.send_handle()
+            item = self.inflight.popleft()
+            item[3] += 1
+            if item[3] <= NACK_RETRIES:
+                self.inflight.append(item)  # its answer comes after those sent before
+                self.send_handle(item)
                 return
-            cid, fd, _, _ = self.inflight
-            self.inflight = None
+            cid, fd, _, _ = item
             log(f"Node refused connection {cid} {NACK_RETRIES} times: closing it")
-            self.frame(ACK, [cid])
-            self.frame(DONE, [cid])
+            self.acks.append(cid)
+            self.dones.append(cid)
             os.close(fd)
-            self.pump()
         elif what == "ready":
             self.node_ready = True
-            self.pump()
         elif what == "beat":
             self.frame(HEARTBEAT)
         elif what == "done":
             cid = m.get("id")
             if cid in self.live:  # never an id the master did not give us: it would kill us
                 self.live.discard(cid)
-                self.frame(DONE, [cid])
+                self.dones.append(cid)
 
     # ---- the Node process ----
 
