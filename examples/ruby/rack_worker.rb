@@ -73,8 +73,9 @@ module Handoff
     def head(limit)
       loop do
         i = @buf.index("\r\n\r\n")
+        raise BadRequest.new(431, "request head over #{limit} bytes") if (i || @buf.bytesize) > limit
         return @buf.slice!(0, i + 4) if i
-        raise BadRequest.new(431, "request head over #{limit} bytes") if @buf.bytesize > limit
+
         next if fill
         return nil if @buf.empty?
 
@@ -228,7 +229,7 @@ module Handoff
       body = read_body(env, reader, sock)
       env["rack.input"] = StringIO.new(body)
       env["CONTENT_LENGTH"] = body.bytesize.to_s if env.key?("handoff.chunked")
-      respond(sock, env, keep && !@draining)
+      respond(sock, env, keep)
     rescue BadRequest => e
       log("#{e.status}: #{e.message}")
       simple(sock, e.status)
@@ -343,6 +344,7 @@ module Handoff
       end
 
       status = status.to_i
+      keep &&= !@draining # a response finished during a drain is the connection's last
       head = +"HTTP/1.1 #{status} #{Rack::Utils::HTTP_STATUS_CODES.fetch(status, 'Unknown')}\r\n"
       length = nil
       headers.each do |name, values|
@@ -353,9 +355,10 @@ module Handoff
         length = values.first if lower == "content-length"
         values.each { |v| head << "#{name}: #{v}\r\n" }
       end
-      bodiless = env["REQUEST_METHOD"] == "HEAD" || NO_BODY.include?(status) || status < 200
+      no_body = NO_BODY.include?(status) || status < 200
+      bodiless = no_body || env["REQUEST_METHOD"] == "HEAD"
       parts = nil
-      if !bodiless && length.nil? && body.respond_to?(:to_ary)
+      if !no_body && length.nil? && body.respond_to?(:to_ary) # HEAD too: the length GET would have
         parts = body.to_ary
         length = parts.sum(&:bytesize).to_s
         head << "Content-Length: #{length}\r\n"
