@@ -1,8 +1,8 @@
 //! Node workers (`examples/node/`: the stdlib Python bridge `handoff-node-bridge.py`
 //! running `node server.js`, an `http.createServer` app fed by `handoff.js`) under
 //! `handoff run`: exact round robin, DONE counted off, keep-alive and pipelining,
-//! request bodies (chunked, `Expect: 100-continue`), a graceful drain with requests in
-//! flight, a hung event loop caught by HEARTBEAT, and a crashed Node replaced.
+//! request bodies (chunked, `Expect: 100-continue`), client addresses from a PROXY
+//! header, a graceful drain with requests in flight, a hung event loop caught by HEARTBEAT, and a crashed Node replaced.
 //!
 //! Node.js (and python3) are required, not optional: without them every test fails and
 //! says what to install (CI installs them in `.ci/run`).
@@ -154,6 +154,21 @@ fn a_crashed_node_takes_its_bridge_down_and_is_replaced() {
     h.wait_line("node bridge 0 (pid"); // it says why: Node exited (signal 9)
     h.wait_log("a new worker 0 ready", |l| slot_pids(l, "ready (pid ").get(&0).copied().filter(|&p| p != bridge));
     assert_every_slot_serves(&h, 2);
+}
+
+#[test]
+fn a_proxy_listener_gives_the_app_the_client_address() {
+    need_node();
+    let proxied = "127.0.0.1:0,proxy";
+    let args = ["--listen", proxied, "--listen", "127.0.0.1:0", "--workers", "2", "--", "python3", BRIDGE, "node", APP];
+    let h = Handoff::start(&args);
+    h.wait_ready_slots(2);
+    let (proxy, plain) = (h.tcp_addrs()[0], h.tcp_addrs()[1]);
+    let via = |header: &[u8]| http_get_with(TcpStream::connect(proxy).unwrap(), "/ip", header).unwrap().body;
+    assert_eq!(via(b"PROXY TCP4 192.0.2.9 198.51.100.1 5555 443\r\n"), "192.0.2.9\n");
+    assert_eq!(via(b"PROXY TCP6 2001:db8::9 2001:db8::1 5555 443\r\n"), "2001:db8::9\n");
+    assert_eq!(via(b"PROXY UNKNOWN\r\n"), "127.0.0.1\n", "no address in the header: the socket's own");
+    assert_eq!(http_get(plain, "/ip").unwrap().body, "127.0.0.1\n");
 }
 
 // ---- helpers (the same in tests/ruby_worker.rs) ----

@@ -1,7 +1,8 @@
 //! The Rack worker (`examples/ruby/rack_worker.rb` with `examples/ruby/config.ru`) under
 //! `handoff run -- ruby ...`: exact round robin, DONE for least-conn, HTTP/1.1
 //! keep-alive and pipelining, request bodies (chunked, and `Expect: 100-continue`),
-//! streamed responses, an app that raises, and a graceful drain with requests in flight.
+//! streamed responses, an app that raises, client addresses from a PROXY header, and a
+//! graceful drain with requests in flight.
 //!
 //! Ruby with Rack is required, not optional: without it every test fails and says what
 //! to install (CI installs it in `.ci/run`).
@@ -112,6 +113,21 @@ fn sigterm_with_requests_in_flight_drains_without_a_failure() {
     let control = dir.path_str("ctl.sock");
     let h = rack("round-robin", &["--control", &control, "--shutdown-timeout", "20"]);
     drain_with_requests_in_flight(h, &control, "/sleep?ms=700");
+}
+
+#[test]
+fn a_proxy_listener_gives_the_app_the_client_address() {
+    need_ruby_with_rack();
+    let proxied = "127.0.0.1:0,proxy";
+    let args = ["--listen", proxied, "--listen", "127.0.0.1:0", "--workers", "2", "--", "ruby", WORKER, APP];
+    let h = Handoff::start(&args);
+    h.wait_ready_slots(2);
+    let (proxy, plain) = (h.tcp_addrs()[0], h.tcp_addrs()[1]);
+    let via = |header: &[u8]| http_get_with(TcpStream::connect(proxy).unwrap(), "/ip", header).unwrap().body;
+    assert_eq!(via(b"PROXY TCP4 192.0.2.9 198.51.100.1 5555 443\r\n"), "192.0.2.9\n");
+    assert_eq!(via(b"PROXY TCP6 2001:db8::9 2001:db8::1 5555 443\r\n"), "2001:db8::9\n");
+    assert_eq!(via(b"PROXY UNKNOWN\r\n"), "127.0.0.1\n", "no address in the header: the socket's own");
+    assert_eq!(http_get(plain, "/ip").unwrap().body, "127.0.0.1\n");
 }
 
 // ---- helpers (the same in tests/node_worker.rs) ----

@@ -14,7 +14,7 @@ channel; examples/node/handoff.js is the Node side. See examples/node/README.md.
 
 Stdlib only, one thread, one selector over three descriptors: the handoff channel, the
 Node channel and a pidfd of the Node process.
-- READY with ACK|DONE|HEARTBEAT at start.
+- READY with ACK|DONE|HEARTBEAT|BATCH|ADDRS at start.
 - CONN (BATCH too): queued, then passed to Node one at a time, each after Node's
   NODE_HANDLE_ACK of the one before, as Node's own senders do. HANDOFF_NODE_WINDOW=N lets
   N await their ACK at once: the kernel never merges two descriptor-carrying writes into
@@ -41,9 +41,10 @@ import struct
 import subprocess
 import sys
 
-READY, ACK, DONE, HEARTBEAT, CONN, DRAIN = 0x01, 0x02, 0x03, 0x04, 0x81, 0x82
-CAPS = 0b1111  # ACK | DONE | HEARTBEAT | BATCH
+READY, ACK, DONE, HEARTBEAT, CONN, DRAIN, CONN_ADDR = 0x01, 0x02, 0x03, 0x04, 0x81, 0x82, 0x83
+CAPS = 0b11111  # ACK | DONE | HEARTBEAT | BATCH | ADDRS
 MAX_BATCH = 253  # connections in one CONN frame (docs/PROTOCOL.md)
+ITEM = {CONN: 16, CONN_ADDR: 56}  # bytes per connection
 WINDOW = max(1, int(os.environ.get("HANDOFF_NODE_WINDOW", "1")))
 ME = os.environ.get("HANDOFF_WORKER_ID", "0")
 NACK_RETRIES = 3  # as Node's own sender (MAX_HANDLE_RETRANSMISSIONS)
@@ -52,6 +53,19 @@ NACK_RETRIES = 3  # as Node's own sender (MAX_HANDLE_RETRANSMISSIONS)
 def log(msg):
     sys.stderr.write(f"node bridge {ME} (pid {os.getpid()}): {msg}\n")
     sys.stderr.flush()
+
+
+def client_address(msg, at):
+    """The client's address from a CONN_ADDR address block (a PROXY header the master
+    read), as net.Socket names it; empty for "use the socket's own"."""
+    family, port = msg[at], struct.unpack_from("<H", msg, at + 2)[0]
+    if family == 4:
+        return {"remoteAddress": socket.inet_ntop(socket.AF_INET, msg[at + 8 : at + 12]),
+                "remotePort": port, "remoteFamily": "IPv4"}
+    if family == 6:
+        return {"remoteAddress": socket.inet_ntop(socket.AF_INET6, msg[at + 8 : at + 24]),
+                "remotePort": port, "remoteFamily": "IPv6"}
+    return {}
 
 
 def die_with_parent(parent):
@@ -65,8 +79,8 @@ def die_with_parent(parent):
 class Bridge:
     def __init__(self, chan, argv):
         self.chan = chan
-        self.queue = collections.deque()  # (id, fd, listener): from the master, not yet in Node
-        self.inflight = collections.deque()  # [id, fd, listener, tries]: sent to Node, in order
+        self.queue = collections.deque()  # (id, fd, message): from the master, not yet in Node
+        self.inflight = collections.deque()  # [id, fd, message, tries]: sent to Node, in order
         self.acks, self.dones = [], []  # gathered while reading Node's lines: one frame each
         self.live = set()  # ids Node holds: DONE is sent only for these
         self.node_ready = False
@@ -115,14 +129,19 @@ class Bridge:
             self.draining = True
             self.pump()
             return
-        if kind != CONN or not 1 <= n == len(fds) or len(msg) != 4 + 16 * n or flags & socket.MSG_CTRUNC:
+        size = ITEM.get(kind, 0)
+        if not size or not 1 <= n == len(fds) or len(msg) != 4 + size * n or flags & socket.MSG_CTRUNC:
             for fd in fds:
                 os.close(fd)
             log(f"unexpected frame {msg[:4].hex()} with {len(fds)} descriptors (flags {flags:#x}); exiting")
             self.stop_node_and_exit(1)
         for i, fd in enumerate(fds):
-            cid, listener = struct.unpack_from("<QH", msg, 4 + 16 * i)
-            self.queue.append((cid, fd, listener))
+            at = 4 + size * i
+            cid, listener = struct.unpack_from("<QH", msg, at)
+            conn = {"handoff": "conn", "id": cid, "listener": listener}
+            if kind == CONN_ADDR:
+                conn.update(client_address(msg, at + 16))
+            self.queue.append((cid, fd, conn))
         self.pump()
 
     # ---- the Node channel ----
@@ -143,8 +162,8 @@ class Bridge:
         if not self.node_ready:
             return
         while self.queue and len(self.inflight) < WINDOW:
-            cid, fd, listener = self.queue.popleft()
-            item = [cid, fd, listener, 0]
+            cid, fd, conn = self.queue.popleft()
+            item = [cid, fd, conn, 0]
             self.inflight.append(item)
             self.send_handle(item)
         if self.draining and not self.drain_sent and not self.queue and not self.inflight:
@@ -152,9 +171,8 @@ class Bridge:
             self.send_node({"handoff": "drain"})
 
     def send_handle(self, item):
-        cid, fd, listener, _ = item
-        msg = {"handoff": "conn", "id": cid, "listener": listener}
-        self.send_node({"cmd": "NODE_HANDLE", "type": "net.Socket", "msg": msg}, fd)
+        _, fd, conn, _ = item
+        self.send_node({"cmd": "NODE_HANDLE", "type": "net.Socket", "msg": conn}, fd)
 
     def on_node_message(self):
         data = self.ipc.recv(65536)

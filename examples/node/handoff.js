@@ -105,7 +105,14 @@ function serve(server, options = {}) {
 
   process.on('message', (msg, handle) => {
     if (!msg || typeof msg.handoff !== 'string') return; // the app's own messages
-    if (msg.handoff === 'conn' && handle) adopt(msg.id, handle);
+    if (msg.handoff === 'conn' && handle) {
+      // From a `,proxy` listener: the client's address from the PROXY header. Own
+      // properties shadow net.Socket's getters, so req.socket.remoteAddress is the client.
+      for (const key of ['remoteAddress', 'remotePort', 'remoteFamily']) {
+        if (msg[key] !== undefined) Object.defineProperty(handle, key, { value: msg[key] });
+      }
+      adopt(msg.id, handle);
+    }
     else if (msg.handoff === 'drain') drain();
   });
   // The bridge is gone (it exited or was killed): nobody can hand over or report.

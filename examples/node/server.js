@@ -7,6 +7,7 @@
 //   GET  /              hello, with the worker id and pid
 //   POST /echo          the request body back, and its size in X-Body-Bytes
 //   GET  /sleep?ms=N    answers after N ms (a slow request, for drain tests)
+//   GET  /ip            the client's address (from the PROXY header on a `,proxy` listener)
 //   GET  /hang          busy-loops forever: the master sees the beats stop and replaces
 //                       the worker (with --worker-timeout)
 
@@ -31,6 +32,8 @@ const server = http.createServer((req, res) => {
     });
   } else if (req.method === 'GET' && url.pathname === '/sleep') {
     setTimeout(() => res.end('slept\n'), Number(url.searchParams.get('ms') || 0));
+  } else if (req.method === 'GET' && url.pathname === '/ip') {
+    res.end(`${req.socket.remoteAddress}\n`);
   } else if (req.method === 'GET' && url.pathname === '/hang') {
     for (;;); // eslint-disable-line no-empty
   } else {

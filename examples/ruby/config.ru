@@ -10,6 +10,7 @@
 #   GET  /sleep?ms=N    answers after N ms (a slow request, for drain tests)
 #   GET  /stream?n=N    N lines streamed by an `each` body (sent chunked)
 #   GET  /error         raises: a 500, and the traceback on stderr
+#   GET  /ip            the client's address (REMOTE_ADDR)
 
 WORKER = ENV.fetch("HANDOFF_WORKER_ID", "?")
 
@@ -39,6 +40,8 @@ app = lambda do |env|
     [200, headers, ["slept\n"]]
   when %w[GET /stream]
     [200, headers, Lines.new(req.params.fetch("n", "3").to_i)]
+  when %w[GET /ip]
+    [200, headers, ["#{env['REMOTE_ADDR']}\n"]]
   when %w[GET /error]
     raise "a failure in the app, on purpose"
   else

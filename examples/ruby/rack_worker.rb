@@ -6,9 +6,10 @@
 #
 #   handoff run -w 4 -- ruby examples/ruby/rack_worker.rb examples/ruby/config.ru
 #
-# Protocol: READY with ACK|DONE|HEARTBEAT, ACK on receipt, DONE before each close,
+# Protocol: READY with ACK|DONE|HEARTBEAT|ADDRS, ACK on receipt, DONE before each close,
 # HEARTBEAT from a thread, DRAIN: finish what is in flight, close idle keep-alive
-# connections, exit 0; end of file on the channel: exit at once.
+# connections, exit 0; end of file on the channel: exit at once. From a `,proxy`
+# listener (CONN_ADDR), REMOTE_ADDR is the client's address from the PROXY header.
 # HTTP: HTTP/1.1 with keep-alive and pipelining, request bodies by Content-Length or
 # chunked (answering `Expect: 100-continue`), responses framed by the app's
 # Content-Length or else chunked (HTTP/1.0: close-delimited). A thread per connection:
@@ -17,6 +18,7 @@
 # Settings (environment): HANDOFF_RACK_IDLE_TIMEOUT (seconds a keep-alive connection
 # may sit idle, 60), HANDOFF_RACK_MAX_BODY (bytes, 104857600; larger bodies get 413).
 
+require "ipaddr"
 require "socket"
 require "stringio"
 begin
@@ -33,8 +35,9 @@ module Handoff
   DONE = 0x03
   HEARTBEAT = 0x04
   CONN = 0x81
+  CONN_ADDR = 0x83
   DRAIN = 0x82
-  CAPS = 0b111 # ACK | DONE | HEARTBEAT; no BATCH, so every CONN carries one socket
+  CAPS = 0b10111 # ACK | DONE | HEARTBEAT | ADDRS; no BATCH, so every CONN carries one socket
   # Room for one descriptor: CMSG_SPACE(sizeof(int)) is 24 on Linux. Giving a size also
   # stops Ruby from peeking first (which would install every descriptor twice).
   CONTROL_LEN = 64
@@ -143,11 +146,12 @@ module Handoff
         kind, _version, n = data.unpack("CCv")
         break if kind == DRAIN
 
-        unless kind == CONN && n == 1 && ios.size == 1 && data.bytesize == 20
+        size = { CONN => 20, CONN_ADDR => 60 }[kind]
+        unless size && n == 1 && ios.size == 1 && data.bytesize == size
           ios.each(&:close)
           abort "rack worker #{@me}: unexpected frame #{data[0, 4].unpack1('H*')} with #{ios.size} descriptors"
         end
-        accept(data.unpack1("Q<", offset: 4), ios[0])
+        accept(data.unpack1("Q<", offset: 4), ios[0], kind == CONN_ADDR ? client_address(data) : nil)
       end
       drain
     end
@@ -166,7 +170,18 @@ module Handoff
       end
     end
 
-    def accept(id, io)
+    # The client's address from a CONN_ADDR item's address block (a PROXY header the
+    # master read): [ip, port], or nil for "use the socket's own".
+    def client_address(data)
+      family, = data.unpack("C", offset: 20)
+      port, = data.unpack("v", offset: 22)
+      case family
+      when 4 then [IPAddr.new_ntoh(data.byteslice(28, 4)).to_s, port]
+      when 6 then [IPAddr.new_ntoh(data.byteslice(28, 16)).to_s, port]
+      end
+    end
+
+    def accept(id, io, client)
       sock = Socket.for_fd(io.fileno)
       io.autoclose = false # `sock` owns the descriptor now
       frame(ACK, [id])
@@ -175,7 +190,7 @@ module Handoff
       rescue SystemCallError
         nil # a Unix socket: no Nagle to turn off
       end
-      @threads = @threads.select(&:alive?) << Thread.new { serve(id, sock) }
+      @threads = @threads.select(&:alive?) << Thread.new { serve(id, sock, client) }
     end
 
     def drain
@@ -185,12 +200,12 @@ module Handoff
       exit(0)
     end
 
-    def serve(id, sock)
+    def serve(id, sock, client)
       reader = Reader.new(sock)
       first = true
       while wait_for_request(sock, reader, first)
         first = false
-        break unless serve_one(sock, reader)
+        break unless serve_one(sock, reader, client)
       end
     rescue SystemCallError, IOError
       nil # the client went away
@@ -221,11 +236,11 @@ module Handoff
 
     # Reads one request, calls the app, writes the response; whether to keep the
     # connection open for another.
-    def serve_one(sock, reader)
+    def serve_one(sock, reader, client)
       head = reader.head(HEAD_LIMIT)
       return false if head.nil?
 
-      env, keep = parse(head, sock)
+      env, keep = parse(head, sock, client)
       body = read_body(env, reader, sock)
       env["rack.input"] = StringIO.new(body)
       env["CONTENT_LENGTH"] = body.bytesize.to_s if env.key?("handoff.chunked")
@@ -236,7 +251,7 @@ module Handoff
       false
     end
 
-    def parse(head, sock)
+    def parse(head, sock, client)
       lines = head.split("\r\n")
       method, target, version = lines.shift.to_s.split(" ", 3)
       unless method&.match?(/\A[A-Z]+\z/) && target && version&.match?(%r{\AHTTP/1\.[01]\z})
@@ -259,7 +274,7 @@ module Handoff
         "REQUEST_METHOD" => method, "SCRIPT_NAME" => "", "PATH_INFO" => path.to_s,
         "QUERY_STRING" => query.to_s, "REQUEST_URI" => target, "SERVER_NAME" => host,
         "SERVER_PORT" => port, "SERVER_PROTOCOL" => version, "HTTP_VERSION" => version,
-        "REMOTE_ADDR" => remote_addr(sock),
+        "REMOTE_ADDR" => client ? client[0] : remote_addr(sock),
         "rack.version" => Rack::VERSION, "rack.url_scheme" => "http", "rack.errors" => $stderr,
         "rack.multithread" => true, "rack.multiprocess" => true, "rack.run_once" => false,
         "rack.hijack?" => false, "handoff.worker_id" => @me
