@@ -1,6 +1,6 @@
 //! The Rack worker (`examples/ruby/rack_worker.rb` with `examples/ruby/config.ru`) under
 //! `handoff run -- ruby ...`: exact round robin, DONE for least-conn, HTTP/1.1
-//! keep-alive and pipelining, request bodies (chunked, and `Expect: 100-continue`),
+//! keep-alive and pipelining, idle connections handed back (RETURN), request bodies (chunked, and `Expect: 100-continue`),
 //! streamed responses, an app that raises, client addresses from a PROXY header, and a
 //! graceful drain with requests in flight.
 //!
@@ -58,13 +58,14 @@ fn round_robin_exact_over_four_workers() {
 
 #[test]
 fn least_conn_counts_done() {
-    let h = rack("least-conn", &[]);
+    // Held connections stay with their workers only if they are never handed back.
+    let h = rack("least-conn", &["--hand-back", "off"]);
     assert_least_conn_with_done(&h);
 }
 
 #[test]
 fn keep_alive_and_pipelining_on_one_connection() {
-    let h = rack("round-robin", &[]);
+    let h = rack("round-robin", &["--hand-back", "off"]);
     let mut held = hold(h.addr());
     for _ in 0..20 {
         assert_eq!(held.request(), held.worker, "a keep-alive connection stays with its worker");
@@ -74,6 +75,46 @@ fn keep_alive_and_pipelining_on_one_connection() {
     assert_eq!(read_one_response(&mut held.stream).expect("first pipelined response").status, 200);
     assert_eq!(read_one_response(&mut held.stream).expect("second pipelined response").status, 404);
     assert_eq!(held.request(), held.worker);
+}
+
+#[test]
+fn hands_idle_connections_back_between_requests() {
+    let h = rack("round-robin", &["--hand-back", "always"]);
+    assert_one_connection_reaches_every_worker(&h, 4);
+}
+
+#[test]
+fn a_slow_request_makes_its_worker_hand_back_in_auto_mode() {
+    let dir = TempDir::new("ruby-auto");
+    let control = dir.path_str("ctl.sock");
+    let h = rack("round-robin", &["--control", &control, "--hand-back", "auto"]);
+    let returned = || status_json(&control)["totals"]["returned"].as_u64().expect("totals.returned");
+    let mut held = hold(h.addr());
+    // 20 ms of CPU: the worker is slow for a second and hands the connection back after
+    // the response; the next request on it is placed again, and answered.
+    held.stream.write_all(b"GET /cpu?ms=20 HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    assert_eq!(read_one_response(&mut held.stream).expect("a response").status, 200);
+    wait_until("the connection to come back to the master", || returned() >= 1);
+    held.request();
+    assert!(status_json(&control)["totals"]["continued"].as_u64().unwrap() >= 1);
+}
+
+#[test]
+fn a_reload_hands_idle_keep_alive_connections_to_the_new_workers() {
+    // auto: fast requests keep their connections in the workers; at the DRAIN of a
+    // reload the old workers hand their idle ones back instead of closing them.
+    let dir = TempDir::new("ruby-reload");
+    let control = dir.path_str("ctl.sock");
+    let h = rack("round-robin", &["--control", &control, "--hand-back", "auto"]);
+    let old: std::collections::HashSet<u32> = h.wait_ready_slots(4).into_values().collect();
+    let mut conns: Vec<Held> = (0..4).map(|_| hold(h.addr())).collect();
+    h.signal(Signal::HUP);
+    h.wait_lines("ready (pid", 8);
+    wait_until("the old workers to exit", || h.children().iter().all(|p| !old.contains(p)));
+    for c in &mut conns {
+        c.request(); // still open, and served by a new worker
+    }
+    assert_eq!(status_json(&control)["totals"]["accepted"], 4, "no client had to reconnect");
 }
 
 #[test]

@@ -8,6 +8,7 @@
 #   GET  /              hello, with the worker id and pid
 #   POST /echo          the request body back, and its size in X-Body-Bytes
 #   GET  /sleep?ms=N    answers after N ms (a slow request, for drain tests)
+#   GET  /cpu?ms=N      burns N ms of CPU (a slow request: the worker hands back after it)
 #   GET  /stream?n=N    N lines streamed by an `each` body (sent chunked)
 #   GET  /error         raises: a 500, and the traceback on stderr
 #   GET  /ip            the client's address (REMOTE_ADDR)
@@ -38,6 +39,11 @@ app = lambda do |env|
   when %w[GET /sleep]
     sleep(req.params.fetch("ms", "0").to_i / 1000.0)
     [200, headers, ["slept\n"]]
+  when %w[GET /cpu]
+    clock = Process::CLOCK_THREAD_CPUTIME_ID
+    until_s = Process.clock_gettime(clock) + (req.params.fetch("ms", "0").to_i / 1000.0)
+    nil while Process.clock_gettime(clock) < until_s
+    [200, headers, ["burned\n"]]
   when %w[GET /stream]
     [200, headers, Lines.new(req.params.fetch("n", "3").to_i)]
   when %w[GET /ip]

@@ -6,10 +6,14 @@
 #
 #   handoff run -w 4 -- ruby examples/ruby/rack_worker.rb examples/ruby/config.ru
 #
-# Protocol: READY with ACK|DONE|HEARTBEAT|ADDRS, ACK on receipt, DONE before each close,
+# Protocol: READY with ACK|DONE|HEARTBEAT|ADDRS|RETURN, ACK on receipt, DONE before each close,
 # HEARTBEAT from a thread, DRAIN: finish what is in flight, close idle keep-alive
 # connections, exit 0; end of file on the channel: exit at once. From a `,proxy`
 # listener (CONN_ADDR), REMOTE_ADDR is the client's address from the PROXY header.
+# RETURN (request-level balancing): at a request boundary, with nothing of the next
+# request read, an idle keep-alive connection goes back to the master when
+# HANDOFF_RETURN says so (auto: while a request has run 2 ms of CPU in the last second;
+# always; off), and at DRAIN instead of being closed.
 # HTTP: HTTP/1.1 with keep-alive and pipelining, request bodies by Content-Length or
 # chunked (answering `Expect: 100-continue`), responses framed by the app's
 # Content-Length or else chunked (HTTP/1.0: close-delimited). A thread per connection:
@@ -18,6 +22,7 @@
 # Settings (environment): HANDOFF_RACK_IDLE_TIMEOUT (seconds a keep-alive connection
 # may sit idle, 60), HANDOFF_RACK_MAX_BODY (bytes, 104857600; larger bodies get 413).
 
+require "fcntl"
 require "ipaddr"
 require "socket"
 require "stringio"
@@ -34,10 +39,17 @@ module Handoff
   ACK = 0x02
   DONE = 0x03
   HEARTBEAT = 0x04
+  RETURN = 0x05
   CONN = 0x81
   CONN_ADDR = 0x83
   DRAIN = 0x82
-  CAPS = 0b10111 # ACK | DONE | HEARTBEAT | ADDRS; no BATCH, so every CONN carries one socket
+  # When to hand idle keep-alive connections back (docs/PROTOCOL.md, section 5).
+  MODE = ENV.fetch("HANDOFF_RETURN", "auto") # auto | always | off
+  # ACK | DONE | HEARTBEAT | ADDRS (+ RETURN); no BATCH, so every CONN carries one socket
+  CAPS = 0b10111 | (MODE == "off" ? 0 : 0b100000)
+  # auto: a request that ran (on the CPU, not waiting) for 2 ms makes the worker slow for 1 s
+  SLOW_S = 0.002
+  HOLD_S = 1.0
   # Room for one descriptor: CMSG_SPACE(sizeof(int)) is 24 on Linux. Giving a size also
   # stops Ruby from peeking first (which would install every descriptor twice).
   CONTROL_LEN = 64
@@ -119,6 +131,7 @@ module Handoff
       # connection thread waiting in IO.select for its next request.
       @drain_r, @drain_w = IO.pipe
       @idle_timeout = Float(ENV.fetch("HANDOFF_RACK_IDLE_TIMEOUT", "60"))
+      @slow_until = 0.0
       @max_body = Integer(ENV.fetch("HANDOFF_RACK_MAX_BODY", "104857600"))
     end
 
@@ -202,10 +215,21 @@ module Handoff
 
     def serve(id, sock, client)
       reader = Reader.new(sock)
+      returned = false
       first = true
-      while wait_for_request(sock, reader, first)
-        first = false
-        break unless serve_one(sock, reader, client)
+      loop do
+        case next_step(sock, reader, first)
+        when :request
+          first = false
+          break unless serve_one(sock, reader, client)
+          # At a request boundary, with nothing of the next request read: may go back.
+          break if !reader.buffered? && hand_back_now? && (returned = hand_back(id, sock))
+        when :hand_back
+          returned = hand_back(id, sock)
+          break
+        else
+          break
+        end
       end
     rescue SystemCallError, IOError
       nil # the client went away
@@ -213,25 +237,50 @@ module Handoff
       log("closing connection #{id}: #{e.class}: #{e.message}")
     ensure
       begin
-        frame(DONE, [id]) # before the close, so the master's count is right first
+        frame(DONE, [id]) unless returned # RETURN stands for DONE; DONE goes before the close
       rescue SystemCallError, IOError
         nil # the master is gone; nobody to tell
       end
-      sock.close
+      sock.close # our copy: a returned connection lives on in the master
     end
 
-    # Whether to read a request: true when bytes are there (or arrive); false when the
-    # connection sits idle past the timeout, or at DRAIN. A new connection whose first
-    # request is on its way gets 2 s more after DRAIN: its client has not been served.
-    def wait_for_request(sock, reader, first)
-      return true if reader.buffered?
+    # What to do next with a connection: :request when bytes are there (or arrive);
+    # :close when it sits idle past the timeout; at DRAIN, :hand_back an idle keep-alive
+    # connection (with RETURN) or :close it. A new connection whose first request is on
+    # its way gets 2 s more after DRAIN: its client has not been served yet.
+    def next_step(sock, reader, first)
+      return :request if reader.buffered?
 
       ready, = IO.select([sock, @drain_r], nil, nil, @idle_timeout)
-      return false if ready.nil?
-      return true if ready.include?(sock)
-      return false unless first
+      return :close if ready.nil?
+      return :request if ready.include?(sock)
+      return (MODE == "off" ? :close : :hand_back) unless first
 
-      !IO.select([sock], nil, nil, 2).nil?
+      IO.select([sock], nil, nil, 2).nil? ? :close : :request
+    end
+
+    def hand_back_now?
+      case MODE
+      when "off" then false
+      when "always" then true
+      else @draining || Process.clock_gettime(Process::CLOCK_MONOTONIC) < @slow_until
+      end
+    end
+
+    # RETURN: gives an idle connection back to the master; true if the master has it
+    # now. Ruby made the socket non-blocking when it received it: the master gets it
+    # back in blocking mode, as it sent it. A full channel (EAGAIN) transfers nothing:
+    # the connection stays ours.
+    def hand_back(id, sock)
+      flags = sock.fcntl(Fcntl::F_GETFL)
+      sock.fcntl(Fcntl::F_SETFL, flags & ~File::NONBLOCK)
+      bytes = [RETURN, 1, 1, id].pack("CCvQ<")
+      rights = Socket::AncillaryData.unix_rights(sock)
+      sent = @send_lock.synchronize { @chan.sendmsg_nonblock(bytes, 0, nil, rights, exception: false) }
+      return true unless sent == :wait_writable
+
+      sock.fcntl(Fcntl::F_SETFL, flags)
+      false
     end
 
     # Reads one request, calls the app, writes the response; whether to keep the
@@ -244,7 +293,12 @@ module Handoff
       body = read_body(env, reader, sock)
       env["rack.input"] = StringIO.new(body)
       env["CONTENT_LENGTH"] = body.bytesize.to_s if env.key?("handoff.chunked")
-      respond(sock, env, keep)
+      ran = Process.clock_gettime(Process::CLOCK_THREAD_CPUTIME_ID)
+      keep = respond(sock, env, keep)
+      if Process.clock_gettime(Process::CLOCK_THREAD_CPUTIME_ID) - ran >= SLOW_S
+        @slow_until = Process.clock_gettime(Process::CLOCK_MONOTONIC) + HOLD_S
+      end
+      keep
     rescue BadRequest => e
       log("#{e.status}: #{e.message}")
       simple(sock, e.status)
@@ -359,7 +413,9 @@ module Handoff
       end
 
       status = status.to_i
-      keep &&= !@draining # a response finished during a drain is the connection's last
+      # A response finished during a drain is the connection's last, unless it can go
+      # back to the master (RETURN), which keeps it open across a reload.
+      keep = false if @draining && MODE == "off"
       head = +"HTTP/1.1 #{status} #{Rack::Utils::HTTP_STATUS_CODES.fetch(status, 'Unknown')}\r\n"
       length = nil
       headers.each do |name, values|
