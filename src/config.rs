@@ -91,6 +91,11 @@ pub enum WorkerKind {
     Builtin {
         /// `--static DIR`.
         static_dir: Option<PathBuf>,
+        /// `--static-no-symlinks`: follow no symlink under `static_dir` (by default,
+        /// those that stay inside it).
+        static_no_symlinks: bool,
+        /// `--test-knobs`: honour `?cpu_ms=` and `?sleep_ms=` (tests and benchmarks).
+        test_knobs: bool,
     },
     /// An external program and its arguments.
     Command(Vec<String>),
@@ -200,6 +205,10 @@ pub struct ConfigFile {
     /// `static = "/srv/www"`
     #[serde(rename = "static")]
     pub static_dir: Option<PathBuf>,
+    /// `static-no-symlinks = true`
+    pub static_no_symlinks: Option<bool>,
+    /// `test-knobs = true` (never on a public server: any client could stop a worker)
+    pub test_knobs: Option<bool>,
     /// `worker-timeout = 30` (seconds)
     pub worker_timeout: Option<f64>,
     /// `shutdown-timeout = 30` (seconds)
@@ -260,6 +269,8 @@ impl ConfigFile {
             max_conns_per_worker,
             command,
             static_dir,
+            static_no_symlinks,
+            test_knobs,
             worker_timeout,
             shutdown_timeout,
             drain_delay,
@@ -296,6 +307,14 @@ impl ConfigFile {
         if listen.len() > u16::MAX as usize {
             return invalid("too many listeners".into());
         }
+        let static_no_symlinks = self.static_no_symlinks.unwrap_or(false);
+        let test_knobs = self.test_knobs.unwrap_or(false);
+        if self.command.is_some() && test_knobs {
+            return invalid("--test-knobs shapes the built-in worker; a worker command has its own".into());
+        }
+        if self.static_dir.is_none() && static_no_symlinks {
+            return invalid("--static-no-symlinks needs --static DIR".into());
+        }
         let worker = match (self.command, self.static_dir) {
             (Some(_), Some(_)) => {
                 return invalid(
@@ -311,9 +330,9 @@ impl ConfigFile {
                 if !dir.is_dir() {
                     return invalid(format!("--static {}: not a directory", dir.display()));
                 }
-                WorkerKind::Builtin { static_dir: Some(dir) }
+                WorkerKind::Builtin { static_dir: Some(dir), static_no_symlinks, test_knobs }
             }
-            (None, None) => WorkerKind::Builtin { static_dir: None },
+            (None, None) => WorkerKind::Builtin { static_dir: None, static_no_symlinks, test_knobs },
         };
         // The built-in worker speaks HTTP, where the client speaks first: its TCP
         // listeners defer accept unless told not to (a connection then reaches the master
@@ -433,7 +452,7 @@ mod tests {
         assert_eq!(c.listen, vec![deferred]);
         assert_eq!(c.workers, default_workers());
         assert_eq!(c.policy, Policy::LeastConn);
-        assert_eq!(c.worker, WorkerKind::Builtin { static_dir: None });
+        assert_eq!(c.worker, WorkerKind::Builtin { static_dir: None, static_no_symlinks: false, test_knobs: false });
     }
 
     #[test]

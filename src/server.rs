@@ -237,7 +237,7 @@ impl Server {
         }
         let mut cfg = self.file.resolve()?;
         if let Some(f) = self.fork {
-            if matches!(cfg.worker, WorkerKind::Builtin { static_dir: Some(_) }) {
+            if matches!(cfg.worker, WorkerKind::Builtin { static_dir: Some(_), .. }) {
                 return Err(ConfigError::Invalid(
                     "static_dir serves files with the built-in worker; it cannot be combined with fork/serve".into(),
                 )

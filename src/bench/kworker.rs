@@ -63,7 +63,9 @@ pub fn run(model: Model, id: usize) -> Result<(), String> {
         .spawn(move || acceptor(listener, ep, flags, reorder, conn_tx, taken_rx))
         .map_err(|e| format!("acceptor thread: {e}"))?;
 
-    let cfg = Arc::new(HttpConfig::new(id, None));
+    let mut cfg = HttpConfig::new(id, None);
+    cfg.test_knobs = true; // the `uneven` workload asks for `?cpu_ms=`
+    let cfg = Arc::new(cfg);
     rt.block_on(async move {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;

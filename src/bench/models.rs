@@ -137,7 +137,9 @@ fn start_handoff(
 ) -> Result<(), String> {
     let model = server.model;
     let mut cmd = Command::new(exe);
+    // `--test-knobs`: the `uneven` workload asks for `?cpu_ms=`.
     cmd.args(["run", "--listen", &listen.to_string(), "--workers", &workers.to_string(), "--policy", policy])
+        .arg("--test-knobs")
         .env("HANDOFF_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -57,6 +57,12 @@ enum Cmd {
         /// Serve files from this directory.
         #[arg(long = "static")]
         static_dir: Option<PathBuf>,
+        /// Follow no symlink under the static directory.
+        #[arg(long)]
+        static_no_symlinks: bool,
+        /// Honour `?cpu_ms=` and `?sleep_ms=`.
+        #[arg(long)]
+        test_knobs: bool,
         /// Test suite only: break the protocol this way.
         #[arg(long, value_enum)]
         misbehave: Option<handoff::worker::faults::Fault>,
@@ -136,6 +142,12 @@ struct RunArgs {
     /// Built-in worker: serve files from DIR
     #[arg(long = "static", value_name = "DIR")]
     static_dir: Option<PathBuf>,
+    /// Built-in worker: follow no symlink under --static DIR [default: only those that stay inside it]
+    #[arg(long)]
+    static_no_symlinks: bool,
+    /// Built-in worker: honour ?cpu_ms=N and ?sleep_ms=N (load tests only: any client could stop a worker)
+    #[arg(long)]
+    test_knobs: bool,
     /// Kill and replace a worker silent this long (seconds) while it holds connections [default: 30]
     #[arg(long, value_name = "SECS")]
     worker_timeout: Option<f64>,
@@ -201,6 +213,8 @@ impl RunArgs {
             max_conns_per_worker: self.max_conns_per_worker,
             command: (!self.command.is_empty()).then(|| self.command.clone()),
             static_dir: self.static_dir.clone(),
+            static_no_symlinks: self.static_no_symlinks.then_some(true),
+            test_knobs: self.test_knobs.then_some(true),
             worker_timeout: self.worker_timeout,
             shutdown_timeout: self.shutdown_timeout,
             drain_delay: self.drain_delay,
@@ -316,12 +330,16 @@ fn main() -> ExitCode {
         Cmd::Ctl { target, action } => exit_with(ctl(target, action)),
         Cmd::Bench(args) => exit_with(handoff::bench::main(args)),
         Cmd::BenchWorker(args) => exit_with(handoff::bench::worker_main(args)),
-        Cmd::Worker { static_dir, misbehave, misbehave_slot } => {
+        Cmd::Worker { static_dir, static_no_symlinks, test_knobs, misbehave, misbehave_slot } => {
             init_logging(0, true);
             let slot = handoff::worker::WorkerEnv::from_env().id;
             let result = match misbehave {
                 Some(f) if misbehave_slot.is_none_or(|s| s == slot) => handoff::worker::faults::run(f),
-                _ => handoff::worker::http::run_from_env(static_dir),
+                _ => {
+                    use handoff::worker::static_files::Symlinks;
+                    let symlinks = if static_no_symlinks { Symlinks::Never } else { Symlinks::InsideRoot };
+                    handoff::worker::http::run_from_env(static_dir, symlinks, test_knobs)
+                }
             };
             match result {
                 Ok(()) => ExitCode::SUCCESS,

@@ -329,11 +329,17 @@ pub fn spawn(args: SpawnArgs<'_>) -> io::Result<(u32, Option<OwnedFd>)> {
             c.args(rest);
             c
         }
-        WorkerKind::Builtin { static_dir } => {
+        WorkerKind::Builtin { static_dir, static_no_symlinks, test_knobs } => {
             let mut c = Command::new(std::env::current_exe()?);
             c.arg("worker");
             if let Some(d) = static_dir {
                 c.arg("--static").arg(d);
+            }
+            if *static_no_symlinks {
+                c.arg("--static-no-symlinks");
+            }
+            if *test_knobs {
+                c.arg("--test-knobs");
             }
             c
         }

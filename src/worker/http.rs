@@ -4,19 +4,23 @@
 //! Every response carries `X-Handoff-Worker: <slot id>`, so a client can tell which
 //! worker served it. Query parameters shape the load for tests and benchmarks:
 //! `?cpu_ms=N` burns N ms of CPU before answering (capped at 10 s), `?sleep_ms=N`
-//! waits N ms without holding the CPU. With a static root it serves files instead.
+//! waits N ms without holding the CPU, but only in test mode ([`HttpConfig::test_knobs`],
+//! `handoff run --test-knobs`): anywhere else they would let any client stop a worker.
+//! With a static root it serves files instead ([`super::static_files`]).
 
-use std::path::{Component, Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming as Body;
-use hyper::header::{HeaderValue, CONTENT_TYPE};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::header::HeaderValue;
+use hyper::{Request, Response};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+pub use super::static_files::ResponseBody;
+use super::static_files::{self, Symlinks};
 use super::tokio_incoming::{FirstLook, FirstLookFn};
 use super::{AsyncIncoming, WorkerEnv, WorkerError};
 
@@ -34,6 +38,14 @@ pub struct HttpConfig {
     /// worker has its connection, or from the end of the previous response on a
     /// keep-alive connection) before the connection is closed: [`HEADER_TIMEOUT`].
     pub header_timeout: Duration,
+    /// Which symlinks under `static_root` are followed (`--static-no-symlinks`: none).
+    pub static_symlinks: Symlinks,
+    /// Honour `?cpu_ms=` and `?sleep_ms=` (`--test-knobs`, and `handoff bench`'s own
+    /// models); off by default.
+    pub test_knobs: bool,
+    /// A connection whose answer makes no progress this long is closed:
+    /// [`SEND_TIMEOUT`].
+    pub send_timeout: Duration,
     worker_header: HeaderValue,
     greeting: Bytes,
 }
@@ -45,6 +57,9 @@ impl HttpConfig {
             worker_id,
             static_root,
             header_timeout: HEADER_TIMEOUT,
+            static_symlinks: Symlinks::default(),
+            test_knobs: false,
+            send_timeout: SEND_TIMEOUT,
             worker_header: HeaderValue::from(worker_id),
             greeting: Bytes::from(format!("hello from handoff worker {worker_id} (pid {})\n", std::process::id())),
         }
@@ -61,6 +76,20 @@ fn header_limit(cfg: &HttpConfig) -> Duration {
     cfg.header_timeout.min(Duration::from_secs(365 * 86_400))
 }
 
+/// Largest request head (request line and headers) the built-in worker reads: a
+/// longer one is answered 431 and the connection closed. nginx's default allows about
+/// 32 KB (a 1 KB buffer, then four of 8 KB), Node's 16 KB; hyper's own limit is its
+/// ~400 KB buffer, which let a client that never finishes its head pin that much
+/// memory per connection for the whole header timeout.
+pub const MAX_REQUEST_HEAD: usize = 32 * 1024;
+
+/// Most bytes hyper buffers for one connection, each way: read ahead of the request
+/// being served, and queued for the client (a file chunk waits here for a slow
+/// reader). hyper's default, ~400 KB, let a client that reads nothing pin that much
+/// per connection; one [file chunk](static_files::CHUNK) is enough to keep a socket fed.
+pub const MAX_CONN_BUFFER: usize = 64 * 1024;
+
+pub use super::send_timeout::SEND_TIMEOUT;
 pub use super::serve::FIRST_REQUEST_GRACE;
 use super::serve::{serve_each, serve_hyper, Http1Opts, Plain};
 
@@ -97,11 +126,16 @@ pub async fn serve_connection_from<I>(
 /// the head it goes in one plain `send`, where hyper's default (a `writev` of head and
 /// body) costs 6% more CPU per keep-alive request; a file's body is not worth copying.
 fn opts(cfg: &HttpConfig) -> Http1Opts {
-    Http1Opts { writev: cfg.static_root.is_some(), header_timeout: header_limit(cfg) }
+    Http1Opts {
+        writev: cfg.static_root.is_some(),
+        header_timeout: header_limit(cfg),
+        send_timeout: cfg.send_timeout,
+        ..Http1Opts::default()
+    }
 }
 
 /// The built-in service's answer to one request, on its way.
-type Answer = std::pin::Pin<Box<dyn std::future::Future<Output = Response<Full<Bytes>>> + Send>>;
+type Answer = std::pin::Pin<Box<dyn std::future::Future<Output = Response<ResponseBody>> + Send>>;
 
 /// The built-in service for one connection: [`handle`], with `X-Handoff-Client` for a
 /// client whose address is known.
@@ -145,79 +179,39 @@ pub fn burn_cpu(ms: u64) {
 }
 
 /// Answers one request.
-pub async fn handle(req: Request<Body>, cfg: &HttpConfig) -> Response<Full<Bytes>> {
-    if let Some(ms) = query_ms(&req, "sleep_ms") {
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-    }
-    if let Some(ms) = query_ms(&req, "cpu_ms") {
-        burn_cpu(ms);
+pub async fn handle(req: Request<Body>, cfg: &HttpConfig) -> Response<ResponseBody> {
+    // Anyone could stop a worker with these: only in an explicit test mode.
+    if cfg.test_knobs {
+        if let Some(ms) = query_ms(&req, "sleep_ms") {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        if let Some(ms) = query_ms(&req, "cpu_ms") {
+            burn_cpu(ms);
+        }
     }
     let mut resp = match &cfg.static_root {
-        Some(root) => serve_file(&req, root).await,
-        None => Response::new(Full::new(cfg.greeting.clone())),
+        Some(root) => static_files::serve(&req, root, cfg.static_symlinks).await,
+        None => Response::new(Either::Left(Full::new(cfg.greeting.clone()))),
     };
     resp.headers_mut().insert("x-handoff-worker", cfg.worker_header.clone());
     resp
 }
 
-fn status(code: StatusCode, msg: &'static str) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from_static(msg.as_bytes())));
-    *r.status_mut() = code;
-    r
-}
-
-/// Maps a request path under `root`, refusing anything that could climb out of it.
-pub fn resolve_static(root: &Path, uri_path: &str) -> Option<PathBuf> {
-    let rel = uri_path.trim_start_matches('/');
-    let mut out = root.to_path_buf();
-    for c in Path::new(rel).components() {
-        match c {
-            Component::Normal(p) => out.push(p),
-            Component::CurDir => {}
-            _ => return None,
-        }
-    }
-    if rel.is_empty() || uri_path.ends_with('/') {
-        out.push("index.html");
-    }
-    Some(out)
-}
-
-async fn serve_file(req: &Request<Body>, root: &Path) -> Response<Full<Bytes>> {
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        return status(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-    }
-    let Some(path) = resolve_static(root, req.uri().path()) else {
-        return status(StatusCode::BAD_REQUEST, "bad path\n");
-    };
-    match tokio::fs::read(&path).await {
-        Ok(data) => {
-            let mut r = Response::new(Full::new(Bytes::from(data)));
-            let ct = match path.extension().and_then(|e| e.to_str()) {
-                Some("html" | "htm") => "text/html; charset=utf-8",
-                Some("css") => "text/css",
-                Some("js") => "text/javascript",
-                Some("json") => "application/json",
-                Some("png") => "image/png",
-                Some("svg") => "image/svg+xml",
-                Some("txt") => "text/plain; charset=utf-8",
-                _ => "application/octet-stream",
-            };
-            r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(ct));
-            r
-        }
-        Err(_) => status(StatusCode::NOT_FOUND, "not found\n"),
-    }
-}
-
 /// Runs the built-in worker on the channel from the environment until the master
 /// sends DRAIN (then it finishes its connections) or goes away (then it gives them at
 /// most one second). This is `handoff`'s hidden `worker` subcommand.
-pub fn run_from_env(static_root: Option<PathBuf>) -> Result<(), WorkerError> {
+pub fn run_from_env(
+    static_root: Option<PathBuf>,
+    static_symlinks: Symlinks,
+    test_knobs: bool,
+) -> Result<(), WorkerError> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async move {
         let env = WorkerEnv::from_env();
-        let cfg = Arc::new(HttpConfig::new(env.id, static_root));
+        let mut cfg = HttpConfig::new(env.id, static_root);
+        cfg.static_symlinks = static_symlinks;
+        cfg.test_knobs = test_knobs;
+        let cfg = Arc::new(cfg);
         serve_incoming(AsyncIncoming::from_env()?, cfg).await
     })
 }
@@ -475,15 +469,5 @@ mod tests {
                 prop_assert!(closed, "hyper kept the connection open after {:?}", String::from_utf8_lossy(&req));
             }
         }
-    }
-
-    #[test]
-    fn static_paths_stay_under_the_root() {
-        let root = Path::new("/srv");
-        assert_eq!(resolve_static(root, "/a/b.txt"), Some(PathBuf::from("/srv/a/b.txt")));
-        assert_eq!(resolve_static(root, "/"), Some(PathBuf::from("/srv/index.html")));
-        assert_eq!(resolve_static(root, "/docs/"), Some(PathBuf::from("/srv/docs/index.html")));
-        assert_eq!(resolve_static(root, "/../etc/passwd"), None);
-        assert_eq!(resolve_static(root, "/a/../../x"), None);
     }
 }

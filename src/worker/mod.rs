@@ -30,7 +30,9 @@ pub mod faults;
 pub mod hand_back;
 pub mod http;
 mod incoming;
+mod send_timeout;
 mod serve;
+pub mod static_files;
 mod tokio_incoming;
 mod waiting;
 // Library additions (forked workers, axum): kept apart from the list above.

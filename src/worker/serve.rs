@@ -31,6 +31,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::hand_back::{Boundary, Timed, Tracked, Watched};
+use super::send_timeout::SendTimeout;
 use super::{AsyncIncoming, End, WorkerError};
 
 /// How long a drain waits for the first request of a connection that has none yet.
@@ -43,11 +44,24 @@ pub(crate) struct Http1Opts {
     pub(crate) writev: bool,
     /// How long a client may take over a request head.
     pub(crate) header_timeout: Duration,
+    /// Longest request head: [`super::http::MAX_REQUEST_HEAD`].
+    pub(crate) max_head: usize,
+    /// hyper's buffers per connection: [`super::http::MAX_CONN_BUFFER`].
+    pub(crate) max_buf: usize,
+    /// An answer that makes no progress this long closes the connection:
+    /// [`super::http::SEND_TIMEOUT`].
+    pub(crate) send_timeout: Duration,
 }
 
 impl Default for Http1Opts {
     fn default() -> Http1Opts {
-        Http1Opts { writev: true, header_timeout: super::http::HEADER_TIMEOUT }
+        Http1Opts {
+            writev: true,
+            header_timeout: super::http::HEADER_TIMEOUT,
+            max_head: super::http::MAX_REQUEST_HEAD,
+            max_buf: super::http::MAX_CONN_BUFFER,
+            send_timeout: super::http::SEND_TIMEOUT,
+        }
     }
 }
 
@@ -300,7 +314,12 @@ where
         .writev(opts.writev)
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(opts.header_timeout)
-        .serve_connection(TokioIo::new(Watched { inner: io, at: at.clone() }), svc);
+        .max_header_size(opts.max_head)
+        .max_buf_size(opts.max_buf.max(8192)) // hyper's minimum (it panics below)
+        .serve_connection(
+            TokioIo::new(Watched { inner: SendTimeout::new(io, opts.send_timeout), at: at.clone() }),
+            svc,
+        );
     // hyper applies one header timeout to every head: the first one's shorter limit is
     // kept here, until the first request has started (drain or not).
     let first_head_late = async {
@@ -366,7 +385,7 @@ where
     match ended {
         Some(Ok(())) if handing_back => {
             let parts = conn.into_parts();
-            Some((parts.io.into_inner().inner, parts.read_buf))
+            Some((parts.io.into_inner().inner.into_inner(), parts.read_buf))
         }
         _ => None,
     }
