@@ -8,7 +8,7 @@ use util::*;
 
 #[test]
 fn emfile_pauses_accepting_without_burning_cpu_and_recovers() {
-    let h = Handoff::start(&["--listen", "127.0.0.1:0", "--workers", "2", "--policy", "round-robin"]);
+    let h = Handoff::start(&["--listen", "127.0.0.1:0", "--workers", "2", "--policy", "round-robin", "--test-knobs"]);
     h.wait_ready(2);
     let master = h.pid();
     // Leave the master room for about 20 client sockets beyond what it holds.

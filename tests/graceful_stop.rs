@@ -7,7 +7,8 @@ use util::*;
 
 #[test]
 fn sigterm_lets_slow_requests_finish() {
-    let mut h = Handoff::start(&["--listen", "127.0.0.1:0", "--workers", "2", "--shutdown-timeout", "20"]);
+    let mut h =
+        Handoff::start(&["--listen", "127.0.0.1:0", "--workers", "2", "--shutdown-timeout", "20", "--test-knobs"]);
     h.wait_ready(2);
     let addr = h.addr();
     let slow: Vec<_> = (0..8).map(|_| std::thread::spawn(move || http_get(addr, "/?sleep_ms=700"))).collect();
@@ -25,7 +26,8 @@ fn sigterm_lets_slow_requests_finish() {
 
 #[test]
 fn shutdown_timeout_kills_workers_that_do_not_finish() {
-    let mut h = Handoff::start(&["--listen", "127.0.0.1:0", "--workers", "1", "--shutdown-timeout", "0.5"]);
+    let mut h =
+        Handoff::start(&["--listen", "127.0.0.1:0", "--workers", "1", "--shutdown-timeout", "0.5", "--test-knobs"]);
     h.wait_ready(1);
     let addr = h.addr();
     let stuck = std::thread::spawn(move || http_get(addr, "/?sleep_ms=10000"));
@@ -42,7 +44,7 @@ fn ctrl_c_to_the_terminal_group_drains_instead_of_killing_workers() {
     // The master leads its own process group, as a shell job would; a terminal Ctrl-C
     // is SIGINT to that whole group. Workers have groups of their own, so only the
     // master gets it, and the request in flight finishes.
-    let mut h = Handoff::start_with(&["--listen", "127.0.0.1:0", "--workers", "2"], |cmd| {
+    let mut h = Handoff::start_with(&["--listen", "127.0.0.1:0", "--workers", "2", "--test-knobs"], |cmd| {
         use std::os::unix::process::CommandExt;
         cmd.process_group(0);
     });

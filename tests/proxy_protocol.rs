@@ -148,6 +148,7 @@ fn connections_still_to_hand_out_at_stop_wait_for_a_free_worker() {
         "1",
         "--max-requests",
         "2",
+        "--test-knobs",
         "--control",
         &control,
     ]);

@@ -11,7 +11,7 @@ fn rolling_reload_two_to_four_workers_and_new_policy_without_a_failed_request() 
     let cfg = dir.join("h.toml");
     std::fs::write(&cfg, "listen = [\"127.0.0.1:0\"]\nworkers = 2\npolicy = \"round-robin\"\n").unwrap();
     let control = dir.path_str("ctl.sock");
-    let h = Handoff::start(&["--config", cfg.to_str().unwrap(), "--control", &control]);
+    let h = Handoff::start(&["--config", cfg.to_str().unwrap(), "--control", &control, "--test-knobs"]);
     h.wait_ready(2);
     let st = status_json(&control);
     assert_eq!((running_workers(&st), st["policy"].as_str().unwrap()), (2, "round-robin"));

@@ -64,7 +64,7 @@ fn without_hand_back_a_connection_stays_with_its_worker() {
 
 #[test]
 fn a_slow_request_makes_its_worker_hand_back_in_auto_mode() {
-    let (h, _dir, control) = start(&["--workers", "2"]);
+    let (h, _dir, control) = start(&["--workers", "2", "--test-knobs"]);
     h.wait_ready(2);
     let mut s = keep_alive(h.addr());
     assert_eq!(get(&mut s, "/").status, 200);

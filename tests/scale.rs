@@ -8,7 +8,7 @@ use util::*;
 fn scale_up_and_down_under_load() {
     let dir = TempDir::new("scale");
     let control = dir.path_str("ctl.sock");
-    let h = Handoff::start(&["--listen", "127.0.0.1:0", "--workers", "2", "--control", &control]);
+    let h = Handoff::start(&["--listen", "127.0.0.1:0", "--workers", "2", "--control", &control, "--test-knobs"]);
     h.wait_ready(2);
     let load = Load::start(h.addr(), 3, "/?sleep_ms=2");
     h.signal(Signal::TTIN);

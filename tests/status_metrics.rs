@@ -38,6 +38,7 @@ fn status_metrics_and_health() {
         &m,
         "--health",
         &he,
+        "--test-knobs",
         "--shutdown-timeout",
         "10",
     ]);

@@ -25,9 +25,8 @@ fn upgrade_to_a_copy_of_the_binary_under_load() {
     let dir = TempDir::new("upgrade");
     let bin = copy_binary(&dir);
     let control = dir.path_str("ctl.sock");
-    let mut h = Handoff::spawn(&["--listen", "127.0.0.1:0", "--workers", "2", "--control", &control], |cmd| {
-        run_copy(cmd, &bin)
-    });
+    let args = ["--listen", "127.0.0.1:0", "--workers", "2", "--control", &control, "--test-knobs"];
+    let mut h = Handoff::spawn(&args, |cmd| run_copy(cmd, &bin));
     h.wait_ready(2);
     let old_pid = h.pid();
     assert_eq!(status_json(&control)["pid"].as_u64(), Some(old_pid as u64));

@@ -12,7 +12,7 @@ fn lost_in_log(h: &Handoff) -> u64 {
 
 #[test]
 fn kill_a_worker_every_second_under_load() {
-    let h = Handoff::start(&["--listen", "127.0.0.1:0", "--workers", "4"]);
+    let h = Handoff::start(&["--listen", "127.0.0.1:0", "--workers", "4", "--test-knobs"]);
     h.wait_ready(4);
     let load = Load::start(h.addr(), 4, "/?sleep_ms=5");
     for round in 0..10 {

@@ -55,7 +55,8 @@ fn start_header_timeout(header_timeout: Duration) -> (OwnedFd, std::thread::Join
     start_cfg(cfg)
 }
 
-fn start_cfg(cfg: HttpConfig) -> (OwnedFd, std::thread::JoinHandle<()>, Vec<Frame>, TcpListener) {
+fn start_cfg(mut cfg: HttpConfig) -> (OwnedFd, std::thread::JoinHandle<()>, Vec<Frame>, TcpListener) {
+    cfg.test_knobs = true; // some requests ask for `?cpu_ms=` or `?sleep_ms=`
     let (master, worker) = fdpass::seqpacket_pair().expect("socketpair");
     rustix::io::ioctl_fionbio(&master, true).expect("non-blocking");
     let thread = spawn_worker(worker, cfg);
