@@ -64,6 +64,11 @@ pub const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most connections waiting for their PROXY header at once; beyond it the master stops
 /// accepting on `,proxy` listeners until some complete.
 pub const MAX_PENDING_PROXY: usize = 4096;
+/// Requests of handed-back connections a worker that hands back may be working on at
+/// once; more wait in the master (see `Master::dispatch_batch`).
+const QUEUE_DEPTH: u32 = 2;
+/// A worker that handed a connection back this recently counts as handing back.
+const RETURNING: Duration = Duration::from_millis(100);
 /// How long after the last request of a handed-back connection the master still runs as
 /// `SCHED_OTHER` (see `Master::apply_master_sched`).
 const REQUESTS_HOLD: Duration = Duration::from_secs(1);
@@ -325,6 +330,11 @@ pub struct Master {
     upgrade_ready: Option<OwnedFd>,
     /// When a handed-back connection was last dispatched again.
     last_continued: Option<Instant>,
+    /// Candidates for a continued connection (a reused buffer).
+    cont_cand: Vec<Candidate>,
+    /// Continued connections wait in `held` for a worker with room: retried on the
+    /// next worker frame or tick, not in a busy loop.
+    held_blocked: bool,
     /// The master runs as `SCHED_BATCH` by its own doing.
     sched_batch: bool,
     /// When to send the next systemd watchdog ping.
@@ -460,6 +470,8 @@ impl Master {
             upgrade: None,
             upgrade_ready,
             last_continued: None,
+            cont_cand: Vec::new(),
+            held_blocked: false,
             sched_batch: false,
             watchdog: upgrade::watchdog_interval().map(|d| (d, Instant::now())),
             ready_notified: false,
@@ -595,7 +607,7 @@ impl Master {
         let now = Instant::now();
         let can_accept = self.phase == Phase::Running
             && self.paused_until.is_none()
-            && (!self.held.is_empty() || self.listeners.iter().any(|l| l.readable))
+            && ((!self.held.is_empty() && !self.held_blocked) || self.listeners.iter().any(|l| l.readable))
             && self.workers.iter().any(|w| self.eligible(w));
         if can_accept || !self.unread.is_empty() || !self.unread_stderr.is_empty() {
             Duration::ZERO
@@ -648,6 +660,8 @@ impl Master {
             state: State::Running,
             inflight: Default::default(),
             dispatched: 0,
+            requests_in: 0,
+            last_return: None,
             ack_queue: VecDeque::new(),
             drain_pending: false,
             max_requests,
@@ -723,6 +737,7 @@ impl Master {
                 }
             };
             self.workers[i].last_heard = self.now;
+            self.held_blocked = false;
             let handled = match frame {
                 Frame::Return(ids) => self.take_back(i, ids, got.fds),
                 _ if !got.fds.is_empty() => Err("a descriptor with a frame other than RETURN".into()),
@@ -768,7 +783,7 @@ impl Master {
                     match w.inflight.get_mut(&id) {
                         Some(e) if keep => e.fd = None,
                         Some(_) => {
-                            w.inflight.remove(&id);
+                            w.forget(id);
                         }
                         None => return Err(format!("an ACK for connection {id}, which it was never sent")),
                     }
@@ -782,7 +797,7 @@ impl Master {
                     if id < w.tracked_from {
                         continue;
                     }
-                    if w.inflight.remove(&id).is_none() {
+                    if w.forget(id).is_none() {
                         return Err(format!("a DONE for connection {id}, which it does not hold"));
                     }
                 }
@@ -855,7 +870,7 @@ impl Master {
             return Err(format!("a RETURN of connection {id}, which it does not hold"));
         }
         for (id, fd) in ids.into_iter().zip(fds) {
-            let (listener, addrs) = match self.workers[i].inflight.remove(&id) {
+            let (listener, addrs) = match self.workers[i].forget(id) {
                 Some(e) => (e.listener, e.addrs),
                 // Sent before READY: its listener and PROXY addresses are not known
                 // any more; the listener index goes unsaid (0) and the addresses, if
@@ -863,6 +878,7 @@ impl Master {
                 None => (0, None),
             };
             self.totals.returned += 1;
+            self.workers[i].last_return = Some(self.now);
             if self.phase == Phase::Running {
                 if let Err(err) = self.idle.insert(self.poll.registry(), self.now, fd, listener, addrs) {
                     warn!("cannot hold an idle connection ({err}): closing it");
@@ -913,6 +929,7 @@ impl Master {
         let unacked = w.take_unacked();
         let lost = w.inflight.len() as u64;
         w.inflight.clear();
+        w.requests_in = 0;
         if !matches!(w.state, State::Killing | State::Draining) {
             w.state = State::Lost;
         }
@@ -1310,6 +1327,7 @@ impl Master {
         }
         self.admin_timeouts(now);
         self.idle.expire(self.poll.registry(), now);
+        self.held_blocked = false;
         if !self.sched_batch && self.last_continued.is_some_and(|t| now.duration_since(t) >= REQUESTS_HOLD) {
             self.last_continued = None;
             self.apply_master_sched();
@@ -1462,11 +1480,33 @@ impl Master {
     fn dispatch_batch(&mut self, conns: Vec<Held>) {
         self.fill_candidates();
         let mut plan: Vec<Vec<(ConnItem, OwnedFd)>> = (0..self.workers.len()).map(|_| Vec::new()).collect();
+        let mut requests_in: Vec<u32> = self.workers.iter().map(|w| w.requests_in).collect();
         for h in conns {
-            let Some(i) = self.balancer.pick(&self.cand) else {
+            let continued = h.flags & wire::flags::CONTINUED != 0;
+            let pick = if continued {
+                // The next request of a kept-alive client waits here, where every
+                // worker can take it, rather than in the queue of a worker that is
+                // already working on QUEUE_DEPTH of them (one of which may be long):
+                // one queue in front of all the workers is what keeps the tail short.
+                // A worker that keeps its connections (not handing back) is not
+                // counted: its requests in progress are not known.
+                self.cont_cand.clear();
+                for (k, c) in self.cand.iter().enumerate() {
+                    let full = self.workers[k].returning(self.now, RETURNING) && requests_in[k] >= QUEUE_DEPTH;
+                    self.cont_cand.push(Candidate { eligible: c.eligible && !full, ..*c });
+                }
+                self.balancer.pick(&self.cont_cand)
+            } else {
+                self.balancer.pick(&self.cand)
+            };
+            let Some(i) = pick else {
+                self.held_blocked |= continued;
                 self.held.push_back(h);
                 continue;
             };
+            if continued {
+                requests_in[i] += 1;
+            }
             // Later picks in this batch see the load this one adds.
             if self.workers[i].reports_load() {
                 let c = &mut self.cand[i];
@@ -1531,7 +1571,7 @@ impl Master {
                     for (item, fd) in conns.drain(..n) {
                         w.dispatched += 1;
                         if track && item.id >= w.tracked_from {
-                            w.inflight.insert(
+                            w.track(
                                 item.id,
                                 Inflight {
                                     fd: keep.then_some(fd),

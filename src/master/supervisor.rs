@@ -92,6 +92,11 @@ pub struct Worker {
     pub ack_queue: VecDeque<(u64, Instant)>,
     /// Connections sent, ever.
     pub dispatched: u64,
+    /// Continued connections (the next request of a handed-back one) in `inflight`:
+    /// while the worker hands its connections back, its requests in progress.
+    pub requests_in: u32,
+    /// When it last handed a connection back.
+    pub last_return: Option<Instant>,
     /// DRAIN is owed but the channel was full: sent when it becomes writable.
     pub drain_pending: bool,
     /// Connections this worker may take before it is recycled.
@@ -128,6 +133,30 @@ impl Worker {
         self.ready && self.caps & cap::RETURN != 0
     }
 
+    /// Stops tracking connection `id` (DONE, RETURN, or an ACK from a worker that
+    /// reports no DONE).
+    pub fn forget(&mut self, id: u64) -> Option<Inflight> {
+        let e = self.inflight.remove(&id)?;
+        if e.flags & crate::wire::flags::CONTINUED != 0 {
+            self.requests_in = self.requests_in.saturating_sub(1);
+        }
+        Some(e)
+    }
+
+    /// Starts tracking connection `id`.
+    pub fn track(&mut self, id: u64, e: Inflight) {
+        if e.flags & crate::wire::flags::CONTINUED != 0 {
+            self.requests_in += 1;
+        }
+        self.inflight.insert(id, e);
+    }
+
+    /// Hands its connections back now (it did within `window`): then `requests_in`
+    /// counts what it is working on, and it should not be given more than a few.
+    pub fn returning(&self, now: Instant, window: Duration) -> bool {
+        self.last_return.is_some_and(|t| now.duration_since(t) < window)
+    }
+
     /// Connections sent but not yet ACKed (the master still holds them).
     pub fn unacked(&self) -> usize {
         self.inflight.values().filter(|i| i.fd.is_some()).count()
@@ -152,7 +181,7 @@ impl Worker {
     /// Hands back every connection the worker has not ACKed, for another worker.
     pub fn take_unacked(&mut self) -> Vec<(u64, Inflight)> {
         let ids: Vec<u64> = self.inflight.iter().filter(|(_, i)| i.fd.is_some()).map(|(id, _)| *id).collect();
-        ids.into_iter().filter_map(|id| self.inflight.remove(&id).map(|i| (id, i))).collect()
+        ids.into_iter().filter_map(|id| self.forget(id).map(|i| (id, i))).collect()
     }
 }
 

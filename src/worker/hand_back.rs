@@ -19,13 +19,14 @@
 //! master gives them to the other workers, and a rolling reload keeps its clients'
 //! connections open.
 //!
-//! This module holds that decision (one per process: a worker is one process) and the
-//! pieces the built-in HTTP worker uses to find request boundaries under hyper: an
-//! I/O wrapper that sees hyper wait for a next request it has not got, a response body
-//! that says when a response is completely handed to hyper, and a timer around request
-//! handlers.
+//! This module holds that decision (one per process: a worker is one process), the
+//! stall watch that finds slow requests by the thread's CPU time
+//! ([`spawn_stall_watch`]), and the pieces the built-in HTTP worker uses to find
+//! request boundaries under hyper: an I/O wrapper that sees hyper wait for a next
+//! request it has not got, and a response body that says when a response is completely
+//! handed to hyper. When the worker becomes slow, its connections idle at that moment
+//! go back at once, not only those that finish a request afterwards.
 
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -58,10 +59,25 @@ static SLOW_UNTIL: AtomicU64 = AtomicU64::new(0);
 /// a worker of your own that hands connections back in `auto` mode calls it too.
 pub fn note_request(held: Duration) {
     if held >= SLOW_REQUEST {
-        let until = Instant::now() + SLOW_HOLD;
-        let ns = until.duration_since(epoch()).as_nanos().min(u64::MAX as u128) as u64;
-        SLOW_UNTIL.fetch_max(ns, Ordering::Relaxed);
+        // The epoch first: set on first use, it must not be later than `now`.
+        let epoch = epoch();
+        let now = Instant::now().duration_since(epoch);
+        let ns = (now + SLOW_HOLD).as_nanos().min(u64::MAX as u128) as u64;
+        let before = SLOW_UNTIL.fetch_max(ns, Ordering::Relaxed);
+        if before < now.as_nanos() as u64 {
+            // Just became slow: the connections idle in this worker now go back too,
+            // not only those that finish a request from now on.
+            BECAME_SLOW.notify_waiters();
+        }
     }
+}
+
+/// Woken when the worker becomes slow (see [`note_request`]).
+static BECAME_SLOW: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// A future that completes the next time this worker becomes slow.
+pub(crate) fn became_slow() -> tokio::sync::futures::Notified<'static> {
+    BECAME_SLOW.notified()
 }
 
 /// Should a connection that is idle at a request boundary go back to the master now,
@@ -73,7 +89,8 @@ pub fn wanted(mode: HandBack) -> bool {
         HandBack::Off => false,
         HandBack::Auto => {
             let until = SLOW_UNTIL.load(Ordering::Relaxed);
-            until != 0 && (Instant::now().duration_since(epoch()).as_nanos() as u64) < until
+            let epoch = epoch();
+            until != 0 && (Instant::now().duration_since(epoch).as_nanos() as u64) < until
         }
     }
 }
@@ -220,32 +237,47 @@ impl<B: hyper::body::Body + Unpin> hyper::body::Body for Tracked<B> {
     }
 }
 
-/// A request handler's future, timed while it runs (each poll), not while it waits:
-/// when it completes, [`note_request`] hears how long it held the worker.
-#[derive(Debug)]
-pub(crate) struct Timed<F> {
-    fut: Pin<Box<F>>,
-    held: Duration,
-}
+/// How often the stall watch looks at this worker's thread (see [`spawn_stall_watch`]).
+pub const STALL_TICK: Duration = Duration::from_millis(10);
 
-impl<F> Timed<F> {
-    pub(crate) fn new(fut: F) -> Timed<F> {
-        Timed { fut: Box::pin(fut), held: Duration::ZERO }
+/// Watches the current thread for requests that hold it, on the current tokio runtime
+/// (once per process; later calls do nothing), and tells [`note_request`]. The built-in
+/// worker and [`super::serve_http`] start it; a worker of your own that calls
+/// [`super::Conn::hand_back_wanted`] on a tokio runtime can too.
+///
+/// Every [`STALL_TICK`] it reads the thread's CPU time. A tick that comes late because
+/// the thread was busy running something (its CPU time grew by more than the tick plus
+/// [`SLOW_REQUEST`]) means one request held the event loop that long: the worker is
+/// slow. A tick late because the thread was not running at all (descheduled: another
+/// process had the CPU) is not: timing each request by the clock instead took every
+/// preemption inside a handler for a slow request, and under uniform load on a shared
+/// core made workers hand back thousands of connections a second for nothing. It costs
+/// one timer and one `clock_gettime` per tick. On a multi-threaded runtime it watches
+/// the thread it happens to run on.
+pub fn spawn_stall_watch() {
+    static STARTED: AtomicBool = AtomicBool::new(false);
+    if tokio::runtime::Handle::try_current().is_err() || STARTED.swap(true, Ordering::Relaxed) {
+        return;
     }
-}
-
-impl<F: Future> Future for Timed<F> {
-    type Output = F::Output;
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let this = self.get_mut();
-        let t = Instant::now();
-        let r = this.fut.as_mut().poll(cx);
-        this.held += t.elapsed();
-        if r.is_ready() {
-            note_request(this.held);
+    tokio::spawn(async {
+        let cpu = || {
+            let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+            Duration::new(t.tv_sec.max(0) as u64, t.tv_nsec.clamp(0, 999_999_999) as u32)
+        };
+        let mut tick = tokio::time::interval(STALL_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        let mut last = cpu();
+        loop {
+            tick.tick().await;
+            let now = cpu();
+            // CPU time the thread spent since the last tick, beyond the tick itself:
+            // what kept it from coming back to its timers.
+            let held = now.saturating_sub(last).saturating_sub(STALL_TICK);
+            note_request(held);
+            last = now;
         }
-        r
-    }
+    });
 }
 
 #[cfg(test)]

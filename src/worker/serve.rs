@@ -30,7 +30,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::hand_back::{Boundary, Timed, Tracked, Watched};
+use super::hand_back::{Boundary, Tracked, Watched};
 use super::send_timeout::SendTimeout;
 use super::{AsyncIncoming, End, WorkerError};
 
@@ -125,6 +125,9 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let env = incoming.env().clone();
+    if env.hand_back == super::hand_back::HandBack::Auto {
+        super::hand_back::spawn_stall_watch();
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     while let Some(conn) = incoming.accept().await {
@@ -305,7 +308,7 @@ where
             }
             let in_service = at.request();
             let resp = handler(req);
-            Timed::new(
+            Box::pin(
                 async move { Ok::<_, Infallible>(resp.await.map(|body| Tracked { body, _in_service: in_service })) },
             )
         })
@@ -338,6 +341,8 @@ where
     let mut grace = std::pin::pin!(tokio::time::sleep(Duration::from_secs(365 * 86_400)));
     let mut first_seen = std::pin::pin!(first.notified());
     let (mut draining, mut graceful, mut handing_back) = (false, false, false);
+    // Auto mode: the worker becoming slow while this connection is idle hands it back.
+    let mut slow = std::pin::pin!(super::hand_back::became_slow());
     let ended = std::future::poll_fn(|cx| loop {
         // The connection first: a head that came in time is parsed (and the request
         // started) in the same poll that would see the deadline pass. Polled as a
@@ -357,6 +362,10 @@ where
         }
         if graceful || handing_back {
             return Poll::Pending;
+        }
+        if mode == super::hand_back::HandBack::Auto && slow.as_mut().poll(cx).is_ready() {
+            slow.set(super::hand_back::became_slow());
+            let _ = slow.as_mut().poll(cx);
         }
         if can_return && at.is_idle() && (draining || super::hand_back::wanted(mode)) {
             // Idle between requests: hyper closes at once, keeping the socket open.
