@@ -7,9 +7,11 @@
 //! ([`HandBack`]):
 //!
 //! - `always`: after every response whose connection stays open;
-//! - `auto` (the default): only while this worker is *slow*, from the end of a request
+//! - `auto` (the default): while this worker is *slow*, from the end of a request
 //!   that held it for [`SLOW_REQUEST`] (time spent running it, not waiting: a request
-//!   that sleeps or waits for a database does not count) until [`SLOW_HOLD`] later.
+//!   that sleeps or waits for a database does not count) until [`SLOW_HOLD`] later; and
+//!   any connection idle for [`IDLE_HAND_BACK`] (a client's think time, a proxy's pooled
+//!   connection), so that idle clients cost a worker nothing.
 //!   Uniform fast traffic then never pays for a hand-back, while a worker that starts
 //!   getting stuck behind long requests stops hoarding the idle connections of clients
 //!   whose next request would queue behind them;
@@ -236,6 +238,10 @@ impl<B: hyper::body::Body + Unpin> hyper::body::Body for Tracked<B> {
         self.body.size_hint()
     }
 }
+
+/// In `auto` mode, a connection idle this long at a request boundary goes back to the
+/// master, slow worker or not.
+pub const IDLE_HAND_BACK: Duration = Duration::from_secs(1);
 
 /// How often the stall watch looks at this worker's thread (see [`spawn_stall_watch`]).
 pub const STALL_TICK: Duration = Duration::from_millis(10);

@@ -343,6 +343,11 @@ where
     let (mut draining, mut graceful, mut handing_back) = (false, false, false);
     // Auto mode: the worker becoming slow while this connection is idle hands it back.
     let mut slow = std::pin::pin!(super::hand_back::became_slow());
+    // Auto mode: a connection idle this long goes back whatever the worker's load (a
+    // client's think time, a proxy's pooled connection between bursts): it then costs
+    // this worker nothing, and its next request is placed afresh.
+    let mut idle_for = std::pin::pin!(tokio::time::sleep(Duration::from_secs(365 * 86_400)));
+    let mut idle_armed = false;
     let ended = std::future::poll_fn(|cx| loop {
         // The connection first: a head that came in time is parsed (and the request
         // started) in the same poll that would see the deadline pass. Polled as a
@@ -367,7 +372,17 @@ where
             slow.set(super::hand_back::became_slow());
             let _ = slow.as_mut().poll(cx);
         }
-        if can_return && at.is_idle() && (draining || super::hand_back::wanted(mode)) {
+        let mut idle_long = false;
+        if mode == super::hand_back::HandBack::Auto && at.is_idle() {
+            if !idle_armed {
+                idle_for.as_mut().reset(tokio::time::Instant::now() + super::hand_back::IDLE_HAND_BACK);
+                idle_armed = true;
+            }
+            idle_long = idle_for.as_mut().poll(cx).is_ready();
+        } else {
+            idle_armed = false;
+        }
+        if can_return && at.is_idle() && (draining || idle_long || super::hand_back::wanted(mode)) {
             // Idle between requests: hyper closes at once, keeping the socket open.
             Pin::new(&mut conn).graceful_shutdown();
             handing_back = true;
