@@ -261,6 +261,7 @@ impl<S: Returnable> Conn<S> {
                 // The RETURN stands for the DONE: dropping `self` sends none, and
                 // closes only this worker's copy of the socket (no FIN).
                 self.reporter = None;
+                super::hand_back::HANDED_BACK.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 Ok(())
             }
             Err(error) => {

@@ -243,6 +243,11 @@ impl<B: hyper::body::Body + Unpin> hyper::body::Body for Tracked<B> {
 /// master, slow worker or not.
 pub const IDLE_HAND_BACK: Duration = Duration::from_secs(1);
 
+/// Connections handed back since the stall watch last looked (see `spawn_stall_watch`).
+pub(crate) static HANDED_BACK: AtomicU64 = AtomicU64::new(0);
+/// Hand-backs within a second after which the worker returns its free memory.
+const TRIM_AFTER: u64 = 256;
+
 /// How often the stall watch looks at this worker's thread (see [`spawn_stall_watch`]).
 pub const STALL_TICK: Duration = Duration::from_millis(10);
 
@@ -274,8 +279,15 @@ pub fn spawn_stall_watch() {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         let mut last = cpu();
+        let mut ticks = 0u32;
         loop {
             tick.tick().await;
+            ticks = ticks.wrapping_add(1);
+            if ticks % 100 == 0 && HANDED_BACK.swap(0, Ordering::Relaxed) >= TRIM_AFTER {
+                // Many connections left at once (idle clients handed back): their
+                // buffers are free, give them back to the kernel too.
+                crate::sys::release_free_memory();
+            }
             let now = cpu();
             // CPU time the thread spent since the last tick, beyond the tick itself:
             // what kept it from coming back to its timers.
