@@ -13,8 +13,11 @@
 //!   dies with it.
 //! - **The master holds no unbounded queue.** It accepts only while some worker can
 //!   take a connection (eligible, below `--max-conns-per-worker`, channel not full);
-//!   otherwise clients wait in the kernel's backlog. The only connections it holds are
-//!   those it took back from dead workers, bounded by what was in flight.
+//!   otherwise clients wait in the kernel's backlog. It holds connections it took back
+//!   from dead workers (bounded by what was in flight), idle keep-alive connections
+//!   workers handed back (`idle`, bounded by `--max-idle`), and the next requests of
+//!   those while every worker that hands back is busy with two (bounded by the idle
+//!   ones): one queue in front of all the workers, which is what keeps the tail short.
 //! - **Worker events are handled before accepts** in each loop turn, so a DONE that a
 //!   worker sent before its client saw the connection end is counted before the
 //!   client's next connection is placed: load-aware policies are exact, not lucky.
