@@ -9,10 +9,9 @@
 
 mod util;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::TcpStream;
 use std::process::Command;
-use std::time::Duration;
 
 use util::*;
 
@@ -169,84 +168,4 @@ fn a_proxy_listener_gives_the_app_the_client_address() {
     assert_eq!(via(b"PROXY TCP6 2001:db8::9 2001:db8::1 5555 443\r\n"), "2001:db8::9\n");
     assert_eq!(via(b"PROXY UNKNOWN\r\n"), "127.0.0.1\n", "no address in the header: the socket's own");
     assert_eq!(http_get(plain, "/ip").unwrap().body, "127.0.0.1\n");
-}
-
-// ---- helpers (the same in tests/ruby_worker.rs) ----
-
-/// Eight slow requests and one idle keep-alive connection, then SIGTERM: every slow
-/// request is answered, the idle connection is closed, every worker exits 0, and
-/// nothing is left running.
-fn drain_with_requests_in_flight(mut h: Handoff, control: &str, slow_path: &'static str) {
-    let addr = h.addr();
-    let mut idle = hold(addr);
-    let slow: Vec<_> = (0..8).map(|_| std::thread::spawn(move || http_get(addr, slow_path))).collect();
-    // Once every one of them is in a worker and acknowledged, a stop must serve it (one
-    // still in the backlog when the listener closes would be refused: that is a stop).
-    wait_until("9 connections dispatched and acknowledged", || {
-        let st = status_json(control);
-        let unacked: u64 = st["workers"].as_array().unwrap().iter().map(|w| w["unacked"].as_u64().unwrap()).sum();
-        st["totals"]["dispatched"].as_u64().unwrap() >= 9 && unacked == 0
-    });
-    h.signal(Signal::TERM);
-    for s in slow {
-        let r = s.join().unwrap().expect("a request in flight is answered, not cut");
-        assert_eq!((r.status, r.body.as_str()), (200, "slept\n"), "{r:?}");
-    }
-    let mut byte = [0u8; 1];
-    assert_eq!(idle.stream.read(&mut byte).expect("the idle connection is closed"), 0, "idle keep-alive closed");
-    assert_eq!(h.wait_exit(), Some(0));
-    let lines = h.lines();
-    let exits: Vec<&String> = lines.iter().filter(|l| l.contains(") exited: ")).collect();
-    assert_eq!(exits.len(), 4, "{lines:#?}");
-    assert!(exits.iter().all(|l| l.ends_with("exited: exit status 0")), "{exits:#?}");
-    wait_no_processes(&h.marker, Duration::from_secs(5)).expect("nothing left behind");
-}
-
-/// `n` bytes of numbered lines: a reordered, lost or repeated piece shows.
-fn numbered_lines(n: usize) -> String {
-    let mut s = String::with_capacity(n + 16);
-    let mut i = 0;
-    while s.len() < n {
-        s.push_str(&format!("{i:08}\n"));
-        i += 1;
-    }
-    s.truncate(n);
-    s
-}
-
-fn header<'a>(r: &'a Response, name: &str) -> Option<&'a str> {
-    r.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
-}
-
-fn connect(addr: SocketAddr) -> TcpStream {
-    let s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(WAIT)).unwrap();
-    s
-}
-
-/// POSTs `body` with `Transfer-Encoding: chunked`, in chunks of `chunk` bytes.
-fn post_chunked(addr: SocketAddr, path: &str, body: &str, chunk: usize) -> Response {
-    let mut s = connect(addr);
-    let mut req = format!("POST {path} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n").into_bytes();
-    for piece in body.as_bytes().chunks(chunk) {
-        req.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
-        req.extend_from_slice(piece);
-        req.extend_from_slice(b"\r\n");
-    }
-    req.extend_from_slice(b"0\r\n\r\n");
-    s.write_all(&req).unwrap();
-    read_one_response(&mut s).expect("a response to the chunked POST")
-}
-
-/// POSTs `body` with `Expect: 100-continue`: the body is sent only after the server's
-/// `100 Continue`, so a server that never sends one fails this (after [`WAIT`]).
-fn post_expect_continue(addr: SocketAddr, path: &str, body: &str) -> Response {
-    let mut s = connect(addr);
-    let head =
-        format!("POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n", body.len());
-    s.write_all(head.as_bytes()).unwrap();
-    let interim = read_one_response(&mut s).expect("an interim response");
-    assert_eq!(interim.status, 100, "{interim:?}");
-    s.write_all(body.as_bytes()).unwrap();
-    read_one_response(&mut s).expect("a response to the POST")
 }
