@@ -611,7 +611,7 @@ impl Master {
         let can_accept = self.phase == Phase::Running
             && self.paused_until.is_none()
             && ((!self.held.is_empty() && !self.held_blocked) || self.listeners.iter().any(|l| l.readable))
-            && self.workers.iter().any(|w| self.eligible(w));
+            && self.workers.iter().any(|w| self.could_take(w));
         if can_accept || !self.unread.is_empty() || !self.unread_stderr.is_empty() {
             Duration::ZERO
         } else {
@@ -1319,11 +1319,11 @@ impl Master {
                 }
             }
         }
-        // Retiring workers whose successor is ready are drained.
+        // Retiring workers whose successor has proven itself are drained.
         for i in 0..self.workers.len() {
             if self.workers[i].state == State::Retiring {
                 let slot = self.workers[i].slot;
-                if self.slot_worker(slot).is_some_and(|s| s.is_ready(now)) {
+                if self.slot_worker(slot).is_some_and(|s| s.proven(now)) {
                     self.drain_worker(i);
                 }
             }
@@ -1363,7 +1363,19 @@ impl Master {
 
     // ---- accepting and dispatching ----
 
-    fn eligible(&self, w: &Worker) -> bool {
+    /// May `w` get a connection now? `proven_can`: some proven worker could take one
+    /// (then unproven workers get none; see `Worker::proven`).
+    fn eligible(&self, w: &Worker, proven_can: bool) -> bool {
+        self.could_take(w) && (!proven_can || w.proven(self.now))
+    }
+
+    /// Whether some proven worker could take a connection now.
+    fn proven_can_take(&self) -> bool {
+        self.workers.iter().any(|w| w.proven(self.now) && self.could_take(w))
+    }
+
+    /// Eligible but for the preference for proven workers.
+    fn could_take(&self, w: &Worker) -> bool {
         matches!(w.state, State::Running | State::Retiring)
             && w.is_ready(self.now)
             && w.chan.is_some()
@@ -1373,8 +1385,9 @@ impl Master {
 
     fn fill_candidates(&mut self) {
         self.cand.clear();
+        let proven_can = self.proven_can_take();
         for i in 0..self.workers.len() {
-            let eligible = self.eligible(&self.workers[i]);
+            let eligible = self.eligible(&self.workers[i], proven_can);
             let behind = self.workers[i].oldest_unacked().is_some();
             let w = &self.workers[i];
             self.cand.push(Candidate { eligible, active: w.active(), reports_load: w.reports_load(), behind });
@@ -1442,8 +1455,9 @@ impl Master {
     /// more than that, so clients beyond it wait in the kernel backlog, not here.
     fn capacity(&self) -> usize {
         let mut room = 0usize;
+        let proven_can = self.proven_can_take();
         for w in &self.workers {
-            if !self.eligible(w) {
+            if !self.eligible(w, proven_can) {
                 continue;
             }
             room += match self.cfg.max_conns_per_worker {

@@ -32,6 +32,11 @@ pub const CRASH_LOOP_STARTS: u32 = 3;
 /// worker that dies at start-up takes no connection with it.
 pub const MINIMAL_READY_AFTER: Duration = Duration::from_millis(300);
 
+/// How long a worker that never sends READY must live to count as proven (see
+/// [`Worker::proven`]): longer than a broken deploy takes to die (an app that fails
+/// after its imports), short enough for a rolling restart of minimal workers.
+pub const MINIMAL_PROVEN_AFTER: Duration = Duration::from_secs(10);
+
 /// Where a worker is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -162,9 +167,20 @@ impl Worker {
         self.inflight.values().filter(|i| i.fd.is_some()).count()
     }
 
-    /// Counts as ready for a rolling restart.
+    /// May get connections: READY sent, or (a minimal worker, which never sends it)
+    /// alive for [`MINIMAL_READY_AFTER`]. An unproven worker gets them only when no
+    /// proven one can (see [`Worker::proven`]).
     pub fn is_ready(&self, now: Instant) -> bool {
         self.ready || now.duration_since(self.started) >= MINIMAL_READY_AFTER
+    }
+
+    /// Has shown it can serve: it sent READY, or (a minimal worker) it has lived for
+    /// [`MINIMAL_PROVEN_AFTER`]. Only a proven successor lets a rolling restart, a
+    /// recycle or a scale drain the worker it replaces; and traffic prefers proven
+    /// workers, so a new generation that dies a second (or five) into its start takes
+    /// no client with it and the old one goes on serving.
+    pub fn proven(&self, now: Instant) -> bool {
+        self.ready || now.duration_since(self.started) >= MINIMAL_PROVEN_AFTER
     }
 
     /// When the oldest connection still waiting for its ACK was sent.
