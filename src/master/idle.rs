@@ -52,7 +52,15 @@ pub(crate) struct IdleClosed {
     pub(crate) evicted: u64,
 }
 
-/// The table of idle connections; its slot `i` is the mio token `base + i`.
+/// Bits of a token that name the slot; the bits above them carry the low bits of the
+/// entry's generation, so that an event for a connection that left (evicted in the same
+/// loop turn, its slot given to the next) never reaches the one that took its slot.
+const SLOT_BITS: u32 = 24;
+/// Most entries (slots) a table can have.
+pub(crate) const MAX_SLOTS: usize = 1 << SLOT_BITS;
+
+/// The table of idle connections; an entry in slot `i` with generation `g` is the mio
+/// token `base + (g mod 2^16) << 24 + i`.
 #[derive(Debug)]
 pub(crate) struct IdleTable {
     slots: Vec<Option<IdleConn>>,
@@ -99,9 +107,21 @@ impl IdleTable {
         }
     }
 
-    /// The slot of a token, if it is one of ours.
-    pub(crate) fn slot_of(&self, token: Token) -> Option<usize> {
-        token.0.checked_sub(self.base)
+    fn token(&self, slot: usize, generation: u64) -> Token {
+        Token(self.base + (((generation & 0xffff) as usize) << SLOT_BITS) + slot)
+    }
+
+    /// Takes out the connection an event's token names, if it is still the one that
+    /// token was given to.
+    pub(crate) fn take_token(&mut self, registry: &Registry, token: Token) -> Option<IdleConn> {
+        let rel = token.0.checked_sub(self.base)?;
+        let slot = rel & (MAX_SLOTS - 1);
+        let generation = (rel >> SLOT_BITS) as u64;
+        let current = self.slots.get(slot)?.as_ref()?.generation;
+        if current & 0xffff != generation {
+            return None;
+        }
+        self.take(registry, slot)
     }
 
     /// Parks a connection until its client speaks again. If registering fails (the
@@ -126,20 +146,21 @@ impl IdleTable {
                 self.slots.len() - 1
             }
         };
-        if let Err(e) = registry.register(&mut SourceFd(&fd.as_raw_fd()), Token(self.base + slot), Interest::READABLE) {
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let token = self.token(slot, generation);
+        if let Err(e) = registry.register(&mut SourceFd(&fd.as_raw_fd()), token, Interest::READABLE) {
             self.free.push(slot);
             return Err(e);
         }
-        let generation = self.next_generation;
-        self.next_generation += 1;
         self.slots[slot] = Some(IdleConn { fd, listener, addrs, deadline: now + self.timeout, generation });
         self.order.push_back((slot, generation));
         self.len += 1;
         Ok(())
     }
 
-    /// Takes a connection out (its client spoke, or hung up), deregistered.
-    pub(crate) fn take(&mut self, registry: &Registry, slot: usize) -> Option<IdleConn> {
+    /// Takes the connection in `slot` out, deregistered.
+    fn take(&mut self, registry: &Registry, slot: usize) -> Option<IdleConn> {
         let conn = self.slots.get_mut(slot)?.take()?;
         let _ = registry.deregister(&mut SourceFd(&conn.fd.as_raw_fd()));
         self.free.push(slot);
@@ -245,6 +266,8 @@ mod tests {
         assert_eq!(std::io::Read::read(&mut peers[0], &mut b).unwrap(), 0);
         // Taken by token: slot of the newest.
         let taken = (0..3).find_map(|s| t.take(reg, s).filter(|c| c.listener == 2)).unwrap();
+        // A token of the evicted first entry does not reach whoever took its slot.
+        assert!(t.take_token(reg, Token(1000)).is_none());
         assert_eq!(taken.listener, 2);
         assert_eq!(t.len(), 1);
         // The one left (listener 1) expires at t0 + 1 + 10 s, not before.

@@ -70,6 +70,9 @@ pub const MAX_PENDING_PROXY: usize = 4096;
 /// Requests of handed-back connections a worker that hands back may be working on at
 /// once; more wait in the master (see `Master::dispatch_batch`).
 const QUEUE_DEPTH: u32 = 2;
+/// A continued connection in a worker longer than this no longer counts toward its
+/// QUEUE_DEPTH (see `Worker::requests_in`).
+const REQUEST_AGE: Duration = Duration::from_secs(1);
 /// A worker that handed a connection back this recently counts as handing back.
 const RETURNING: Duration = Duration::from_millis(100);
 /// How long after the last request of a handed-back connection the master still runs as
@@ -664,6 +667,7 @@ impl Master {
             inflight: Default::default(),
             dispatched: 0,
             requests_in: 0,
+            continued: VecDeque::new(),
             last_return: None,
             ack_queue: VecDeque::new(),
             drain_pending: false,
@@ -907,8 +911,7 @@ impl Master {
     /// An idle connection reported readable: its client sent its next request (it is
     /// placed like a new connection) or hung up (it is closed).
     fn idle_event(&mut self, token: Token, hung_up: bool) {
-        let Some(slot) = self.idle.slot_of(token) else { return };
-        let Some(c) = self.idle.take(self.poll.registry(), slot) else { return };
+        let Some(c) = self.idle.take_token(self.poll.registry(), token) else { return };
         if hung_up && idle::peek(&c.fd) == idle::Peek::Gone {
             self.totals.idle_hangups += 1;
             return;
@@ -933,6 +936,7 @@ impl Master {
         let lost = w.inflight.len() as u64;
         w.inflight.clear();
         w.requests_in = 0;
+        w.continued.clear();
         if !matches!(w.state, State::Killing | State::Draining) {
             w.state = State::Lost;
         }
@@ -1398,11 +1402,13 @@ impl Master {
         if self.phase != Phase::Running || self.paused_until.is_some() {
             return;
         }
-        // Connections taken back from dead workers go first.
+        // Connections taken back from dead workers go first. Next requests of
+        // handed-back connections waiting for a worker with room (QUEUE_DEPTH) do not
+        // hold up new connections, which do not wait for that room.
         if !self.held.is_empty() {
             let held: Vec<Held> = self.held.drain(..).collect();
             self.dispatch_batch(held);
-            if !self.held.is_empty() {
+            if !self.held.is_empty() && !self.held_blocked {
                 return;
             }
         }
@@ -1497,10 +1503,13 @@ impl Master {
     fn dispatch_batch(&mut self, conns: Vec<Held>) {
         self.fill_candidates();
         let mut plan: Vec<Vec<(ConnItem, OwnedFd)>> = (0..self.workers.len()).map(|_| Vec::new()).collect();
-        let mut requests_in: Vec<u32> = self.workers.iter().map(|w| w.requests_in).collect();
+        let now = self.now;
+        let mut requests_in: Vec<u32> = self.workers.iter_mut().map(|w| w.requests_in(now, REQUEST_AGE)).collect();
+        // While stopping, what is held goes out as fast as the workers take it.
+        let queueing = self.phase == Phase::Running;
         for h in conns {
             let continued = h.flags & wire::flags::CONTINUED != 0;
-            let pick = if continued {
+            let pick = if continued && queueing {
                 // The next request of a kept-alive client waits here, where every
                 // worker can take it, rather than in the queue of a worker that is
                 // already working on QUEUE_DEPTH of them (one of which may be long):
@@ -1596,6 +1605,7 @@ impl Master {
                                     addrs: item.addrs,
                                     flags: item.flags,
                                 },
+                                self.now,
                             );
                             if keep {
                                 w.ack_queue.push_back((item.id, self.now));
@@ -1699,7 +1709,7 @@ fn listen_notes(spec: &ListenSpec) -> String {
 /// `--max-idle`, but at most half the master's descriptor limit: the rest stays for
 /// connections being accepted and handed out, workers' channels and admin endpoints.
 pub(super) fn idle_bound(max_idle: usize, nofile: u64) -> usize {
-    max_idle.min((nofile / 2).min(usize::MAX as u64) as usize).max(1)
+    max_idle.min((nofile / 2).min(usize::MAX as u64) as usize).clamp(1, idle::MAX_SLOTS)
 }
 
 fn free_slot<T>(table: &mut Vec<Option<T>>) -> usize {

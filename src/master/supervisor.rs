@@ -100,6 +100,10 @@ pub struct Worker {
     /// Continued connections (the next request of a handed-back one) in `inflight`:
     /// while the worker hands its connections back, its requests in progress.
     pub requests_in: u32,
+    /// Continued connections sent, with when, oldest first: one that has been in the
+    /// worker longer than the age `requests_in` is read with stops counting (a stream,
+    /// a WebSocket, a connection the worker chose to keep).
+    pub continued: VecDeque<(u64, Instant)>,
     /// When it last handed a connection back.
     pub last_return: Option<Instant>,
     /// DRAIN is owed but the channel was full: sent when it becomes writable.
@@ -148,12 +152,32 @@ impl Worker {
         Some(e)
     }
 
-    /// Starts tracking connection `id`.
-    pub fn track(&mut self, id: u64, e: Inflight) {
+    /// Starts tracking connection `id`, sent at `now`.
+    pub fn track(&mut self, id: u64, e: Inflight, now: Instant) {
         if e.flags & crate::wire::flags::CONTINUED != 0 {
             self.requests_in += 1;
+            self.continued.push_back((id, now));
         }
         self.inflight.insert(id, e);
+    }
+
+    /// Continued connections it is working on, not counting those sent longer than
+    /// `age` ago (they no longer count, ever: whatever holds them so long is not a
+    /// request waiting for the worker's CPU, and must not keep it full for good).
+    pub fn requests_in(&mut self, now: Instant, age: Duration) -> u32 {
+        while let Some(&(id, at)) = self.continued.front() {
+            if now.duration_since(at) < age {
+                break;
+            }
+            self.continued.pop_front();
+            if let Some(e) = self.inflight.get_mut(&id) {
+                if e.flags & crate::wire::flags::CONTINUED != 0 {
+                    e.flags &= !crate::wire::flags::CONTINUED;
+                    self.requests_in = self.requests_in.saturating_sub(1);
+                }
+            }
+        }
+        self.requests_in
     }
 
     /// Hands its connections back now (it did within `window`): then `requests_in`

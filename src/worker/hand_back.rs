@@ -127,6 +127,14 @@ impl Boundary {
         self.started.load(Ordering::Relaxed)
     }
 
+    /// A connection served on by a new hyper connection after a boundary (a failed
+    /// hand-back, or bytes read ahead put back): it is between requests, its last
+    /// response written, so that it can be found idle again without a new response.
+    pub(crate) fn resumed(&self) {
+        self.started.store(true, Ordering::Relaxed);
+        self.wrote.store(true, Ordering::Relaxed);
+    }
+
     /// Marks a request as started; the guard ends it when the response body is gone.
     pub(crate) fn request(self: &Arc<Self>) -> InService {
         self.started.store(true, Ordering::Relaxed);

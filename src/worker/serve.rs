@@ -295,7 +295,7 @@ where
 {
     let at = Arc::new(Boundary::default());
     if started_before {
-        drop(at.request());
+        at.resumed();
     }
     let first = Arc::new(tokio::sync::Notify::new());
     let mode = io.return_mode();

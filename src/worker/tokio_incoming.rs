@@ -173,7 +173,11 @@ impl AsyncIncoming {
                 // Connections still waiting for their first request are the server's
                 // now, with the grace it gives a drain.
                 if let Some(room) = self.room.as_mut().filter(|r| !r.is_empty()) {
-                    for w in room.take_all() {
+                    let waiting = room.take_all();
+                    for w in &waiting {
+                        room.release(&w.stream);
+                    }
+                    for w in waiting {
                         self.hand_out(w.item, w.stream, Vec::new(), Some(w.deadline));
                     }
                     continue;
@@ -259,7 +263,12 @@ impl AsyncIncoming {
         };
         match look(&item, &s) {
             FirstLook::Finished => finished.push((item.id, s)),
-            FirstLook::Serve(seen) => self.hand_out(item, s, seen, waited),
+            FirstLook::Serve(seen) => {
+                if let (Some(room), Some(_)) = (self.room.as_ref(), waited) {
+                    room.release(&s);
+                }
+                self.hand_out(item, s, seen, waited)
+            }
             FirstLook::Wait => {
                 let refused = match (self.room.as_mut(), waited) {
                     (Some(room), None) => room.add(item, s).err(),

@@ -9,7 +9,8 @@
 //! here (`BENCHMARKS.md`). Here each costs one `epoll_ctl`, in an epoll set of the
 //! worker's own that is registered with tokio once (an epoll descriptor is readable
 //! while it has events): `EPOLLONESHOT` disarms a socket once it has reported, and the
-//! kernel drops it from the set when it closes, so nothing deregisters; the sockets
+//! kernel drops it from the set when it closes, so only a socket that goes on to a
+//! server (which may hand it back to the master, keeping it open) is deregistered; the sockets
 //! that become readable in one turn share one `epoll_wait`; and one timer, re-armed
 //! at most once per timeout, serves every deadline, which all share one length and so
 //! come in arrival order.
@@ -141,6 +142,14 @@ impl WaitRoom {
         self.slots[key as usize].waiting = Some(w);
         self.live += 1;
         Ok(())
+    }
+
+    /// Takes a socket that leaves the room for a server out of the room's epoll set.
+    /// Closing it used to be enough (the kernel drops an entry with its last
+    /// descriptor), but a connection may now go back to the master and live on
+    /// elsewhere: its entry would stay here, disarmed, for the connection's lifetime.
+    pub(crate) fn release(&self, s: &Stream) {
+        let _ = epoll::delete(self.ep.get_ref(), s);
     }
 
     fn take(&mut self, key: u32, generation: u32) -> Option<Waiting> {
