@@ -193,6 +193,9 @@ struct RunArgs {
     /// Most idle connections the master holds; beyond it the oldest are closed [default: 16384]
     #[arg(long, value_name = "N")]
     max_idle: Option<usize>,
+    /// The master's log lines: text, or json (one JSON object per line, for log shippers)
+    #[arg(long, value_name = "text|json", default_value = "text")]
+    log_format: LogFormat,
     /// More log output (-vv for debug)
     #[arg(long, short = 'v', action = clap::ArgAction::Count)]
     verbose: u8,
@@ -234,7 +237,16 @@ impl RunArgs {
     }
 }
 
-fn init_logging(verbose: u8, quiet: bool) {
+/// How the master writes its log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (timestamp, level, fields).
+    Json,
+}
+
+fn init_logging(verbose: u8, quiet: bool, format: LogFormat) {
     let level = match (quiet, verbose) {
         (true, _) => "warn",
         (false, 0) => "info",
@@ -244,12 +256,13 @@ fn init_logging(verbose: u8, quiet: bool) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     // Written synchronously to stderr (no logging thread in the master), but never
     // waiting on a stalled reader: such lines are dropped and counted.
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(|| handoff::sys::StderrNoWait)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| handoff::sys::StderrNoWait);
+    match format {
+        LogFormat::Text => {
+            fmt.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).with_target(false).init()
+        }
+        LogFormat::Json => fmt.json().with_target(false).init(),
+    }
 }
 
 fn run(args: RunArgs) -> Result<(), String> {
@@ -323,7 +336,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Run(args) => {
-            init_logging(args.verbose, args.quiet);
+            init_logging(args.verbose, args.quiet, args.log_format);
             exit_with(run(*args))
         }
         Cmd::Status { target, list, json } => exit_with(status(target, list, json)),
@@ -331,7 +344,7 @@ fn main() -> ExitCode {
         Cmd::Bench(args) => exit_with(handoff::bench::main(args)),
         Cmd::BenchWorker(args) => exit_with(handoff::bench::worker_main(args)),
         Cmd::Worker { static_dir, static_no_symlinks, test_knobs, misbehave, misbehave_slot } => {
-            init_logging(0, true);
+            init_logging(0, true, LogFormat::Text);
             let slot = handoff::worker::WorkerEnv::from_env().id;
             let result = match misbehave {
                 Some(f) if misbehave_slot.is_none_or(|s| s == slot) => handoff::worker::faults::run(f),

@@ -1,0 +1,30 @@
+//! The master's log as JSON (`--log-format json`): one object per line, for log
+//! shippers, with the same messages as the text log.
+
+mod util;
+use util::*;
+
+#[test]
+fn json_log_lines_parse_and_carry_the_messages() {
+    let mut h = Handoff::start(&["--listen", "127.0.0.1:0", "--workers", "2", "--log-format", "json"]);
+    h.wait_ready(2);
+    assert_eq!(http_get(h.addr(), "/").unwrap().status, 200);
+    h.signal(Signal::TERM);
+    assert_eq!(h.wait_exit(), Some(0));
+    let lines = h.lines();
+    assert!(lines.len() >= 5, "{lines:#?}");
+    for l in &lines {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        assert!(v["level"].is_string() && v["timestamp"].is_string(), "{l}");
+        assert!(v["fields"]["message"].is_string(), "{l}");
+    }
+    assert!(lines.iter().any(|l| l.contains("\"message\":\"worker 0 ready (pid ")), "{lines:#?}");
+}
+
+#[test]
+fn an_unknown_log_format_is_a_clear_error() {
+    let out = std::process::Command::new(handoff_bin()).args(["run", "--log-format", "xml"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("xml") && err.contains("text") && err.contains("json"), "{err}");
+}
