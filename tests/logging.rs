@@ -28,3 +28,21 @@ fn an_unknown_log_format_is_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("xml") && err.contains("text") && err.contains("json"), "{err}");
 }
+
+#[test]
+fn each_line_a_worker_writes_to_stderr_names_the_worker() {
+    let script = "printf 'one-%s\\ntwo-%s\\n' $HANDOFF_WORKER_ID $HANDOFF_WORKER_ID >&2; \
+                  printf 'half-' >&2; printf 'line\\n' >&2; exec python3 examples/python/worker.py";
+    let h = Handoff::start(&["--listen", "127.0.0.1:0", "--workers", "2", "--", "sh", "-c", script]);
+    h.wait_ready(2);
+    for w in 0..2 {
+        h.wait_line(&format!("[worker {w}] one-{w}"));
+        h.wait_line(&format!("[worker {w}] two-{w}"));
+    }
+    // A line written in two pieces is labelled once, at its start.
+    h.wait_lines("[worker ", 6);
+    let lines = h.lines();
+    let halves: Vec<&String> = lines.iter().filter(|l| l.contains("half-line")).collect();
+    assert_eq!(halves.len(), 2, "{lines:#?}");
+    assert!(halves.iter().all(|l| l.starts_with("[worker ") && l.matches("[worker").count() == 1), "{halves:#?}");
+}

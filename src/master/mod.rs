@@ -660,6 +660,7 @@ impl Master {
             pid,
             chan: Some(mine),
             stderr,
+            lines: supervisor::Lines::new(slot),
             caps: 0,
             ready: false,
             tracked_from: u64::MAX,
@@ -823,7 +824,7 @@ impl Master {
             let mut gone = Slot::default();
             // A worker of a slot removed by scaling down still has its output forwarded.
             let slot = self.slots.get_mut(w.slot).unwrap_or(&mut gone);
-            match supervisor::read_stderr(fd, slot, STDERR_CHUNKS, &mut self.forward) {
+            match supervisor::read_stderr(fd, slot, STDERR_CHUNKS, &mut self.forward, &mut w.lines) {
                 supervisor::StderrRead::Empty => {}
                 // The edge will not fire again for what is left: read on next turn.
                 supervisor::StderrRead::More => {
@@ -1020,7 +1021,8 @@ impl Master {
         let mut w = self.workers.remove(i);
         if let Some(fd) = w.stderr.take() {
             let mut gone = Slot::default();
-            supervisor::drain_stderr(&fd, self.slots.get_mut(w.slot).unwrap_or(&mut gone), &mut self.forward);
+            let slot = self.slots.get_mut(w.slot).unwrap_or(&mut gone);
+            supervisor::drain_stderr(&fd, slot, &mut self.forward, &mut w.lines);
             let _ = self.poll.registry().deregister(&mut SourceFd(&fd.as_raw_fd()));
         }
         let now = Instant::now();

@@ -81,6 +81,8 @@ pub struct Worker {
     pub chan: Option<OwnedFd>,
     /// The read end of the worker's stderr pipe.
     pub stderr: Option<OwnedFd>,
+    /// Where its output stands in its lines (for the `[worker N]` labels).
+    pub lines: Lines,
     /// Capabilities from READY (0 until then, or forever for minimal workers).
     pub caps: u32,
     /// READY received.
@@ -276,8 +278,35 @@ impl Slot {
 
 /// Reads what is available from a non-blocking stderr pipe into `slot` and `out`.
 /// Returns false at end of file.
-pub fn drain_stderr(fd: &OwnedFd, slot: &mut Slot, out: &mut Forward) -> bool {
-    !matches!(read_stderr(fd, slot, usize::MAX, out), StderrRead::Eof)
+pub fn drain_stderr(fd: &OwnedFd, slot: &mut Slot, out: &mut Forward, lines: &mut Lines) -> bool {
+    !matches!(read_stderr(fd, slot, usize::MAX, out, lines), StderrRead::Eof)
+}
+
+/// Where one worker's output stands in its lines, to label each line with the worker
+/// it came from (`[worker 3] `), as pm2 and supervisord do: with several workers
+/// writing to one log, a line without its worker is a line nobody can place.
+#[derive(Debug)]
+pub struct Lines {
+    prefix: Vec<u8>,
+    at_start: bool,
+}
+
+impl Lines {
+    /// For the worker in `slot`.
+    pub fn new(slot: usize) -> Lines {
+        Lines { prefix: format!("[worker {slot}] ").into_bytes(), at_start: true }
+    }
+
+    /// Queues `bytes` on `out`, each line that starts in them labelled.
+    fn push(&mut self, bytes: &[u8], out: &mut Forward) {
+        for line in bytes.split_inclusive(|&b| b == b'\n') {
+            if self.at_start {
+                out.push(&self.prefix);
+            }
+            out.push(line);
+            self.at_start = line.ends_with(b"\n");
+        }
+    }
 }
 
 /// Most worker output waiting for the master's stderr; more is dropped (and counted).
@@ -351,7 +380,7 @@ pub enum StderrRead {
 
 /// Reads at most `chunks` buffers of a non-blocking stderr pipe into `slot`, so a
 /// worker writing without pause cannot hold the master's loop.
-pub fn read_stderr(fd: &OwnedFd, slot: &mut Slot, chunks: usize, out: &mut Forward) -> StderrRead {
+pub fn read_stderr(fd: &OwnedFd, slot: &mut Slot, chunks: usize, out: &mut Forward, lines: &mut Lines) -> StderrRead {
     let mut buf = [0u8; 8192];
     let mut n_read = 0;
     while n_read < chunks {
@@ -359,7 +388,7 @@ pub fn read_stderr(fd: &OwnedFd, slot: &mut Slot, chunks: usize, out: &mut Forwa
             Ok(0) => return StderrRead::Eof,
             Ok(n) => {
                 n_read += 1;
-                out.push(&buf[..n]);
+                lines.push(&buf[..n], out);
                 slot.take_stderr(&buf[..n])
             }
             Err(rustix::io::Errno::INTR) => continue,
