@@ -150,6 +150,8 @@ pub struct Config {
     pub keepalive_timeout: Duration,
     /// Most idle connections the master holds; beyond it the oldest are closed.
     pub max_idle: usize,
+    /// The built-in worker's access log on standard output, if any.
+    pub access_log: Option<crate::worker::access_log::AccessLog>,
 }
 
 /// How long the master keeps an idle keep-alive connection a worker handed back, by
@@ -239,6 +241,8 @@ pub struct ConfigFile {
     pub keepalive_timeout: Option<f64>,
     /// `max-idle = 16384`
     pub max_idle: Option<usize>,
+    /// `access-log = "combined"` (or `"json"`)
+    pub access_log: Option<crate::worker::access_log::AccessLog>,
 }
 
 impl ConfigFile {
@@ -285,7 +289,8 @@ impl ConfigFile {
             master_sched,
             hand_back,
             keepalive_timeout,
-            max_idle
+            max_idle,
+            access_log
         )
     }
 
@@ -308,6 +313,9 @@ impl ConfigFile {
             return invalid("too many listeners".into());
         }
         let static_no_symlinks = self.static_no_symlinks.unwrap_or(false);
+        if self.command.is_some() && self.access_log.is_some() {
+            return invalid("--access-log is the built-in worker's; a worker command writes its own access log".into());
+        }
         let test_knobs = self.test_knobs.unwrap_or(false);
         if self.command.is_some() && test_knobs {
             return invalid("--test-knobs shapes the built-in worker; a worker command has its own".into());
@@ -401,6 +409,7 @@ impl ConfigFile {
                 DEFAULT_KEEPALIVE_TIMEOUT.as_secs_f64(),
             )?,
             max_idle: self.max_idle.unwrap_or(DEFAULT_MAX_IDLE),
+            access_log: self.access_log,
         })
     }
 }

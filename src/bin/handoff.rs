@@ -193,6 +193,9 @@ struct RunArgs {
     /// Most idle connections the master holds; beyond it the oldest are closed [default: 16384]
     #[arg(long, value_name = "N")]
     max_idle: Option<usize>,
+    /// Built-in worker: one line per request on standard output, combined (nginx's) or json [default: off]
+    #[arg(long, value_name = "combined|json")]
+    access_log: Option<handoff::worker::access_log::AccessLog>,
     /// The master's log lines: text, or json (one JSON object per line, for log shippers)
     #[arg(long, value_name = "text|json", default_value = "text")]
     log_format: LogFormat,
@@ -232,6 +235,7 @@ impl RunArgs {
             hand_back: self.hand_back,
             keepalive_timeout: self.keepalive_timeout,
             max_idle: self.max_idle,
+            access_log: self.access_log,
             ..ConfigFile::default()
         }
     }

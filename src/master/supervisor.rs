@@ -439,6 +439,9 @@ pub fn spawn(args: SpawnArgs<'_>) -> io::Result<(u32, Option<OwnedFd>)> {
             if *test_knobs {
                 c.arg("--test-knobs");
             }
+            if let Some(f) = cfg.access_log {
+                c.env(crate::worker::access_log::ENV_ACCESS_LOG, f.name());
+            }
             c
         }
     };

@@ -46,6 +46,8 @@ pub struct HttpConfig {
     /// A connection whose answer makes no progress this long is closed:
     /// [`SEND_TIMEOUT`].
     pub send_timeout: Duration,
+    /// One line per request on standard output (`--access-log`); off by default.
+    pub access_log: Option<super::access_log::AccessLog>,
     worker_header: HeaderValue,
     greeting: Bytes,
 }
@@ -59,6 +61,7 @@ impl HttpConfig {
             header_timeout: HEADER_TIMEOUT,
             static_symlinks: Symlinks::default(),
             test_knobs: false,
+            access_log: None,
             send_timeout: SEND_TIMEOUT,
             worker_header: HeaderValue::from(worker_id),
             greeting: Bytes::from(format!("hello from handoff worker {worker_id} (pid {})\n", std::process::id())),
@@ -119,7 +122,7 @@ pub async fn serve_connection_from<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let opts = opts(&cfg);
-    serve_hyper(Plain(io), handler(cfg, client), opts, stop, None).await
+    serve_hyper(Plain(io), handler(cfg, client, None), opts, stop, None).await
 }
 
 /// How the built-in worker runs hyper: the greeting is a few dozen bytes, copied behind
@@ -139,18 +142,59 @@ type Answer = std::pin::Pin<Box<dyn std::future::Future<Output = Response<Respon
 
 /// The built-in service for one connection: [`handle`], with `X-Handoff-Client` for a
 /// client whose address is known.
+/// `logged`: the client an access log names, if there is one.
 fn handler(
     cfg: Arc<HttpConfig>,
     client: Option<std::net::SocketAddr>,
+    logged: Option<std::net::SocketAddr>,
 ) -> impl Fn(Request<Body>) -> Answer + Clone + Unpin + Send + Sync + 'static {
-    let client = client.and_then(|c| HeaderValue::from_str(&c.to_string()).ok());
-    move |req| {
-        let (cfg, client) = (cfg.clone(), client.clone());
+    let header = client.and_then(|c| HeaderValue::from_str(&c.to_string()).ok());
+    let h = Handler { cfg, header, logged };
+    move |req| h.call(req)
+}
+
+/// The built-in service for one connection (see [`handler`]).
+#[derive(Clone)]
+struct Handler {
+    cfg: Arc<HttpConfig>,
+    /// `X-Handoff-Client`, for a client whose address a PROXY header gave.
+    header: Option<HeaderValue>,
+    /// The client the access log names, when there is one.
+    logged: Option<std::net::SocketAddr>,
+}
+
+impl Handler {
+    fn call(&self, req: Request<Body>) -> Answer {
+        let (cfg, header, logged) = (self.cfg.clone(), self.header.clone(), self.logged);
         Box::pin(async move {
+            let Some(format) = cfg.access_log else {
+                let mut resp = handle(req, &cfg).await;
+                if let Some(c) = header {
+                    resp.headers_mut().insert("x-handoff-client", c);
+                }
+                return resp;
+            };
+            let started = Instant::now();
+            let (method, uri, version) = (req.method().clone(), req.uri().clone(), req.version());
+            let text = |name| req.headers().get(name).and_then(|v: &HeaderValue| v.to_str().ok()).map(String::from);
+            let (referer, agent) = (text(hyper::header::REFERER), text(hyper::header::USER_AGENT));
             let mut resp = handle(req, &cfg).await;
-            if let Some(c) = client {
+            if let Some(c) = header {
                 resp.headers_mut().insert("x-handoff-client", c);
             }
+            let entry = super::access_log::Entry {
+                client: logged,
+                method: &method,
+                uri: &uri,
+                version,
+                status: resp.status().as_u16(),
+                bytes: hyper::body::Body::size_hint(resp.body()).exact(),
+                referer: referer.as_deref(),
+                user_agent: agent.as_deref(),
+                worker: cfg.worker_id,
+                took: started.elapsed(),
+            };
+            super::access_log::write(&entry.format(format, std::time::SystemTime::now()));
             resp
         })
     }
@@ -211,6 +255,7 @@ pub fn run_from_env(
         let mut cfg = HttpConfig::new(env.id, static_root);
         cfg.static_symlinks = static_symlinks;
         cfg.test_knobs = test_knobs;
+        cfg.access_log = super::access_log::AccessLog::from_env();
         let cfg = Arc::new(cfg);
         serve_incoming(AsyncIncoming::from_env()?, cfg).await
     })
@@ -220,7 +265,8 @@ pub fn run_from_env(
 /// `handoff run` does without a command, until the master asks for a drain (then waits
 /// for the connections in progress) or goes away (then waits a second at most).
 pub async fn serve_incoming(mut incoming: AsyncIncoming, cfg: Arc<HttpConfig>) -> Result<(), WorkerError> {
-    let greeting = cfg.static_root.is_none().then(|| Arc::new(Greeting::new(&cfg)));
+    // The quick path answers without hyper and logs nothing: off with an access log.
+    let greeting = (cfg.static_root.is_none() && cfg.access_log.is_none()).then(|| Arc::new(Greeting::new(&cfg)));
     if let Some(greeting) = &greeting {
         let mut quick = Quick::new(greeting.clone());
         incoming.set_first_look(FirstLookFn(Box::new(move |item, s| quick.look(item, s))), header_limit(&cfg));
@@ -229,9 +275,10 @@ pub async fn serve_incoming(mut incoming: AsyncIncoming, cfg: Arc<HttpConfig>) -
     serve_each(incoming, opts, move |conn| {
         // Only connections that came through a balancer carry the header: a direct
         // client knows its own address, and asking the socket would cost a getpeername
-        // per connection.
+        // per connection (paid only for an access log).
         let client = conn.proxy_header().and_then(|_| conn.client_addr());
-        handler(cfg.clone(), client)
+        let logged = cfg.access_log.and_then(|_| conn.client_addr());
+        handler(cfg.clone(), client, logged)
     })
     .await
 }

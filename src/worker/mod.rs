@@ -24,6 +24,7 @@
 //! # Ok::<(), handoff::worker::WorkerError>(())
 //! ```
 
+pub mod access_log;
 mod conn;
 #[doc(hidden)]
 pub mod faults;
