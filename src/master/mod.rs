@@ -773,6 +773,11 @@ impl Master {
                 }
                 w.ready = true;
                 w.caps = caps & cap::ALL;
+                // RETURN stands for a DONE of a tracked connection: without ACK and DONE
+                // the master has nothing to check a hand-back against.
+                if w.caps & (cap::ACK | cap::DONE) != cap::ACK | cap::DONE {
+                    w.caps &= !cap::RETURN;
+                }
                 w.tracked_from = next_id;
                 info!(
                     "worker {} ready (pid {}, protocol v{}, capabilities {})",
