@@ -71,31 +71,10 @@ fn wait_bounded(child: &mut Child, limit: Duration) -> std::process::ExitStatus 
 #[test]
 fn every_model_and_workload_answers_with_a_tiny_count() {
     let t = tag();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_handoff"))
-        .args(["bench", "--workers", "2", "--requests", "24", "--duration", "5", "--concurrency", "4", "--json"])
-        .env(TAG, &t)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start handoff bench");
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stdout.read_to_string(&mut s);
-        s
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let status = wait_bounded(&mut child, Duration::from_secs(240));
-    let out = out_reader.join().unwrap();
-    let err = err_reader.join().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_handoff"));
+    cmd.args(["bench", "--workers", "2", "--requests", "24", "--duration", "5", "--concurrency", "4", "--json"]);
+    let (status, out, err) = run_tagged(cmd, &t, Duration::from_secs(240));
     assert!(status.success(), "handoff bench failed: {status}\n{err}");
-    assert_no_leftovers(&t);
 
     let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("bad JSON ({e}):\n{out}\n{err}"));
     let cells = v["cells"].as_array().expect("cells");
@@ -195,34 +174,13 @@ fn keepalive_uneven_and_held_idle_answer_with_tiny_counts() {
     let _ = std::fs::remove_dir_all(&dir);
     let models = ["shared", "shared-nginx", "reuseport", "handoff-least-conn", "handoff-always", "handoff-off"];
     // 600 requests: the 500th asks for ?cpu_ms=25, so the slow path is exercised too.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_handoff"))
-        .args(["bench", "--workers", "2", "--models", &models.join(",")])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_handoff"));
+    cmd.args(["bench", "--workers", "2", "--models", &models.join(",")])
         .args(["--workloads", "keepalive-uneven-32,keepalive-uneven-16,held-idle"])
         .args(["--requests", "600", "--idle", "40", "--duration", "10", "--json", "--out"])
-        .arg(&dir)
-        .env(TAG, &t)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start handoff bench");
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stdout.read_to_string(&mut s);
-        s
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let status = wait_bounded(&mut child, Duration::from_secs(240));
-    let out = out_reader.join().unwrap();
-    let err = err_reader.join().unwrap();
+        .arg(&dir);
+    let (status, out, err) = run_tagged(cmd, &t, Duration::from_secs(240));
     assert!(status.success(), "handoff bench failed: {status}\n{err}");
-    assert_no_leftovers(&t);
 
     let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("bad JSON ({e}):\n{out}\n{err}"));
     let cells = v["cells"].as_array().expect("cells");
@@ -292,17 +250,18 @@ fn run_script(script: &str, env: &[(&str, String)], limit: Duration) -> (std::pr
     let t = tag();
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut cmd = Command::new("bash");
-    cmd.arg(root.join("bench").join(script))
-        .current_dir(root)
-        .env(TAG, &t)
-        .env("HANDOFF", env!("CARGO_BIN_EXE_handoff"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.arg(root.join("bench").join(script)).current_dir(root).env("HANDOFF", env!("CARGO_BIN_EXE_handoff"));
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("start bench/{script}: {e}"));
+    run_tagged(cmd, &t, limit)
+}
+
+/// Runs `cmd` tagged with `t`, bounded by `limit`, reading its stdout and stderr to the
+/// end; returns its exit status and both, after checking that it left no process behind.
+fn run_tagged(mut cmd: Command, t: &str, limit: Duration) -> (std::process::ExitStatus, String, String) {
+    cmd.env(TAG, t).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("start {cmd:?}: {e}"));
     let mut stdout = child.stdout.take().unwrap();
     let mut stderr = child.stderr.take().unwrap();
     let out_reader = std::thread::spawn(move || {
@@ -317,7 +276,7 @@ fn run_script(script: &str, env: &[(&str, String)], limit: Duration) -> (std::pr
     });
     let status = wait_bounded(&mut child, limit);
     let (out, err) = (out_reader.join().unwrap(), err_reader.join().unwrap());
-    assert_no_leftovers(&t);
+    assert_no_leftovers(t);
     (status, out, err)
 }
 
