@@ -135,6 +135,14 @@ impl Boundary {
         self.wrote.store(true, Ordering::Relaxed);
     }
 
+    /// hyper wrote (or tried to): bytes are out since the last read, and not flushed.
+    fn writing(&self, r: &Poll<io::Result<usize>>) {
+        if matches!(r, Poll::Ready(Ok(n)) if *n > 0) {
+            self.wrote.store(true, Ordering::Relaxed);
+        }
+        self.unflushed.store(true, Ordering::Relaxed);
+    }
+
     /// Marks a request as started; the guard ends it when the response body is gone.
     pub(crate) fn request(self: &Arc<Self>) -> InService {
         self.started.store(true, Ordering::Relaxed);
@@ -187,10 +195,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_write(cx, buf);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            this.at.wrote.store(true, Ordering::Relaxed);
-        }
-        this.at.unflushed.store(true, Ordering::Relaxed);
+        this.at.writing(&r);
         r
     }
     fn poll_write_vectored(
@@ -200,10 +205,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            this.at.wrote.store(true, Ordering::Relaxed);
-        }
-        this.at.unflushed.store(true, Ordering::Relaxed);
+        this.at.writing(&r);
         r
     }
     fn is_write_vectored(&self) -> bool {
