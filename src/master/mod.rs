@@ -923,11 +923,12 @@ impl Master {
             return;
         }
         self.totals.continued += 1;
-        if self.sched_batch && self.last_continued.is_none_or(|t| self.now.duration_since(t) >= REQUESTS_HOLD) {
-            self.last_continued = Some(self.now);
+        // The first after a quiet spell leaves SCHED_BATCH (tried once per spell).
+        let first = self.last_continued.is_none_or(|t| self.now.duration_since(t) >= REQUESTS_HOLD);
+        self.last_continued = Some(self.now);
+        if first && self.sched_batch {
             self.apply_master_sched();
         }
-        self.last_continued = Some(self.now);
         self.held.push_back(Held { fd: c.fd, listener: c.listener, addrs: c.addrs, flags: wire::flags::CONTINUED });
     }
 
