@@ -1,5 +1,9 @@
 //! A worker holds only what it should: stdio, its channel, its client sockets. No
 //! listening socket, no other worker's channel, nothing the master inherited.
+#![allow(
+    unsafe_code,
+    reason = "Command::pre_exec sets up the child under test; the one unsafe block says why it is sound"
+)]
 
 mod util;
 use std::collections::BTreeSet;

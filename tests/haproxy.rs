@@ -1,7 +1,7 @@
 //! HAProxy in front of PROXY-protocol servers: the multi-host harness checks itself.
 //!
 //! Two plain Rust HTTP servers (std threads) read the PROXY v2 header that haproxy's
-//! `send-proxy-v2` puts in front of every connection, with `handoff::proxy`, and answer
+//! `send-proxy-v2` puts in front of every connection, with `handoff::__private::proxy`, and answer
 //! with the client address it names. Requests through haproxy must all succeed, reach
 //! both servers, and name 127.0.0.1 (the test client) as the client; haproxy's health
 //! checks arrive as v2 LOCAL connections and are answered too. A stopped server is seen
@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use handoff::proxy::{read_header, ProxyHeader};
+use handoff::__private::proxy::{read_header, ProxyHeader};
 use support_haproxy::{http_get, Backend, Haproxy, Mode};
 
 /// What a test server saw.

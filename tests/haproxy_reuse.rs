@@ -58,7 +58,7 @@ fn pooled_connections_still_spread_over_every_worker() {
     let proxy = pooling_haproxy(h.addr());
     let served: Vec<usize> = (0..200).map(|i| through(proxy.frontend).unwrap_or_else(|e| panic!("{i}: {e}"))).collect();
     let per_worker: Vec<u64> = tally(served, 4).into_iter().map(|n| n as u64).collect();
-    let fairness = handoff::policy::jain(&per_worker);
+    let fairness = handoff::__private::policy::jain(&per_worker);
     assert!(fairness >= 0.99, "requests per worker {per_worker:?}: Jain {fairness:.3}");
 }
 

@@ -98,7 +98,7 @@ fn master(role: &str) {
     let file = handoff::config::ConfigFile {
         control: std::env::var_os(CONTROL).map(std::path::PathBuf::from),
         user: (role == "blocking-nobody").then(|| "nobody".to_string()),
-        hand_back: role.ends_with("-return").then_some(handoff::wire::HandBack::Always),
+        hand_back: role.ends_with("-return").then_some(handoff::config::HandBack::Always),
         ..Default::default()
     };
     let server = Server::new()

@@ -1,5 +1,9 @@
 //! `--master-sched`: the master runs as `SCHED_BATCH` (it does not preempt busy
 //! workers to accept), its workers as `SCHED_OTHER`; `inherit` leaves it as started.
+#![allow(
+    unsafe_code,
+    reason = "Command::pre_exec sets up the child under test; the one unsafe block says why it is sound"
+)]
 
 mod util;
 use util::*;

@@ -1,6 +1,10 @@
 //! systemd socket activation: listening sockets passed as descriptors 3.. with
 //! LISTEN_FDS and LISTEN_PID, exactly as systemd does; the master uses them instead of
 //! binding.
+#![allow(
+    unsafe_code,
+    reason = "Command::pre_exec sets up the child under test; the one unsafe block says why it is sound"
+)]
 
 mod util;
 use std::os::fd::AsRawFd;
@@ -59,7 +63,7 @@ fn serves_on_sockets_passed_by_systemd() {
 /// configuration says `,deferred`.
 #[test]
 fn a_passed_socket_keeps_the_defer_accept_systemd_gave_it() {
-    use handoff::sys::{set_tcp_defer_accept, tcp_defer_accept};
+    use handoff::__private::sys::{set_tcp_defer_accept, tcp_defer_accept};
     use std::os::fd::AsFd;
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     set_tcp_defer_accept(l.as_fd(), 5).unwrap();

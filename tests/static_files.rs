@@ -305,7 +305,7 @@ fn fifos_and_devices_are_not_opened() {
 
 #[test]
 fn a_client_that_stops_reading_is_closed_after_the_send_timeout() {
-    use handoff::worker::http::{serve_connection, HttpConfig};
+    use handoff::__private::worker::http::{serve_connection, HttpConfig};
     let tree = Tree::new("static-timeout");
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();

@@ -13,9 +13,9 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use handoff::sys::fdpass;
-use handoff::wire::{self, ConnItem, Frame, HandBack};
-use handoff::worker::http::{serve_incoming, HttpConfig};
+use handoff::__private::sys::fdpass;
+use handoff::__private::wire::{self, ConnItem, Frame, HandBack};
+use handoff::__private::worker::http::{serve_incoming, HttpConfig};
 use handoff::worker::{AsyncIncoming, WorkerEnv};
 
 const CLIENTS: u64 = 8;
@@ -122,7 +122,12 @@ fn send_conns(chan: &OwnedFd, first: u64, socks: Vec<OwnedFd>) {
 }
 
 /// [`send_conns`] for connections that came through a balancer with this PROXY header.
-fn send_conns_from(chan: &OwnedFd, first: u64, socks: Vec<OwnedFd>, addrs: Option<handoff::proxy::ProxyHeader>) {
+fn send_conns_from(
+    chan: &OwnedFd,
+    first: u64,
+    socks: Vec<OwnedFd>,
+    addrs: Option<handoff::__private::proxy::ProxyHeader>,
+) {
     let items: Vec<ConnItem> = (first..first + socks.len() as u64)
         .map(|id| ConnItem { id, listener: 0, sock: wire::sock::TCP, flags: 0, addrs })
         .collect();
@@ -555,6 +560,7 @@ fn a_drain_does_not_lift_the_first_heads_limit() {
 }
 
 /// TCP_INFO of a socket: (segments sent, bytes sent and not yet acknowledged).
+#[allow(unsafe_code, reason = "getsockopt(TCP_INFO): neither std nor rustix reads it")]
 fn tcp_info(fd: &impl AsFd) -> (u32, u32) {
     use std::os::fd::AsRawFd;
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
@@ -606,7 +612,7 @@ fn quick_path_answer_and_fin_leave_in_one_segment() {
 
 #[test]
 fn connections_from_a_balancer_take_the_quick_path_with_their_client() {
-    use handoff::proxy::ProxyHeader;
+    use handoff::__private::proxy::ProxyHeader;
     let (master, thread, _log, listener) = start();
     let named = ProxyHeader {
         source: Some("203.0.113.7:40001".parse().unwrap()),

@@ -4,7 +4,7 @@
 //! the addresses survive the CONN-frame extension's encoding).
 #![no_main]
 
-use handoff::proxy::{decode_addrs, encode_addrs, parse, Parsed, MAX_HEADER_LEN};
+use handoff::__private::proxy::{decode_addrs, encode_addrs, parse, Parsed, MAX_HEADER_LEN};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -3,7 +3,7 @@
 //! to the same value.
 #![no_main]
 
-use handoff::wire::{decode, encode, MAX_FRAME_LEN};
+use handoff::__private::wire::{decode, encode, MAX_FRAME_LEN};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

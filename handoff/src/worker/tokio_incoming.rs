@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::io::unix::AsyncFd;
 
-pub use super::incoming::End;
+pub(super) use super::incoming::End;
 use super::waiting::{Found, WaitRoom, Waiting};
 use super::{channel_from_env, recv_event, Conn, Event, Reporter, Stream, TokioStream, WorkerEnv, WorkerError};
 

@@ -13,7 +13,7 @@ use crate::sys::fdpass;
 use crate::wire;
 
 /// One way to misbehave.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
     /// Send READY, then hang: read nothing, send nothing (a deadlocked worker).
     Stall,
@@ -30,6 +30,30 @@ pub enum Fault {
     ReturnUnannounced,
     /// Send READY with the RETURN capability, then RETURN a connection it never had.
     ReturnUnknown,
+}
+
+impl Fault {
+    /// Every fault, with the name the command line gives it.
+    pub const ALL: [(Fault, &'static str); 7] = [
+        (Fault::Stall, "stall"),
+        (Fault::Garbage, "garbage"),
+        (Fault::SendFd, "send-fd"),
+        (Fault::UnknownAck, "unknown-ack"),
+        (Fault::NoAck, "no-ack"),
+        (Fault::ReturnUnannounced, "return-unannounced"),
+        (Fault::ReturnUnknown, "return-unknown"),
+    ];
+}
+
+impl std::str::FromStr for Fault {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Fault, String> {
+        Fault::ALL.iter().find(|(_, name)| *name == s).map(|(f, _)| *f).ok_or_else(|| {
+            let names: Vec<&str> = Fault::ALL.iter().map(|(_, n)| *n).collect();
+            format!("unknown fault {s:?}: one of {}", names.join(", "))
+        })
+    }
 }
 
 /// Runs `fault` on the channel from the environment; never returns normally unless

@@ -137,6 +137,7 @@ pub fn set_master_batch(batch: bool) -> io::Result<bool> {
 
 /// Puts the calling thread back in `SCHED_OTHER` when dropped, if [`set_master_batch`]
 /// had switched it: a library's `Server` returns the caller's thread as it found it.
+#[derive(Debug)]
 pub struct MasterSchedGuard;
 
 impl Drop for MasterSchedGuard {
@@ -225,6 +226,7 @@ pub fn fork_worker(
 }
 
 /// What a forked worker is given besides its channel.
+#[derive(Debug)]
 pub struct ForkChild<'a> {
     /// The variable that gets the channel's descriptor number (`HANDOFF_FD`).
     pub fd_var: &'a str,
@@ -393,7 +395,7 @@ static INHERITED_TAKEN: AtomicBool = AtomicBool::new(false);
 ///
 /// It can be taken once per process; a second call is an error, so that two owners
 /// never close the same number.
-pub(crate) fn take_inherited_fd(raw: RawFd) -> io::Result<OwnedFd> {
+pub fn take_inherited_fd(raw: RawFd) -> io::Result<OwnedFd> {
     if raw < 0 {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("descriptor {raw} is negative")));
     }

@@ -1,7 +1,7 @@
 //! Balancing policies: which worker gets the next connection.
 //!
-//! The master describes each worker as a [`Candidate`] (can it take a connection now,
-//! how many does it hold, does it report its load at all) and asks a [`Balancer`] for
+//! The master describes each worker as a `Candidate` (can it take a connection now,
+//! how many does it hold, does it report its load at all) and asks a `Balancer` for
 //! one. Pure logic, no I/O: the master decides eligibility (ready, not draining, below
 //! `--max-conns-per-worker`, channel not full); the balancer decides among the eligible.
 //!
@@ -59,17 +59,17 @@ impl FromStr for Policy {
 
 /// What the balancer knows of one worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Candidate {
+pub(crate) struct Candidate {
     /// May it take a connection now?
-    pub eligible: bool,
+    pub(crate) eligible: bool,
     /// Connections handed to it and not yet DONE.
-    pub active: u32,
+    pub(crate) active: u32,
     /// Does it report DONE (is `active` meaningful)?
-    pub reports_load: bool,
+    pub(crate) reports_load: bool,
     /// Has it connections it has not ACKed yet? A worker that is slow to take what it
     /// was sent is busy (stuck in a long request, or descheduled): among equally
     /// loaded workers, one that is keeping up gets the connection.
-    pub behind: bool,
+    pub(crate) behind: bool,
 }
 
 impl Candidate {
@@ -81,7 +81,7 @@ impl Candidate {
 
 /// Chooses workers under one policy, remembering the rotation.
 #[derive(Debug)]
-pub struct Balancer {
+pub(crate) struct Balancer {
     policy: Policy,
     next: usize,
     rng: fastrand::Rng,
@@ -89,27 +89,28 @@ pub struct Balancer {
 
 impl Balancer {
     /// A balancer for `policy`.
-    pub fn new(policy: Policy) -> Balancer {
+    pub(crate) fn new(policy: Policy) -> Balancer {
         Balancer { policy, next: 0, rng: fastrand::Rng::new() }
     }
 
-    /// A balancer with a fixed random seed (tests, benchmarks).
-    pub fn with_seed(policy: Policy, seed: u64) -> Balancer {
+    /// A balancer with a fixed random seed (the tests).
+    #[cfg(test)]
+    pub(crate) fn with_seed(policy: Policy, seed: u64) -> Balancer {
         Balancer { policy, next: 0, rng: fastrand::Rng::with_seed(seed) }
     }
 
     /// The policy in use.
-    pub fn policy(&self) -> Policy {
+    pub(crate) fn policy(&self) -> Policy {
         self.policy
     }
 
     /// Changes the policy, keeping the rotation.
-    pub fn set_policy(&mut self, policy: Policy) {
+    pub(crate) fn set_policy(&mut self, policy: Policy) {
         self.policy = policy;
     }
 
     /// Picks an eligible worker, or `None` if none is.
-    pub fn pick(&mut self, ws: &[Candidate]) -> Option<usize> {
+    pub(crate) fn pick(&mut self, ws: &[Candidate]) -> Option<usize> {
         let n = ws.len();
         if n == 0 {
             return None;

@@ -222,6 +222,7 @@ async fn client_task(
 }
 
 /// Idle keep-alive connections held open by [`hold_idle`].
+#[derive(Debug)]
 pub struct IdleClients {
     /// The connections, each after one answered request; dropping them closes them.
     pub streams: Vec<std::net::TcpStream>,

@@ -24,23 +24,23 @@
 //! # Ok::<(), handoff::worker::WorkerError>(())
 //! ```
 
-pub mod access_log;
+pub(crate) mod access_log;
 mod conn;
 #[doc(hidden)]
-pub mod faults;
-pub mod hand_back;
-pub mod http;
+pub(crate) mod faults;
+pub(crate) mod hand_back;
+pub(crate) mod http;
 mod incoming;
 mod send_timeout;
 mod serve;
-pub mod static_files;
+pub(crate) mod static_files;
 mod tokio_incoming;
 mod waiting;
 // Library additions (forked workers, axum): kept apart from the list above.
 mod context;
 
 pub use conn::{Conn, HandBackError, Returnable, Stream, TokioStream};
-pub use context::{listener, Context};
+pub use context::{listener, Context, WorkerBody};
 pub use incoming::{End, Incoming};
 #[cfg(feature = "axum")]
 pub use serve::serve_axum;
@@ -55,17 +55,9 @@ use std::time::Duration;
 use crate::sys::fdpass;
 use crate::wire::{self, cap, kind};
 
-/// Environment variable naming the channel descriptor.
-pub const ENV_FD: &str = "HANDOFF_FD";
-/// Environment variable with this worker's slot, `0..N`.
-pub const ENV_WORKER_ID: &str = "HANDOFF_WORKER_ID";
-/// Environment variable with the number of worker slots.
-pub const ENV_WORKERS: &str = "HANDOFF_WORKERS";
-/// Environment variable with the heartbeat interval the master expects, in ms.
-pub const ENV_HEARTBEAT_MS: &str = "HANDOFF_HEARTBEAT_MS";
-/// Environment variable saying when to hand idle connections back (`auto`, `always`,
-/// `off`; see [`crate::wire::HandBack`]). Absent means `auto`.
-pub const ENV_RETURN: &str = "HANDOFF_RETURN";
+// The environment a master gives its workers belongs to the protocol (`wire`), which
+// both sides read; re-exported here under the names workers have always used.
+pub use crate::wire::{ENV_FD, ENV_HEARTBEAT_MS, ENV_RETURN, ENV_WORKERS, ENV_WORKER_ID};
 
 /// Capabilities this crate's workers announce, and RETURN unless the master said
 /// `HANDOFF_RETURN=off` (see [`caps`]).

@@ -9,8 +9,8 @@
 
 use std::os::fd::AsFd;
 
-use handoff::sys::fdpass::{recv_with_fds, send_with_fds, seqpacket_pair};
-use handoff::wire::{self, ConnItem};
+use handoff::__private::sys::fdpass::{recv_with_fds, send_with_fds, seqpacket_pair};
+use handoff::__private::wire::{self, ConnItem};
 
 fn main() {
     let n: u64 = std::env::var("ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);

@@ -12,6 +12,8 @@
 //! `sendmsg`/`recvmsg` take `BorrowedFd`s and hand back `OwnedFd`s, so no raw
 //! descriptor is ever stored.
 
+#![allow(unsafe_code, reason = "the crate's one syscall boundary; every block says why it is sound")]
+
 pub mod fdpass;
 pub mod process;
 

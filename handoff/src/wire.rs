@@ -59,6 +59,24 @@ pub mod kind {
     pub const CONN_ADDR: u8 = 0x83;
 }
 
+// The environment a master gives each worker process (docs/PROTOCOL.md, section 1).
+
+/// Environment variable naming the channel descriptor.
+pub const ENV_FD: &str = "HANDOFF_FD";
+/// Environment variable with this worker's slot, `0..N`.
+pub const ENV_WORKER_ID: &str = "HANDOFF_WORKER_ID";
+/// Environment variable with the number of worker slots.
+pub const ENV_WORKERS: &str = "HANDOFF_WORKERS";
+/// Environment variable with the heartbeat interval the master expects, in ms.
+pub const ENV_HEARTBEAT_MS: &str = "HANDOFF_HEARTBEAT_MS";
+/// Environment variable saying when to hand idle connections back (`auto`, `always`,
+/// `off`; see [`HandBack`]). Absent means `auto`.
+pub const ENV_RETURN: &str = "HANDOFF_RETURN";
+
+/// Environment variable asking the built-in HTTP worker for an access log (`combined`
+/// or `json`).
+pub const ENV_ACCESS_LOG: &str = "HANDOFF_ACCESS_LOG";
+
 /// Capability bits a worker announces in READY.
 pub mod cap {
     /// The worker sends ACK for every connection it receives. The master then keeps

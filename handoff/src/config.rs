@@ -11,8 +11,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::listener::ListenSpec;
+pub use crate::listener::ListenSpec;
 use crate::policy::Policy;
+pub use crate::wire::HandBack;
+pub use crate::worker::access_log::AccessLog;
 
 /// Default listen address of `handoff run` with no `--listen`.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -54,8 +56,7 @@ pub enum ConfigError {
 #[derive(Clone)]
 pub struct WorkerFn(pub Arc<WorkerBody>);
 
-/// The closure type behind [`WorkerFn`].
-pub type WorkerBody = dyn Fn(crate::worker::Context) -> Result<(), crate::BoxError> + Send + Sync;
+pub use crate::worker::WorkerBody;
 
 impl WorkerFn {
     /// Wraps a closure.
@@ -246,8 +247,9 @@ pub struct ConfigFile {
 }
 
 impl ConfigFile {
-    /// Reads and parses a TOML file.
-    pub fn load(path: &Path) -> Result<ConfigFile, ConfigError> {
+    /// Reads a config file and parses its text with `parse` (the `handoff` command
+    /// passes its TOML parser; the library itself has no file format of its own).
+    pub fn load(path: &Path, parse: ParseConfig) -> Result<ConfigFile, ConfigError> {
         // A FIFO or device would block the master's loop on reload.
         match std::fs::metadata(path) {
             Ok(m) if !m.is_file() => {
@@ -257,8 +259,8 @@ impl ConfigFile {
             _ => {}
         }
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        toml::from_str(&text)
-            .map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string().trim_end().to_string() })
+        parse(&text)
+            .map_err(|message| ConfigError::Parse { path: path.into(), message: message.trim_end().to_string() })
     }
 
     /// Fills every unset key of `self` from `lower` (self wins).
@@ -414,6 +416,29 @@ impl ConfigFile {
     }
 }
 
+/// Parses a config file's text: the `handoff` command passes its TOML parser.
+pub type ParseConfig = fn(&str) -> Result<ConfigFile, String>;
+
+/// Where the settings came from, so that a reload can read them again.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSource {
+    /// Settings given on the command line (they win over the file).
+    pub cli: ConfigFile,
+    /// The config file, if any, and how to parse its text.
+    pub file: Option<(PathBuf, ParseConfig)>,
+}
+
+impl ConfigSource {
+    /// Reads and validates the settings again.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        let merged = match &self.file {
+            Some((path, parse)) => self.cli.clone().or(ConfigFile::load(path, *parse)?),
+            None => self.cli.clone(),
+        };
+        merged.resolve()
+    }
+}
+
 /// One worker per core.
 pub fn default_workers() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
@@ -462,23 +487,6 @@ mod tests {
         assert_eq!(c.workers, default_workers());
         assert_eq!(c.policy, Policy::LeastConn);
         assert_eq!(c.worker, WorkerKind::Builtin { static_dir: None, static_no_symlinks: false, test_knobs: false });
-    }
-
-    #[test]
-    fn toml_keys_and_errors() {
-        let f: ConfigFile = toml::from_str("workers = 3\npolicy = \"p2c\"\nlisten = [\"unix:/tmp/a.sock\"]\n").unwrap();
-        let c = f.resolve().unwrap();
-        assert_eq!((c.workers, c.policy), (3, Policy::P2c));
-        let e = toml::from_str::<ConfigFile>("wrokers = 3").unwrap_err().to_string();
-        assert!(e.contains("unknown field `wrokers`"), "{e}");
-        let e = toml::from_str::<ConfigFile>("policy = \"fastest\"").unwrap_err().to_string();
-        assert!(e.contains("fastest"), "{e}");
-        // The master's scheduling: batch unless asked otherwise.
-        assert_eq!(ConfigFile::default().resolve().unwrap().master_sched, MasterSched::Batch);
-        let f: ConfigFile = toml::from_str("master-sched = \"inherit\"").unwrap();
-        assert_eq!(f.resolve().unwrap().master_sched, MasterSched::Inherit);
-        let e = toml::from_str::<ConfigFile>("master-sched = \"fifo\"").unwrap_err().to_string();
-        assert!(e.contains("fifo"), "{e}");
     }
 
     #[test]

@@ -24,13 +24,14 @@ use rustix::net::{AddressFamily, SocketFlags, SocketType};
 use rustix::process::Signal;
 
 use super::{kworker, Model};
-use crate::listener::{ListenAddr, Listener, BACKLOG};
-use crate::sys::process::spawn_with_channel;
+use handoff::__private::listener::{ListenAddr, Listener, BACKLOG};
+use handoff::__private::sys::process::spawn_with_channel;
 
 /// How long a model gets to come up.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A running model.
+#[derive(Debug)]
 pub struct Server {
     /// Where clients connect.
     pub addr: SocketAddr,
@@ -231,7 +232,7 @@ impl Server {
 
     fn stop_all(&mut self) {
         for c in &self.children {
-            let _ = crate::sys::process::signal(c.id(), Signal::TERM);
+            let _ = handoff::__private::sys::process::signal(c.id(), Signal::TERM);
         }
         let until = Instant::now() + Duration::from_secs(3);
         for c in &mut self.children {

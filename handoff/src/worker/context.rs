@@ -8,6 +8,10 @@
 
 use super::{AsyncIncoming, Incoming, WorkerEnv, WorkerError};
 
+/// The body of a forked worker: the closure behind [`crate::config::WorkerFn`], run
+/// once in each child the master forks, with that worker's [`Context`].
+pub type WorkerBody = dyn Fn(Context) -> Result<(), crate::BoxError> + Send + Sync;
+
 /// What a forked worker's closure is given: which worker it is, and the way to its
 /// connections.
 ///
@@ -52,7 +56,7 @@ impl Context {
     }
 
     /// Runs a forked worker's closure and turns its result into an exit status.
-    pub(crate) fn run_fork_body(body: &crate::config::WorkerBody, slot: usize) -> i32 {
+    pub(crate) fn run_fork_body(body: &WorkerBody, slot: usize) -> i32 {
         match body(Context::from_env()) {
             Ok(()) => 0,
             Err(e) => {

@@ -29,7 +29,7 @@ pub const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// The built-in worker wraps every connection in it: a client that stops reading is
 /// otherwise held forever (a large file, or many pipelined requests whose answers it
 /// never reads).
-pub struct SendTimeout<I> {
+pub(super) struct SendTimeout<I> {
     io: I,
     limit: Duration,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -39,12 +39,12 @@ pub struct SendTimeout<I> {
 
 impl<I> SendTimeout<I> {
     /// `io` with writes bounded by `limit` (at most a year, as the header timeout).
-    pub fn new(io: I, limit: Duration) -> SendTimeout<I> {
+    pub(super) fn new(io: I, limit: Duration) -> SendTimeout<I> {
         SendTimeout { io, limit: limit.min(Duration::from_secs(365 * 86_400)), timer: None, armed: false }
     }
 
     /// The connection itself, for whoever takes it back from hyper.
-    pub fn into_inner(self) -> I {
+    pub(super) fn into_inner(self) -> I {
         self.io
     }
 

@@ -43,7 +43,7 @@ use signal_hook::consts::signal::*;
 use signal_hook_mio::v1_0::Signals;
 use tracing::{debug, error, info, warn};
 
-use crate::config::{Config, ConfigFile, WorkerKind};
+use crate::config::{Config, ConfigSource, WorkerKind};
 use crate::listener::{self, ListenAddr, ListenSpec, Listener};
 use crate::policy::{Balancer, Candidate};
 use crate::sys::fdpass;
@@ -183,26 +183,6 @@ struct PendingProxy {
     fd: OwnedFd,
     listener: u16,
     deadline: Instant,
-}
-
-/// Where the settings came from, so that a reload can read them again.
-#[derive(Debug, Clone, Default)]
-pub struct ConfigSource {
-    /// Settings given on the command line (they win over the file).
-    pub cli: ConfigFile,
-    /// The config file, if any.
-    pub path: Option<std::path::PathBuf>,
-}
-
-impl ConfigSource {
-    /// Reads and validates the settings again.
-    pub fn load(&self) -> Result<Config, crate::config::ConfigError> {
-        let merged = match &self.path {
-            Some(p) => self.cli.clone().or(ConfigFile::load(p)?),
-            None => self.cli.clone(),
-        };
-        merged.resolve()
-    }
 }
 
 #[derive(Debug)]

@@ -6,10 +6,11 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use handoff::config::ConfigFile;
-use handoff::listener::ListenSpec;
-use handoff::master::{ConfigSource, Master};
+use handoff::__private::{control, master::Master, sys, worker as builtin};
+use handoff::config::{AccessLog, ConfigFile, ConfigSource, HandBack, ListenSpec, MasterSched, ParseConfig};
 use handoff::policy::Policy;
+
+mod config_file;
 
 #[derive(Parser)]
 #[command(
@@ -47,10 +48,10 @@ enum Cmd {
         action: CtlAction,
     },
     /// Measure handoff against the kernel's connection models (shared queue, SO_REUSEPORT).
-    Bench(handoff::bench::BenchArgs),
+    Bench(handoff_bench::BenchArgs),
     /// Internal: a worker of a `handoff bench` kernel model.
     #[command(hide = true)]
-    BenchWorker(handoff::bench::WorkerArgs),
+    BenchWorker(handoff_bench::WorkerArgs),
     /// Internal: the built-in HTTP worker, started by the master.
     #[command(hide = true)]
     Worker {
@@ -64,8 +65,8 @@ enum Cmd {
         #[arg(long)]
         test_knobs: bool,
         /// Test suite only: break the protocol this way.
-        #[arg(long, value_enum)]
-        misbehave: Option<handoff::worker::faults::Fault>,
+        #[arg(long, value_parser = |s: &str| s.parse::<builtin::faults::Fault>())]
+        misbehave: Option<builtin::faults::Fault>,
         /// Test suite only: only the worker in this slot misbehaves.
         #[arg(long)]
         misbehave_slot: Option<usize>,
@@ -91,7 +92,7 @@ struct Target {
 impl Target {
     /// The control socket to use.
     fn path(self) -> Result<PathBuf, String> {
-        use handoff::control::Selector;
+        use control::Selector;
         if let Some(p) = self.control {
             return Ok(p);
         }
@@ -100,7 +101,7 @@ impl Target {
             (None, Some(a)) => Selector::Listen(a),
             (None, None) => Selector::Only,
         };
-        handoff::control::find_master(&sel).map(|e| e.control).map_err(|e| e.to_string())
+        control::find_master(&sel).map(|e| e.control).map_err(|e| e.to_string())
     }
 }
 
@@ -181,12 +182,12 @@ struct RunArgs {
     /// The master's CPU scheduling: batch (SCHED_BATCH: it does not preempt busy workers,
     /// and hands on in larger batches; workers stay SCHED_OTHER) or inherit [default: batch]
     #[arg(long, value_name = "batch|inherit")]
-    master_sched: Option<handoff::config::MasterSched>,
+    master_sched: Option<MasterSched>,
     /// When workers hand idle keep-alive connections back to the master, which then places
     /// each request, not just each connection: auto (while a worker is slow), always, or off
     /// [default: auto]
     #[arg(long, value_name = "auto|always|off")]
-    hand_back: Option<handoff::wire::HandBack>,
+    hand_back: Option<HandBack>,
     /// Close an idle connection the master holds after this long (seconds) [default: 75]
     #[arg(long, value_name = "SECS")]
     keepalive_timeout: Option<f64>,
@@ -195,7 +196,7 @@ struct RunArgs {
     max_idle: Option<usize>,
     /// Built-in worker: one line per request on standard output, combined (nginx's) or json [default: off]
     #[arg(long, value_name = "combined|json")]
-    access_log: Option<handoff::worker::access_log::AccessLog>,
+    access_log: Option<AccessLog>,
     /// The master's log lines: text, or json (one JSON object per line, for log shippers)
     #[arg(long, value_name = "text|json", default_value = "text")]
     log_format: LogFormat,
@@ -260,7 +261,7 @@ fn init_logging(verbose: u8, quiet: bool, format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     // Written synchronously to stderr (no logging thread in the master), but never
     // waiting on a stalled reader: such lines are dropped and counted.
-    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| handoff::sys::StderrNoWait);
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| sys::StderrNoWait);
     match format {
         LogFormat::Text => {
             fmt.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).with_target(false).init()
@@ -270,7 +271,10 @@ fn init_logging(verbose: u8, quiet: bool, format: LogFormat) {
 }
 
 fn run(args: RunArgs) -> Result<(), String> {
-    let source = ConfigSource { cli: args.to_config_file(), path: args.config.clone() };
+    let source = ConfigSource {
+        cli: args.to_config_file(),
+        file: args.config.clone().map(|path| (path, config_file::parse as ParseConfig)),
+    };
     let cfg = source.load().map_err(|e| e.to_string())?;
     let master = Master::new(cfg).map_err(|e| e.to_string())?.with_source(source);
     master.run().map_err(|e| e.to_string())
@@ -278,21 +282,21 @@ fn run(args: RunArgs) -> Result<(), String> {
 
 fn status(target: Target, list: bool, json: bool) -> Result<(), String> {
     if list {
-        let masters = handoff::control::list_masters().map_err(|e| e.to_string())?;
+        let masters = control::list_masters().map_err(|e| e.to_string())?;
         if json {
             say(&format!("{}\n", serde_json::to_string_pretty(&masters).map_err(|e| e.to_string())?));
         } else {
-            say(&handoff::control::list_text(&masters));
+            say(&control::list_text(&masters));
         }
         return Ok(());
     }
     let path = target.path()?;
     if json {
-        let raw = handoff::control::status_json(&path).map_err(|e| e.to_string())?;
+        let raw = control::status_json(&path).map_err(|e| e.to_string())?;
         say(&format!("{raw}\n"));
     } else {
-        let st = handoff::control::status(&path).map_err(|e| e.to_string())?;
-        say(&handoff::control::format_table(&st));
+        let st = control::status(&path).map_err(|e| e.to_string())?;
+        say(&control::format_table(&st));
     }
     Ok(())
 }
@@ -305,7 +309,7 @@ fn ctl(target: Target, action: CtlAction) -> Result<(), String> {
         CtlAction::Drain { id } => format!("drain {id}"),
         CtlAction::Stop => "stop".to_string(),
     };
-    let reply = handoff::control::command(&path, &line).map_err(|e| e.to_string())?;
+    let reply = control::command(&path, &line).map_err(|e| e.to_string())?;
     // Which master acted: the one that answered says so itself.
     let who = match &reply.master {
         Some(m) => format!("master pid {} ({}): ", m.pid, m.listeners.join(", ")),
@@ -345,17 +349,17 @@ fn main() -> ExitCode {
         }
         Cmd::Status { target, list, json } => exit_with(status(target, list, json)),
         Cmd::Ctl { target, action } => exit_with(ctl(target, action)),
-        Cmd::Bench(args) => exit_with(handoff::bench::main(args)),
-        Cmd::BenchWorker(args) => exit_with(handoff::bench::worker_main(args)),
+        Cmd::Bench(args) => exit_with(handoff_bench::main(args)),
+        Cmd::BenchWorker(args) => exit_with(handoff_bench::worker_main(args)),
         Cmd::Worker { static_dir, static_no_symlinks, test_knobs, misbehave, misbehave_slot } => {
             init_logging(0, true, LogFormat::Text);
             let slot = handoff::worker::WorkerEnv::from_env().id;
             let result = match misbehave {
-                Some(f) if misbehave_slot.is_none_or(|s| s == slot) => handoff::worker::faults::run(f),
+                Some(f) if misbehave_slot.is_none_or(|s| s == slot) => builtin::faults::run(f),
                 _ => {
-                    use handoff::worker::static_files::Symlinks;
+                    use builtin::static_files::Symlinks;
                     let symlinks = if static_no_symlinks { Symlinks::Never } else { Symlinks::InsideRoot };
-                    handoff::worker::http::run_from_env(static_dir, symlinks, test_knobs)
+                    builtin::http::run_from_env(static_dir, symlinks, test_knobs)
                 }
             };
             match result {

@@ -16,7 +16,7 @@
 //! - [`report`] prints the terminal table, the JSON, and the Markdown report;
 //!   [`charts`] draws its SVG charts.
 //!
-//! Every model serves with [`crate::worker::http`], so what differs between rows is
+//! Every model serves with `handoff::worker::http` (the built-in worker), so what differs between rows is
 //! only how connections reach workers.
 //!
 //! Beside the connection-level workloads, two ask about keep-alive traffic (issue 15):
@@ -321,7 +321,7 @@ pub fn main(args: BenchArgs) -> Result<(), String> {
     if workloads.contains(&Workload::HeldIdle) {
         // The idle clients' sockets are this process's descriptors, and the kernel
         // models' workers (started from here) inherit the limit for their side.
-        let _ = crate::sys::raise_nofile_limit();
+        let _ = handoff::__private::sys::raise_nofile_limit();
     }
     let results = report::run_matrix(&args, workers, &exe, &models, &workloads)?;
     let summary = report::Summary::new(&args, workers, results);

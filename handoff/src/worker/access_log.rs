@@ -13,8 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hyper::{Method, Uri, Version};
 
-/// Environment variable through which the master tells the built-in worker the format.
-pub const ENV_ACCESS_LOG: &str = "HANDOFF_ACCESS_LOG";
+pub(crate) use crate::wire::ENV_ACCESS_LOG;
 
 /// An access log format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

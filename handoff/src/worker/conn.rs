@@ -216,7 +216,7 @@ impl<S: Returnable> Conn<S> {
     }
 
     /// Whether a connection idle at a request boundary should go back to the master
-    /// now, by the mode the master asked for (see [`super::hand_back`]): `always`, or
+    /// now, by the mode the master asked for (see `HANDOFF_RETURN` in docs/PROTOCOL.md): `always`, or
     /// `auto` while this worker is slow. Always false if the master said `off`.
     pub fn hand_back_wanted(&self) -> bool {
         self.reporter.as_ref().is_some_and(|r| super::hand_back::wanted(r.hand_back))

@@ -6,7 +6,7 @@
 
 use hdrhistogram::Histogram;
 
-pub use crate::policy::jain;
+pub use handoff::__private::policy::jain;
 
 /// The busiest worker's count over the idlest one's; `None` when some worker got
 /// nothing (the ratio is infinite) or the list is empty.

@@ -9,7 +9,7 @@
 //! woken and the kernel would go on to wake every worker.
 //!
 //! The epoll wait runs on a small acceptor thread, and connections are served by the
-//! same code as `handoff run`'s built-in worker ([`crate::worker::http`]) on a
+//! same code as `handoff run`'s built-in worker (`handoff::worker::http` (the built-in worker)) on a
 //! single-threaded tokio runtime. To keep the pre-fork property that a worker busy
 //! serving does not accept, the acceptor goes back into `epoll_wait` only once the
 //! serving thread has picked up the previous connection: a worker stuck in a 25 ms
@@ -29,7 +29,7 @@ use rustix::event::epoll;
 use rustix::net::SocketFlags;
 
 use super::Model;
-use crate::worker::http::{serve_connection, HttpConfig};
+use handoff::__private::worker::http::{serve_connection, HttpConfig};
 
 /// Environment variable naming the inherited listening socket.
 pub const ENV_LISTEN_FD: &str = "HANDOFF_BENCH_LISTEN_FD";
@@ -45,7 +45,8 @@ pub fn run(model: Model, id: usize) -> Result<(), String> {
     let raw: i32 = std::env::var(ENV_LISTEN_FD).ok().and_then(|v| v.trim().parse().ok()).ok_or_else(|| {
         format!("{ENV_LISTEN_FD} is not set: bench-worker is started by `handoff bench`, not by hand")
     })?;
-    let listener = crate::sys::process::take_inherited_fd(raw).map_err(|e| format!("inherited listener {raw}: {e}"))?;
+    let listener = handoff::__private::sys::process::take_inherited_fd(raw)
+        .map_err(|e| format!("inherited listener {raw}: {e}"))?;
     rustix::io::ioctl_fionbio(&listener, true).map_err(|e| format!("listener non-blocking: {e}"))?;
     let ep = epoll::create(epoll::CreateFlags::CLOEXEC).map_err(|e| format!("epoll_create: {e}"))?;
     let flags = listen_flags(model);
@@ -153,10 +154,10 @@ fn acceptor(
             Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => {}
             Err(e) => {
                 let e = std::io::Error::from(e);
-                if crate::listener::accept_error_is_exhaustion(&e) {
+                if handoff::__private::listener::accept_error_is_exhaustion(&e) {
                     // Out of descriptors: a level-triggered retry would spin.
                     std::thread::sleep(Duration::from_millis(10));
-                } else if !crate::listener::accept_error_is_transient(&e) {
+                } else if !handoff::__private::listener::accept_error_is_transient(&e) {
                     let _ = writeln!(std::io::stderr(), "bench-worker: accept: {e}");
                     return;
                 }
