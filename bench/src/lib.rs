@@ -329,6 +329,17 @@ pub fn main(args: BenchArgs) -> Result<(), String> {
 }
 
 /// Prints `summary` (table or JSON) and writes the report directory if asked.
+/// The report (`report.md`, `results.json`) and the charts it shows, side by side.
+fn write_dir(summary: &report::Summary, dir: &std::path::Path) -> std::io::Result<()> {
+    summary.write_dir(dir)?;
+    charts::distribution(&summary.rows, summary.workers, &dir.join(report::DISTRIBUTION_SVG))?;
+    charts::latency(&summary.rows, &dir.join(report::LATENCY_SVG))?;
+    if summary.rows.iter().any(|r| r.held.is_some()) {
+        charts::held_idle(&summary.rows, &dir.join(report::HELD_SVG))?;
+    }
+    Ok(())
+}
+
 fn output(args: &BenchArgs, summary: &report::Summary) -> Result<(), String> {
     if args.json {
         let _ = writeln!(std::io::stdout(), "{}", serde_json::to_string_pretty(summary).map_err(|e| e.to_string())?);
@@ -336,7 +347,7 @@ fn output(args: &BenchArgs, summary: &report::Summary) -> Result<(), String> {
         let _ = write!(std::io::stdout(), "{}", summary.table());
     }
     if let Some(dir) = &args.out {
-        summary.write_dir(dir).map_err(|e| format!("writing the report to {}: {e}", dir.display()))?;
+        write_dir(summary, dir).map_err(|e| format!("writing the report to {}: {e}", dir.display()))?;
         let _ = writeln!(std::io::stderr(), "report written to {}", dir.display());
     }
     Ok(())

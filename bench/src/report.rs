@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use super::stats::{self, Percentiles};
-use super::{charts, load, models, procs, BenchArgs, Model, Workload};
+use super::{load, models, procs, BenchArgs, Model, Workload};
 
 /// One model × workload × run.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -470,23 +470,21 @@ impl Summary {
             .collect()
     }
 
-    /// Writes `report.md`, `results.json`, `bench-distribution.svg`,
-    /// `bench-latency.svg` and, with held-idle results, `bench-held-idle.svg` into `dir`.
+    /// Writes `report.md` and `results.json` into `dir` (the charts the report shows
+    /// are drawn beside it by [`crate::charts`], called from `crate::output`).
     pub fn write_dir(&self, dir: &Path) -> std::io::Result<()> {
         std::fs::create_dir_all(dir)?;
-        charts::distribution(&self.rows, self.workers, &dir.join("bench-distribution.svg"))?;
-        charts::latency(&self.rows, &dir.join("bench-latency.svg"))?;
-        if self.rows.iter().any(|r| r.held.is_some()) {
-            charts::held_idle(&self.rows, &dir.join(HELD_SVG))?;
-        }
-        std::fs::write(dir.join("report.md"), self.markdown("bench-distribution.svg", "bench-latency.svg"))?;
+        std::fs::write(dir.join("report.md"), self.markdown(DISTRIBUTION_SVG, LATENCY_SVG))?;
         std::fs::write(dir.join("results.json"), serde_json::to_string_pretty(self).map_err(std::io::Error::other)?)?;
         Ok(())
     }
 }
 
 /// The held-idle chart's file name in a report directory.
-const HELD_SVG: &str = "bench-held-idle.svg";
+/// The charts' file names, as the report links them.
+pub(crate) const HELD_SVG: &str = "bench-held-idle.svg";
+pub(crate) const DISTRIBUTION_SVG: &str = "bench-distribution.svg";
+pub(crate) const LATENCY_SVG: &str = "bench-latency.svg";
 
 /// Columns of the held-idle table.
 const HELD_HEADER: [&str; 6] =
