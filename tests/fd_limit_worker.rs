@@ -88,3 +88,48 @@ fn a_worker_at_its_descriptor_limit_loses_only_new_connections_and_keeps_serving
     }
     assert_eq!(h.worker_pids(), vec![worker]);
 }
+
+/// The same through the blocking API (`Incoming`, here in the `hello` example's forked
+/// workers, a thread per connection): clients that are halfway through a request when
+/// every worker reaches its limit get their answer; the connections that came after
+/// are closed unanswered; no worker is replaced.
+#[test]
+fn the_blocking_worker_api_loses_only_new_connections_too() {
+    let bin = std::path::Path::new(handoff_bin()).parent().unwrap().join("examples/hello");
+    assert!(bin.exists(), "{} is missing: run `cargo test` (which builds the examples)", bin.display());
+    let mut cmd = std::process::Command::new(bin);
+    cmd.arg("127.0.0.1:0");
+    let h = Handoff::start_command(cmd);
+    let workers: Vec<u32> = h.wait_ready_slots(4).into_values().collect();
+    let addr = h.addr();
+    let fds = || workers.iter().map(|&w| fd_count(w)).sum::<usize>();
+    let before = fds();
+    // Half a request head each: every one holds a thread of some worker.
+    let mut halfway: Vec<TcpStream> = (0..8)
+        .map(|_| {
+            let mut s = connect(addr);
+            s.write_all(b"GET / HTTP/1.1\r\n").unwrap();
+            s
+        })
+        .collect();
+    wait_until("the workers hold the 8 connections", || fds() == before + 8);
+    for &w in &workers {
+        set_nofile(w, first_free_fd(w));
+    }
+    for i in 0..8 {
+        assert_eq!(request_outcome(addr), Ok(false), "connection {i} after the limit");
+    }
+    h.wait_line("out of descriptors");
+    for s in &mut halfway {
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        s.write_all(b"Host: t\r\n\r\n").unwrap();
+        let mut got = String::new();
+        s.read_to_string(&mut got).unwrap();
+        assert!(got.starts_with("HTTP/1.1 200") && got.contains("hello from worker"), "{got:?}");
+    }
+    let mut now = h.worker_pids();
+    now.sort();
+    let mut first = workers.clone();
+    first.sort();
+    assert_eq!(now, first, "a worker was replaced");
+}
