@@ -20,7 +20,6 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rustix::net::{AddressFamily, SocketFlags, SocketType};
 use rustix::process::Signal;
 
 use super::{kworker, Model};
@@ -112,13 +111,7 @@ fn start_kernel(server: &mut Server, workers: usize, exe: &Path, listen: SocketA
 }
 
 fn reuseport_socket(addr: SocketAddr) -> std::io::Result<OwnedFd> {
-    let family = if addr.is_ipv4() { AddressFamily::INET } else { AddressFamily::INET6 };
-    let fd = rustix::net::socket_with(family, SocketType::STREAM, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK, None)?;
-    rustix::net::sockopt::set_socket_reuseaddr(&fd, true)?;
-    rustix::net::sockopt::set_socket_reuseport(&fd, true)?;
-    rustix::net::bind(&fd, &addr)?;
-    rustix::net::listen(&fd, BACKLOG)?;
-    Ok(fd)
+    handoff::__private::sys::socket::listen_reuseport(addr, BACKLOG)
 }
 
 fn local_port(fd: &OwnedFd) -> Result<u16, String> {

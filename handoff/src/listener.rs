@@ -12,7 +12,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+use crate::sys::socket::{self, LocalAddr};
 
 /// Kernel accept queue length requested for every listener (capped by somaxconn).
 pub const BACKLOG: i32 = 4096;
@@ -153,32 +153,10 @@ impl Listener {
     /// path left behind by a dead server (nobody accepts on it) is replaced; a path
     /// with a live server behind it is "address in use".
     pub fn bind(addr: &ListenAddr) -> io::Result<Listener> {
-        let flags = SocketFlags::CLOEXEC | SocketFlags::NONBLOCK;
         let fd = match addr {
-            ListenAddr::Tcp(sa) => {
-                let family = if sa.is_ipv4() { AddressFamily::INET } else { AddressFamily::INET6 };
-                let fd = rustix::net::socket_with(family, SocketType::STREAM, flags, None)?;
-                rustix::net::sockopt::set_socket_reuseaddr(&fd, true)?;
-                if sa.is_ipv6() {
-                    rustix::net::sockopt::set_ipv6_v6only(&fd, true)?;
-                }
-                rustix::net::bind(&fd, sa)?;
-                fd
-            }
-            ListenAddr::Unix(path) => {
-                let fd = rustix::net::socket_with(AddressFamily::UNIX, SocketType::STREAM, flags, None)?;
-                let ua = SocketAddrUnix::new(path.as_path())?;
-                match rustix::net::bind(&fd, &ua) {
-                    Err(rustix::io::Errno::ADDRINUSE) if stale_unix_socket(path) => {
-                        std::fs::remove_file(path)?;
-                        rustix::net::bind(&fd, &ua)?;
-                    }
-                    r => r?,
-                }
-                fd
-            }
+            ListenAddr::Tcp(sa) => socket::listen_tcp(*sa, BACKLOG)?,
+            ListenAddr::Unix(path) => socket::listen_unix(path, BACKLOG)?,
         };
-        rustix::net::listen(&fd, BACKLOG)?;
         Ok(Listener { fd, addr: addr.clone() })
     }
 
@@ -193,21 +171,18 @@ impl Listener {
     /// has it on already (systemd's `DeferAcceptSec=`) keeps its own timeout.
     pub fn set_deferred(&self, on: bool) -> io::Result<()> {
         match self.addr {
-            ListenAddr::Tcp(_) if on && crate::sys::tcp_defer_accept(self.fd.as_fd())? > 0 => Ok(()),
-            ListenAddr::Tcp(_) => crate::sys::set_tcp_defer_accept(self.fd.as_fd(), u32::from(on)),
+            ListenAddr::Tcp(_) if on && socket::tcp_defer_accept(self.fd.as_fd())? > 0 => Ok(()),
+            ListenAddr::Tcp(_) => socket::set_tcp_defer_accept(self.fd.as_fd(), u32::from(on)),
             ListenAddr::Unix(_) => Ok(()),
         }
     }
 
     /// Wraps an already listening socket (socket activation, upgrade).
     pub fn from_fd(fd: OwnedFd) -> io::Result<Listener> {
-        rustix::io::ioctl_fionbio(&fd, true)?;
-        let addr = match rustix::net::getsockname(&fd)? {
-            a if a.address_family() == AddressFamily::UNIX => {
-                let u = SocketAddrUnix::try_from(a).map_err(io::Error::other)?;
-                ListenAddr::Unix(u.path().map(|p| PathBuf::from(p.to_string_lossy().into_owned())).unwrap_or_default())
-            }
-            a => ListenAddr::Tcp(SocketAddr::try_from(a).map_err(io::Error::other)?),
+        socket::set_nonblocking(fd.as_fd(), true)?;
+        let addr = match socket::local_addr(fd.as_fd())? {
+            LocalAddr::Unix(path) => ListenAddr::Unix(path),
+            LocalAddr::Inet(a) => ListenAddr::Tcp(a),
         };
         Ok(Listener { fd, addr })
     }
@@ -215,11 +190,10 @@ impl Listener {
     /// The address as configured, with the real port if port 0 was asked for.
     pub fn local_addr(&self) -> ListenAddr {
         match &self.addr {
-            ListenAddr::Tcp(_) => rustix::net::getsockname(&self.fd)
-                .ok()
-                .and_then(|a| SocketAddr::try_from(a).ok())
-                .map(ListenAddr::Tcp)
-                .unwrap_or_else(|| self.addr.clone()),
+            ListenAddr::Tcp(_) => match socket::local_addr(self.fd.as_fd()) {
+                Ok(LocalAddr::Inet(a)) => ListenAddr::Tcp(a),
+                _ => self.addr.clone(),
+            },
             other => other.clone(),
         }
     }
@@ -231,12 +205,7 @@ impl Listener {
 
     /// Accepts one connection: `CLOEXEC`, blocking mode.
     pub fn accept(&self) -> io::Result<OwnedFd> {
-        loop {
-            match rustix::net::accept_with(&self.fd, SocketFlags::CLOEXEC) {
-                Err(rustix::io::Errno::INTR) => continue,
-                r => return Ok(r?),
-            }
-        }
+        Ok(socket::accept(self.fd.as_fd(), false)?)
     }
 
     /// Removes the socket file of a Unix listener (call when closing for good).
@@ -257,24 +226,6 @@ impl From<Listener> for OwnedFd {
     fn from(l: Listener) -> OwnedFd {
         l.fd
     }
-}
-
-/// A socket file nobody listens on (connect is refused). The probe is non-blocking: a
-/// live server with a full backlog answers EAGAIN, which counts as live, instead of
-/// stalling the master.
-fn stale_unix_socket(path: &std::path::Path) -> bool {
-    use std::os::unix::fs::FileTypeExt;
-    let is_socket = std::fs::symlink_metadata(path).map(|m| m.file_type().is_socket()).unwrap_or(false);
-    if !is_socket {
-        return false;
-    }
-    let probe = || -> io::Result<bool> {
-        let flags = SocketFlags::CLOEXEC | SocketFlags::NONBLOCK;
-        let fd = rustix::net::socket_with(AddressFamily::UNIX, SocketType::STREAM, flags, None)?;
-        let addr = SocketAddrUnix::new(path)?;
-        Ok(rustix::net::connect(&fd, &addr) == Err(rustix::io::Errno::CONNREFUSED))
-    };
-    probe().unwrap_or(false)
 }
 
 /// Whether an accept error is about this one connection (skip it and go on) rather than

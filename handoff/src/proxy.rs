@@ -50,8 +50,6 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::BorrowedFd;
 
-use rustix::net::RecvFlags;
-
 /// The 12 bytes every v2 header starts with.
 pub const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
 /// Size of the fixed part of a v2 header: signature, version/command, family, length.
@@ -416,7 +414,7 @@ fn check_tlvs(mut tlvs: &[u8], mut offset: usize) -> Result<(), ProxyError> {
 /// - any other error of `recv`.
 pub fn read_header(fd: BorrowedFd<'_>) -> io::Result<ProxyHeader> {
     let mut buf = [0u8; MAX_HEADER_LEN];
-    let n = retry(|| rustix::net::recv(fd, &mut buf[..], RecvFlags::PEEK | RecvFlags::DONTWAIT))?.0;
+    let n = crate::sys::socket::peek_nowait(fd, &mut buf[..])?;
     let seen = &buf[..n];
     match parse(seen).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))? {
         Parsed::Incomplete { .. } if n == 0 => {
@@ -428,7 +426,7 @@ pub fn read_header(fd: BorrowedFd<'_>) -> io::Result<ProxyHeader> {
             Err(io::ErrorKind::WouldBlock.into())
         }
         Parsed::Complete { header, len } => {
-            let got = retry(|| rustix::net::recv(fd, &mut buf[..len], RecvFlags::DONTWAIT))?.0;
+            let got = crate::sys::socket::recv_nowait(fd, &mut buf[..len])?;
             if got != len {
                 // The bytes were in the queue a moment ago; only a concurrent reader
                 // of the same socket could take them.
@@ -437,15 +435,6 @@ pub fn read_header(fd: BorrowedFd<'_>) -> io::Result<ProxyHeader> {
                 )));
             }
             Ok(header)
-        }
-    }
-}
-
-fn retry<T>(mut f: impl FnMut() -> rustix::io::Result<T>) -> io::Result<T> {
-    loop {
-        match f() {
-            Err(rustix::io::Errno::INTR) => continue,
-            r => return r.map_err(io::Error::from),
         }
     }
 }

@@ -4,8 +4,10 @@
 //! - Received descriptors are opened with `MSG_CMSG_CLOEXEC`, so a worker that later
 //!   execs never leaks a client socket into its children.
 //! - A message whose control data was truncated (`MSG_CTRUNC`: the receiver had no room,
-//!   or hit its descriptor limit) is an error, and every descriptor that did arrive is
-//!   closed before the error is returned: nothing leaks, nothing is half-delivered.
+//!   or hit its descriptor limit) is an error, typed ([`Truncated`]) and for that message
+//!   only, and every descriptor that did arrive is closed before the error is returned:
+//!   nothing leaks, nothing is half-delivered. Its payload is still returned, so the
+//!   caller knows which frame was hit.
 //! - A message whose payload was truncated (`MSG_TRUNC`) is an error too.
 //! - `EINTR` is retried; `EAGAIN` surfaces as [`io::ErrorKind::WouldBlock`]. With
 //!   `SOCK_SEQPACKET` a send that fails transferred nothing: the caller still owns the
@@ -16,11 +18,12 @@ use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use rustix::io::Errno;
 use rustix::net::{
     recvmsg, sendmsg, AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
     SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
 };
+
+use super::socket::retry_intr;
 
 /// The kernel's limit on descriptors in one `SCM_RIGHTS` message (`SCM_MAX_FD`).
 pub const MAX_FDS_PER_MSG: usize = 253;
@@ -55,12 +58,7 @@ pub fn send_with_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) 
         return Err(io::Error::other("control buffer too small for the descriptors"));
     }
     let iov = [IoSlice::new(data)];
-    loop {
-        match sendmsg(sock, &iov, &mut control, SendFlags::NOSIGNAL) {
-            Err(Errno::INTR) => continue,
-            r => return Ok(r?),
-        }
-    }
+    Ok(retry_intr(|| sendmsg(sock, &iov, &mut control, SendFlags::NOSIGNAL))?)
 }
 
 /// One received message: `len` bytes of payload and the descriptors that came with it.
@@ -73,12 +71,54 @@ pub struct Received {
     pub fds: Vec<OwnedFd>,
 }
 
+/// A message whose descriptors did not all arrive: the control data was truncated
+/// (`MSG_CTRUNC`: the sender sent more than the receiver made room for, or the receiver
+/// is at its descriptor limit, `RLIMIT_NOFILE`), or more descriptors came than the
+/// caller allows. Every descriptor that did arrive has been closed.
+///
+/// It is the inner error of the [`io::Error`] (kind `InvalidData`) that
+/// [`recv_with_fds`] returns: find it with [`Truncated::of`]. The payload was received
+/// whole into the caller's buffer (`buf[..len]`), so the caller can decode it and learn
+/// which frame, and which connections, the lost descriptors belonged to: the error is
+/// that message's only, and the channel is still good for the next one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Truncated {
+    /// Payload bytes written into the caller's buffer: the whole message.
+    pub len: usize,
+    /// Descriptors that did arrive (all closed before the error was returned).
+    pub arrived: usize,
+    /// Descriptors the receiver made room for (`max_fds`).
+    pub room: usize,
+}
+
+impl Truncated {
+    /// The [`Truncated`] inside `e`, if `e` is one (matched by type, not by text).
+    pub fn of(e: &io::Error) -> Option<&Truncated> {
+        e.get_ref()?.downcast_ref()
+    }
+}
+
+impl std::fmt::Display for Truncated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "control message truncated (MSG_CTRUNC): more than {} descriptors sent, or the receiver is out of \
+             descriptors; {} received and closed",
+            self.room, self.arrived
+        )
+    }
+}
+
+impl std::error::Error for Truncated {}
+
 /// Receives one message into `buf`, with room for up to `max_fds` descriptors.
 ///
 /// Errors (with every received descriptor already closed):
-/// - `InvalidData` if the control data was truncated (`MSG_CTRUNC`: more descriptors
-///   than `max_fds`, or this process is at its descriptor limit);
-/// - `InvalidData` if the payload did not fit in `buf` (`MSG_TRUNC`);
+/// - `InvalidData` with a [`Truncated`] inside if the control data was truncated
+///   (`MSG_CTRUNC`: more descriptors than `max_fds`, or this process is at its
+///   descriptor limit); the payload is in `buf[..len]`;
+/// - `InvalidData` if the payload did not fit in `buf` (`MSG_TRUNC`), whether or not
+///   the control data was truncated too;
 /// - `WouldBlock` if the socket is non-blocking and nothing is queued.
 pub fn recv_with_fds(sock: impl AsFd, buf: &mut [u8], max_fds: usize) -> io::Result<Received> {
     let max_fds = max_fds.min(MAX_FDS_PER_MSG);
@@ -88,36 +128,27 @@ pub fn recv_with_fds(sock: impl AsFd, buf: &mut [u8], max_fds: usize) -> io::Res
     let room = rustix::cmsg_space!(ScmRights(max_fds));
     let mut control = RecvAncillaryBuffer::new(&mut space[..room]);
     let mut iov = [IoSliceMut::new(buf)];
-    let msg = loop {
-        match recvmsg(sock.as_fd(), &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC) {
-            Err(Errno::INTR) => continue,
-            r => break r?,
-        }
-    };
+    let msg = retry_intr(|| recvmsg(sock.as_fd(), &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC))?;
     let mut fds = Vec::new();
     for m in control.drain() {
         if let RecvAncillaryMessage::ScmRights(rights) = m {
             fds.extend(rights);
         }
     }
-    // rustix rounds the control space up, so the kernel may deliver more than
-    // `max_fds` without MSG_CTRUNC: enforce the caller's limit ourselves.
-    if msg.flags.contains(ReturnFlags::CTRUNC) || fds.len() > max_fds {
-        let n = fds.len();
-        drop(fds);
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "control message truncated (MSG_CTRUNC): more than {max_fds} descriptors sent, \
-                 or the receiver is out of descriptors; {n} received and closed"
-            ),
-        ));
-    }
+    // A payload cut short is no use to anyone: that error first (`fds` closes on return).
     if msg.flags.contains(ReturnFlags::TRUNC) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!("message longer than the {}-byte buffer (MSG_TRUNC)", buf.len()),
         ));
+    }
+    // rustix rounds the control space up, so the kernel may deliver more than
+    // `max_fds` without MSG_CTRUNC: enforce the caller's limit ourselves.
+    if msg.flags.contains(ReturnFlags::CTRUNC) || fds.len() > max_fds {
+        let arrived = fds.len();
+        drop(fds);
+        let t = Truncated { len: msg.bytes, arrived, room: max_fds };
+        return Err(io::Error::new(io::ErrorKind::InvalidData, t));
     }
     Ok(Received { len: msg.bytes, fds })
 }
@@ -206,7 +237,16 @@ mod tests {
         let err = recv_with_fds(&b, &mut buf, 1).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         assert!(err.to_string().contains("MSG_CTRUNC"), "{err}");
+        // Typed: the payload came whole, so the caller knows which frame it was.
+        let t = Truncated::of(&err).expect("a Truncated inside");
+        assert_eq!((t.len, t.room), (1, 1));
+        assert!((1..=3).contains(&t.arrived), "{t:?}");
+        assert_eq!(&buf[..t.len], b"m");
         assert_all_closed(&read_ends);
+        // The error is that message's only: the next one arrives as usual.
+        send_with_fds(a.as_fd(), b"next", &[]).unwrap();
+        let got = recv_with_fds(&b, &mut buf, 1).unwrap();
+        assert_eq!(&buf[..got.len], b"next");
     }
 
     #[test]

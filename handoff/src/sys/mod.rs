@@ -5,17 +5,21 @@
 //! plain [`std::io::Error`]s; the layers above add the context a user needs.
 //!
 //! The `unsafe` code of the crate is confined to this module: [`process`] (the code
-//! that runs between `fork` and `exec`, and adopting inherited descriptors), and three
-//! small functions here (marking inherited descriptors close-on-exec, registering a
-//! channel with tokio, and `TCP_DEFER_ACCEPT`, which rustix does not offer); descriptor
-//! passing is built on `rustix`, whose
+//! that runs between `fork` and `exec`, and adopting inherited descriptors), `socket`
+//! (`TCP_DEFER_ACCEPT`, which rustix does not offer), and small functions here
+//! (marking inherited descriptors close-on-exec, registering a channel with tokio);
+//! descriptor passing is built on `rustix`, whose
 //! `sendmsg`/`recvmsg` take `BorrowedFd`s and hand back `OwnedFd`s, so no raw
-//! descriptor is ever stored.
+//! descriptor is ever stored. Sockets (bind, listen, accept, options, the one `EINTR`
+//! retry) are made in `socket`.
 
 #![allow(unsafe_code, reason = "the crate's one syscall boundary; every block says why it is sound")]
 
 pub mod fdpass;
 pub mod process;
+pub mod socket;
+
+pub use socket::{set_tcp_defer_accept, tcp_defer_accept};
 
 use std::io;
 
@@ -79,55 +83,6 @@ pub fn cloexec_inherited_fds() -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Sets `TCP_DEFER_ACCEPT` on a listening TCP socket: the kernel completes `accept`
-/// only once the client has sent data (or after about `secs` seconds). `0` turns it
-/// off.
-pub fn set_tcp_defer_accept(fd: std::os::fd::BorrowedFd<'_>, secs: u32) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let value = libc::c_int::try_from(secs).unwrap_or(libc::c_int::MAX);
-    // SAFETY: the descriptor is borrowed, so open for the whole call; the option value
-    // points at a live c_int and the length passed is its size; the kernel only reads it.
-    let r = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_DEFER_ACCEPT,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-/// Reads `TCP_DEFER_ACCEPT` of a listening TCP socket: `0` if off, else about how many
-/// seconds the kernel waits for data (it keeps a count of SYN-ACK retransmissions, so
-/// the value read back is rounded up from the one set).
-pub fn tcp_defer_accept(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<u32> {
-    use std::os::fd::AsRawFd;
-    let mut value: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: the descriptor is borrowed, so open for the whole call; the kernel writes
-    // at most `len` bytes (one c_int) into `value`, which lives across the call.
-    let r = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_DEFER_ACCEPT,
-            (&mut value as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if r == 0 {
-        Ok(u32::try_from(value).unwrap_or(0))
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }
 
 /// Writes as much of `buf` as our stderr takes now, without blocking and without setting

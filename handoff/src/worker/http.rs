@@ -290,8 +290,7 @@ pub async fn serve_incoming(mut incoming: AsyncIncoming, cfg: Arc<HttpConfig>) -
 /// worker's CPU per connection-per-request). A fresh socket's send buffer is empty,
 /// so a short answer goes whole.
 fn send_before_fin(fd: impl std::os::fd::AsFd, bytes: &[u8]) -> rustix::io::Result<usize> {
-    use rustix::net::SendFlags;
-    rustix::net::send(fd, bytes, SendFlags::DONTWAIT | SendFlags::NOSIGNAL | SendFlags::MORE)
+    crate::sys::socket::send_nowait(fd.as_fd(), bytes, true)
 }
 
 /// The quick path: a connection whose whole first request is already in the socket
@@ -374,14 +373,14 @@ impl Quick {
 
     fn look(&mut self, item: &crate::wire::ConnItem, s: &super::Stream) -> FirstLook {
         use rustix::io::Errno;
-        use rustix::net::RecvFlags;
+        use std::os::fd::AsFd;
         // From a balancer: the client it names, or for a header without addresses (a
         // health check) the socket's peer, as hyper's path reports.
         let client = item.addrs.and_then(|a| a.source.or_else(|| s.peer_addr()));
-        let n = match rustix::net::recv(s, &mut self.buf[..], RecvFlags::DONTWAIT) {
-            Ok((0, _)) => return FirstLook::Finished, // the client closed without a request
-            Ok((n, _)) => n,
-            Err(Errno::AGAIN) | Err(Errno::INTR) => return FirstLook::Wait,
+        let n = match crate::sys::socket::recv_nowait(s.as_fd(), &mut self.buf[..]) {
+            Ok(0) => return FirstLook::Finished, // the client closed without a request
+            Ok(n) => n,
+            Err(Errno::AGAIN) => return FirstLook::Wait,
             Err(_) => return FirstLook::Finished, // reset: nobody to answer
         };
         let seen = &self.buf[..n];

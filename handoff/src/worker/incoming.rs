@@ -115,6 +115,7 @@ impl Iterator for Incoming {
                         }
                     }
                 }
+                Ok(Event::Lost(ids)) => super::lost_conns(&self.reporter, self.env.id, &ids),
                 Ok(Event::Drain) => self.ended = Some(End::Drain),
                 Ok(Event::Closed) => self.ended = Some(End::MasterGone),
                 Err(WorkerError::Channel(e)) if e.kind() == io::ErrorKind::WouldBlock => {}

@@ -133,7 +133,7 @@ pub fn channel_from_env() -> Result<OwnedFd, WorkerError> {
     let fd = crate::sys::process::take_inherited_fd(raw).map_err(bad)?;
     // Received descriptors count against our limit; running out truncates a CONN.
     let _ = crate::sys::raise_nofile_limit();
-    rustix::io::ioctl_fionbio(&fd, true).map_err(|e| bad(e.into()))?;
+    crate::sys::socket::set_nonblocking(fd.as_fd(), true).map_err(bad)?;
     Ok(fd)
 }
 
@@ -263,6 +263,13 @@ impl Reporter {
     /// Reports DONE for `ids` at once, in one frame (connections a first look finished).
     pub(crate) fn done_all(&self, ids: &[u64]) {
         self.forget_open(ids.len());
+        self.done_unreceived(ids);
+    }
+
+    /// Reports DONE for connections the master sent and whose descriptors never
+    /// arrived (see [`lost_conns`]): never counted open, never ACKed. The master then
+    /// forgets them and closes its copy, which is what ends each client's connection.
+    pub(crate) fn done_unreceived(&self, ids: &[u64]) {
         let mut st = self.lock();
         st.dones.extend_from_slice(ids);
         st.dones_queued += ids.len() as u64;
@@ -344,11 +351,29 @@ pub(crate) enum Event {
     Drain,
     /// The master closed the channel (it exited).
     Closed,
+    /// A CONN frame whose descriptors did not arrive (this worker is at its descriptor
+    /// limit): the ids of its connections, whose descriptors are closed. An error for
+    /// that frame only: report them DONE with [`lost_conns`] and go on.
+    Lost(Vec<u64>),
 }
 
 /// Receives and decodes one message from the master.
 pub(crate) fn recv_event(fd: &OwnedFd, buf: &mut [u8]) -> Result<Event, WorkerError> {
-    let got = fdpass::recv_with_fds(fd, buf, wire::MAX_CONNS)?;
+    let got = match fdpass::recv_with_fds(fd, buf, wire::MAX_CONNS) {
+        Ok(got) => got,
+        Err(e) => {
+            // The payload came whole: a CONN frame within the protocol's bounds says
+            // which connections were lost. Anything else stays an error of the channel.
+            if let Some(t) = fdpass::Truncated::of(&e) {
+                if let Ok(wire::Frame::Conn(items)) = wire::decode(&buf[..t.len]) {
+                    if items.len() <= t.room {
+                        return Ok(Event::Lost(items.iter().map(|it| it.id).collect()));
+                    }
+                }
+            }
+            return Err(e.into());
+        }
+    };
     if got.len == 0 && got.fds.is_empty() {
         return Ok(Event::Closed);
     }
@@ -365,5 +390,32 @@ pub(crate) fn recv_event(fd: &OwnedFd, buf: &mut [u8]) -> Result<Event, WorkerEr
             io::ErrorKind::InvalidData,
             format!("unexpected frame from the master: {other:?}"),
         ))),
+    }
+}
+
+/// Connections lost to a truncated CONN frame, ever, in this process.
+static LOST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// When [`lost_conns`] last logged.
+static LOST_LOGGED: Mutex<Option<std::time::Instant>> = Mutex::new(None);
+
+/// Handles [`Event::Lost`]: the descriptors of a CONN frame did not arrive (the worker
+/// is at its descriptor limit, `RLIMIT_NOFILE`) and those that did were closed. Those
+/// connections are lost, and reported DONE so the master's counts stay right (it then
+/// closes its own copy: the clients see their connection closed, unanswered). The
+/// worker goes on serving the connections it has, and takes new ones as soon as
+/// descriptors free up. Logged at most once a second, with the count so far.
+pub(crate) fn lost_conns(reporter: &Reporter, worker: usize, ids: &[u64]) {
+    reporter.done_unreceived(ids);
+    let total = LOST.fetch_add(ids.len() as u64, std::sync::atomic::Ordering::Relaxed) + ids.len() as u64;
+    let now = std::time::Instant::now();
+    let mut last = LOST_LOGGED.lock().unwrap_or_else(|p| p.into_inner());
+    if last.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
+        *last = Some(now);
+        tracing::error!(
+            "worker {worker}: out of descriptors: {} connection(s) sent to this worker were closed unserved ({total} \
+             so far); it keeps serving the others. Raise the worker's descriptor limit (`ulimit -n`, systemd \
+             LimitNOFILE=) or lower --max-conns-per-worker",
+            ids.len()
+        );
     }
 }

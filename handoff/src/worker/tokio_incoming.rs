@@ -198,6 +198,7 @@ impl AsyncIncoming {
             };
             match recv_event(guard.get_inner(), &mut self.buf) {
                 Ok(Event::Conns(conns)) => self.take_conns(conns),
+                Ok(Event::Lost(ids)) => super::lost_conns(&self.reporter, self.env.id, &ids),
                 Ok(Event::Drain) => self.ended = Some(End::Drain),
                 Ok(Event::Closed) => self.ended = Some(End::MasterGone),
                 Err(WorkerError::Channel(e)) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),

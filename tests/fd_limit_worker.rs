@@ -1,0 +1,135 @@
+//! A worker at its descriptor limit: the kernel cannot install the descriptors of a
+//! CONN frame (`MSG_CTRUNC`). Only that frame's connections are lost (closed unanswered,
+//! reported DONE); the worker keeps serving the connections it has, is not replaced,
+//! leaks nothing, and takes new connections again once descriptors free up.
+
+mod util;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use util::*;
+
+/// The lowest descriptor number `pid` has free: with `RLIMIT_NOFILE` at it, the
+/// process can open nothing more (the kernel hands out the lowest free number, and
+/// refuses any at or above the limit).
+fn first_free_fd(pid: u32) -> u64 {
+    let used: std::collections::BTreeSet<i32> = fd_links(pid).into_iter().map(|(n, _)| n).collect();
+    (0..).find(|n| !used.contains(n)).unwrap() as u64
+}
+
+fn set_nofile(pid: u32, limit: u64) {
+    let lim = rustix::process::Rlimit { current: Some(limit), maximum: Some(limit) };
+    rustix::process::prlimit(rustix::process::Pid::from_raw(pid as i32), rustix::process::Resource::Nofile, lim)
+        .unwrap();
+}
+
+/// Sends one request and says how the connection ended: `Ok(true)` answered,
+/// `Ok(false)` closed without an answer; `Err` if it was neither within [`WAIT`].
+fn request_outcome(addr: std::net::SocketAddr) -> Result<bool, String> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+    let mut got = Vec::new();
+    match s.read_to_end(&mut got) {
+        Ok(_) if got.is_empty() => Ok(false),
+        Ok(_) if got.starts_with(b"HTTP/1.1 200") => Ok(true),
+        Ok(_) => Err(format!("unexpected answer: {:?}", String::from_utf8_lossy(&got))),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Ok(false),
+        Err(e) => Err(format!("neither answered nor closed: {e}")),
+    }
+}
+
+#[test]
+fn a_worker_at_its_descriptor_limit_loses_only_new_connections_and_keeps_serving() {
+    let dir = TempDir::new("fd-limit-worker");
+    let control = dir.path_str("c.sock");
+    // Hand-back off: the keep-alive clients stay with the worker between requests.
+    let h = Handoff::start(&["--listen", "127.0.0.1:0", "--workers", "1", "--hand-back", "off", "--control", &control]);
+    h.wait_ready(1);
+    let addr = h.addr();
+    let worker = h.worker_pid(0);
+    let mut held: Vec<Held> = (0..20).map(|_| hold(addr)).collect();
+    assert!(held.iter().all(|c| c.worker == 0));
+    let worker_fds = fd_count(worker);
+    let master_fds = fd_count(h.pid());
+    set_nofile(worker, first_free_fd(worker));
+
+    // Each new connection reaches a worker that cannot take its descriptor.
+    for i in 0..10 {
+        assert_eq!(request_outcome(addr), Ok(false), "connection {i} after the limit");
+    }
+    let line = h.wait_line("out of descriptors");
+    assert!(line.contains("ulimit -n") && line.contains("--max-conns-per-worker"), "{line}");
+
+    // The old clients are still served, by the same worker.
+    for c in &mut held {
+        assert_eq!(c.request(), 0);
+    }
+    assert_eq!(h.worker_pids(), vec![worker], "the worker was replaced");
+    assert!(h.lines().iter().all(|l| !l.contains("exited")), "{:#?}", h.lines());
+
+    // The master's counts are right (the lost ones were reported DONE, none waits for
+    // an ACK) and neither side kept a descriptor of the lost connections.
+    let st = status_json(&control);
+    let w = &st["workers"][0];
+    assert_eq!(
+        (w["pid"].as_u64(), w["active"].as_u64(), w["unacked"].as_u64()),
+        (Some(worker.into()), Some(20), Some(0)),
+        "{w}"
+    );
+    assert_eq!(fd_count(worker), worker_fds, "worker: {:?}", fd_links(worker));
+    wait_until("the master's descriptors back to before", || fd_count(h.pid()) == master_fds);
+
+    // Descriptors free up (five clients leave): new connections are served again.
+    held.truncate(15);
+    wait_until("the worker closed the five", || fd_count(worker) == worker_fds - 5);
+    assert_eq!(request_outcome(addr), Ok(true));
+    for c in &mut held {
+        assert_eq!(c.request(), 0);
+    }
+    assert_eq!(h.worker_pids(), vec![worker]);
+}
+
+/// The same through the blocking API (`Incoming`, here in the `hello` example's forked
+/// workers, a thread per connection): clients that are halfway through a request when
+/// every worker reaches its limit get their answer; the connections that came after
+/// are closed unanswered; no worker is replaced.
+#[test]
+fn the_blocking_worker_api_loses_only_new_connections_too() {
+    let bin = std::path::Path::new(handoff_bin()).parent().unwrap().join("examples/hello");
+    assert!(bin.exists(), "{} is missing: run `cargo test` (which builds the examples)", bin.display());
+    let mut cmd = std::process::Command::new(bin);
+    cmd.arg("127.0.0.1:0");
+    let h = Handoff::start_command(cmd);
+    let workers: Vec<u32> = h.wait_ready_slots(4).into_values().collect();
+    let addr = h.addr();
+    let fds = || workers.iter().map(|&w| fd_count(w)).sum::<usize>();
+    let before = fds();
+    // Half a request head each: every one holds a thread of some worker.
+    let mut halfway: Vec<TcpStream> = (0..8)
+        .map(|_| {
+            let mut s = connect(addr);
+            s.write_all(b"GET / HTTP/1.1\r\n").unwrap();
+            s
+        })
+        .collect();
+    wait_until("the workers hold the 8 connections", || fds() == before + 8);
+    for &w in &workers {
+        set_nofile(w, first_free_fd(w));
+    }
+    for i in 0..8 {
+        assert_eq!(request_outcome(addr), Ok(false), "connection {i} after the limit");
+    }
+    h.wait_line("out of descriptors");
+    for s in &mut halfway {
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        s.write_all(b"Host: t\r\n\r\n").unwrap();
+        let mut got = String::new();
+        s.read_to_string(&mut got).unwrap();
+        assert!(got.starts_with("HTTP/1.1 200") && got.contains("hello from worker"), "{got:?}");
+    }
+    let mut now = h.worker_pids();
+    now.sort();
+    let mut first = workers.clone();
+    first.sort();
+    assert_eq!(now, first, "a worker was replaced");
+}
