@@ -5,7 +5,7 @@
 //! run as systemd runs it (clean environment, `NOTIFY_SOCKET`, `WATCHDOG_USEC`, the
 //! runtime directory), serves HTTP with its workers as that user, reloads through the
 //! unit's `ExecReload` line and stops gracefully on SIGTERM; `dpkg --purge` takes it all
-//! away again.
+//! away again (and `deluser` the user, if the package made it).
 //!
 //! The test builds the package itself, so it is never stale: `cargo deb` shares
 //! `target/release` with `cargo build --release` and takes a few seconds when that build
@@ -157,6 +157,9 @@ struct Installed {
     /// does), and whether this test made it.
     run: PathBuf,
     made_run: bool,
+    /// Whether dpkg's postinst made the user `handoff` (the test then removes it
+    /// again: Debian keeps system users on purge, a test leaves the machine as it was).
+    made_user: bool,
     purged: bool,
 }
 
@@ -168,7 +171,15 @@ impl Installed {
         let systemd = Path::new("/run/systemd/system").exists();
         let forced = std::env::var_os("HANDOFF_DEB_TEST_UNPACK").is_some_and(|v| v == "1");
         if root_user && !already && !systemd && !forced {
-            let inst = Installed { unpacked: None, run: "/run/handoff".into(), made_run: false, purged: false };
+            let had_user =
+                Command::new("getent").args(["passwd", "handoff"]).output().is_ok_and(|o| o.status.success());
+            let inst = Installed {
+                unpacked: None,
+                run: "/run/handoff".into(),
+                made_run: false,
+                made_user: !had_user,
+                purged: false,
+            };
             tool("dpkg", &["-i", deb.to_str().unwrap()], "apt-get install dpkg adduser");
             return inst;
         }
@@ -184,7 +195,13 @@ impl Installed {
         eprintln!("NOT installing the package ({why}): unpacked with dpkg -x into a temporary root instead");
         let root = dir.join("root");
         tool("dpkg", &["-x", deb.to_str().unwrap(), root.to_str().unwrap()], "apt-get install dpkg");
-        Installed { unpacked: Some(root), run: dir.join("run/handoff"), made_run: false, purged: false }
+        Installed {
+            unpacked: Some(root),
+            run: dir.join("run/handoff"),
+            made_run: false,
+            made_user: false,
+            purged: false,
+        }
     }
 
     /// Where a path of the package is on this machine.
@@ -217,11 +234,15 @@ impl Installed {
         }
     }
 
-    /// `dpkg --purge handoff` (when installed with dpkg); must succeed.
+    /// `dpkg --purge handoff` (when installed with dpkg), and the user if the package
+    /// made it; both must succeed.
     fn purge(&mut self) {
         self.purged = true;
         if self.unpacked.is_none() {
             tool("dpkg", &["--purge", "handoff"], "apt-get install dpkg");
+        }
+        if self.made_user {
+            tool("deluser", &["--system", "--quiet", "handoff"], "apt-get install adduser");
         }
     }
 }
@@ -230,6 +251,9 @@ impl Drop for Installed {
     fn drop(&mut self) {
         if !self.purged && self.unpacked.is_none() {
             let _ = Command::new("dpkg").args(["--purge", "handoff"]).stdout(Stdio::null()).status();
+        }
+        if !self.purged && self.made_user {
+            let _ = Command::new("deluser").args(["--system", "--quiet", "handoff"]).stderr(Stdio::null()).status();
         }
         if self.made_run {
             // Only if empty: another master run by root may have come since.
@@ -400,5 +424,9 @@ fn the_package_installs_and_its_service_answers() {
         for gone in ["/usr/bin/handoff", "/usr/lib/systemd/system/handoff.service", "/etc/handoff/handoff.toml"] {
             assert!(!Path::new(gone).exists(), "{gone} is still there after dpkg --purge");
         }
+    }
+    if inst.made_user {
+        let groups = tool("getent", &["group"], "libc-bin");
+        assert!(!groups.lines().any(|l| l.starts_with("handoff:")), "group handoff left behind");
     }
 }
