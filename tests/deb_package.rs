@@ -294,6 +294,14 @@ fn the_package_installs_and_its_service_answers() {
     }
     let field = |f: &str| tool("dpkg-deb", &["--field", deb_str, f], dpkg).trim().to_string();
     assert_eq!(field("Package"), "handoff");
+    // lintian and apt's changelog tools read the version from the changelog's top entry.
+    let version = format!("{}-1", env!("CARGO_PKG_VERSION"));
+    assert_eq!(field("Version"), version);
+    let changelog = std::fs::read_to_string(root().join("packaging/deb/changelog")).unwrap();
+    assert!(
+        changelog.starts_with(&format!("handoff ({version}) ")),
+        "packaging/deb/changelog needs an entry for {version} at the top (dch -v {version}, or by hand)"
+    );
     assert!(field("Depends").contains("adduser"), "the postinst runs adduser: {}", field("Depends"));
     let conffiles = tool("dpkg-deb", &["--info", deb_str, "conffiles"], dpkg);
     assert_eq!(conffiles.lines().collect::<Vec<_>>(), ["/etc/handoff/handoff.toml"]);
@@ -318,6 +326,7 @@ fn the_package_installs_and_its_service_answers() {
         "/usr/share/doc/handoff/OPERATIONS.md",
         "/usr/share/doc/handoff/PROTOCOL.md",
         "/usr/share/doc/handoff/copyright",
+        "/usr/share/doc/handoff/changelog.Debian.gz",
         "/usr/share/handoff/examples/python/worker.py",
     ] {
         assert!(files.contains_key(path), "{path} is not in the package:\n{contents}");
