@@ -1,5 +1,6 @@
-//! A worker at its descriptor limit: the kernel cannot install the descriptors of a
-//! CONN frame (`MSG_CTRUNC`). Only that frame's connections are lost (closed unanswered,
+//! A worker at its descriptor limit (the built-in one, the blocking Rust API, the Python
+//! package, the Ruby worker): the kernel cannot install the descriptors of a CONN frame
+//! (`MSG_CTRUNC`). Only that frame's connections are lost (closed unanswered,
 //! reported DONE); the worker keeps serving the connections it has, is not replaced,
 //! leaks nothing, and takes new connections again once descriptors free up.
 
@@ -132,4 +133,56 @@ fn the_blocking_worker_api_loses_only_new_connections_too() {
     let mut first = workers.clone();
     first.sort();
     assert_eq!(now, first, "a worker was replaced");
+}
+
+/// An external worker (`argv` after `handoff run ... --`) serving keep-alive clients
+/// when it reaches its limit: a truncated CONN loses that frame's connections only,
+/// reported DONE (the master's counts stay right); the clients it has are still served
+/// and it is not replaced.
+fn external_worker_loses_only_new_connections(argv: &[&str]) {
+    let dir = TempDir::new("fd-limit-external");
+    let control = dir.path_str("c.sock");
+    let mut args = vec!["--listen", "127.0.0.1:0", "--workers", "1", "--hand-back", "off", "--control", &control, "--"];
+    args.extend_from_slice(argv);
+    let h = Handoff::start_with(&args, |cmd| {
+        cmd.env("PYTHONPATH", root().join("python/src"));
+    });
+    h.wait_ready(1);
+    let addr = h.addr();
+    let worker = h.worker_pid(0);
+    let mut held: Vec<Held> = (0..5).map(|_| hold(addr)).collect();
+    set_nofile(worker, first_free_fd(worker));
+
+    for i in 0..4 {
+        assert_eq!(request_outcome(addr), Ok(false), "connection {i} after the limit");
+    }
+    let line = h.wait_line("out of descriptors");
+    assert!(line.contains("ulimit -n"), "{line}");
+    for c in &mut held {
+        assert_eq!(c.request(), 0);
+    }
+    assert_eq!(h.worker_pids(), vec![worker], "the worker was replaced");
+    let st = status_json(&control);
+    let w = &st["workers"][0];
+    assert_eq!((w["active"].as_u64(), w["unacked"].as_u64()), (Some(5), Some(0)), "{w}");
+}
+
+/// The Python package's WSGI server (a thread per connection), serving the Flask app.
+#[test]
+fn the_python_wsgi_worker_loses_only_new_connections_too() {
+    external_worker_loses_only_new_connections(&[
+        "python3",
+        "-m",
+        "handoff_worker.wsgi",
+        "--app-dir",
+        "tests/python_apps",
+        "flask_app:app",
+        "--worker-header",
+    ]);
+}
+
+/// The Rack worker of `examples/ruby/`.
+#[test]
+fn the_ruby_rack_worker_loses_only_new_connections_too() {
+    external_worker_loses_only_new_connections(&["ruby", "examples/ruby/rack_worker.rb", "examples/ruby/config.ru"]);
 }

@@ -152,14 +152,23 @@ module Handoff
         data, _addr, rflags, *controls = @chan.recvmsg(4096, 0, CONTROL_LEN, scm_rights: true)
         ios = controls.select { |c| c.cmsg_is?(:SOCKET, :RIGHTS) }.flat_map(&:unix_rights)
         exit!(0) if data.empty? && ios.empty? # end of file: the master is gone
-        if (rflags & Socket::MSG_CTRUNC) != 0 || data.bytesize < 4
+        if data.bytesize < 4
           ios.each(&:close)
-          abort "rack worker #{@me}: a frame lost its descriptors (MSG_CTRUNC) or is short; exiting"
+          abort "rack worker #{@me}: a short frame (#{data.bytesize} bytes); exiting"
         end
         kind, _version, n = data.unpack("CCv")
         break if kind == DRAIN
 
         size = { CONN => 20, CONN_ADDR => 60 }[kind]
+        if (rflags & Socket::MSG_CTRUNC) != 0 && size && n == 1 && data.bytesize == size
+          # Out of descriptors: this connection is lost, not the worker. DONE without ACK
+          # tells the master; the connections already here are served on.
+          ios.each(&:close)
+          warn "rack worker #{@me}: out of descriptors, a connection lost in transit (MSG_CTRUNC); " \
+               "raise the worker's limit (ulimit -n) or lower --max-conns-per-worker"
+          frame(DONE, [data.unpack1("Q<", offset: 4)])
+          next
+        end
         unless size && n == 1 && ios.size == 1 && data.bytesize == size
           ios.each(&:close)
           abort "rack worker #{@me}: unexpected frame #{data[0, 4].unpack1('H*')} with #{ios.size} descriptors"

@@ -266,6 +266,7 @@ class Start:
         self.events: "queue.Queue[protocol.Event]" = queue.Queue()
         self.lock = threading.Lock()
         self.abandoned = False
+        self.lost_logged = 0.0
         self.watch = HangWatch(self.channel, timeout)
         self.loading = self.watch.start("loading the app", threading.get_ident(), max(timeout, LOAD_TIMEOUT))
         self.watch.run_thread(heartbeat_every())
@@ -276,12 +277,24 @@ class Start:
             os._exit(1)
         for ev in backlog:
             self._take(ev, untracked=True)
-        if not backlog or isinstance(backlog[-1], list):
+        if not backlog or isinstance(backlog[-1], (list, protocol.Lost)):
             threading.Thread(target=self._read, name="handoff-channel", daemon=True).start()
 
     def _take(self, ev: protocol.Event, untracked: bool) -> None:
         if isinstance(ev, protocol.Eof):
             os._exit(0)  # the master is gone: nobody to finish for
+        if isinstance(ev, protocol.Lost):
+            # Out of descriptors: only this frame's connections are lost; DONE without
+            # ACK tells the master so, and the others are served on.
+            now = time.monotonic()
+            if now - self.lost_logged >= 1.0:
+                self.lost_logged = now
+                log(
+                    f"out of descriptors: {len(ev.ids)} connection(s) lost in transit (MSG_CTRUNC); "
+                    "raise the worker's limit (ulimit -n) or lower --max-conns-per-worker"
+                )
+            call_quietly(lambda: self.channel.done(ev.ids))
+            return
         with self.lock:
             if self.abandoned:
                 # Not ACKed: the master hands them to another worker when this one exits.
@@ -338,7 +351,7 @@ class Start:
                 log(f"protocol error, exiting: {e}")
                 os._exit(1)  # what it has not ACKed goes to another worker
             self._take(ev, untracked=False)
-            if not isinstance(ev, list):
+            if not isinstance(ev, (list, protocol.Lost)):
                 return
 
     def serving(self) -> None:

@@ -109,7 +109,16 @@ class Eof:
     """End of file on the channel: the master is gone; exit within a second."""
 
 
-Event = Union[List[Connection], Drain, Eof]
+@dataclass
+class Lost:
+    """A CONN frame whose descriptors the kernel could not deliver (``MSG_CTRUNC``: this
+    process is at its descriptor limit). The descriptors that did arrive are closed;
+    report these ids DONE (without ACK) and go on serving the others."""
+
+    ids: List[int]
+
+
+Event = Union[List[Connection], Drain, Eof, Lost]
 
 
 def _addr(family: int, raw: bytes, port: int) -> Optional[Address]:
@@ -198,7 +207,7 @@ class Channel:
         try:
             while True:
                 events.append(self.receive())
-                if not isinstance(events[-1], list):
+                if not isinstance(events[-1], (list, Lost)):
                     break
         except BlockingIOError:
             pass
@@ -210,9 +219,9 @@ class Channel:
         """Blocks for the next frame: a list of connections, :class:`Drain` or :class:`Eof`.
 
         Raises :class:`ProtocolError` for a frame that does not decode (its descriptors
-        are closed first), and for descriptors the kernel could not deliver (``MSG_CTRUNC``,
-        e.g. out of descriptors): the caller should exit non-zero, so that the master hands
-        the connections it has not seen ACKed to another worker.
+        are closed first). A CONN frame whose descriptors the kernel could not deliver
+        (``MSG_CTRUNC``, out of descriptors) is :class:`Lost`: that frame's connections
+        only, the worker goes on.
         """
         # Not socket.recv_fds: it drops its flags argument, and MSG_CMSG_CLOEXEC with it.
         fds_buf = array.array("i")
@@ -238,11 +247,6 @@ class Channel:
     def _decode(msg: bytes, fds: List[int], flags: int) -> Event:
         if not msg and not fds:
             return Eof()
-        if flags & socket.MSG_CTRUNC:
-            raise ProtocolError(
-                f"descriptors lost in transit (MSG_CTRUNC, {len(fds)} received): "
-                "raise the worker's descriptor limit (ulimit -n)"
-            )
         if len(msg) < _HEADER.size:
             raise ProtocolError(f"short frame ({len(msg)} bytes)")
         kind, version, n = _HEADER.unpack_from(msg)
@@ -255,6 +259,10 @@ class Channel:
         if kind not in (CONN, CONN_ADDR):
             raise ProtocolError(f"unknown frame type 0x{kind:02x}")
         size = _ITEM.size + (_ADDR.size if kind == CONN_ADDR else 0)
+        if flags & socket.MSG_CTRUNC and n > 0 and len(msg) == _HEADER.size + n * size and len(fds) < n:
+            for fd in fds:
+                os.close(fd)
+            return Lost([_ITEM.unpack_from(msg, _HEADER.size + i * size)[0] for i in range(n)])
         if n == 0 or len(msg) != _HEADER.size + n * size or len(fds) != n:
             raise ProtocolError(f"frame 0x{kind:02x} with n={n}, {len(msg)} bytes and {len(fds)} descriptors")
         conns = []
