@@ -29,6 +29,7 @@ mod idle;
 mod ops;
 pub mod privileges;
 mod proxied;
+mod source;
 pub mod supervisor;
 pub mod upgrade;
 
@@ -49,7 +50,9 @@ use crate::policy::{Balancer, Candidate};
 use crate::sys::fdpass;
 use crate::sys::process::{self as sysproc, Exit};
 use crate::wire::{self, cap, ConnItem, Frame};
+pub use crate::control::Totals;
 use admin::{AdminConn, AdminKind};
+use source::Source;
 use supervisor::{Inflight, Slot, State, Worker};
 
 /// Connections accepted from one listener before the loop looks at other events.
@@ -82,24 +85,6 @@ const REQUESTS_HOLD: Duration = Duration::from_secs(1);
 const KILL_GRACE: Duration = Duration::from_secs(3);
 /// A worker whose channel closed but which has not exited is killed after this.
 const LOST_GRACE: Duration = Duration::from_secs(1);
-
-const SIGNAL_TOKEN: Token = Token(0);
-const UPGRADE_TOKEN: Token = Token(1);
-const LISTENER_BASE: usize = 2;
-const ADMIN_BASE: usize = 1 << 20;
-const ADMIN_CONN_BASE: usize = ADMIN_BASE + 64;
-const PROXY_BASE: usize = 1 << 22;
-const WORKER_BASE: usize = 1 << 24;
-/// Idle connections handed back by workers (above every worker token: worker keys only
-/// grow).
-const IDLE_BASE: usize = 1 << 40;
-
-fn chan_token(key: usize) -> Token {
-    Token(WORKER_BASE + 2 * key)
-}
-fn stderr_token(key: usize) -> Token {
-    Token(WORKER_BASE + 2 * key + 1)
-}
 
 /// Why the master could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -223,58 +208,6 @@ enum Phase {
     },
     /// Kill everything and leave.
     Exiting,
-}
-
-/// Counters since start.
-#[derive(Debug, Default, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Totals {
-    /// Connections accepted.
-    pub accepted: u64,
-    /// Connections handed to workers (including hand-ons).
-    pub dispatched: u64,
-    /// Connections taken back from dead workers and handed on.
-    pub redispatched: u64,
-    /// Connections lost with a dead worker (had been ACKed or went to a minimal worker).
-    pub lost_with_worker: u64,
-    /// Accept errors for lack of descriptors or memory.
-    pub accept_exhausted: u64,
-    /// Accept errors about a single connection.
-    pub accept_transient: u64,
-    /// Time spent with accepting paused.
-    pub paused: Duration,
-    /// Workers started.
-    pub spawned: u64,
-    /// Workers killed for breaking the protocol.
-    pub protocol_kills: u64,
-    /// Workers killed for hanging.
-    pub hung_kills: u64,
-    /// Workers recycled after `--max-requests`.
-    pub recycled: u64,
-    /// Connections closed for a bad or late PROXY header.
-    #[serde(default)]
-    pub proxy_errors: u64,
-    /// Bytes of worker output and of the master's own log dropped because the master's
-    /// stderr was not being read (filled in when the totals are read).
-    #[serde(default)]
-    pub worker_output_dropped: u64,
-    /// Idle keep-alive connections workers handed back (RETURN).
-    #[serde(default)]
-    pub returned: u64,
-    /// Handed-back connections dispatched again when their client sent a request.
-    #[serde(default)]
-    pub continued: u64,
-    /// Held idle connections whose client hung up.
-    #[serde(default)]
-    pub idle_hangups: u64,
-    /// Held idle connections closed after `--keepalive-timeout`.
-    #[serde(default)]
-    pub idle_timeouts: u64,
-    /// Held idle connections closed, oldest first, beyond `--max-idle`.
-    #[serde(default)]
-    pub idle_evicted: u64,
-    /// Held idle connections closed by a graceful stop (no request had arrived).
-    #[serde(default)]
-    pub idle_closed_at_stop: u64,
 }
 
 /// The master process: listeners, workers, and the loop that joins them.
@@ -413,12 +346,12 @@ impl Master {
         let nofile = crate::sys::raise_nofile_limit().unwrap_or(1024);
         let poll = Poll::new()?;
         let mut signals = Signals::new([SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGCHLD, SIGTTIN, SIGTTOU, SIGUSR2])?;
-        poll.registry().register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)?;
+        poll.registry().register(&mut signals, Source::Signals.token(), Interest::READABLE)?;
         let mut ls = Vec::new();
         for (i, (l, spec)) in listeners.into_iter().enumerate() {
             poll.registry().register(
                 &mut SourceFd(&l.as_fd().as_raw_fd()),
-                Token(LISTENER_BASE + i),
+                Source::Listener(i).token(),
                 Interest::READABLE,
             )?;
             // Only turned on, never off: a socket systemd (`DeferAcceptSec=`) or an old
@@ -435,7 +368,7 @@ impl Master {
         }
         let slots = (0..cfg.workers).map(|_| Slot::default()).collect();
         let m = Master {
-            idle: idle::IdleTable::new(IDLE_BASE, idle_bound(cfg.max_idle, nofile), cfg.keepalive_timeout),
+            idle: idle::IdleTable::new(source::IDLE_BASE, idle_bound(cfg.max_idle, nofile), cfg.keepalive_timeout),
             balancer: Balancer::new(cfg.policy),
             cfg,
             poll,
@@ -539,11 +472,9 @@ impl Master {
             for key in std::mem::take(&mut self.unread_stderr) {
                 self.read_stderr(key);
             }
-            for ev in events.iter() {
-                let t = ev.token().0;
-                if (WORKER_BASE..IDLE_BASE).contains(&t) {
-                    let key = (t - WORKER_BASE) / 2;
-                    if t % 2 == 0 {
+            for ev in events.iter().filter(|ev| Source::of(ev.token()).is_worker()) {
+                match Source::of(ev.token()) {
+                    Source::Channel(key) => {
                         if ev.is_writable() {
                             if let Some(i) = self.worker_index(key) {
                                 self.workers[i].blocked_since = None;
@@ -553,29 +484,25 @@ impl Master {
                         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
                             self.read_worker(key);
                         }
-                    } else {
-                        self.read_stderr(key);
                     }
+                    Source::Stderr(key) => self.read_stderr(key),
+                    _ => {}
                 }
             }
             for ev in events.iter() {
-                let t = ev.token().0;
-                if t >= IDLE_BASE {
-                    self.idle_event(ev.token(), ev.is_read_closed() || ev.is_error());
-                } else if t == SIGNAL_TOKEN.0 {
-                    self.handle_signals();
-                } else if t == UPGRADE_TOKEN.0 {
-                    self.upgrade_event();
-                } else if (PROXY_BASE..WORKER_BASE).contains(&t) {
-                    self.proxy_readable(t - PROXY_BASE);
-                } else if (ADMIN_CONN_BASE..PROXY_BASE).contains(&t) {
-                    self.admin_conn_event(t - ADMIN_CONN_BASE);
-                } else if (ADMIN_BASE..ADMIN_CONN_BASE).contains(&t) {
-                    self.admin_accept(t - ADMIN_BASE);
-                } else if (LISTENER_BASE..ADMIN_BASE).contains(&t) {
-                    if let Some(l) = self.listeners.get_mut(t - LISTENER_BASE) {
-                        l.readable = true;
+                match Source::of(ev.token()) {
+                    Source::Idle(token) => self.idle_event(token, ev.is_read_closed() || ev.is_error()),
+                    Source::Signals => self.handle_signals(),
+                    Source::Upgrade => self.upgrade_event(),
+                    Source::Proxy(slot) => self.proxy_readable(slot),
+                    Source::AdminConn(slot) => self.admin_conn_event(slot),
+                    Source::AdminServer(i) => self.admin_accept(i),
+                    Source::Listener(i) => {
+                        if let Some(l) = self.listeners.get_mut(i) {
+                            l.readable = true;
+                        }
                     }
+                    Source::Channel(_) | Source::Stderr(_) => {}
                 }
             }
             let now = self.now;
@@ -642,9 +569,9 @@ impl Master {
         let key = self.next_key;
         self.next_key += 1;
         let reg = self.poll.registry();
-        reg.register(&mut SourceFd(&mine.as_raw_fd()), chan_token(key), Interest::READABLE | Interest::WRITABLE)?;
+        reg.register(&mut SourceFd(&mine.as_raw_fd()), Source::Channel(key).token(), Interest::READABLE | Interest::WRITABLE)?;
         if let Some(e) = &stderr {
-            reg.register(&mut SourceFd(&e.as_raw_fd()), stderr_token(key), Interest::READABLE)?;
+            reg.register(&mut SourceFd(&e.as_raw_fd()), Source::Stderr(key).token(), Interest::READABLE)?;
         }
         let now = Instant::now();
         let max_requests = self.cfg.max_requests.map(|m| {

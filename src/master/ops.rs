@@ -7,14 +7,14 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::Instant;
 
 use mio::unix::SourceFd;
-use mio::{Interest, Token};
+use mio::Interest;
 use tracing::{error, info, warn};
 
 use super::admin::{self, AdminConn, AdminKind, Request};
 use super::supervisor::State;
 use super::upgrade;
 use super::{
-    AdminServer, ListenerSlot, Master, MasterError, Phase, ADMIN_BASE, ADMIN_CONN_BASE, LISTENER_BASE, UPGRADE_TOKEN,
+    AdminServer, ListenerSlot, Master, MasterError, Phase, Source,
 };
 use crate::control::{AdminCounts, AdminStatus, MasterId, Reply, Status, WorkerStatus};
 use crate::listener::{ListenAddr, Listener};
@@ -109,7 +109,7 @@ impl Master {
 
     fn add_admin(&mut self, kind: AdminKind, fd: OwnedFd, path: Option<std::path::PathBuf>) -> io::Result<()> {
         let i = self.admin.len();
-        self.poll.registry().register(&mut SourceFd(&fd.as_raw_fd()), Token(ADMIN_BASE + i), Interest::READABLE)?;
+        self.poll.registry().register(&mut SourceFd(&fd.as_raw_fd()), Source::AdminServer(i).token(), Interest::READABLE)?;
         let path = path.and_then(|p| Some((p.clone(), inode(&p)?)));
         self.admin.push(AdminServer { kind, fd, path });
         self.admin_state.serve(kind);
@@ -191,7 +191,7 @@ impl Master {
                 }
             }
             let slot = super::free_slot(&mut self.admin_conns);
-            let token = Token(ADMIN_CONN_BASE + slot);
+            let token = Source::AdminConn(slot).token();
             if self
                 .poll
                 .registry()
@@ -617,7 +617,7 @@ impl Master {
         for (i, l) in next.iter().enumerate() {
             let fd = l.listener.as_fd().as_raw_fd();
             if let Err(e) =
-                self.poll.registry().register(&mut SourceFd(&fd), Token(LISTENER_BASE + i), Interest::READABLE)
+                self.poll.registry().register(&mut SourceFd(&fd), Source::Listener(i).token(), Interest::READABLE)
             {
                 error!("listener {}: cannot watch it: {e}", l.listener.local_addr());
             }
@@ -655,7 +655,7 @@ impl Master {
                 );
                 let _ = self.poll.registry().register(
                     &mut SourceFd(&child.ready.as_raw_fd()),
-                    UPGRADE_TOKEN,
+                    Source::Upgrade.token(),
                     Interest::READABLE,
                 );
                 self.upgrade = Some(child);
@@ -706,7 +706,7 @@ impl Master {
                     let _ = self.poll.registry().deregister(&mut SourceFd(&old.as_raw_fd()));
                     let new = self.admin[idx].fd.as_raw_fd();
                     let _ =
-                        self.poll.registry().register(&mut SourceFd(&new), Token(ADMIN_BASE + idx), Interest::READABLE);
+                        self.poll.registry().register(&mut SourceFd(&new), Source::AdminServer(idx).token(), Interest::READABLE);
                     self.admin[idx].path = inode(&path).map(|i| (path.clone(), i));
                     info!("control socket at {} is this master's again", path.display());
                 }

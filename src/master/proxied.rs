@@ -12,10 +12,10 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
-use mio::{Interest, Token};
+use mio::Interest;
 use tracing::warn;
 
-use super::{Held, Master, PendingProxy, PROXY_BASE, PROXY_HEADER_TIMEOUT};
+use super::{Held, Master, PendingProxy, Source, PROXY_HEADER_TIMEOUT};
 
 impl Master {
     /// A connection accepted on a `,proxy` listener: read its header now if it is
@@ -25,7 +25,7 @@ impl Master {
             Ok(h) => ready.push(Held { fd, listener, addrs: Some(h), flags: 0 }),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 let slot = super::free_slot(&mut self.pending_proxy);
-                let token = Token(PROXY_BASE + slot);
+                let token = Source::Proxy(slot).token();
                 if self.poll.registry().register(&mut SourceFd(&fd.as_raw_fd()), token, Interest::READABLE).is_ok() {
                     self.pending_proxy[slot] =
                         Some(PendingProxy { fd, listener, deadline: now + PROXY_HEADER_TIMEOUT });
