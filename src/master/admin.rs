@@ -15,7 +15,7 @@
 //!   back when that connection closes;
 //! - the control socket answers only the master's own user and root (`SO_PEERCRED`).
 //!
-//! [`Admin`] owns the servers, their connections, their reserve and the registry
+//! `Admin` owns the servers, their connections, their reserve and the registry
 //! entry. It reads each request and hands it to the master, which answers from every
 //! part's state (see `ops`) and gives the answer back to be written.
 

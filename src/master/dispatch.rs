@@ -16,21 +16,27 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use mio::{Registry, Token};
 use tracing::{debug, warn};
 
 use super::idle::{self, IdleTable};
-use super::listeners::Listeners;
-use super::proxied::PendingProxy;
 use super::supervisor::{Handed, Workers};
 use super::{Held, Stage, Totals, ACCEPT_BATCH, ACCEPT_PAUSE, MAX_PENDING_PROXY};
 use crate::config::Config;
-use crate::listener;
+use crate::listener::{self, ListenAddr, ListenSpec, Listener};
 use crate::policy::{Balancer, Candidate};
 use crate::wire::{self, ConnItem};
+use listeners::Listeners;
+use proxied::PendingProxy;
+
+// Children of this part, in files of their own beside it: they share its state.
+#[path = "listeners.rs"]
+mod listeners;
+#[path = "proxied.rs"]
+mod proxied;
 
 /// Requests of handed-back connections a worker that hands back may be working on at
 /// once; more wait in the master (see `Dispatcher::dispatch_batch`).
@@ -47,13 +53,13 @@ const REQUESTS_HOLD: Duration = Duration::from_secs(1);
 /// Accepting, holding and placing connections.
 #[derive(Debug)]
 pub(super) struct Dispatcher {
-    pub(super) listeners: Listeners,
+    listeners: Listeners,
     /// Connections waiting for their PROXY header, by token offset.
-    pub(super) pending_proxy: Vec<Option<PendingProxy>>,
+    pending_proxy: Vec<Option<PendingProxy>>,
     /// Idle keep-alive connections handed back by workers.
     idle: IdleTable,
     /// Connections to place as soon as a worker can take them, in order.
-    pub(super) held: VecDeque<Held>,
+    held: VecDeque<Held>,
     /// Continued connections wait in `held` for a worker with room: retried on the
     /// next worker frame or tick, not in a busy loop.
     held_blocked: bool,
@@ -67,19 +73,26 @@ pub(super) struct Dispatcher {
     paused_until: Option<Instant>,
     pause_started: Option<Instant>,
     last_accept_log: Option<Instant>,
-    pub(super) last_proxy_log: Option<Instant>,
+    last_proxy_log: Option<Instant>,
     /// When a handed-back connection was last dispatched again.
     last_continued: Option<Instant>,
     /// The master runs as `SCHED_BATCH` by its own doing.
     sched_batch: bool,
     /// This part's counters (accepts, PROXY errors, idle connections).
-    pub(super) counts: Totals,
+    counts: Totals,
 }
 
 impl Dispatcher {
-    pub(super) fn new(listeners: Listeners, cfg: &Config, idle_base: usize, idle_max: usize) -> Dispatcher {
-        Dispatcher {
-            listeners,
+    /// Registers `listeners` (each with the `--listen` entry it came from, if any).
+    pub(super) fn new(
+        listeners: Vec<(Listener, Option<ListenSpec>)>,
+        cfg: &Config,
+        idle_base: usize,
+        idle_max: usize,
+        reg: &Registry,
+    ) -> io::Result<Dispatcher> {
+        Ok(Dispatcher {
+            listeners: Listeners::open(listeners, reg)?,
             pending_proxy: Vec::new(),
             idle: IdleTable::new(idle_base, idle_max, cfg.keepalive_timeout),
             held: VecDeque::new(),
@@ -96,7 +109,47 @@ impl Dispatcher {
             last_continued: None,
             sched_batch: false,
             counts: Totals::default(),
-        }
+        })
+    }
+
+    /// The addresses actually bound (with real ports when port 0 was asked for).
+    pub(super) fn local_addrs(&self) -> Vec<ListenAddr> {
+        self.listeners.local_addrs()
+    }
+
+    /// The listening sockets, to hand to a new master.
+    pub(super) fn listener_fds(&self) -> Vec<BorrowedFd<'_>> {
+        self.listeners.fds()
+    }
+
+    /// An edge on listener `i`: connections are waiting.
+    pub(super) fn listener_readable(&mut self, i: usize) {
+        self.listeners.set_readable(i);
+    }
+
+    /// A reload: opens the listeners `want` adds, closes those it drops.
+    pub(super) fn reconcile_listeners(&mut self, want: &[ListenSpec], reg: &Registry) -> Result<(), String> {
+        self.listeners.reconcile(want, reg)
+    }
+
+    /// A stop: closes every listener. `unlink`: remove Unix socket files (not when a
+    /// new master goes on using them).
+    pub(super) fn close_listeners(&mut self, reg: &Registry, unlink: bool) {
+        self.listeners.close_all(reg, unlink);
+    }
+
+    /// A stop, before the listeners close: accepts what the kernel's backlog holds and
+    /// the workers can take, as if every listener had signalled.
+    pub(super) fn accept_backlog(
+        &mut self,
+        workers: &mut Workers,
+        now: Instant,
+        cfg: &Config,
+        reg: &Registry,
+        wake: &mut Instant,
+    ) {
+        self.listeners.set_all_readable();
+        self.accept_pass(workers, now, cfg, reg, wake);
     }
 
     /// The id the next connection handed out will get.

@@ -16,9 +16,9 @@ use mio::Registry;
 use tracing::{debug, error, info, warn};
 
 use super::spawn::{self, StderrRead};
-use super::supervisor::{Handed, Inflight, Slot, State, Workers, LOST_GRACE};
-use super::Held;
+use super::{Handed, Inflight, Slot, State, Workers, LOST_GRACE};
 use crate::config::Config;
+use crate::master::Held;
 use crate::sys::fdpass;
 use crate::sys::process as sysproc;
 use crate::wire::{self, cap, ConnItem, Frame};
@@ -31,7 +31,7 @@ const STDERR_CHUNKS: usize = 8;
 impl Workers {
     /// Reads what the previous turn left unread (channels, then stderr pipes). True if
     /// some frame came.
-    pub(super) fn read_backlog(&mut self, now: Instant, next_id: u64, cfg: &Config, reg: &Registry) -> bool {
+    pub(in crate::master) fn read_backlog(&mut self, now: Instant, next_id: u64, cfg: &Config, reg: &Registry) -> bool {
         let mut heard = false;
         for key in std::mem::take(&mut self.unread) {
             heard |= self.read(key, now, next_id, cfg, reg);
@@ -43,12 +43,12 @@ impl Workers {
     }
 
     /// Whether a channel or pipe has more to read than one turn read.
-    pub(super) fn has_backlog(&self) -> bool {
+    pub(in crate::master) fn has_backlog(&self) -> bool {
         !self.unread.is_empty() || !self.unread_stderr.is_empty()
     }
 
     /// The channel of worker `key` is writable again: send what was owed.
-    pub(super) fn writable(&mut self, key: usize, now: Instant) {
+    pub(in crate::master) fn writable(&mut self, key: usize, now: Instant) {
         if let Some(i) = self.index(key) {
             self.list[i].blocked_since = None;
             self.send_drain(i, now);
@@ -57,7 +57,14 @@ impl Workers {
 
     /// Reads frames from worker `key`'s channel. `next_id`: the id the next connection
     /// will get. True if some frame came (a worker may have room again).
-    pub(super) fn read(&mut self, key: usize, now: Instant, next_id: u64, cfg: &Config, reg: &Registry) -> bool {
+    pub(in crate::master) fn read(
+        &mut self,
+        key: usize,
+        now: Instant,
+        next_id: u64,
+        cfg: &Config,
+        reg: &Registry,
+    ) -> bool {
         let mut heard = false;
         for _ in 0..RECV_BATCH {
             let Some(i) = self.index(key) else { return heard };
@@ -185,7 +192,7 @@ impl Workers {
     }
 
     /// Reads worker `key`'s stderr pipe (bounded) into its slot's tail and our stderr.
-    pub(super) fn read_stderr(&mut self, key: usize, reg: &Registry) {
+    pub(in crate::master) fn read_stderr(&mut self, key: usize, reg: &Registry) {
         let Some(i) = self.index(key) else { return };
         let w = &mut self.list[i];
         if let Some(fd) = &w.stderr {
@@ -304,7 +311,7 @@ impl Workers {
     /// dispatcher to hold. `running`: not stopping (then a worker that reached
     /// `--max-requests` is recycled; connections handed out while stopping are the
     /// last).
-    pub(super) fn send_conns(
+    pub(in crate::master) fn send_conns(
         &mut self,
         i: usize,
         mut conns: Vec<(ConnItem, OwnedFd)>,

@@ -95,7 +95,7 @@ pub(super) struct Lifecycle {
     /// The binary to start on upgrade: the path this one was started from.
     exe: PathBuf,
     /// Where the settings came from, for a reload.
-    pub(super) source: Option<ConfigSource>,
+    source: Option<ConfigSource>,
     started_at: Instant,
 }
 
@@ -115,6 +115,11 @@ impl Lifecycle {
             source: None,
             started_at: Instant::now(),
         }
+    }
+
+    /// Remembers where the settings came from, for a reload.
+    pub(super) fn set_source(&mut self, source: ConfigSource) {
+        self.source = Some(source);
     }
 
     pub(super) fn phase(&self) -> Phase {
@@ -232,8 +237,7 @@ impl Lifecycle {
         // closes (after an upgrade the new master would take them, but the old
         // workers can serve them as well before they drain).
         let now = Instant::now();
-        p.dispatch.listeners.set_all_readable();
-        p.dispatch.accept_pass(p.workers, now, p.cfg, p.reg, p.wake);
+        p.dispatch.accept_backlog(p.workers, now, p.cfg, p.reg, p.wake);
         info!(
             "{why}: stopping gracefully (draining {} workers, at most {:?})",
             p.workers.len(),
@@ -241,7 +245,7 @@ impl Lifecycle {
         );
         // The deadline is set again when the workers are told to drain (`drain_all`).
         self.phase = Phase::Stopping { deadline: now + PROXY_HEADER_TIMEOUT + p.cfg.shutdown_timeout };
-        p.dispatch.listeners.close_all(p.reg, unlink);
+        p.dispatch.close_listeners(p.reg, unlink);
         self.rolling.clear();
         let (pending, held) = p.dispatch.undelivered();
         if pending > 0 || held > 0 {
@@ -307,7 +311,7 @@ impl Lifecycle {
         };
         notify("RELOADING=1");
         if new.listen != p.cfg.listen {
-            if let Err(e) = p.dispatch.listeners.reconcile(&new.listen, p.reg) {
+            if let Err(e) = p.dispatch.reconcile_listeners(&new.listen, p.reg) {
                 error!("reload refused, running setup unchanged: {e}");
                 notify("READY=1");
                 return Err(format!("reload refused, running setup unchanged: {e}"));
@@ -324,7 +328,7 @@ impl Lifecycle {
         self.scale(n, p);
         self.rolling = (0..old_slots.min(n)).collect();
         self.ready_notified = false;
-        p.admin.write_registry(&p.dispatch.listeners.local_addrs());
+        p.admin.write_registry(&p.dispatch.local_addrs());
         let m = format!(
             "reloaded: {n} workers, policy {}; replacing {} workers one by one",
             p.cfg.policy,
@@ -367,7 +371,7 @@ impl Lifecycle {
             warn!("SIGUSR2 ignored: an upgrade is under way or the master is stopping");
             return;
         }
-        let fds = p.dispatch.listeners.fds();
+        let fds = p.dispatch.listener_fds();
         match start_new_master(&self.exe, &fds) {
             Ok(child) => {
                 info!(

@@ -10,8 +10,8 @@ use mio::unix::SourceFd;
 use mio::{Interest, Registry};
 use tracing::{error, info, warn};
 
-use super::Source;
 use crate::listener::{ListenAddr, ListenSpec, Listener};
+use crate::master::Source;
 use crate::wire;
 
 #[derive(Debug)]

@@ -20,25 +20,21 @@
 //!
 //! The parts, each owning its state (no part reads another's fields; [`Master`] owns
 //! them all, and each loop turn passes one part to another's method where needed):
-//! - `dispatch` ([`listeners`](self) and `proxied`, `idle`): accepting, the held
-//!   connections, the balancer;
-//! - `supervisor` (with `frames`, `spawn`): the worker table;
+//! - `dispatch` (with its children `listeners` and `proxied`, and `idle`): accepting,
+//!   the held connections, the balancer;
+//! - `supervisor` (with `frames`, `eligibility`, `spawn`, its children): the worker table;
 //! - `admin` (with `ops`): the control socket, metrics and health;
 //! - `lifecycle`: reload, scale, upgrade and the stop phases;
 //! - `source`: the poll tokens. The loop below is poll, then one `match` per event
-//!   on its [`Source`](source::Source), then each part's timers.
+//!   on its `Source`, then each part's timers.
 
 pub mod admin;
 mod dispatch;
-mod frames;
 mod idle;
 mod lifecycle;
-mod listeners;
 mod ops;
 pub mod privileges;
-mod proxied;
 mod source;
-mod spawn;
 pub mod supervisor;
 
 use std::io;
@@ -57,7 +53,6 @@ use crate::sys::process::{self as sysproc, Exit};
 use admin::{Admin, AdminKind, Request};
 use dispatch::Dispatcher;
 use lifecycle::{Lifecycle, Parts, Phase};
-use listeners::Listeners;
 use source::Source;
 use supervisor::Workers;
 
@@ -249,11 +244,11 @@ impl Master {
         let poll = Poll::new()?;
         let mut signals = Signals::new([SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGCHLD, SIGTTIN, SIGTTOU, SIGUSR2])?;
         poll.registry().register(&mut signals, Source::Signals.token(), Interest::READABLE)?;
-        let listeners = Listeners::open(listeners, poll.registry())?;
-        let dispatch = Dispatcher::new(listeners, &cfg, source::IDLE_BASE, idle_bound(cfg.max_idle, nofile));
+        let idle_max = idle_bound(cfg.max_idle, nofile);
+        let dispatch = Dispatcher::new(listeners, &cfg, source::IDLE_BASE, idle_max, poll.registry())?;
         let life = Lifecycle::new(upgrade_ready);
         let mut admin = Admin::default();
-        admin.open(&cfg, poll.registry(), life.upgraded(), &dispatch.listeners.local_addrs())?;
+        admin.open(&cfg, poll.registry(), life.upgraded(), &dispatch.local_addrs())?;
         Ok(Master {
             workers: Workers::new(cfg.workers),
             cfg,
@@ -270,13 +265,13 @@ impl Master {
 
     /// Remembers where the settings came from, so SIGHUP can read them again.
     pub fn with_source(mut self, source: ConfigSource) -> Master {
-        self.life.source = Some(source);
+        self.life.set_source(source);
         self
     }
 
     /// The addresses actually bound (with real ports when port 0 was asked for).
     pub fn local_addrs(&self) -> Vec<ListenAddr> {
-        self.dispatch.listeners.local_addrs()
+        self.dispatch.local_addrs()
     }
 
     /// Starts the workers and runs until stopped by a signal. Returns an error if the
@@ -356,7 +351,7 @@ impl Master {
                         }
                     }
                     Source::AdminServer(i) => self.admin.accept(i, now, reg),
-                    Source::Listener(i) => self.dispatch.listeners.set_readable(i),
+                    Source::Listener(i) => self.dispatch.listener_readable(i),
                     Source::Channel(_) | Source::Stderr(_) => {}
                 }
             }
@@ -372,7 +367,7 @@ impl Master {
                 let (life, mut p) = self.parts();
                 life.hand_out_then_drain(&mut p);
             }
-            self.workers.forward.flush();
+            self.workers.flush_output();
             if let Some(e) = self.fatal.take() {
                 self.workers.kill_all_now();
                 self.admin.close();

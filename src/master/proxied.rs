@@ -16,8 +16,8 @@ use mio::unix::SourceFd;
 use mio::{Interest, Registry};
 use tracing::warn;
 
-use super::dispatch::Dispatcher;
-use super::{Held, Source, PROXY_HEADER_TIMEOUT};
+use super::Dispatcher;
+use crate::master::{Held, Source, PROXY_HEADER_TIMEOUT};
 
 /// A connection from a `,proxy` listener whose header has not fully arrived.
 #[derive(Debug)]
@@ -41,7 +41,7 @@ impl Dispatcher {
         match crate::proxy::read_header(fd.as_fd()) {
             Ok(h) => ready.push(Held { fd, listener, addrs: Some(h), flags: 0 }),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                let slot = super::free_slot(&mut self.pending_proxy);
+                let slot = crate::master::free_slot(&mut self.pending_proxy);
                 let token = Source::Proxy(slot).token();
                 if reg.register(&mut SourceFd(&fd.as_raw_fd()), token, Interest::READABLE).is_ok() {
                     self.pending_proxy[slot] =
@@ -53,7 +53,7 @@ impl Dispatcher {
     }
 
     /// More bytes arrived on a connection waiting for its header.
-    pub(super) fn proxy_readable(&mut self, slot: usize, now: Instant, reg: &Registry) {
+    pub(in crate::master) fn proxy_readable(&mut self, slot: usize, now: Instant, reg: &Registry) {
         let Some(Some(p)) = self.pending_proxy.get(slot) else { return };
         match crate::proxy::read_header(p.fd.as_fd()) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}

@@ -9,7 +9,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
-use super::supervisor::Slot;
+use super::Slot;
 use crate::config::{Config, WorkerKind};
 use crate::sys::process as sysproc;
 

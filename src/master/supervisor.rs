@@ -1,10 +1,10 @@
-//! The supervisor: the worker table ([`Workers`]) owns every worker process and
+//! The supervisor: the worker table (`Workers`) owns every worker process and
 //! every slot's history: starting workers (`spawn`), their channels and stderr pipes
 //! (`frames`), their exits and reaping, respawn backoff and the crash-loop verdict,
 //! recycling, readiness (`proven`), draining, and killing hung or lost workers.
 //! What the other parts need of it goes through its methods: the dispatcher asks it
 //! which workers may take a connection and hands it the connections to send; it
-//! hands back (as [`Handed`]) the connections a worker returned or left behind.
+//! hands back (as `Handed`) the connections a worker returned or left behind.
 //!
 //! A *slot* is a worker position `0..N` (`HANDOFF_WORKER_ID`); a *worker* is one
 //! process filling a slot. During a recycle or rolling reload a slot briefly has two
@@ -21,13 +21,20 @@ use mio::unix::SourceFd;
 use mio::{Interest, Registry};
 use tracing::{debug, error, info, warn};
 
-use super::spawn::{self, Forward, Lines};
 use super::{Held, MasterError, Source, Totals, TICK};
 use crate::config::Config;
-use crate::policy::Candidate;
 use crate::sys::fdpass;
 use crate::sys::process::{self as sysproc, Exit};
 use crate::wire::{self, cap};
+use spawn::{Forward, Lines};
+
+// Children of this part, in files of their own beside it: they share its state.
+#[path = "eligibility.rs"]
+mod eligibility;
+#[path = "frames.rs"]
+mod frames;
+#[path = "spawn.rs"]
+mod spawn;
 
 /// How many lines of a worker's stderr are kept for error messages.
 pub const STDERR_LINES: usize = 12;
@@ -306,26 +313,26 @@ pub(super) enum Handed {
 /// for talking to them.
 #[derive(Debug)]
 pub(super) struct Workers {
-    pub(super) list: Vec<Worker>,
-    pub(super) slots: Vec<Slot>,
+    list: Vec<Worker>,
+    slots: Vec<Slot>,
     next_key: usize,
     /// Some worker lived past [`HEALTHY_AFTER`]: failing starts no longer stop the
     /// master.
     ever_healthy: bool,
     /// Worker output on its way to our stderr, never blocking the loop.
-    pub(super) forward: Forward,
+    forward: Forward,
     /// Reused buffer for frames sent.
-    pub(super) frame: Vec<u8>,
+    frame: Vec<u8>,
     /// Reused buffer for frames read.
-    pub(super) recv_buf: Vec<u8>,
+    recv_buf: Vec<u8>,
     /// Workers whose channel may hold more frames than one turn read.
-    pub(super) unread: Vec<usize>,
+    unread: Vec<usize>,
     /// Workers whose stderr pipe may hold more than one turn read.
-    pub(super) unread_stderr: Vec<usize>,
+    unread_stderr: Vec<usize>,
     /// Connections given up since the caller last took them (see [`Handed`]).
-    pub(super) handed: Vec<Handed>,
+    handed: Vec<Handed>,
     /// This part's counters (spawns, kills, hand-ons, losses, dispatches, returns).
-    pub(super) counts: Totals,
+    counts: Totals,
 }
 
 impl Workers {
@@ -376,6 +383,11 @@ impl Workers {
         std::mem::take(&mut self.handed)
     }
 
+    /// Writes what workers wrote to stderr, as far as our stderr takes it now.
+    pub(super) fn flush_output(&mut self) {
+        self.forward.flush();
+    }
+
     /// Copies this part's counters into `t`.
     pub(super) fn count_into(&self, t: &mut Totals) {
         let c = &self.counts;
@@ -390,7 +402,7 @@ impl Workers {
         t.worker_output_dropped = self.forward.dropped_total + crate::sys::stderr_dropped();
     }
 
-    pub(super) fn index(&self, key: usize) -> Option<usize> {
+    fn index(&self, key: usize) -> Option<usize> {
         self.list.iter().position(|w| w.key == key)
     }
 
@@ -732,76 +744,5 @@ impl Workers {
                 self.slots[slot].respawn_at = None;
             }
         }
-    }
-
-    // ---- which worker may take a connection ----
-
-    /// May `w` get a connection now? `proven_can`: some proven worker could take one
-    /// (then unproven workers get none; see `Worker::proven`).
-    fn eligible(w: &Worker, now: Instant, cfg: &Config, proven_can: bool) -> bool {
-        Self::could_take(w, now, cfg) && (!proven_can || w.proven(now))
-    }
-
-    /// Whether some proven worker could take a connection now.
-    fn proven_can_take(&self, now: Instant, cfg: &Config) -> bool {
-        self.list.iter().any(|w| w.proven(now) && Self::could_take(w, now, cfg))
-    }
-
-    /// Eligible but for the preference for proven workers.
-    fn could_take(w: &Worker, now: Instant, cfg: &Config) -> bool {
-        matches!(w.state, State::Running | State::Retiring)
-            && w.is_ready(now)
-            && w.chan.is_some()
-            && w.blocked_since.is_none()
-            && !(w.reports_load() && cfg.max_conns_per_worker.is_some_and(|k| w.active() >= k))
-    }
-
-    /// Whether any worker could take a connection now.
-    pub(super) fn any_could_take(&self, now: Instant, cfg: &Config) -> bool {
-        self.list.iter().any(|w| Self::could_take(w, now, cfg))
-    }
-
-    /// One balancer candidate per worker, by index.
-    pub(super) fn fill_candidates(&mut self, cand: &mut Vec<Candidate>, now: Instant, cfg: &Config) {
-        cand.clear();
-        let proven_can = self.proven_can_take(now, cfg);
-        for w in &mut self.list {
-            let eligible = Self::eligible(w, now, cfg, proven_can);
-            let behind = w.oldest_unacked().is_some();
-            cand.push(Candidate { eligible, active: w.active(), reports_load: w.reports_load(), behind });
-        }
-    }
-
-    /// How many connections the workers can take right now (at most `enough`): the
-    /// master accepts no more than that, so clients beyond it wait in the kernel
-    /// backlog, not here. `per_worker`: what one worker that reports no load counts for.
-    pub(super) fn capacity(&self, now: Instant, cfg: &Config, per_worker: usize, enough: usize) -> usize {
-        let mut room = 0usize;
-        let proven_can = self.proven_can_take(now, cfg);
-        for w in &self.list {
-            if !Self::eligible(w, now, cfg, proven_can) {
-                continue;
-            }
-            room += match cfg.max_conns_per_worker {
-                Some(k) if w.reports_load() => k.saturating_sub(w.active()) as usize,
-                _ => per_worker,
-            };
-            if room >= enough {
-                break;
-            }
-        }
-        room
-    }
-
-    /// Each worker's continued connections in progress (see `Worker::requests_in`).
-    pub(super) fn requests_in(&mut self, now: Instant, age: Duration) -> Vec<u32> {
-        self.list.iter_mut().map(|w| w.requests_in(now, age)).collect()
-    }
-
-    /// Worker `i` as the dispatcher sees it: is it handing connections back now
-    /// (within `window`), does it report DONE, does it ACK.
-    pub(super) fn load_view(&self, i: usize, now: Instant, window: Duration) -> (bool, bool, bool) {
-        let w = &self.list[i];
-        (w.returning(now, window), w.reports_load(), w.caps & cap::ACK != 0)
     }
 }
