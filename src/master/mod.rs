@@ -308,53 +308,18 @@ impl Master {
             // One clock read per turn: frames, timers and dispatch in it share it.
             self.now = Instant::now();
             // Workers first: their DONEs and exits decide where the next accept goes.
-            let (now, next_id) = (self.now, self.dispatch.next_conn_id());
-            if self.workers.read_backlog(now, next_id, &self.cfg, self.poll.registry()) {
+            let next_id = self.dispatch.next_conn_id();
+            if self.workers.read_backlog(self.now, next_id, &self.cfg, self.poll.registry()) {
                 self.dispatch.unblock();
             }
             self.collect_handed();
             for ev in events.iter().filter(|ev| Source::of(ev.token()).is_worker()) {
-                match Source::of(ev.token()) {
-                    Source::Channel(key) => {
-                        if ev.is_writable() {
-                            self.workers.writable(key, now);
-                        }
-                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                            let next_id = self.dispatch.next_conn_id();
-                            if self.workers.read(key, now, next_id, &self.cfg, self.poll.registry()) {
-                                self.dispatch.unblock();
-                            }
-                            self.collect_handed();
-                        }
-                    }
-                    Source::Stderr(key) => self.workers.read_stderr(key, self.poll.registry()),
-                    _ => {}
-                }
+                self.event(ev);
             }
-            for ev in events.iter() {
-                let reg = self.poll.registry();
-                match Source::of(ev.token()) {
-                    Source::Idle(token) => {
-                        let hung_up = ev.is_read_closed() || ev.is_error();
-                        self.dispatch.idle_event(token, hung_up, reg, now, &self.cfg);
-                    }
-                    Source::Signals => self.handle_signals(),
-                    Source::Upgrade => {
-                        let (life, mut p) = self.parts();
-                        life.upgrade_event(&mut p);
-                    }
-                    Source::Proxy(slot) => self.dispatch.proxy_readable(slot, now, reg),
-                    Source::AdminConn(slot) => {
-                        if let Some((kind, req)) = self.admin.conn_event(slot, reg) {
-                            let answer = self.answer(kind, req);
-                            self.admin.respond(slot, answer, self.poll.registry());
-                        }
-                    }
-                    Source::AdminServer(i) => self.admin.accept(i, now, reg),
-                    Source::Listener(i) => self.dispatch.listener_readable(i),
-                    Source::Channel(_) | Source::Stderr(_) => {}
-                }
+            for ev in events.iter().filter(|ev| !Source::of(ev.token()).is_worker()) {
+                self.event(ev);
             }
+            let now = self.now;
             if now >= self.next_tick {
                 self.tick(now);
                 self.next_tick = now + TICK;
@@ -368,24 +333,70 @@ impl Master {
                 life.hand_out_then_drain(&mut p);
             }
             self.workers.flush_output();
-            if let Some(e) = self.fatal.take() {
+            if let Some(end) = self.end() {
+                return end;
+            }
+        }
+    }
+
+    /// One event, handed to the part that owns its source.
+    fn event(&mut self, ev: &mio::event::Event) {
+        let (now, reg) = (self.now, self.poll.registry());
+        match Source::of(ev.token()) {
+            Source::Channel(key) => {
+                if ev.is_writable() {
+                    self.workers.writable(key, now);
+                }
+                if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                    let next_id = self.dispatch.next_conn_id();
+                    if self.workers.read(key, now, next_id, &self.cfg, reg) {
+                        self.dispatch.unblock();
+                    }
+                    self.collect_handed();
+                }
+            }
+            Source::Stderr(key) => self.workers.read_stderr(key, reg),
+            Source::Idle(token) => {
+                let hung_up = ev.is_read_closed() || ev.is_error();
+                self.dispatch.idle_event(token, hung_up, reg, now, &self.cfg);
+            }
+            Source::Signals => self.handle_signals(),
+            Source::Upgrade => {
+                let (life, mut p) = self.parts();
+                life.upgrade_event(&mut p);
+            }
+            Source::Proxy(slot) => self.dispatch.proxy_readable(slot, now, reg),
+            Source::AdminConn(slot) => {
+                if let Some((kind, req)) = self.admin.conn_event(slot, reg) {
+                    let answer = self.answer(kind, req);
+                    self.admin.respond(slot, answer, self.poll.registry());
+                }
+            }
+            Source::AdminServer(i) => self.admin.accept(i, now, reg),
+            Source::Listener(i) => self.dispatch.listener_readable(i),
+        }
+    }
+
+    /// Whether this turn ends the run, and how: a fatal error, an exit, or a stop
+    /// whose workers have all exited.
+    fn end(&mut self) -> Option<Result<(), MasterError>> {
+        if let Some(e) = self.fatal.take() {
+            self.workers.kill_all_now();
+            self.admin.close();
+            return Some(Err(e));
+        }
+        match self.life.phase() {
+            Phase::Exiting => {
                 self.workers.kill_all_now();
                 self.admin.close();
-                return Err(e);
+                Some(Ok(()))
             }
-            match self.life.phase() {
-                Phase::Exiting => {
-                    self.workers.kill_all_now();
-                    self.admin.close();
-                    return Ok(());
-                }
-                Phase::Stopping { .. } if self.workers.is_empty() => {
-                    info!("all workers exited; master exiting");
-                    self.admin.close();
-                    return Ok(());
-                }
-                _ => {}
+            Phase::Stopping { .. } if self.workers.is_empty() => {
+                info!("all workers exited; master exiting");
+                self.admin.close();
+                Some(Ok(()))
             }
+            _ => None,
         }
     }
 
@@ -493,10 +504,12 @@ impl Master {
     }
 
     fn control_command(&mut self, line: &str) -> Vec<u8> {
-        let listeners = || self.local_addrs().iter().map(|a| a.to_string()).collect();
+        // The master as it was when the command came (a stop closes the listeners, a
+        // reload may change them).
+        let listeners: Vec<String> = self.local_addrs().iter().map(|a| a.to_string()).collect();
         let command = match ops::parse_command(line) {
             Ok(c) => c,
-            Err(m) => return ops::reply(false, m, listeners()),
+            Err(m) => return ops::reply(false, m, listeners),
         };
         let (life, mut p) = self.parts();
         let (ok, message) = match command {
@@ -524,7 +537,7 @@ impl Master {
                 }
             }
         };
-        ops::reply(ok, message, self.local_addrs().iter().map(|a| a.to_string()).collect())
+        ops::reply(ok, message, listeners)
     }
 
     fn view(&self) -> ops::View<'_> {
