@@ -347,12 +347,65 @@ pub struct Status {
     #[serde(default)]
     pub idle: usize,
     /// Counters since start.
-    pub totals: crate::master::Totals,
+    pub totals: Totals,
     /// Jain's fairness index of connections dispatched per slot since start (1 = even).
     pub fairness: f64,
     /// The control socket, metrics and health endpoints: connections and refusals.
     #[serde(default)]
     pub admin: AdminStatus,
+}
+
+/// Counters since start (the master's, as `handoff status` shows them; the master
+/// re-exports this as `master::Totals`).
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Totals {
+    /// Connections accepted.
+    pub accepted: u64,
+    /// Connections handed to workers (including hand-ons).
+    pub dispatched: u64,
+    /// Connections taken back from dead workers and handed on.
+    pub redispatched: u64,
+    /// Connections lost with a dead worker (had been ACKed or went to a minimal worker).
+    pub lost_with_worker: u64,
+    /// Accept errors for lack of descriptors or memory.
+    pub accept_exhausted: u64,
+    /// Accept errors about a single connection.
+    pub accept_transient: u64,
+    /// Time spent with accepting paused.
+    pub paused: Duration,
+    /// Workers started.
+    pub spawned: u64,
+    /// Workers killed for breaking the protocol.
+    pub protocol_kills: u64,
+    /// Workers killed for hanging.
+    pub hung_kills: u64,
+    /// Workers recycled after `--max-requests`.
+    pub recycled: u64,
+    /// Connections closed for a bad or late PROXY header.
+    #[serde(default)]
+    pub proxy_errors: u64,
+    /// Bytes of worker output and of the master's own log dropped because the master's
+    /// stderr was not being read (filled in when the totals are read).
+    #[serde(default)]
+    pub worker_output_dropped: u64,
+    /// Idle keep-alive connections workers handed back (RETURN).
+    #[serde(default)]
+    pub returned: u64,
+    /// Handed-back connections dispatched again when their client sent a request.
+    #[serde(default)]
+    pub continued: u64,
+    /// Held idle connections whose client hung up.
+    #[serde(default)]
+    pub idle_hangups: u64,
+    /// Held idle connections closed after `--keepalive-timeout`.
+    #[serde(default)]
+    pub idle_timeouts: u64,
+    /// Held idle connections closed, oldest first, beyond `--max-idle`.
+    #[serde(default)]
+    pub idle_evicted: u64,
+    /// Held idle connections closed by a graceful stop (no request had arrived).
+    #[serde(default)]
+    pub idle_closed_at_stop: u64,
 }
 
 /// The master's own endpoints, as `handoff status --json` shows them.

@@ -14,10 +14,23 @@
 //!   admin endpoint gives up one of its spares and accepts in its place, and takes it
 //!   back when that connection closes;
 //! - the control socket answers only the master's own user and root (`SO_PEERCRED`).
+//!
+//! `Admin` owns the servers, their connections, their reserve and the registry
+//! entry. It reads each request and hands it to the master, which answers from every
+//! part's state (see `ops`) and gives the answer back to be written.
 
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
+
+use mio::unix::SourceFd;
+use mio::{Interest, Registry};
+use tracing::{info, warn};
+
+use super::{MasterError, Source};
+use crate::config::Config;
+use crate::control::{AdminCounts, AdminStatus, Reply};
+use crate::listener::{ListenAddr, Listener};
 
 /// Largest request accepted.
 pub const MAX_REQUEST: usize = 8192;
@@ -240,6 +253,373 @@ pub fn http_response(status: u16, content_type: &str, body: &str) -> Vec<u8> {
         body.len()
     )
     .into_bytes()
+}
+
+/// A server of the master's own: the control socket, metrics or health.
+#[derive(Debug)]
+struct AdminServer {
+    kind: AdminKind,
+    fd: OwnedFd,
+    /// The socket file of a Unix server and its inode, removed at exit if it is
+    /// still ours (a new master may have replaced it).
+    path: Option<(std::path::PathBuf, u64)>,
+}
+
+/// The admin endpoints: servers, connections, reserve and registry entry.
+#[derive(Debug, Default)]
+pub(super) struct Admin {
+    servers: Vec<AdminServer>,
+    conns: Vec<Option<AdminConn>>,
+    state: AdminState,
+}
+
+impl Admin {
+    /// Opens the control socket, metrics and health endpoints the config asks for.
+    ///
+    /// The control socket is always opened (see [`crate::control`] for where): a master
+    /// that cannot have one does not start, rather than run unreachable or let another
+    /// take its commands. `take_over`: this master was started by an upgrade (it takes
+    /// over a control socket path named with `--control`).
+    pub(super) fn open(
+        &mut self,
+        cfg: &Config,
+        reg: &Registry,
+        take_over: bool,
+        listeners: &[ListenAddr],
+    ) -> Result<(), MasterError> {
+        let dir = crate::control::runtime_dir();
+        let stem = crate::control::next_stem();
+        let refuse = |path: &std::path::Path, e: crate::control::ControlError| MasterError::Bind {
+            addr: ListenAddr::Unix(path.to_path_buf()),
+            source: io::Error::new(io::ErrorKind::PermissionDenied, e.to_string()),
+            hint: "",
+        };
+        let registry = match crate::control::prepare_runtime_dir(&dir) {
+            Ok(()) => {
+                // Entries of masters that died without removing theirs (SIGKILL) go now:
+                // the directory holds the living, not a history.
+                let _ = crate::control::list_masters_in(&dir);
+                Some(dir.join(format!("{stem}.json")))
+            }
+            // The socket the user named still works; only the listing misses it.
+            Err(e) if cfg.control.is_some() => {
+                warn!("`handoff status` will not list this master: {e}");
+                None
+            }
+            Err(e) => return Err(refuse(&dir.join(format!("{stem}.sock")), e)),
+        };
+        let path = match &cfg.control {
+            Some(p) => {
+                crate::control::check_socket_path(p).map_err(|e| refuse(p, e))?;
+                p.clone()
+            }
+            None => dir.join(format!("{stem}.sock")),
+        };
+        // After an upgrade the new master takes over a path named with --control; a
+        // default path has the pid in it, so each master has its own.
+        let take_over = take_over && cfg.control.is_some();
+        let fd = bind_control(&path, take_over).map_err(|source| MasterError::Bind {
+            addr: ListenAddr::Unix(path.clone()),
+            hint: if source.kind() == io::ErrorKind::AddrInUse {
+                " (another master listens there: `handoff status --list` shows them; give another --control PATH)"
+            } else {
+                ""
+            },
+            source,
+        })?;
+        info!("control socket at {}", path.display());
+        self.add(AdminKind::Control, fd, Some(path), reg)?;
+        self.state.registry = registry.map(|r| (r, std::process::id()));
+        self.write_registry(listeners);
+        for (kind, addr) in [(AdminKind::Metrics, cfg.metrics), (AdminKind::Health, cfg.health)] {
+            let Some(addr) = addr else { continue };
+            let la = ListenAddr::Tcp(addr);
+            let l = listen_reuseport(addr).map_err(|source| MasterError::Bind {
+                addr: la.clone(),
+                hint: super::bind_hint(&source),
+                source,
+            })?;
+            info!(
+                "{} endpoint on http://{}",
+                if kind == AdminKind::Metrics { "metrics" } else { "health" },
+                l.local_addr()
+            );
+            self.add(kind, l.into(), None, reg)?;
+        }
+        Ok(())
+    }
+
+    /// Writes (or rewrites, after a reload changed the listeners) this master's entry
+    /// in the registry that `handoff status` and `handoff ctl` read.
+    pub(super) fn write_registry(&self, listeners: &[ListenAddr]) {
+        let Some((reg, _)) = &self.state.registry else { return };
+        let control = self.servers.iter().find(|s| s.kind == AdminKind::Control).and_then(|s| s.path.as_ref());
+        let Some((control, _)) = control else { return };
+        let pid = std::process::id();
+        let entry = crate::control::MasterEntry {
+            pid,
+            start_time: crate::control::process_start_time(pid).unwrap_or(0),
+            listeners: listeners.iter().map(|a| a.to_string()).collect(),
+            control: control.clone(),
+        };
+        if let Err(e) = crate::control::write_entry(reg, &entry) {
+            warn!("cannot write {}: {e} (`handoff status` will not list this master)", reg.display());
+        }
+    }
+
+    fn add(
+        &mut self,
+        kind: AdminKind,
+        fd: OwnedFd,
+        path: Option<std::path::PathBuf>,
+        reg: &Registry,
+    ) -> io::Result<()> {
+        let i = self.servers.len();
+        reg.register(&mut SourceFd(&fd.as_raw_fd()), Source::AdminServer(i).token(), Interest::READABLE)?;
+        let path = path.and_then(|p| Some((p.clone(), inode(&p)?)));
+        self.servers.push(AdminServer { kind, fd, path });
+        self.state.serve(kind);
+        Ok(())
+    }
+
+    /// Removes the control socket file if it is still ours (a new master may have
+    /// taken the path over).
+    pub(super) fn close(&mut self) {
+        if let Some((reg, pid)) = self.state.registry.take() {
+            if pid == std::process::id() {
+                let _ = std::fs::remove_file(reg);
+            }
+        }
+        for s in self.servers.drain(..) {
+            if let Some((p, ino)) = &s.path {
+                if inode(p) == Some(*ino) {
+                    let _ = std::fs::remove_file(p);
+                }
+            }
+        }
+    }
+
+    /// Accepts what waits on admin server `i`. Each endpoint has its own cap, and
+    /// spare descriptors for when the master has no other (see the module docs).
+    pub(super) fn accept(&mut self, i: usize, now: Instant, reg: &Registry) {
+        let Some(kind) = self.servers.get(i).map(|s| s.kind) else { return };
+        let mut spent_spare = false;
+        loop {
+            let fd = match rustix::net::accept_with(
+                &self.servers[i].fd,
+                rustix::net::SocketFlags::CLOEXEC | rustix::net::SocketFlags::NONBLOCK,
+            ) {
+                Ok(fd) => fd,
+                Err(rustix::io::Errno::INTR) => continue,
+                // Out of descriptors: give up a spare for this one.
+                Err(rustix::io::Errno::MFILE | rustix::io::Errno::NFILE) if self.state.release_spare(kind) => {
+                    spent_spare = true;
+                    continue;
+                }
+                // Out of descriptors with no spare left: what waits is taken at the
+                // next housekeeping tick.
+                Err(rustix::io::Errno::MFILE | rustix::io::Errno::NFILE) => {
+                    self.state.starved = true;
+                    break;
+                }
+                // EAGAIN: all taken; anything else: one failed connection, the next
+                // event brings the rest.
+                Err(_) => break,
+            };
+            if std::mem::take(&mut spent_spare) {
+                self.state.from_reserve += 1;
+            }
+            let open = self.conns.iter().flatten().filter(|c| c.kind == kind).count();
+            if open >= MAX_CONNS_PER_KIND {
+                self.state.refused_full[kind.index()] += 1;
+                if self.state.log_refusal(now) {
+                    warn!(
+                        "{} endpoint: {} connections open, closing new ones ({} so far)",
+                        kind_name(kind),
+                        MAX_CONNS_PER_KIND,
+                        self.state.refused_full[kind.index()]
+                    );
+                }
+                continue; // `fd` drops: closed
+            }
+            if kind == AdminKind::Control {
+                if let Some(why) = peer_refusal(&fd) {
+                    self.state.refused_peer += 1;
+                    if self.state.log_refusal(now) {
+                        warn!("control socket: refused a client: {why} ({} so far)", self.state.refused_peer);
+                    }
+                    let answer =
+                        serde_json::to_vec(&Reply { ok: false, message: why, master: None }).unwrap_or_default();
+                    // A few bytes into an empty socket buffer: they fit, or the client
+                    // sees the connection close, which says the same.
+                    let _ = rustix::net::send(&fd, &answer, rustix::net::SendFlags::NOSIGNAL);
+                    continue;
+                }
+            }
+            let slot = super::free_slot(&mut self.conns);
+            let token = Source::AdminConn(slot).token();
+            if reg.register(&mut SourceFd(&fd.as_raw_fd()), token, Interest::READABLE | Interest::WRITABLE).is_ok() {
+                self.conns[slot] = Some(AdminConn::new(kind, fd));
+            }
+        }
+    }
+
+    /// Admin connection `slot` is ready: writes what is queued, or reads. A complete
+    /// request is returned for the master to answer (with [`Admin::respond`]).
+    pub(super) fn conn_event(&mut self, slot: usize, reg: &Registry) -> Option<(AdminKind, Request)> {
+        let Some(Some(conn)) = self.conns.get_mut(slot) else { return None };
+        let finished = if conn.has_response() {
+            conn.flush()
+        } else {
+            match conn.read() {
+                Ok(Some(req)) => return Some((conn.kind, req)),
+                Ok(None) => Ok(false),
+                // A control client gets told why (once, if it fits), then the close.
+                Err(e) if conn.kind == AdminKind::Control && e.kind() == io::ErrorKind::InvalidData => {
+                    let message = format!("{e}: a command is one line of at most {} bytes", MAX_REQUEST);
+                    conn.respond(serde_json::to_vec(&Reply { ok: false, message, master: None }).unwrap_or_default());
+                    let _ = conn.flush();
+                    Err(e)
+                }
+                Err(e) => Err(e),
+            }
+        };
+        if !matches!(finished, Ok(false)) {
+            self.close_conn(slot, reg);
+        }
+        None
+    }
+
+    /// Queues the answer to the request [`Admin::conn_event`] returned, and writes it.
+    pub(super) fn respond(&mut self, slot: usize, answer: Vec<u8>, reg: &Registry) {
+        let Some(Some(conn)) = self.conns.get_mut(slot) else { return };
+        conn.respond(answer);
+        if !matches!(conn.flush(), Ok(false)) {
+            self.close_conn(slot, reg);
+        }
+    }
+
+    fn close_conn(&mut self, slot: usize, reg: &Registry) {
+        if let Some(c) = self.conns.get_mut(slot).and_then(Option::take) {
+            let _ = reg.deregister(&mut SourceFd(&c.fd.as_raw_fd()));
+            drop(c);
+            // Its descriptor slot is free now, before anything else can take it.
+            self.state.refill();
+        }
+    }
+
+    /// Closes admin connections past their deadline; takes back spares given up; and
+    /// after an accept that found no descriptor, accepts what waits on each admin
+    /// server (its readiness edge came while the master could not take it).
+    pub(super) fn tick(&mut self, now: Instant, reg: &Registry) {
+        for slot in 0..self.conns.len() {
+            if self.conns[slot].as_ref().is_some_and(|c| now.duration_since(c.since) > ADMIN_TIMEOUT) {
+                self.close_conn(slot, reg);
+            }
+        }
+        self.state.refill();
+        if std::mem::take(&mut self.state.starved) {
+            for i in 0..self.servers.len() {
+                self.accept(i, now, reg);
+            }
+        }
+    }
+
+    /// Connections and refusals, for `handoff status` and `/metrics`.
+    pub(super) fn status(&self) -> AdminStatus {
+        let counts = |f: &dyn Fn(AdminKind) -> u64| AdminCounts {
+            control: f(AdminKind::Control),
+            metrics: f(AdminKind::Metrics),
+            health: f(AdminKind::Health),
+        };
+        AdminStatus {
+            open: counts(&|k| self.conns.iter().flatten().filter(|c| c.kind == k).count() as u64),
+            refused_full: counts(&|k| self.state.refused_full[k.index()]),
+            refused_peer: self.state.refused_peer,
+            from_reserve: self.state.from_reserve,
+        }
+    }
+
+    /// Binds the control socket path again if a failed new master took it over.
+    pub(super) fn reclaim_control(&mut self, reg: &Registry) {
+        for idx in 0..self.servers.len() {
+            let Some((path, ino)) = self.servers[idx].path.clone() else { continue };
+            if inode(&path) == Some(ino) {
+                continue;
+            }
+            match bind_control(&path, true) {
+                Ok(fd) => {
+                    let old = std::mem::replace(&mut self.servers[idx].fd, fd);
+                    let _ = reg.deregister(&mut SourceFd(&old.as_raw_fd()));
+                    let new = self.servers[idx].fd.as_raw_fd();
+                    let _ = reg.register(&mut SourceFd(&new), Source::AdminServer(idx).token(), Interest::READABLE);
+                    self.servers[idx].path = inode(&path).map(|i| (path.clone(), i));
+                    info!("control socket at {} is this master's again", path.display());
+                }
+                Err(e) => warn!("cannot take the control socket {} back: {e}", path.display()),
+            }
+        }
+    }
+}
+
+fn kind_name(kind: AdminKind) -> &'static str {
+    match kind {
+        AdminKind::Control => "control",
+        AdminKind::Metrics => "metrics",
+        AdminKind::Health => "health",
+    }
+}
+
+/// Why a control client may not steer this master, or `None` if it may: it must run
+/// as the master's user or as root (`SO_PEERCRED`, read from the kernel, not claimed
+/// by the client).
+fn peer_refusal(fd: &OwnedFd) -> Option<String> {
+    let me = rustix::process::getuid();
+    match rustix::net::sockopt::socket_peercred(fd) {
+        Ok(c) if c.uid == me || c.uid.is_root() => None,
+        Ok(c) => Some(format!(
+            "refused: uid {} (pid {}) may not use this control socket: it answers uid {} and root only",
+            c.uid.as_raw(),
+            c.pid.as_raw_nonzero(),
+            me.as_raw()
+        )),
+        Err(e) => Some(format!("cannot read the client's credentials: {e}")),
+    }
+}
+
+fn inode(p: &std::path::Path) -> Option<u64> {
+    std::fs::symlink_metadata(p).ok().map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+}
+
+fn bind_control(path: &std::path::Path, take_over: bool) -> io::Result<OwnedFd> {
+    if take_over {
+        // The old master still listens there; the path now belongs to the new one.
+        let _ = std::fs::remove_file(path);
+    }
+    if let Some(dir) = path.parent() {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir)?;
+        }
+    }
+    // Created 0600 from the start: the umask is process-wide, and the master has one
+    // thread.
+    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
+    let l = Listener::bind(&ListenAddr::Unix(path.to_path_buf()));
+    rustix::process::umask(old);
+    Ok(l?.into())
+}
+
+/// A TCP listener with `SO_REUSEPORT`, so that during an upgrade the new master can
+/// open its own metrics and health endpoints while the old one still has them.
+fn listen_reuseport(addr: std::net::SocketAddr) -> io::Result<Listener> {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType};
+    let family = if addr.is_ipv4() { AddressFamily::INET } else { AddressFamily::INET6 };
+    let fd = rustix::net::socket_with(family, SocketType::STREAM, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK, None)?;
+    rustix::net::sockopt::set_socket_reuseaddr(&fd, true)?;
+    rustix::net::sockopt::set_socket_reuseport(&fd, true)?;
+    rustix::net::bind(&fd, &addr)?;
+    rustix::net::listen(&fd, 128)?;
+    Listener::from_fd(fd)
 }
 
 #[cfg(test)]

@@ -5,28 +5,45 @@
 //! The header is read without blocking: peeked, and consumed only once complete. A
 //! connection whose header is incomplete waits in a table, registered for readability,
 //! for at most [`PROXY_HEADER_TIMEOUT`]; a bad or late header closes that connection
-//! (logged, at most once a second) and affects nothing else.
+//! (logged, at most once a second) and affects nothing else. The table is the
+//! dispatcher's ([`Dispatcher`]).
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
-use mio::{Interest, Token};
+use mio::{Interest, Registry};
 use tracing::warn;
 
-use super::{Held, Master, PendingProxy, PROXY_BASE, PROXY_HEADER_TIMEOUT};
+use super::Dispatcher;
+use crate::master::{Held, Source, PROXY_HEADER_TIMEOUT};
 
-impl Master {
+/// A connection from a `,proxy` listener whose header has not fully arrived.
+#[derive(Debug)]
+pub(super) struct PendingProxy {
+    fd: OwnedFd,
+    listener: u16,
+    deadline: Instant,
+}
+
+impl Dispatcher {
     /// A connection accepted on a `,proxy` listener: read its header now if it is
     /// there, else wait for it.
-    pub(super) fn proxy_accepted(&mut self, fd: OwnedFd, listener: u16, now: Instant, ready: &mut Vec<Held>) {
+    pub(super) fn proxy_accepted(
+        &mut self,
+        fd: OwnedFd,
+        listener: u16,
+        now: Instant,
+        ready: &mut Vec<Held>,
+        reg: &Registry,
+    ) {
         match crate::proxy::read_header(fd.as_fd()) {
             Ok(h) => ready.push(Held { fd, listener, addrs: Some(h), flags: 0 }),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                let slot = super::free_slot(&mut self.pending_proxy);
-                let token = Token(PROXY_BASE + slot);
-                if self.poll.registry().register(&mut SourceFd(&fd.as_raw_fd()), token, Interest::READABLE).is_ok() {
+                let slot = crate::master::free_slot(&mut self.pending_proxy);
+                let token = Source::Proxy(slot).token();
+                if reg.register(&mut SourceFd(&fd.as_raw_fd()), token, Interest::READABLE).is_ok() {
                     self.pending_proxy[slot] =
                         Some(PendingProxy { fd, listener, deadline: now + PROXY_HEADER_TIMEOUT });
                 }
@@ -36,52 +53,49 @@ impl Master {
     }
 
     /// More bytes arrived on a connection waiting for its header.
-    pub(super) fn proxy_readable(&mut self, slot: usize) {
+    pub(in crate::master) fn proxy_readable(&mut self, slot: usize, now: Instant, reg: &Registry) {
         let Some(Some(p)) = self.pending_proxy.get(slot) else { return };
         match crate::proxy::read_header(p.fd.as_fd()) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             result => {
-                let p = self.take_pending(slot).expect("present");
+                let p = self.take_pending(slot, reg).expect("present");
                 match result {
                     Ok(h) => self.held.push_back(Held { fd: p.fd, listener: p.listener, addrs: Some(h), flags: 0 }),
-                    Err(e) => {
-                        let now = self.now;
-                        self.proxy_failed(&e.to_string(), now)
-                    }
+                    Err(e) => self.proxy_failed(&e.to_string(), now),
                 }
             }
         }
     }
 
-    fn take_pending(&mut self, slot: usize) -> Option<PendingProxy> {
+    fn take_pending(&mut self, slot: usize, reg: &Registry) -> Option<PendingProxy> {
         let p = self.pending_proxy.get_mut(slot)?.take()?;
-        let _ = self.poll.registry().deregister(&mut SourceFd(&p.fd.as_raw_fd()));
+        let _ = reg.deregister(&mut SourceFd(&p.fd.as_raw_fd()));
         Some(p)
     }
 
     /// Closes connections whose header is late.
-    pub(super) fn proxy_timeouts(&mut self, now: Instant) {
+    pub(super) fn proxy_timeouts(&mut self, now: Instant, reg: &Registry) {
         for slot in 0..self.pending_proxy.len() {
             if self.pending_proxy[slot].as_ref().is_some_and(|p| now >= p.deadline) {
-                self.take_pending(slot);
+                self.take_pending(slot, reg);
                 self.proxy_failed(&format!("no complete PROXY header within {PROXY_HEADER_TIMEOUT:?}"), now);
             }
         }
     }
 
     /// Drops every connection still waiting for its header (stopping).
-    pub(super) fn proxy_clear(&mut self) {
+    pub(super) fn proxy_clear(&mut self, reg: &Registry) {
         for slot in 0..self.pending_proxy.len() {
-            self.take_pending(slot);
+            self.take_pending(slot, reg);
         }
     }
 
     fn proxy_failed(&mut self, why: &str, now: Instant) {
-        self.totals.proxy_errors += 1;
+        self.counts.proxy_errors += 1;
         let quiet = self.last_proxy_log.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1));
         if !quiet {
             self.last_proxy_log = Some(now);
-            warn!("closed a connection on a PROXY listener: {why} ({} so far)", self.totals.proxy_errors);
+            warn!("closed a connection on a PROXY listener: {why} ({} so far)", self.counts.proxy_errors);
         }
     }
 }

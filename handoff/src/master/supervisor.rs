@@ -1,5 +1,10 @@
-//! The worker table: one record per worker process, per-slot restart history, and
-//! how a worker is started.
+//! The supervisor: the worker table (`Workers`) owns every worker process and
+//! every slot's history: starting workers (`spawn`), their channels and stderr pipes
+//! (`frames`), their exits and reaping, respawn backoff and the crash-loop verdict,
+//! recycling, readiness (`proven`), draining, and killing hung or lost workers.
+//! What the other parts need of it goes through its methods: the dispatcher asks it
+//! which workers may take a connection and hands it the connections to send; it
+//! hands back (as `Handed`) the connections a worker returned or left behind.
 //!
 //! A *slot* is a worker position `0..N` (`HANDOFF_WORKER_ID`); a *worker* is one
 //! process filling a slot. During a recycle or rolling reload a slot briefly has two
@@ -9,14 +14,27 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use crate::config::{Config, WorkerKind};
+use mio::unix::SourceFd;
+use mio::{Interest, Registry};
+use tracing::{debug, error, info, warn};
+
+use super::{Held, MasterError, Source, Totals, TICK};
+use crate::config::Config;
+use crate::sys::fdpass;
 use crate::sys::process::{self as sysproc, Exit};
-use crate::wire::cap;
+use crate::wire::{self, cap};
+use spawn::{Forward, Lines};
+
+// Children of this part, in files of their own beside it: they share its state.
+#[path = "eligibility.rs"]
+mod eligibility;
+#[path = "frames.rs"]
+mod frames;
+#[path = "spawn.rs"]
+mod spawn;
 
 /// How many lines of a worker's stderr are kept for error messages.
 pub const STDERR_LINES: usize = 12;
@@ -276,216 +294,455 @@ impl Slot {
     }
 }
 
-/// Reads what is available from a non-blocking stderr pipe into `slot` and `out`.
-/// Returns false at end of file.
-pub fn drain_stderr(fd: &OwnedFd, slot: &mut Slot, out: &mut Forward, lines: &mut Lines) -> bool {
-    !matches!(read_stderr(fd, slot, usize::MAX, out, lines), StderrRead::Eof)
-}
+/// Time between SIGTERM and SIGKILL for a worker being killed.
+const KILL_GRACE: Duration = Duration::from_secs(3);
+/// A worker whose channel closed but which has not exited is killed after this.
+pub(super) const LOST_GRACE: Duration = Duration::from_secs(1);
 
-/// Where one worker's output stands in its lines, to label each line with the worker
-/// it came from (`[worker 3] `), as pm2 and supervisord do: with several workers
-/// writing to one log, a line without its worker is a line nobody can place.
+/// A connection the worker table gives up, for the dispatcher to place.
 #[derive(Debug)]
-pub struct Lines {
-    prefix: Vec<u8>,
-    at_start: bool,
+pub(super) enum Handed {
+    /// An idle keep-alive connection a worker handed back (RETURN), at a request
+    /// boundary.
+    Returned(Held),
+    /// A connection a dead worker never ACKed: handed on to another worker.
+    TakenBack(Held),
 }
 
-impl Lines {
-    /// For the worker in `slot`.
-    pub fn new(slot: usize) -> Lines {
-        Lines { prefix: format!("[worker {slot}] ").into_bytes(), at_start: true }
+/// The worker table: every worker process, every slot, and what the master keeps
+/// for talking to them.
+#[derive(Debug)]
+pub(super) struct Workers {
+    list: Vec<Worker>,
+    slots: Vec<Slot>,
+    next_key: usize,
+    /// Some worker lived past [`HEALTHY_AFTER`]: failing starts no longer stop the
+    /// master.
+    ever_healthy: bool,
+    /// Worker output on its way to our stderr, never blocking the loop.
+    forward: Forward,
+    /// Reused buffer for frames sent.
+    frame: Vec<u8>,
+    /// Reused buffer for frames read.
+    recv_buf: Vec<u8>,
+    /// Workers whose channel may hold more frames than one turn read.
+    unread: Vec<usize>,
+    /// Workers whose stderr pipe may hold more than one turn read.
+    unread_stderr: Vec<usize>,
+    /// Connections given up since the caller last took them (see [`Handed`]).
+    handed: Vec<Handed>,
+    /// This part's counters (spawns, kills, hand-ons, losses, dispatches, returns).
+    counts: Totals,
+}
+
+impl Workers {
+    /// A table of `slots` empty slots.
+    pub(super) fn new(slots: usize) -> Workers {
+        Workers {
+            list: Vec::new(),
+            slots: (0..slots).map(|_| Slot::default()).collect(),
+            next_key: 0,
+            ever_healthy: false,
+            forward: Forward::default(),
+            frame: Vec::with_capacity(wire::MAX_FRAME_LEN),
+            recv_buf: vec![0; wire::MAX_FRAME_LEN + 1],
+            unread: Vec::new(),
+            unread_stderr: Vec::new(),
+            handed: Vec::new(),
+            counts: Totals::default(),
+        }
     }
 
-    /// Queues `bytes` on `out`, each line that starts in them labelled.
-    fn push(&mut self, bytes: &[u8], out: &mut Forward) {
-        for line in bytes.split_inclusive(|&b| b == b'\n') {
-            if self.at_start {
-                out.push(&self.prefix);
+    /// Slots wanted.
+    pub(super) fn slot_count(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Every slot's history.
+    pub(super) fn slots(&self) -> &[Slot] {
+        &self.slots
+    }
+
+    /// Worker processes, including ones being replaced.
+    pub(super) fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    /// No worker process left.
+    pub(super) fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// Every worker process.
+    pub(super) fn iter(&self) -> impl Iterator<Item = &Worker> {
+        self.list.iter()
+    }
+
+    /// The connections given up since the last call (see [`Handed`]), in order.
+    pub(super) fn take_handed(&mut self) -> Vec<Handed> {
+        std::mem::take(&mut self.handed)
+    }
+
+    /// Writes what workers wrote to stderr, as far as our stderr takes it now.
+    pub(super) fn flush_output(&mut self) {
+        self.forward.flush();
+    }
+
+    /// Copies this part's counters into `t`.
+    pub(super) fn count_into(&self, t: &mut Totals) {
+        let c = &self.counts;
+        t.dispatched = c.dispatched;
+        t.redispatched = c.redispatched;
+        t.lost_with_worker = c.lost_with_worker;
+        t.spawned = c.spawned;
+        t.protocol_kills = c.protocol_kills;
+        t.hung_kills = c.hung_kills;
+        t.recycled = c.recycled;
+        t.returned = c.returned;
+        t.worker_output_dropped = self.forward.dropped_total + crate::sys::stderr_dropped();
+    }
+
+    fn index(&self, key: usize) -> Option<usize> {
+        self.list.iter().position(|w| w.key == key)
+    }
+
+    /// The worker currently filling `slot` (not one being replaced).
+    fn slot_worker(&self, slot: usize) -> Option<&Worker> {
+        self.list.iter().find(|w| w.slot == slot && matches!(w.state, State::Running))
+    }
+
+    /// The index of the running worker of `slot`.
+    pub(super) fn find_running(&self, slot: usize) -> Option<usize> {
+        self.list.iter().position(|w| w.slot == slot && w.state == State::Running)
+    }
+
+    /// Some worker is waiting for its successor (a recycle or rolling step under way).
+    pub(super) fn any_retiring(&self) -> bool {
+        self.list.iter().any(|w| w.state == State::Retiring)
+    }
+
+    /// Some running worker has sent READY (the health endpoint's "ok").
+    pub(super) fn any_ready(&self) -> bool {
+        self.list.iter().any(|w| w.ready && w.state == State::Running)
+    }
+
+    /// Every slot has a running, ready worker and no worker is being replaced.
+    pub(super) fn all_ready(&self, now: Instant) -> bool {
+        let all = (0..self.slots.len())
+            .all(|s| self.list.iter().any(|w| w.slot == s && w.state == State::Running && w.is_ready(now)));
+        all && !self.any_retiring()
+    }
+
+    // ---- starting workers ----
+
+    /// Starts a worker in every slot (the master's start). One start time for the
+    /// first batch: minimal workers (no READY) then become eligible at the same
+    /// instant, so the first connections spread evenly.
+    pub(super) fn start_all(&mut self, cfg: &Config, reg: &Registry) -> Result<(), MasterError> {
+        for slot in 0..self.slots.len() {
+            self.spawn(slot, cfg, reg)?;
+        }
+        let t0 = Instant::now();
+        for w in &mut self.list {
+            w.started = t0;
+        }
+        Ok(())
+    }
+
+    pub(super) fn spawn(&mut self, slot: usize, cfg: &Config, reg: &Registry) -> Result<usize, MasterError> {
+        if slot >= self.slots.len() {
+            return Err(MasterError::Spawn { slot, source: io::Error::other("no such slot (scaled down)") });
+        }
+        let (mine, theirs) = fdpass::seqpacket_pair().map_err(|source| MasterError::Spawn { slot, source })?;
+        // The worker's end must be blocking: a minimal worker just calls recvmsg.
+        rustix::io::ioctl_fionbio(&theirs, false).map_err(|e| MasterError::Spawn { slot, source: e.into() })?;
+        let args = spawn::SpawnArgs { cfg, slot, slots: self.slots.len(), channel: &theirs };
+        let (pid, stderr) = spawn::spawn(args).map_err(|source| MasterError::Spawn { slot, source })?;
+        // Close our copy of the worker's end now, or we would never see its EOF.
+        drop(theirs);
+        let key = self.next_key;
+        self.next_key += 1;
+        reg.register(
+            &mut SourceFd(&mine.as_raw_fd()),
+            Source::Channel(key).token(),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        if let Some(e) = &stderr {
+            reg.register(&mut SourceFd(&e.as_raw_fd()), Source::Stderr(key).token(), Interest::READABLE)?;
+        }
+        let now = Instant::now();
+        let max_requests = cfg.max_requests.map(|m| {
+            m.saturating_add(if cfg.max_requests_jitter > 0 { fastrand::u64(0..=cfg.max_requests_jitter) } else { 0 })
+        });
+        self.list.push(Worker {
+            key,
+            slot,
+            pid,
+            chan: Some(mine),
+            stderr,
+            lines: Lines::new(slot),
+            caps: 0,
+            ready: false,
+            tracked_from: u64::MAX,
+            state: State::Running,
+            inflight: Default::default(),
+            dispatched: 0,
+            requests_in: 0,
+            continued: VecDeque::new(),
+            last_return: None,
+            ack_queue: VecDeque::new(),
+            drain_pending: false,
+            max_requests,
+            blocked_since: None,
+            started: now,
+            last_heard: now,
+            kill_at: None,
+            exit: None,
+        });
+        let s = &mut self.slots[slot];
+        if s.last_exit.is_some() || s.restarts > 0 {
+            s.restarts += 1;
+        }
+        s.respawn_at = None;
+        self.counts.spawned += 1;
+        info!("worker {slot} started (pid {pid})");
+        Ok(key)
+    }
+
+    /// Replaces worker `i` by a fresh one; the old one keeps serving until the new one
+    /// is ready, then drains.
+    pub(super) fn recycle(&mut self, i: usize, cfg: &Config, reg: &Registry) {
+        let (slot, pid, n) = (self.list[i].slot, self.list[i].pid, self.list[i].dispatched);
+        info!("worker {slot} (pid {pid}) took {n} connections: recycling it");
+        self.counts.recycled += 1;
+        self.recycle_quiet(i, cfg, reg);
+    }
+
+    /// Starts a successor for worker `i`'s slot; `i` drains once it is ready.
+    pub(super) fn recycle_quiet(&mut self, i: usize, cfg: &Config, reg: &Registry) {
+        let slot = self.list[i].slot;
+        self.list[i].state = State::Retiring;
+        if let Err(e) = self.spawn(slot, cfg, reg) {
+            error!("{e}; worker {slot} keeps running");
+            self.list[i].state = State::Running;
+            self.list[i].max_requests = None;
+        }
+    }
+
+    /// Grows or shrinks the table to `n` slots: new slots get a worker at the next
+    /// tick, the workers of removed slots drain.
+    pub(super) fn resize(&mut self, n: usize, now: Instant) {
+        while self.slots.len() < n {
+            self.slots.push(Slot::default());
+            let slot = self.slots.len() - 1;
+            self.slots[slot].respawn_at = Some(Instant::now());
+        }
+        while self.slots.len() > n {
+            let slot = self.slots.len() - 1;
+            self.slots.pop();
+            for i in 0..self.list.len() {
+                if self.list[i].slot == slot {
+                    self.drain(i, now);
+                }
             }
-            out.push(line);
-            self.at_start = line.ends_with(b"\n");
-        }
-    }
-}
-
-/// Most worker output waiting for the master's stderr; more is dropped (and counted).
-pub const FORWARD_MAX: usize = 1 << 20;
-
-/// Worker output on its way to the master's stderr, written without ever blocking the
-/// loop: if whoever reads the master's stderr (a terminal, journald, a pipe) falls
-/// behind, output waits here, up to [`FORWARD_MAX`], and beyond that is dropped, with
-/// a line saying how much once the reader has caught up. A worker that floods its
-/// stderr thus costs log lines, never the master's attention to connections.
-#[derive(Debug, Default)]
-pub struct Forward {
-    buf: Vec<u8>,
-    dropped: u64,
-    /// Bytes dropped since the master started.
-    pub dropped_total: u64,
-}
-
-impl Forward {
-    /// Queues bytes a worker wrote.
-    pub fn push(&mut self, bytes: &[u8]) {
-        if self.buf.len() + bytes.len() > FORWARD_MAX {
-            self.dropped += bytes.len() as u64;
-            self.dropped_total += bytes.len() as u64;
-        } else {
-            self.buf.extend_from_slice(bytes);
         }
     }
 
-    /// Writes what the master's stderr takes now; keeps the rest for later.
-    pub fn flush(&mut self) {
-        if self.buf.is_empty() && self.dropped == 0 {
+    pub(super) fn drain(&mut self, i: usize, now: Instant) {
+        let w = &mut self.list[i];
+        if matches!(w.state, State::Draining | State::Killing | State::Lost) {
             return;
         }
-        if self.buf.is_empty() {
-            let note = format!(
-                "[handoff] {} bytes of worker output dropped: the master's stderr was not being read\n",
-                std::mem::take(&mut self.dropped)
-            );
-            self.buf.extend_from_slice(note.as_bytes());
-        }
-        while !self.buf.is_empty() {
-            match crate::sys::write_stderr_nowait(&self.buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    self.buf.drain(..n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                // stderr closed or broken: nobody will read this.
-                Err(_) => {
-                    self.buf.clear();
-                    self.dropped = 0;
-                    break;
-                }
-            }
+        w.state = State::Draining;
+        w.drain_pending = true;
+        debug!("worker {} (pid {}) draining", w.slot, w.pid);
+        self.send_drain(i, now);
+    }
+
+    /// Tells every worker to drain.
+    pub(super) fn drain_all(&mut self, now: Instant) {
+        for i in 0..self.list.len() {
+            self.drain(i, now);
         }
     }
-}
 
-/// What one bounded read of a stderr pipe found.
-#[derive(Debug, PartialEq, Eq)]
-pub enum StderrRead {
-    /// The pipe is empty for now.
-    Empty,
-    /// The read stopped at its bound with more perhaps waiting.
-    More,
-    /// The worker closed its end.
-    Eof,
-}
+    // ---- exits ----
 
-/// Reads at most `chunks` buffers of a non-blocking stderr pipe into `slot`, so a
-/// worker writing without pause cannot hold the master's loop.
-pub fn read_stderr(fd: &OwnedFd, slot: &mut Slot, chunks: usize, out: &mut Forward, lines: &mut Lines) -> StderrRead {
-    let mut buf = [0u8; 8192];
-    let mut n_read = 0;
-    while n_read < chunks {
-        match rustix::io::read(fd, &mut buf) {
-            Ok(0) => return StderrRead::Eof,
-            Ok(n) => {
-                n_read += 1;
-                lines.push(&buf[..n], out);
-                slot.take_stderr(&buf[..n])
-            }
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(_) => return StderrRead::Empty,
+    /// Worker `pid` exited: hand on what it had not taken, and decide whether and
+    /// when its slot gets a new worker. `running`: the master is not stopping (then
+    /// exits are expected and slots are not refilled). An error: the slot keeps
+    /// failing at start-up and the master must give up.
+    pub(super) fn exited(
+        &mut self,
+        pid: u32,
+        exit: Exit,
+        running: bool,
+        cfg: &Config,
+        reg: &Registry,
+        wake: &mut Instant,
+    ) -> Result<(), MasterError> {
+        let Some(i) = self.list.iter().position(|w| w.pid == pid) else {
+            debug!("reaped unknown child {pid}: {exit}");
+            return Ok(());
+        };
+        if self.list[i].chan.is_some() {
+            self.channel_closed(i, cfg, reg);
         }
-    }
-    StderrRead::More
-}
-
-/// What a new worker gets.
-pub struct SpawnArgs<'a> {
-    /// Settings.
-    pub cfg: &'a Config,
-    /// Slot number.
-    pub slot: usize,
-    /// Number of slots.
-    pub slots: usize,
-    /// The worker's end of the channel.
-    pub channel: &'a OwnedFd,
-}
-
-/// Starts one worker process; returns its pid and stderr pipe.
-pub fn spawn(args: SpawnArgs<'_>) -> io::Result<(u32, Option<OwnedFd>)> {
-    let SpawnArgs { cfg, slot, slots, channel } = args;
-    // Looked up here, in the master, for either kind: a failure is the master's error,
-    // not a crash loop.
-    let (uid, gid) = (crate::master::privileges::uid(cfg)?, crate::master::privileges::gid(cfg)?);
-    let mut cmd = match &cfg.worker {
-        WorkerKind::Fork(f) => return spawn_fork(f, cfg, slot, slots, channel, (uid, gid)),
-        WorkerKind::Command(argv) => {
-            // Validated non-empty by the config; a library caller may still hand us one.
-            let Some((prog, rest)) = argv.split_first() else {
-                return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty worker command"));
+        let mut w = self.list.remove(i);
+        if let Some(fd) = w.stderr.take() {
+            let mut gone = Slot::default();
+            let slot = self.slots.get_mut(w.slot).unwrap_or(&mut gone);
+            spawn::drain_stderr(&fd, slot, &mut self.forward, &mut w.lines);
+            let _ = reg.deregister(&mut SourceFd(&fd.as_raw_fd()));
+        }
+        let now = Instant::now();
+        let lived = now.duration_since(w.started);
+        let expected = matches!(w.state, State::Draining) || !running;
+        if expected {
+            info!("worker {} (pid {pid}) exited: {exit}", w.slot);
+        } else {
+            warn!("worker {} (pid {pid}) exited unexpectedly after {:.1}s: {exit}", w.slot, lived.as_secs_f64());
+        }
+        if !running || w.slot >= self.slots.len() {
+            return Ok(());
+        }
+        let slot = &mut self.slots[w.slot];
+        slot.last_exit = Some(exit);
+        if lived >= HEALTHY_AFTER {
+            self.ever_healthy = true;
+            slot.failed_starts = 0;
+        } else if !expected {
+            slot.failed_starts += 1;
+        }
+        // Replace it unless it was being replaced anyway.
+        let replaced = self.list.iter().any(|o| o.slot == w.slot && o.state == State::Running);
+        if replaced {
+            return Ok(());
+        }
+        if !self.ever_healthy && slot.failed_starts >= CRASH_LOOP_STARTS {
+            let tail = if slot.stderr_tail.is_empty() {
+                " It wrote nothing to stderr.".to_string()
+            } else {
+                format!(
+                    " Its last stderr lines:\n{}",
+                    slot.stderr_tail.iter().map(|l| format!("  | {l}")).collect::<Vec<_>>().join("\n")
+                )
             };
-            let mut c = Command::new(prog);
-            c.args(rest);
-            c
+            return Err(MasterError::CrashLoop {
+                slot: w.slot,
+                exit,
+                starts: slot.failed_starts,
+                healthy: HEALTHY_AFTER,
+                tail,
+            });
         }
-        WorkerKind::Builtin { static_dir, static_no_symlinks, test_knobs } => {
-            let mut c = Command::new(std::env::current_exe()?);
-            c.arg("worker");
-            if let Some(d) = static_dir {
-                c.arg("--static").arg(d);
-            }
-            if *static_no_symlinks {
-                c.arg("--static-no-symlinks");
-            }
-            if *test_knobs {
-                c.arg("--test-knobs");
-            }
-            if let Some(f) = cfg.access_log {
-                c.env(crate::worker::access_log::ENV_ACCESS_LOG, f.name());
-            }
-            c
+        let delay = slot.backoff();
+        if delay > Duration::ZERO {
+            info!(
+                "restarting worker {} in {:.1}s ({} failed starts in a row)",
+                w.slot,
+                delay.as_secs_f64(),
+                slot.failed_starts
+            );
         }
-    };
-    cmd.env(crate::worker::ENV_FD, channel.as_raw_fd().to_string())
-        .env(crate::worker::ENV_WORKER_ID, slot.to_string())
-        .env(crate::worker::ENV_WORKERS, slots.to_string())
-        .env(crate::worker::ENV_HEARTBEAT_MS, cfg.heartbeat.as_millis().to_string())
-        .env(crate::worker::ENV_RETURN, cfg.hand_back.name())
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped());
-    if let Some(uid) = uid {
-        cmd.uid(uid);
+        slot.respawn_at = Some(now + delay);
+        *wake = (*wake).min(now + delay);
+        Ok(())
     }
-    if let Some(gid) = gid {
-        cmd.gid(gid);
-    }
-    let no_new_privs = cfg.user.is_some() || cfg.group.is_some();
-    let mut child = sysproc::spawn_with_channel(&mut cmd, channel.as_fd(), no_new_privs)?;
-    let stderr = child.stderr.take().map(OwnedFd::from);
-    if let Some(e) = &stderr {
-        rustix::io::ioctl_fionbio(e, true)?;
-    }
-    Ok((child.id(), stderr))
-}
 
-/// Forks a worker that runs the closure `f` (no exec); the child sees the same
-/// environment variables as an exec'd worker, so the worker API works unchanged.
-fn spawn_fork(
-    f: &crate::config::WorkerFn,
-    cfg: &Config,
-    slot: usize,
-    slots: usize,
-    channel: &OwnedFd,
-    (uid, gid): (Option<u32>, Option<u32>),
-) -> io::Result<(u32, Option<OwnedFd>)> {
-    let env = [
-        (crate::worker::ENV_WORKER_ID, slot.to_string()),
-        (crate::worker::ENV_WORKERS, slots.to_string()),
-        (crate::worker::ENV_HEARTBEAT_MS, cfg.heartbeat.as_millis().to_string()),
-        (crate::worker::ENV_RETURN, cfg.hand_back.name().to_string()),
-    ]
-    .map(|(k, v)| (k.to_string(), v));
-    let body = || crate::worker::Context::run_fork_body(&*f.0, slot);
-    let child = sysproc::ForkChild { fd_var: crate::worker::ENV_FD, env: &env, uid, gid };
-    let (pid, stderr) = sysproc::fork_worker(channel.as_fd(), &child, &body)?;
-    Ok((pid, Some(stderr)))
+    /// Kills every worker and reaps them (the master is leaving at once).
+    pub(super) fn kill_all_now(&mut self) {
+        for w in &self.list {
+            let _ = sysproc::signal(w.pid, rustix::process::Signal::KILL);
+        }
+        // Reap them so that none is left behind as a zombie or an orphan.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.list.is_empty() && Instant::now() < deadline {
+            match sysproc::reap_any() {
+                Ok(Some((pid, exit))) => {
+                    if let Some(i) = self.list.iter().position(|w| w.pid == pid) {
+                        let w = self.list.remove(i);
+                        info!("worker {} (pid {pid}) exited: {exit}", w.slot);
+                    }
+                }
+                _ => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    }
+
+    // ---- timers ----
+
+    /// Escalates kills, kills hung workers, and drains retiring workers whose
+    /// successor has proven itself. `running`: a hung worker's slot gets a new worker
+    /// at once.
+    pub(super) fn tick(&mut self, now: Instant, cfg: &Config, running: bool) {
+        for i in 0..self.list.len() {
+            let w = &mut self.list[i];
+            if !self.ever_healthy && now.duration_since(w.started) >= HEALTHY_AFTER {
+                self.ever_healthy = true;
+            }
+            if let Some(at) = w.kill_at {
+                if now >= at {
+                    warn!("worker {} (pid {}) did not exit: SIGKILL", w.slot, w.pid);
+                    let _ = sysproc::signal(w.pid, rustix::process::Signal::KILL);
+                    w.kill_at = None;
+                }
+                continue;
+            }
+            if !matches!(w.state, State::Running | State::Retiring | State::Draining) || w.chan.is_none() {
+                continue;
+            }
+            let timeout = cfg.worker_timeout;
+            let silent =
+                w.caps & cap::HEARTBEAT != 0 && !w.inflight.is_empty() && now.duration_since(w.last_heard) > timeout;
+            let stuck = w.blocked_since.is_some_and(|b| now.duration_since(b) > timeout);
+            // A worker that announced ACK but does not ACK would make the master hold a
+            // descriptor for every connection it is sent: bounded by the timeout.
+            let unacking = w.oldest_unacked().is_some_and(|t| now.duration_since(t) > timeout);
+            if silent || stuck || unacking {
+                let why = if silent {
+                    format!("sent nothing for {timeout:?} while holding connections")
+                } else if stuck {
+                    format!("has not read its channel for {timeout:?}")
+                } else {
+                    format!("has not acknowledged a connection for {timeout:?}")
+                };
+                error!("worker {} (pid {}) {why}: killing it", w.slot, w.pid);
+                self.counts.hung_kills += 1;
+                let _ = sysproc::signal(w.pid, rustix::process::Signal::TERM);
+                w.state = State::Killing;
+                w.kill_at = Some(now + KILL_GRACE);
+                // Its slot needs a new worker now, not after it dies.
+                let slot = w.slot;
+                if running && slot < self.slots.len() {
+                    self.slots[slot].respawn_at = Some(now);
+                }
+            }
+        }
+        // Retiring workers whose successor has proven itself are drained.
+        for i in 0..self.list.len() {
+            if self.list[i].state == State::Retiring {
+                let slot = self.list[i].slot;
+                if self.slot_worker(slot).is_some_and(|s| s.proven(now)) {
+                    self.drain(i, now);
+                }
+            }
+        }
+    }
+
+    /// Starts the workers whose respawn is due (only while the master runs).
+    pub(super) fn respawn_due(&mut self, now: Instant, cfg: &Config, reg: &Registry) {
+        for slot in 0..self.slots.len() {
+            let due = self.slots[slot].respawn_at.is_some_and(|t| now >= t);
+            if due && self.slot_worker(slot).is_none() {
+                if let Err(e) = self.spawn(slot, cfg, reg) {
+                    error!("{e}; retrying");
+                    self.slots[slot].failed_starts += 1;
+                    self.slots[slot].respawn_at = Some(now + self.slots[slot].backoff().max(TICK));
+                }
+            } else if due {
+                self.slots[slot].respawn_at = None;
+            }
+        }
+    }
 }

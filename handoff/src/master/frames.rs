@@ -1,0 +1,457 @@
+//! The worker table's conversation with its workers: frames read from each channel
+//! (READY, ACK, DONE, HEARTBEAT, RETURN), CONN and DRAIN frames sent, stderr pipes
+//! read, and what happens when a worker breaks the protocol or its channel closes.
+//!
+//! Input from workers is untrusted: a malformed frame, an unknown id or a descriptor
+//! sent to the master gets that worker killed and replaced; the others never notice.
+//! Reads are bounded per turn ([`RECV_BATCH`] frames, [`STDERR_CHUNKS`] reads), and a
+//! worker with more to read is read on in the next turn.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::time::Instant;
+
+use mio::unix::SourceFd;
+use mio::Registry;
+use tracing::{debug, error, info, warn};
+
+use super::spawn::{self, StderrRead};
+use super::{Handed, Inflight, Slot, State, Workers, LOST_GRACE};
+use crate::config::Config;
+use crate::master::Held;
+use crate::sys::fdpass;
+use crate::sys::process as sysproc;
+use crate::wire::{self, cap, ConnItem, Frame};
+
+/// Frames read from one worker before the loop looks at other events.
+const RECV_BATCH: usize = 64;
+/// 8 KiB reads of one worker's stderr before the loop looks at other events.
+const STDERR_CHUNKS: usize = 8;
+
+impl Workers {
+    /// Reads what the previous turn left unread (channels, then stderr pipes). True if
+    /// some frame came.
+    pub(in crate::master) fn read_backlog(&mut self, now: Instant, next_id: u64, cfg: &Config, reg: &Registry) -> bool {
+        let mut heard = false;
+        for key in std::mem::take(&mut self.unread) {
+            heard |= self.read(key, now, next_id, cfg, reg);
+        }
+        for key in std::mem::take(&mut self.unread_stderr) {
+            self.read_stderr(key, reg);
+        }
+        heard
+    }
+
+    /// Whether a channel or pipe has more to read than one turn read.
+    pub(in crate::master) fn has_backlog(&self) -> bool {
+        !self.unread.is_empty() || !self.unread_stderr.is_empty()
+    }
+
+    /// The channel of worker `key` is writable again: send what was owed.
+    pub(in crate::master) fn writable(&mut self, key: usize, now: Instant) {
+        if let Some(i) = self.index(key) {
+            self.list[i].blocked_since = None;
+            self.send_drain(i, now);
+        }
+    }
+
+    /// Reads frames from worker `key`'s channel. `next_id`: the id the next connection
+    /// will get. True if some frame came (a worker may have room again).
+    pub(in crate::master) fn read(
+        &mut self,
+        key: usize,
+        now: Instant,
+        next_id: u64,
+        cfg: &Config,
+        reg: &Registry,
+    ) -> bool {
+        let mut heard = false;
+        for _ in 0..RECV_BATCH {
+            let Some(i) = self.index(key) else { return heard };
+            let Some(chan) = self.list[i].chan.as_ref() else { return heard };
+            // Room for descriptors only for a worker that may hand connections back:
+            // any other that sends one is caught by MSG_CTRUNC, and the kernel-delivered
+            // descriptor is closed before we look further.
+            let returns = self.list[i].returns();
+            let room = if returns { wire::MAX_RETURNS } else { 0 };
+            let got = match fdpass::recv_with_fds(chan, &mut self.recv_buf, room) {
+                Ok(g) => g,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return heard,
+                Err(e) if e.kind() == io::ErrorKind::InvalidData && returns && e.to_string().contains("CTRUNC") => {
+                    // More than a RETURN may carry, or the master itself is out of
+                    // descriptors: not provably the worker's fault. The kernel closed
+                    // what did not fit; those clients see their idle connection end.
+                    error!(
+                        "worker {}: a RETURN frame was truncated ({e}); its connections are closed",
+                        self.list[i].slot
+                    );
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    let what = if e.to_string().contains("CTRUNC") {
+                        "a descriptor (workers must not send any)".to_string()
+                    } else {
+                        e.to_string()
+                    };
+                    self.violation(i, &what);
+                    return heard;
+                }
+                Err(e) => {
+                    debug!("worker channel read: {e}");
+                    self.channel_closed(i, cfg, reg);
+                    return heard;
+                }
+            };
+            if got.len == 0 && got.fds.is_empty() {
+                self.channel_closed(i, cfg, reg);
+                return heard;
+            }
+            let frame = match wire::decode(&self.recv_buf[..got.len]) {
+                Ok(f) => f,
+                Err(e) => {
+                    self.violation(i, &format!("a malformed frame: {e}"));
+                    return heard;
+                }
+            };
+            self.list[i].last_heard = now;
+            heard = true;
+            let handled = match frame {
+                Frame::Return(ids) => self.take_back(i, ids, got.fds, now, next_id),
+                _ if !got.fds.is_empty() => Err("a descriptor with a frame other than RETURN".into()),
+                frame => self.handle_frame(i, frame, next_id),
+            };
+            if let Err(what) = handled {
+                self.violation(i, &what);
+                return heard;
+            }
+        }
+        // More may be queued, and the edge will not fire again for it: read on in the
+        // next turn, after the other events (a chatty worker cannot starve the loop).
+        if !self.unread.contains(&key) {
+            self.unread.push(key);
+        }
+        heard
+    }
+
+    fn handle_frame(&mut self, i: usize, frame: Frame, next_id: u64) -> Result<(), String> {
+        let w = &mut self.list[i];
+        match frame {
+            Frame::Ready { caps, .. } => {
+                if w.ready {
+                    return Err("READY twice".into());
+                }
+                w.ready = true;
+                w.caps = caps & cap::ALL;
+                // RETURN stands for a DONE of a tracked connection: without ACK and DONE
+                // the master has nothing to check a hand-back against.
+                if w.caps & (cap::ACK | cap::DONE) != cap::ACK | cap::DONE {
+                    w.caps &= !cap::RETURN;
+                }
+                w.tracked_from = next_id;
+                info!(
+                    "worker {} ready (pid {}, protocol v{}, capabilities {})",
+                    w.slot,
+                    w.pid,
+                    wire::VERSION,
+                    caps_names(w.caps)
+                );
+            }
+            Frame::Ack(ids) => {
+                for id in ids {
+                    if id < w.tracked_from {
+                        continue;
+                    }
+                    let keep = w.caps & cap::DONE != 0;
+                    match w.inflight.get_mut(&id) {
+                        Some(e) if keep => e.fd = None,
+                        Some(_) => {
+                            w.forget(id);
+                        }
+                        None => return Err(format!("an ACK for connection {id}, which it was never sent")),
+                    }
+                }
+            }
+            Frame::Done(ids) => {
+                if w.caps & cap::DONE == 0 && w.ready {
+                    return Err("DONE without the DONE capability".into());
+                }
+                for id in ids {
+                    if id < w.tracked_from {
+                        continue;
+                    }
+                    if w.forget(id).is_none() {
+                        return Err(format!("a DONE for connection {id}, which it does not hold"));
+                    }
+                }
+            }
+            Frame::Heartbeat => {}
+            Frame::Return(_) => return Err("RETURN without descriptors".into()),
+            Frame::Conn(_) | Frame::Drain => return Err("a master-to-worker frame".into()),
+        }
+        Ok(())
+    }
+
+    /// Reads worker `key`'s stderr pipe (bounded) into its slot's tail and our stderr.
+    pub(in crate::master) fn read_stderr(&mut self, key: usize, reg: &Registry) {
+        let Some(i) = self.index(key) else { return };
+        let w = &mut self.list[i];
+        if let Some(fd) = &w.stderr {
+            let mut gone = Slot::default();
+            // A worker of a slot removed by scaling down still has its output forwarded.
+            let slot = self.slots.get_mut(w.slot).unwrap_or(&mut gone);
+            match spawn::read_stderr(fd, slot, STDERR_CHUNKS, &mut self.forward, &mut w.lines) {
+                StderrRead::Empty => {}
+                // The edge will not fire again for what is left: read on next turn.
+                StderrRead::More => {
+                    if !self.unread_stderr.contains(&key) {
+                        self.unread_stderr.push(key);
+                    }
+                }
+                StderrRead::Eof => {
+                    let _ = reg.deregister(&mut SourceFd(&fd.as_raw_fd()));
+                    w.stderr = None;
+                }
+            }
+        }
+    }
+
+    /// A worker broke the protocol: kill it now; its connections are handed on when
+    /// its channel closes.
+    fn violation(&mut self, i: usize, what: &str) {
+        let w = &mut self.list[i];
+        error!("worker {} (pid {}) sent {what}; killing it", w.slot, w.pid);
+        self.counts.protocol_kills += 1;
+        let _ = sysproc::signal(w.pid, rustix::process::Signal::KILL);
+        w.state = State::Killing;
+        w.kill_at = None;
+    }
+
+    /// A RETURN frame: worker `i` hands back idle connections, each at a request
+    /// boundary. They count as DONE and go to the dispatcher (as [`Handed::Returned`]),
+    /// which holds them until their next request.
+    fn take_back(
+        &mut self,
+        i: usize,
+        ids: Vec<u64>,
+        fds: Vec<OwnedFd>,
+        now: Instant,
+        next_id: u64,
+    ) -> Result<(), String> {
+        let w = &mut self.list[i];
+        if !w.returns() {
+            return Err("RETURN without the RETURN capability".into());
+        }
+        if ids.len() != fds.len() {
+            return Err(format!("a RETURN of {} connections with {} descriptors", ids.len(), fds.len()));
+        }
+        // All checked before any is taken: a bad frame changes nothing but the
+        // worker's fate (its descriptors are closed with it). Connections sent before
+        // its READY are not tracked (as for ACK and DONE), so they cannot be checked
+        // against what it holds: their ids must predate its READY, and their
+        // descriptors be stream sockets.
+        let mut seen = std::collections::HashSet::with_capacity(ids.len());
+        let held_or_untracked = |id: u64, fd: &OwnedFd| {
+            w.inflight.contains_key(&id)
+                || (id < w.tracked_from.min(next_id)
+                    && rustix::net::sockopt::socket_type(fd).is_ok_and(|t| t == rustix::net::SocketType::STREAM))
+        };
+        if let Some(id) =
+            ids.iter().zip(&fds).find(|(&id, fd)| !held_or_untracked(id, fd) || !seen.insert(id)).map(|(id, _)| id)
+        {
+            return Err(format!("a RETURN of connection {id}, which it does not hold"));
+        }
+        for (id, fd) in ids.into_iter().zip(fds) {
+            let (listener, addrs) = match self.list[i].forget(id) {
+                Some(e) => (e.listener, e.addrs),
+                // Sent before READY: its listener and PROXY addresses are not known
+                // any more; the listener index goes unsaid (0) and the addresses, if
+                // any, are lost for its next requests.
+                None => (0, None),
+            };
+            self.counts.returned += 1;
+            self.list[i].last_return = Some(now);
+            self.handed.push(Handed::Returned(Held { fd, listener, addrs, flags: 0 }));
+        }
+        Ok(())
+    }
+
+    /// The worker's channel closed (it exited, or closed it): take back what it had
+    /// not ACKed and stop talking to it.
+    pub(super) fn channel_closed(&mut self, i: usize, cfg: &Config, reg: &Registry) {
+        let w = &mut self.list[i];
+        if let Some(chan) = w.chan.take() {
+            let _ = reg.deregister(&mut SourceFd(&chan.as_raw_fd()));
+        }
+        let unacked = w.take_unacked();
+        let lost = w.inflight.len() as u64;
+        w.inflight.clear();
+        w.requests_in = 0;
+        w.continued.clear();
+        if !matches!(w.state, State::Killing | State::Draining) {
+            w.state = State::Lost;
+        }
+        // A draining worker may close its channel first and finish its connections
+        // after: give it the shutdown timeout, not the lost-worker grace.
+        let grace = if w.state == State::Draining { cfg.shutdown_timeout } else { LOST_GRACE };
+        w.kill_at = Some(Instant::now() + grace);
+        let (slot, pid) = (w.slot, w.pid);
+        if !unacked.is_empty() || lost > 0 {
+            warn!("worker {slot} (pid {pid}) is gone: handing on {} connections it had not taken; {lost} it was serving are lost with it", unacked.len());
+        }
+        self.counts.lost_with_worker += lost;
+        for (_, Inflight { fd, listener, addrs, flags }) in unacked {
+            if let Some(fd) = fd {
+                self.counts.redispatched += 1;
+                self.handed.push(Handed::TakenBack(Held { fd, listener, addrs, flags }));
+            }
+        }
+    }
+
+    /// Sends connections to worker `i`; returns those it cannot take now, for the
+    /// dispatcher to hold. `running`: not stopping (then a worker that reached
+    /// `--max-requests` is recycled; connections handed out while stopping are the
+    /// last).
+    pub(in crate::master) fn send_conns(
+        &mut self,
+        i: usize,
+        mut conns: Vec<(ConnItem, OwnedFd)>,
+        now: Instant,
+        running: bool,
+        cfg: &Config,
+        reg: &Registry,
+    ) -> Vec<Held> {
+        let mut back = Vec::new();
+        // Addresses go only to workers that understand CONN_ADDR (they stay in `conns`,
+        // and in the in-flight table, for a hand-on to one that does).
+        let addrs_ok = self.list[i].caps & cap::ADDRS != 0;
+        // Flags likewise only to workers that know them.
+        let flags_ok = self.list[i].returns();
+        let per_frame =
+            match (self.list[i].caps & cap::BATCH != 0, addrs_ok && conns.iter().any(|(it, _)| it.addrs.is_some())) {
+                (false, _) => 1,
+                (true, false) => wire::MAX_CONNS,
+                (true, true) => wire::MAX_CONN_ADDRS,
+            };
+        let mut items = Vec::with_capacity(per_frame.min(conns.len()));
+        while !conns.is_empty() {
+            let n = per_frame.min(conns.len());
+            items.clear();
+            items.extend(conns[..n].iter().map(|(it, _)| ConnItem {
+                addrs: it.addrs.filter(|_| addrs_ok),
+                flags: if flags_ok { it.flags } else { 0 },
+                ..*it
+            }));
+            wire::encode_conn(&mut self.frame, &items);
+            let w = &mut self.list[i];
+            let sent = match w.chan.as_ref() {
+                Some(chan) => {
+                    let fds: Vec<_> = conns[..n].iter().map(|(_, fd)| fd.as_fd()).collect();
+                    fdpass::send_with_fds(chan.as_fd(), &self.frame, &fds)
+                }
+                None => Err(io::ErrorKind::BrokenPipe.into()),
+            };
+            match sent {
+                Ok(_) => {
+                    let track = w.ready && w.caps & (cap::ACK | cap::DONE) != 0;
+                    let keep = w.caps & cap::ACK != 0;
+                    for (item, fd) in conns.drain(..n) {
+                        w.dispatched += 1;
+                        if track && item.id >= w.tracked_from {
+                            w.track(
+                                item.id,
+                                Inflight {
+                                    fd: keep.then_some(fd),
+                                    listener: item.listener,
+                                    addrs: item.addrs,
+                                    flags: item.flags,
+                                },
+                                now,
+                            );
+                            if keep {
+                                w.ack_queue.push_back((item.id, now));
+                            }
+                        }
+                        // Otherwise `fd` drops here: the worker has its own copy.
+                    }
+                    self.counts.dispatched += n as u64;
+                    if let Some(s) = self.slots.get_mut(w.slot) {
+                        s.dispatched += n as u64;
+                    }
+                    // Not while stopping (connections handed out then are the last).
+                    if w.max_requests.is_some_and(|m| w.dispatched >= m) && w.state == State::Running && running {
+                        self.recycle(i, cfg, reg);
+                    }
+                }
+                Err(e) => {
+                    use rustix::io::Errno;
+                    let gone = [Errno::PIPE, Errno::CONNRESET, Errno::NOTCONN]
+                        .iter()
+                        .any(|x| e.raw_os_error() == Some(x.raw_os_error()))
+                        || e.kind() == io::ErrorKind::BrokenPipe;
+                    if gone {
+                        debug!("send to worker {}: {e}", w.slot);
+                        self.channel_closed(i, cfg, reg);
+                    } else {
+                        // Full channel, or the kernel short of memory or of room for
+                        // descriptors in flight (ENOBUFS, ENOMEM, ETOOMANYREFS): not the
+                        // worker's fault; try again when it is writable.
+                        if e.kind() != io::ErrorKind::WouldBlock {
+                            warn!("send to worker {}: {e}; will retry", w.slot);
+                        }
+                        w.blocked_since = Some(Instant::now());
+                    }
+                    // Nothing of a failed send was transferred: hand these on later.
+                    for (item, fd) in conns.drain(..) {
+                        back.push(Held { fd, listener: item.listener, addrs: item.addrs, flags: item.flags });
+                    }
+                }
+            }
+        }
+        back
+    }
+
+    /// Sends an owed DRAIN. A full channel keeps it owed until the channel is writable
+    /// again (a worker busy with its connections is no reason to kill them); a channel
+    /// full for `--worker-timeout` gets the worker killed like any stuck one.
+    pub(super) fn send_drain(&mut self, i: usize, now: Instant) {
+        let w = &mut self.list[i];
+        if !w.drain_pending {
+            return;
+        }
+        let Some(chan) = &w.chan else {
+            w.drain_pending = false;
+            return;
+        };
+        wire::encode_empty(&mut self.frame, wire::kind::DRAIN);
+        match fdpass::send_with_fds(chan.as_fd(), &self.frame, &[]) {
+            Ok(_) => w.drain_pending = false,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                w.blocked_since.get_or_insert(now);
+            }
+            Err(e) => {
+                debug!("DRAIN to worker {}: {e}", w.slot);
+                w.drain_pending = false;
+            }
+        }
+    }
+}
+
+fn caps_names(caps: u32) -> String {
+    let names: Vec<&str> = [
+        (cap::ACK, "ack"),
+        (cap::DONE, "done"),
+        (cap::HEARTBEAT, "heartbeat"),
+        (cap::BATCH, "batch"),
+        (cap::ADDRS, "addrs"),
+        (cap::RETURN, "return"),
+    ]
+    .iter()
+    .filter(|(b, _)| caps & b != 0)
+    .map(|(_, n)| *n)
+    .collect();
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(",")
+    }
+}

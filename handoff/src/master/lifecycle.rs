@@ -1,0 +1,623 @@
+//! The master's lifecycle, in one place: start (inherited listeners), reload with a
+//! rolling restart, scaling, the zero-downtime upgrade, and the stop phases (linger,
+//! hand out, drain, exit). [`Lifecycle`] owns the phase and everything a transition
+//! waits on; a transition reaches the other parts through their methods, given
+//! explicitly as [`Parts`].
+//!
+//! **Stop.** SIGTERM, SIGINT or `stop`: with `--drain-delay`, health turns 503 and the
+//! master goes on accepting until then (lingering). Then it stops accepting, hands
+//! out what it accepted or held (and the kernel's backlog), waiting at most
+//! [`PROXY_HEADER_TIMEOUT`] for PROXY headers on their way, sends DRAIN to every
+//! worker, and leaves once they exit, or kills them after `--shutdown-timeout`.
+//!
+//! **Upgrade (SIGUSR2).** The old master starts the binary again (the path it was
+//! started from, so a binary replaced on disk is the one that runs), with the same
+//! arguments. The new master inherits the listening sockets (their numbers in
+//! `HANDOFF_UPGRADE_FDS`) and a pipe (`HANDOFF_UPGRADE_READY_FD`). It starts its own
+//! workers and, once every one is ready, writes one byte to the pipe. Only then does
+//! the old master stop accepting and drain its workers. Both accept on the same kernel
+//! sockets meanwhile, so no client is refused or reset. If the new master exits or
+//! closes the pipe without writing, the old one logs it and carries on.
+//!
+//! **Socket activation.** systemd passes listening sockets as descriptors 3.. with
+//! `LISTEN_FDS`, `LISTEN_PID` and `LISTEN_FDNAMES`; the master uses them instead of
+//! binding (matching `--listen` addresses, or all of them if none was given).
+//!
+//! **Notifications.** With `NOTIFY_SOCKET` set, the master reports READY (once its
+//! workers are ready), RELOADING, STOPPING and, with `WATCHDOG_USEC`, watchdog pings.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use mio::unix::SourceFd;
+use mio::{Interest, Registry};
+use signal_hook::consts::signal::*;
+use tracing::{error, info, warn};
+
+use super::admin::Admin;
+use super::dispatch::Dispatcher;
+use super::supervisor::Workers;
+use super::{idle_bound, ConfigSource, Source, Stage, PROXY_HEADER_TIMEOUT};
+use crate::config::Config;
+use crate::listener::Listener;
+use crate::sys::process as sysproc;
+
+/// Where the master is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Phase {
+    Running,
+    /// Graceful stop: DRAIN sent, waiting until the deadline.
+    Stopping {
+        deadline: Instant,
+    },
+    /// Kill everything and leave.
+    Exiting,
+}
+
+/// The other parts, as a lifecycle transition reaches them.
+pub(super) struct Parts<'a> {
+    pub(super) cfg: &'a mut Config,
+    pub(super) reg: &'a Registry,
+    pub(super) workers: &'a mut Workers,
+    pub(super) dispatch: &'a mut Dispatcher,
+    pub(super) admin: &'a mut Admin,
+    /// The time at the top of this loop turn.
+    pub(super) now: Instant,
+    /// The loop's next housekeeping tick (a transition may bring it forward).
+    pub(super) wake: &'a mut Instant,
+}
+
+/// The phase and what its transitions wait on.
+#[derive(Debug)]
+pub(super) struct Lifecycle {
+    phase: Phase,
+    /// `--drain-delay`: a stop was asked for; accepting goes on until then, with
+    /// health at 503, so that a load balancer notices first.
+    lingering: Option<(Instant, String)>,
+    /// Stopping, with connections still to hand out (a PROXY header on its way, or
+    /// no worker free to take one): the workers are drained once there are none, or
+    /// at this instant.
+    drain_at: Option<Instant>,
+    interrupts: u32,
+    /// Slots waiting for a rolling restart.
+    rolling: VecDeque<usize>,
+    /// A new master being started by SIGUSR2.
+    upgrade: Option<Child>,
+    /// This master was started by an upgrade: tell the old one once ready.
+    upgrade_ready: Option<OwnedFd>,
+    ready_notified: bool,
+    /// When to send the next systemd watchdog ping.
+    watchdog: Option<(Duration, Instant)>,
+    /// The binary to start on upgrade: the path this one was started from.
+    exe: PathBuf,
+    /// Where the settings came from, for a reload.
+    source: Option<ConfigSource>,
+    started_at: Instant,
+}
+
+impl Lifecycle {
+    pub(super) fn new(upgrade_ready: Option<OwnedFd>) -> Lifecycle {
+        Lifecycle {
+            phase: Phase::Running,
+            lingering: None,
+            drain_at: None,
+            interrupts: 0,
+            rolling: VecDeque::new(),
+            upgrade: None,
+            upgrade_ready,
+            ready_notified: false,
+            watchdog: watchdog_interval().map(|d| (d, Instant::now())),
+            exe: std::env::current_exe().unwrap_or_else(|_| "handoff".into()),
+            source: None,
+            started_at: Instant::now(),
+        }
+    }
+
+    /// Remembers where the settings came from, for a reload.
+    pub(super) fn set_source(&mut self, source: ConfigSource) {
+        self.source = Some(source);
+    }
+
+    pub(super) fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Not stopping (lingering counts as running: it still accepts).
+    pub(super) fn running(&self) -> bool {
+        self.phase == Phase::Running
+    }
+
+    /// How far a stop has come, as the dispatcher needs it.
+    pub(super) fn stage(&self) -> Stage {
+        match (self.phase, self.drain_at) {
+            (Phase::Running, _) => Stage::Running,
+            (_, Some(_)) => Stage::HandingOut,
+            _ => Stage::Draining,
+        }
+    }
+
+    /// This master was started by an upgrade and has not told the old one yet.
+    pub(super) fn upgraded(&self) -> bool {
+        self.upgrade_ready.is_some()
+    }
+
+    /// Stopping with connections still to hand out before the workers drain.
+    pub(super) fn handing_out(&self) -> bool {
+        self.drain_at.is_some()
+    }
+
+    pub(super) fn uptime(&self, now: Instant) -> Duration {
+        now.duration_since(self.started_at)
+    }
+
+    /// The phase as `handoff status` names it.
+    pub(super) fn phase_name(&self) -> &'static str {
+        match (self.phase, self.upgrade.is_some()) {
+            _ if self.lingering.is_some() => "draining",
+            (Phase::Running, false) => "running",
+            (Phase::Running, true) => "upgrading",
+            _ => "stopping",
+        }
+    }
+
+    /// The health endpoint's verdict: ready, or why not.
+    pub(super) fn health(&self, workers: &Workers) -> Result<(), &'static str> {
+        let ready =
+            self.phase == Phase::Running && self.lingering.is_none() && self.upgrade.is_none() && workers.any_ready();
+        if ready {
+            return Ok(());
+        }
+        Err(match (self.phase, self.upgrade.is_some()) {
+            _ if self.lingering.is_some() => "draining\n",
+            (Phase::Running, true) => "upgrading\n",
+            (Phase::Running, false) => "no worker ready\n",
+            _ => "draining\n",
+        })
+    }
+
+    /// A signal other than SIGCHLD (which the master reaps with).
+    pub(super) fn signal(&mut self, sig: i32, p: &mut Parts<'_>) {
+        match sig {
+            SIGTERM => self.begin_stop("SIGTERM", true, p),
+            SIGINT => {
+                self.interrupts += 1;
+                if self.interrupts > 1 {
+                    info!("second SIGINT: stopping now");
+                    self.phase = Phase::Exiting;
+                } else {
+                    self.begin_stop("SIGINT", true, p);
+                }
+            }
+            SIGQUIT => {
+                info!("SIGQUIT: stopping now");
+                self.phase = Phase::Exiting;
+            }
+            SIGTTIN => self.scale(p.workers.slot_count() + 1, p),
+            SIGTTOU => self.scale(p.workers.slot_count().saturating_sub(1), p),
+            SIGHUP => {
+                info!("SIGHUP: reloading the configuration");
+                let _ = self.reload(p);
+            }
+            SIGUSR2 => self.start_upgrade(p),
+            _ => {}
+        }
+    }
+
+    // ---- stopping ----
+
+    /// Stops accepting and drains every worker. `unlink`: remove Unix listener files
+    /// (not when a new master goes on using them).
+    pub(super) fn begin_stop(&mut self, why: &str, unlink: bool, p: &mut Parts<'_>) {
+        if self.phase != Phase::Running || self.lingering.is_some() {
+            return;
+        }
+        notify("STOPPING=1");
+        let delay = p.cfg.drain_delay;
+        if unlink && !delay.is_zero() {
+            // Health says 503 from now on; keep serving until the balancer has noticed.
+            info!("{why}: health is 503; still accepting for {delay:?} (--drain-delay) before draining");
+            self.lingering = Some((Instant::now() + delay, why.to_string()));
+            *p.wake = (*p.wake).min(Instant::now() + delay);
+            return;
+        }
+        self.stop_now(why, unlink, p);
+    }
+
+    fn stop_now(&mut self, why: &str, unlink: bool, p: &mut Parts<'_>) {
+        self.lingering = None;
+        // Idle connections whose next request has started to arrive are handed out
+        // with the backlog below; the others are closed.
+        p.dispatch.release_idle(p.reg, Stage::Running);
+        // Hand out what the master holds, and what is already in the kernel's backlog:
+        // those clients finished their handshake and would be reset when the listener
+        // closes (after an upgrade the new master would take them, but the old
+        // workers can serve them as well before they drain).
+        let now = Instant::now();
+        p.dispatch.accept_backlog(p.workers, now, p.cfg, p.reg, p.wake);
+        info!(
+            "{why}: stopping gracefully (draining {} workers, at most {:?})",
+            p.workers.len(),
+            p.cfg.shutdown_timeout
+        );
+        // The deadline is set again when the workers are told to drain (`drain_all`).
+        self.phase = Phase::Stopping { deadline: now + PROXY_HEADER_TIMEOUT + p.cfg.shutdown_timeout };
+        p.dispatch.close_listeners(p.reg, unlink);
+        self.rolling.clear();
+        let (pending, held) = p.dispatch.undelivered();
+        if pending > 0 || held > 0 {
+            // Accepted like the backlog above, but not handed out yet: their balancer's
+            // PROXY header is still on its way (during an upgrade too: the new master
+            // cannot take them over), or no worker could take them (all at
+            // --max-conns-per-worker, or they were a dead worker's). The workers drain
+            // once these are handed out, or after the header's own time limit.
+            info!(
+                "{why}: handing out {} connection(s) before draining ({pending} waiting for their PROXY header; at most {:?})",
+                pending + held,
+                PROXY_HEADER_TIMEOUT
+            );
+            // Checked each loop turn, which housekeeping's tick (100 ms) bounds.
+            self.drain_at = Some(now + PROXY_HEADER_TIMEOUT);
+            return;
+        }
+        self.drain_all(p);
+    }
+
+    /// While stopping: hands out the connections whose PROXY header has come (and any
+    /// a worker can take now), and drains the workers once none is left, or when
+    /// `drain_at` has come.
+    pub(super) fn hand_out_then_drain(&mut self, p: &mut Parts<'_>) {
+        p.dispatch.hand_out(p.workers, p.now, self.stage(), p.cfg, p.reg);
+        let (pending, held) = p.dispatch.undelivered();
+        let waiting = pending > 0 || held > 0;
+        if !waiting || self.drain_at.is_some_and(|t| p.now >= t) {
+            self.drain_at = None;
+            self.drain_all(p);
+        }
+    }
+
+    /// Sends DRAIN to every worker; what is still not handed out is closed, which
+    /// tells its client. The workers get the whole --shutdown-timeout from now.
+    fn drain_all(&mut self, p: &mut Parts<'_>) {
+        let (pending, held) = p.dispatch.undelivered();
+        let left = pending + held;
+        if left > 0 {
+            warn!("closing {left} connection(s) that no worker could take (or whose PROXY header did not come)");
+        }
+        p.dispatch.close_undelivered(p.reg);
+        self.phase = Phase::Stopping { deadline: Instant::now() + p.cfg.shutdown_timeout };
+        p.workers.drain_all(p.now);
+    }
+
+    // ---- reload and scale ----
+
+    /// Re-reads the config; on success applies it with a rolling restart.
+    pub(super) fn reload(&mut self, p: &mut Parts<'_>) -> Result<String, String> {
+        if self.phase != Phase::Running {
+            return Err("stopping; not reloading".into());
+        }
+        let Some(src) = &self.source else {
+            return Err("this master has no config source to reload".into());
+        };
+        let new = match src.load() {
+            Ok(c) => c,
+            Err(e) => {
+                error!("reload refused, running setup unchanged: {e}");
+                return Err(format!("reload refused, running setup unchanged: {e}"));
+            }
+        };
+        notify("RELOADING=1");
+        if new.listen != p.cfg.listen {
+            if let Err(e) = p.dispatch.reconcile_listeners(&new.listen, p.reg) {
+                error!("reload refused, running setup unchanged: {e}");
+                notify("READY=1");
+                return Err(format!("reload refused, running setup unchanged: {e}"));
+            }
+        }
+        let old_slots = p.workers.slot_count();
+        let nofile = crate::sys::raise_nofile_limit().unwrap_or(1024);
+        p.dispatch.reconfigure(&new, idle_bound(new.max_idle, nofile), p.reg);
+        let n = new.workers;
+        // The admin endpoints stay as they are: they cannot move under a client.
+        let (control, metrics, health) = (p.cfg.control.clone(), p.cfg.metrics, p.cfg.health);
+        *p.cfg = Config { control, metrics, health, ..new };
+        p.dispatch.apply_sched(p.cfg, p.now);
+        self.scale(n, p);
+        self.rolling = (0..old_slots.min(n)).collect();
+        self.ready_notified = false;
+        p.admin.write_registry(&p.dispatch.local_addrs());
+        let m = format!(
+            "reloaded: {n} workers, policy {}; replacing {} workers one by one",
+            p.cfg.policy,
+            self.rolling.len()
+        );
+        info!("{m}");
+        Ok(m)
+    }
+
+    pub(super) fn scale(&mut self, n: usize, p: &mut Parts<'_>) {
+        if self.phase != Phase::Running || n == 0 || n == p.workers.slot_count() {
+            if n == 0 {
+                warn!("cannot scale below one worker");
+            }
+            return;
+        }
+        info!("scaling from {} to {n} workers", p.workers.slot_count());
+        p.workers.resize(n, p.now);
+        *p.wake = Instant::now();
+    }
+
+    /// Starts one step of a rolling restart, if one is due and none is under way.
+    fn rolling_step(&mut self, p: &mut Parts<'_>) {
+        if self.phase != Phase::Running || p.workers.any_retiring() {
+            return;
+        }
+        while let Some(slot) = self.rolling.pop_front() {
+            if let Some(i) = p.workers.find_running(slot) {
+                p.workers.recycle_quiet(i, p.cfg, p.reg);
+                return;
+            }
+        }
+    }
+
+    // ---- upgrade ----
+
+    /// SIGUSR2: start a new master on the same listeners.
+    fn start_upgrade(&mut self, p: &mut Parts<'_>) {
+        if self.phase != Phase::Running || self.upgrade.is_some() {
+            warn!("SIGUSR2 ignored: an upgrade is under way or the master is stopping");
+            return;
+        }
+        let fds = p.dispatch.listener_fds();
+        match start_new_master(&self.exe, &fds) {
+            Ok(child) => {
+                info!(
+                    "SIGUSR2: started new master {} (pid {}); waiting for it to be ready",
+                    self.exe.display(),
+                    child.pid
+                );
+                let _ = p.reg.register(
+                    &mut SourceFd(&child.ready.as_raw_fd()),
+                    Source::Upgrade.token(),
+                    Interest::READABLE,
+                );
+                self.upgrade = Some(child);
+            }
+            Err(e) => error!("upgrade failed: cannot start {}: {e}; carrying on", self.exe.display()),
+        }
+    }
+
+    /// The new master's ready pipe is readable: a byte means ready, EOF means it failed.
+    pub(super) fn upgrade_event(&mut self, p: &mut Parts<'_>) {
+        let Some(child) = &self.upgrade else { return };
+        let mut b = [0u8; 1];
+        match rustix::io::read(&child.ready, &mut b) {
+            Ok(1) => {
+                info!("new master (pid {}) is ready: this master stops accepting and drains", child.pid);
+                self.end_upgrade(p.reg);
+                self.begin_stop("upgrade", false, p);
+            }
+            Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => {}
+            _ => {
+                let pid = child.pid;
+                self.upgrade_failed(&format!("the new master (pid {pid}) gave up before it was ready"), p);
+            }
+        }
+    }
+
+    /// A child that is not a worker exited: if it is the new master, before it was
+    /// ready, the upgrade failed. False if `pid` is not the new master.
+    pub(super) fn child_exited(&mut self, pid: u32, exit: sysproc::Exit, p: &mut Parts<'_>) -> bool {
+        if self.upgrade.as_ref().is_none_or(|u| u.pid != pid) {
+            return false;
+        }
+        if self.phase == Phase::Running {
+            self.upgrade_failed(&format!("the new master (pid {pid}) exited before it was ready ({exit})"), p);
+        }
+        true
+    }
+
+    /// The new master will not take over: stop it if it still runs, take the control
+    /// socket path back if it had taken it, and carry on.
+    fn upgrade_failed(&mut self, why: &str, p: &mut Parts<'_>) {
+        error!("upgrade failed: {why}; carrying on");
+        if let Some(child) = &self.upgrade {
+            let _ = crate::sys::process::signal(child.pid, rustix::process::Signal::TERM);
+        }
+        self.end_upgrade(p.reg);
+        p.admin.reclaim_control(p.reg);
+    }
+
+    fn end_upgrade(&mut self, reg: &Registry) {
+        if let Some(child) = self.upgrade.take() {
+            let _ = reg.deregister(&mut SourceFd(&child.ready.as_raw_fd()));
+        }
+    }
+
+    /// Once every slot has a ready worker: tell systemd, and the old master if this
+    /// one was started by an upgrade.
+    fn maybe_announce_ready(&mut self, p: &mut Parts<'_>) {
+        if self.ready_notified || self.phase != Phase::Running || !self.rolling.is_empty() {
+            return;
+        }
+        if !p.workers.all_ready(p.now) {
+            return;
+        }
+        self.ready_notified = true;
+        if let Some(fd) = self.upgrade_ready.take() {
+            let _ = rustix::io::write(&fd, b"1");
+            info!("all workers ready; told the old master to stop");
+            notify(&format!("MAINPID={}\nREADY=1", std::process::id()));
+        } else {
+            info!("all {} workers ready", p.workers.slot_count());
+            notify("READY=1");
+        }
+    }
+
+    // ---- timers ----
+
+    /// The stop's timers, first in a tick: a linger that is over becomes a stop; a
+    /// stop past its deadline becomes an exit (true: the tick ends here).
+    pub(super) fn tick_stop(&mut self, p: &mut Parts<'_>) -> bool {
+        if let Some((until, why)) = &self.lingering {
+            if p.now >= *until {
+                let why = why.clone();
+                self.stop_now(&why, true, p);
+            }
+        }
+        if let Phase::Stopping { deadline } = self.phase {
+            if p.now >= deadline {
+                warn!("shutdown timeout: killing {} workers still running", p.workers.len());
+                self.phase = Phase::Exiting;
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The other timers: an upgrade that takes too long, the systemd watchdog, the
+    /// next rolling step, the READY notification.
+    pub(super) fn tick(&mut self, p: &mut Parts<'_>) {
+        let now = p.now;
+        if self.upgrade.as_ref().is_some_and(|u| now.duration_since(u.started) > READY_TIMEOUT) {
+            self.upgrade_failed(&format!("the new master was not ready within {READY_TIMEOUT:?}"), p);
+        }
+        if let Some((every, last)) = self.watchdog {
+            if now.duration_since(last) >= every {
+                notify("WATCHDOG=1");
+                self.watchdog = Some((every, now));
+            }
+        }
+        self.rolling_step(p);
+        self.maybe_announce_ready(p);
+    }
+}
+
+// ---- inherited listeners, the new master, systemd ----
+
+/// Environment variable with the inherited listener descriptors of an upgrade.
+pub(super) const ENV_UPGRADE_FDS: &str = "HANDOFF_UPGRADE_FDS";
+/// Environment variable with the descriptor to write "ready" to.
+pub(super) const ENV_UPGRADE_READY_FD: &str = "HANDOFF_UPGRADE_READY_FD";
+
+/// Where inherited listeners came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Origin {
+    /// Nothing inherited: bind everything.
+    None,
+    /// An old master handed them over.
+    Upgrade,
+    /// systemd socket activation.
+    Systemd,
+}
+
+fn parse_fds(v: &str) -> io::Result<Vec<i32>> {
+    v.split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.trim()
+                .parse()
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("bad descriptor list {v:?}")))
+        })
+        .collect()
+}
+
+/// Takes the listeners this process inherited, and the upgrade pipe if any.
+/// Removes the variables from the environment so they reach no child.
+pub(super) fn inherited() -> io::Result<(Vec<Listener>, Origin, Option<OwnedFd>)> {
+    if let Ok(v) = std::env::var(ENV_UPGRADE_FDS) {
+        let mut raws = parse_fds(&v)?;
+        let ready = std::env::var(ENV_UPGRADE_READY_FD).ok().and_then(|r| r.parse::<i32>().ok());
+        if let Some(r) = ready {
+            raws.push(r);
+        }
+        std::env::remove_var(ENV_UPGRADE_FDS);
+        std::env::remove_var(ENV_UPGRADE_READY_FD);
+        let mut fds = sysproc::adopt_fds(&raws)?;
+        let ready = ready.and_then(|_| fds.pop());
+        let ls = fds.into_iter().map(Listener::from_fd).collect::<io::Result<_>>()?;
+        return Ok((ls, Origin::Upgrade, ready));
+    }
+    let pid_matches = std::env::var("LISTEN_PID").ok().and_then(|p| p.parse::<u32>().ok()) == Some(std::process::id());
+    if let (true, Ok(n)) = (pid_matches, std::env::var("LISTEN_FDS")) {
+        let n: i32 = n
+            .parse()
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("LISTEN_FDS={n:?} is not a number")))?;
+        for k in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+            std::env::remove_var(k);
+        }
+        if !(0..=4096).contains(&n) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("LISTEN_FDS={n} is out of range")));
+        }
+        let fds = sysproc::adopt_fds(&(3..3 + n).collect::<Vec<_>>())?;
+        let ls = fds.into_iter().map(Listener::from_fd).collect::<io::Result<_>>()?;
+        return Ok((ls, Origin::Systemd, None));
+    }
+    Ok((Vec::new(), Origin::None, None))
+}
+
+/// How long a new master may take to have all its workers ready.
+pub(super) const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A new master started by SIGUSR2.
+#[derive(Debug)]
+pub(super) struct Child {
+    /// Its pid.
+    pub pid: u32,
+    /// When it was started.
+    pub started: std::time::Instant,
+    /// The read end of its ready pipe (non-blocking).
+    pub ready: OwnedFd,
+}
+
+/// Starts `exe` with this process's arguments, handing it `listeners`.
+pub(super) fn start_new_master(exe: &PathBuf, listeners: &[BorrowedFd<'_>]) -> io::Result<Child> {
+    let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK)?;
+    // The writer must block on nothing, but O_NONBLOCK on a pipe end is per open file
+    // description: make the write end blocking again for the child.
+    rustix::io::ioctl_fionbio(&w, false)?;
+    let nums: Vec<String> = listeners.iter().map(|l| l.as_raw_fd().to_string()).collect();
+    let mut cmd = Command::new(exe);
+    cmd.args(std::env::args_os().skip(1))
+        .env(ENV_UPGRADE_FDS, nums.join(","))
+        .env(ENV_UPGRADE_READY_FD, w.as_raw_fd().to_string());
+    let mut keep: Vec<BorrowedFd<'_>> = listeners.to_vec();
+    keep.push(w.as_fd());
+    let child = sysproc::spawn_keeping(&mut cmd, &keep)?;
+    Ok(Child { pid: child.id(), started: std::time::Instant::now(), ready: r })
+}
+
+/// Tells systemd something, if it listens. Errors are ignored: a lost notification
+/// must not stop the server.
+pub(super) fn notify(state: &str) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    let states: Vec<sd_notify::NotifyState<'_>> = state
+        .lines()
+        .map(|l| match l.split_once('=') {
+            Some(("READY", "1")) => sd_notify::NotifyState::Ready,
+            Some(("RELOADING", "1")) => sd_notify::NotifyState::Reloading,
+            Some(("STOPPING", "1")) => sd_notify::NotifyState::Stopping,
+            Some(("WATCHDOG", "1")) => sd_notify::NotifyState::Watchdog,
+            Some(("MAINPID", pid)) => sd_notify::NotifyState::MainPid(pid.parse().unwrap_or(0)),
+            Some(("STATUS", s)) => sd_notify::NotifyState::Status(s),
+            _ => sd_notify::NotifyState::Custom(l),
+        })
+        .collect();
+    let _ = sd_notify::notify(false, &states);
+}
+
+/// Half the systemd watchdog period, if one is set for this process.
+pub(super) fn watchdog_interval() -> Option<Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
+        if pid.parse::<u32>().ok() != Some(std::process::id()) {
+            return None;
+        }
+    }
+    Some(Duration::from_micros(usec / 2))
+}
