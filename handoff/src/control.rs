@@ -539,11 +539,11 @@ pub enum ControlError {
 /// user or root (`SO_PEERCRED`: the credentials of the process that bound it).
 pub fn connect(path: &Path) -> Result<UnixStream, ControlError> {
     let s = UnixStream::connect(path).map_err(|source| ControlError::Connect { path: path.into(), source })?;
-    let cred = rustix::net::sockopt::socket_peercred(&s)
-        .map_err(|e| ControlError::Io { path: path.into(), source: e.into() })?;
-    let me = rustix::process::getuid();
-    if cred.uid != me && !cred.uid.is_root() {
-        return Err(ControlError::Impostor { path: path.into(), uid: cred.uid.as_raw(), me: me.as_raw() });
+    let cred = crate::sys::socket::peer_credentials(std::os::fd::AsFd::as_fd(&s))
+        .map_err(|source| ControlError::Io { path: path.into(), source })?;
+    if !crate::sys::socket::same_user_or_root(&cred) {
+        let me = rustix::process::getuid().as_raw();
+        return Err(ControlError::Impostor { path: path.into(), uid: cred.uid.as_raw(), me });
     }
     Ok(s)
 }

@@ -104,8 +104,6 @@ pub mod worker;
 
 mod control;
 mod listener;
-// Until the master's split (issue 14) lands, its two big structs have no Debug.
-#[allow(missing_debug_implementations, reason = "Master and SpawnArgs: being split; Debug comes with the parts")]
 mod master;
 mod proxy;
 mod sys;

@@ -20,7 +20,7 @@
 //! part's state (see `ops`) and gives the answer back to be written.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
@@ -31,6 +31,7 @@ use super::{MasterError, Source};
 use crate::config::Config;
 use crate::control::{AdminCounts, AdminStatus, Reply};
 use crate::listener::{ListenAddr, Listener};
+use crate::sys::socket;
 
 /// Largest request accepted.
 pub const MAX_REQUEST: usize = 8192;
@@ -178,7 +179,7 @@ impl AdminConn {
     pub fn read(&mut self) -> io::Result<Option<Request>> {
         let mut buf = [0u8; 2048];
         loop {
-            match rustix::io::read(&self.fd, &mut buf) {
+            match socket::recv_nowait(self.fd.as_fd(), &mut buf) {
                 // The client may half-close right after its request: answer what came.
                 Ok(0) => {
                     return parse(self.kind, &self.inbuf).map(Some).ok_or_else(|| io::ErrorKind::UnexpectedEof.into())
@@ -189,7 +190,6 @@ impl AdminConn {
                         return Err(io::Error::new(io::ErrorKind::InvalidData, "request too large"));
                     }
                 }
-                Err(rustix::io::Errno::INTR) => continue,
                 Err(rustix::io::Errno::AGAIN) => break,
                 Err(e) => return Err(e.into()),
             }
@@ -211,9 +211,8 @@ impl AdminConn {
     /// Writes what it can; true when everything is written.
     pub fn flush(&mut self) -> io::Result<bool> {
         while self.written < self.out.len() {
-            match rustix::net::send(&self.fd, &self.out[self.written..], rustix::net::SendFlags::NOSIGNAL) {
+            match socket::send_nowait(self.fd.as_fd(), &self.out[self.written..], false) {
                 Ok(n) => self.written += n,
-                Err(rustix::io::Errno::INTR) => continue,
                 Err(rustix::io::Errno::AGAIN) => return Ok(false),
                 Err(e) => return Err(e.into()),
             }
@@ -405,12 +404,8 @@ impl Admin {
         let Some(kind) = self.servers.get(i).map(|s| s.kind) else { return };
         let mut spent_spare = false;
         loop {
-            let fd = match rustix::net::accept_with(
-                &self.servers[i].fd,
-                rustix::net::SocketFlags::CLOEXEC | rustix::net::SocketFlags::NONBLOCK,
-            ) {
+            let fd = match socket::accept(self.servers[i].fd.as_fd(), true) {
                 Ok(fd) => fd,
-                Err(rustix::io::Errno::INTR) => continue,
                 // Out of descriptors: give up a spare for this one.
                 Err(rustix::io::Errno::MFILE | rustix::io::Errno::NFILE) if self.state.release_spare(kind) => {
                     spent_spare = true;
@@ -452,7 +447,7 @@ impl Admin {
                         serde_json::to_vec(&Reply { ok: false, message: why, master: None }).unwrap_or_default();
                     // A few bytes into an empty socket buffer: they fit, or the client
                     // sees the connection close, which says the same.
-                    let _ = rustix::net::send(&fd, &answer, rustix::net::SendFlags::NOSIGNAL);
+                    let _ = socket::send_nowait(fd.as_fd(), &answer, false);
                     continue;
                 }
             }
@@ -574,14 +569,13 @@ fn kind_name(kind: AdminKind) -> &'static str {
 /// as the master's user or as root (`SO_PEERCRED`, read from the kernel, not claimed
 /// by the client).
 fn peer_refusal(fd: &OwnedFd) -> Option<String> {
-    let me = rustix::process::getuid();
-    match rustix::net::sockopt::socket_peercred(fd) {
-        Ok(c) if c.uid == me || c.uid.is_root() => None,
+    match socket::peer_credentials(fd.as_fd()) {
+        Ok(c) if socket::same_user_or_root(&c) => None,
         Ok(c) => Some(format!(
             "refused: uid {} (pid {}) may not use this control socket: it answers uid {} and root only",
             c.uid.as_raw(),
             c.pid.as_raw_nonzero(),
-            me.as_raw()
+            rustix::process::getuid().as_raw()
         )),
         Err(e) => Some(format!("cannot read the client's credentials: {e}")),
     }
@@ -612,14 +606,7 @@ fn bind_control(path: &std::path::Path, take_over: bool) -> io::Result<OwnedFd> 
 /// A TCP listener with `SO_REUSEPORT`, so that during an upgrade the new master can
 /// open its own metrics and health endpoints while the old one still has them.
 fn listen_reuseport(addr: std::net::SocketAddr) -> io::Result<Listener> {
-    use rustix::net::{AddressFamily, SocketFlags, SocketType};
-    let family = if addr.is_ipv4() { AddressFamily::INET } else { AddressFamily::INET6 };
-    let fd = rustix::net::socket_with(family, SocketType::STREAM, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK, None)?;
-    rustix::net::sockopt::set_socket_reuseaddr(&fd, true)?;
-    rustix::net::sockopt::set_socket_reuseport(&fd, true)?;
-    rustix::net::bind(&fd, &addr)?;
-    rustix::net::listen(&fd, 128)?;
-    Listener::from_fd(fd)
+    Listener::from_fd(socket::listen_reuseport(addr, 128)?)
 }
 
 #[cfg(test)]

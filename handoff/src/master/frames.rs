@@ -252,8 +252,7 @@ impl Workers {
         let mut seen = std::collections::HashSet::with_capacity(ids.len());
         let held_or_untracked = |id: u64, fd: &OwnedFd| {
             w.inflight.contains_key(&id)
-                || (id < w.tracked_from.min(next_id)
-                    && rustix::net::sockopt::socket_type(fd).is_ok_and(|t| t == rustix::net::SocketType::STREAM))
+                || (id < w.tracked_from.min(next_id) && crate::sys::socket::is_stream_socket(fd))
         };
         if let Some(id) =
             ids.iter().zip(&fds).find(|(&id, fd)| !held_or_untracked(id, fd) || !seen.insert(id)).map(|(id, _)| id)

@@ -226,10 +226,9 @@ pub(crate) enum Peek {
 /// Looks, without reading, whether a connection that reported a hang-up still has a
 /// request to serve (a client may send its request and close its half at once).
 pub(crate) fn peek(fd: &OwnedFd) -> Peek {
-    use rustix::net::RecvFlags;
     let mut b = [0u8; 1];
-    match rustix::net::recv(fd, &mut b, RecvFlags::PEEK | RecvFlags::DONTWAIT) {
-        Ok((n, _)) if n > 0 => Peek::Request,
+    match crate::sys::socket::peek_nowait(std::os::fd::AsFd::as_fd(fd), &mut b) {
+        Ok(n) if n > 0 => Peek::Request,
         // EAGAIN after a hang-up report would mean the report was stale: treat an
         // idle connection with nothing to read like one whose client left (it is
         // idle, so its client expects a keep-alive connection to end at any time).

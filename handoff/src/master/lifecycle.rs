@@ -394,13 +394,13 @@ impl Lifecycle {
     pub(super) fn upgrade_event(&mut self, p: &mut Parts<'_>) {
         let Some(child) = &self.upgrade else { return };
         let mut b = [0u8; 1];
-        match rustix::io::read(&child.ready, &mut b) {
+        match crate::sys::socket::retry_intr(|| rustix::io::read(&child.ready, &mut b)) {
             Ok(1) => {
                 info!("new master (pid {}) is ready: this master stops accepting and drains", child.pid);
                 self.end_upgrade(p.reg);
                 self.begin_stop("upgrade", false, p);
             }
-            Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => {}
+            Err(rustix::io::Errno::AGAIN) => {}
             _ => {
                 let pid = child.pid;
                 self.upgrade_failed(&format!("the new master (pid {pid}) gave up before it was ready"), p);

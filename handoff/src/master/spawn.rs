@@ -117,18 +117,23 @@ pub(super) enum StderrRead {
 
 /// Reads at most `chunks` buffers of a non-blocking stderr pipe into `slot`, so a
 /// worker writing without pause cannot hold the master's loop.
-pub(super) fn read_stderr(fd: &OwnedFd, slot: &mut Slot, chunks: usize, out: &mut Forward, lines: &mut Lines) -> StderrRead {
+pub(super) fn read_stderr(
+    fd: &OwnedFd,
+    slot: &mut Slot,
+    chunks: usize,
+    out: &mut Forward,
+    lines: &mut Lines,
+) -> StderrRead {
     let mut buf = [0u8; 8192];
     let mut n_read = 0;
     while n_read < chunks {
-        match rustix::io::read(fd, &mut buf) {
+        match crate::sys::socket::retry_intr(|| rustix::io::read(fd, &mut buf)) {
             Ok(0) => return StderrRead::Eof,
             Ok(n) => {
                 n_read += 1;
                 lines.push(&buf[..n], out);
                 slot.take_stderr(&buf[..n])
             }
-            Err(rustix::io::Errno::INTR) => continue,
             Err(_) => return StderrRead::Empty,
         }
     }

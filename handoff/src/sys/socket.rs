@@ -158,16 +158,12 @@ pub(crate) fn send_nowait(fd: BorrowedFd<'_>, bytes: &[u8], more: bool) -> rusti
 /// The credentials of the process at the other end of a Unix socket (`SO_PEERCRED`:
 /// read from the kernel, as they were when the peer connected or bound, never claimed
 /// by the peer).
-// Used by the master's control socket and `control::connect` once they move onto this
-// module (they are being split while this module is written; see the CHANGELOG).
-#[allow(dead_code)]
 pub(crate) fn peer_credentials(fd: BorrowedFd<'_>) -> io::Result<rustix::net::UCred> {
     Ok(rustix::net::sockopt::socket_peercred(fd)?)
 }
 
 /// Whether a peer with these credentials may steer this process: it runs as this
 /// process's user, or as root.
-#[allow(dead_code)]
 pub(crate) fn same_user_or_root(cred: &rustix::net::UCred) -> bool {
     cred.uid == rustix::process::getuid() || cred.uid.is_root()
 }
@@ -222,8 +218,6 @@ pub fn tcp_defer_accept(fd: BorrowedFd<'_>) -> io::Result<u32> {
 }
 
 /// Whether `fd` is a stream socket (`SO_TYPE`), as a listener handed to us must be.
-// For the master's check of inherited listeners, once it moves onto this module.
-#[allow(dead_code)]
 pub(crate) fn is_stream_socket(fd: impl AsFd) -> bool {
     rustix::net::sockopt::socket_type(fd).is_ok_and(|t| t == SocketType::STREAM)
 }
