@@ -245,7 +245,7 @@ impl Server {
             }
             // Refuse rather than fork a copy of a process whose other threads may hold
             // locks (allocator, stdio, a runtime's) that the child could never take.
-            let threads = std::fs::read_dir("/proc/self/task").map(|d| d.count()).unwrap_or(1);
+            let threads = crate::sys::process::thread_count().unwrap_or(1);
             if threads > 1 {
                 return Err(ServerError::Threads(threads));
             }

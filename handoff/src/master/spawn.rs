@@ -182,16 +182,16 @@ pub(super) fn spawn(args: SpawnArgs<'_>) -> io::Result<(u32, Option<OwnedFd>)> {
                 c.arg("--test-knobs");
             }
             if let Some(f) = cfg.access_log {
-                c.env(crate::worker::access_log::ENV_ACCESS_LOG, f.name());
+                c.env(crate::wire::ENV_ACCESS_LOG, f.name());
             }
             c
         }
     };
-    cmd.env(crate::worker::ENV_FD, channel.as_raw_fd().to_string())
-        .env(crate::worker::ENV_WORKER_ID, slot.to_string())
-        .env(crate::worker::ENV_WORKERS, slots.to_string())
-        .env(crate::worker::ENV_HEARTBEAT_MS, cfg.heartbeat.as_millis().to_string())
-        .env(crate::worker::ENV_RETURN, cfg.hand_back.name())
+    cmd.env(crate::wire::ENV_FD, channel.as_raw_fd().to_string())
+        .env(crate::wire::ENV_WORKER_ID, slot.to_string())
+        .env(crate::wire::ENV_WORKERS, slots.to_string())
+        .env(crate::wire::ENV_HEARTBEAT_MS, cfg.heartbeat.as_millis().to_string())
+        .env(crate::wire::ENV_RETURN, cfg.hand_back.name())
         .stdin(Stdio::null())
         .stderr(Stdio::piped());
     if let Some(uid) = uid {
@@ -220,14 +220,14 @@ fn spawn_fork(
     (uid, gid): (Option<u32>, Option<u32>),
 ) -> io::Result<(u32, Option<OwnedFd>)> {
     let env = [
-        (crate::worker::ENV_WORKER_ID, slot.to_string()),
-        (crate::worker::ENV_WORKERS, slots.to_string()),
-        (crate::worker::ENV_HEARTBEAT_MS, cfg.heartbeat.as_millis().to_string()),
-        (crate::worker::ENV_RETURN, cfg.hand_back.name().to_string()),
+        (crate::wire::ENV_WORKER_ID, slot.to_string()),
+        (crate::wire::ENV_WORKERS, slots.to_string()),
+        (crate::wire::ENV_HEARTBEAT_MS, cfg.heartbeat.as_millis().to_string()),
+        (crate::wire::ENV_RETURN, cfg.hand_back.name().to_string()),
     ]
     .map(|(k, v)| (k.to_string(), v));
     let body = || crate::worker::Context::run_fork_body(&*f.0, slot);
-    let child = sysproc::ForkChild { fd_var: crate::worker::ENV_FD, env: &env, uid, gid };
-    let (pid, stderr) = sysproc::fork_worker(channel.as_fd(), &child, &body)?;
+    let child = sysproc::ForkChild { fd_var: crate::wire::ENV_FD, env: &env, uid, gid };
+    let (pid, stderr) = sysproc::fork_worker_checked(channel.as_fd(), &child, &body)?;
     Ok((pid, Some(stderr)))
 }

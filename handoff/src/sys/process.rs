@@ -194,13 +194,15 @@ pub const MASTER_SIGNALS: [i32; 8] = [
 ///    child then calls `_exit`: it never returns into the master's code, runs no
 ///    destructor of the master's objects and flushes no buffer it copied from it.
 ///
-/// # Fork safety
-/// The caller must be single-threaded (the master is: it never starts a thread). Then
-/// the child is an exact copy with no lock held by a vanished thread, so allocating
-/// and running ordinary Rust code in it is sound. A program that started threads
-/// before calling this may deadlock its child (a lock taken by another thread stays
-/// taken forever in the child); [`crate::Server::serve`] documents this.
-pub fn fork_worker(
+/// # Safety
+/// The calling process must be single-threaded (the master is: it never starts a
+/// thread). Then the child is an exact copy with no lock held by a vanished thread, so
+/// allocating and running ordinary Rust code in it is sound. In a process that started
+/// threads, the child may deadlock or corrupt memory (a lock or allocator arena taken
+/// by another thread stays taken, half-updated, forever in the child);
+/// [`fork_worker_checked`] checks this before it forks, and [`crate::Server::serve`]
+/// documents it for library users.
+pub unsafe fn fork_worker(
     channel: BorrowedFd<'_>,
     child: &ForkChild<'_>,
     body: &dyn Fn() -> i32,
@@ -222,6 +224,30 @@ pub fn fork_worker(
             rustix::io::ioctl_fionbio(&err_read, true)?;
             Ok((pid as u32, err_read))
         }
+    }
+}
+
+/// The number of threads of this process (`/proc/self/task`).
+pub fn thread_count() -> io::Result<usize> {
+    Ok(std::fs::read_dir("/proc/self/task")?.count())
+}
+
+/// [`fork_worker`], after checking that this process has one thread, which is what
+/// makes forking it sound: with one thread, no other can start one between the check
+/// and the fork. An error, never a fork, otherwise.
+pub fn fork_worker_checked(
+    channel: BorrowedFd<'_>,
+    child: &ForkChild<'_>,
+    body: &dyn Fn() -> i32,
+) -> io::Result<(u32, OwnedFd)> {
+    match thread_count()? {
+        // SAFETY: this process has one thread (just counted, and only this thread
+        // could start another), which is `fork_worker`'s requirement.
+        1 => unsafe { fork_worker(channel, child, body) },
+        n => Err(io::Error::other(format!(
+            "cannot fork a worker from a process with {n} threads: a forked worker runs code, \
+             and is only sound when forked from a single-threaded process"
+        ))),
     }
 }
 

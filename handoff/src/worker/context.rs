@@ -8,7 +8,7 @@
 
 use super::{AsyncIncoming, Incoming, WorkerEnv, WorkerError};
 
-/// The body of a forked worker: the closure behind [`crate::config::WorkerFn`], run
+/// The body of a forked worker: the closure a `config::WorkerFn` holds, run
 /// once in each child the master forks, with that worker's [`Context`].
 pub type WorkerBody = dyn Fn(Context) -> Result<(), crate::BoxError> + Send + Sync;
 
