@@ -319,6 +319,30 @@ fn master_ceiling_script_counts_connections_handed_out() {
     }
 }
 
+/// The figure master-ceiling.sh is compared with: nginx's own accept path (a `stream`
+/// server that accepts, writes a byte and closes), pinned the same way.
+#[test]
+fn nginx_accept_ceiling_script_counts_connections() {
+    let (server, other) = server_and_client_cpus();
+    let env = [
+        ("DURATION", "1".to_string()),
+        ("CLIENTS", "1".into()),
+        ("INFLIGHT", "8".into()),
+        ("SERVER_CPU", server.clone()),
+        ("OTHER_CPUS", other),
+    ];
+    let (status, out, err) = run_script("nginx-accept-ceiling.sh", &env, Duration::from_secs(60));
+    assert!(status.success(), "{status}\n{out}\n{err}");
+    let rate: f64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("connections/s: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no rate in:\n{out}\n{err}"));
+    assert!(rate > 0.0, "{out}");
+    assert!(out.contains("µs per connection") && out.contains(&format!("nginx worker on CPU {server}")), "{out}");
+    assert!(!out.contains("failed"), "{out}");
+}
+
 #[test]
 fn vs_nginx_script_runs_pinned_with_tiny_counts() {
     let (server, client) = server_and_client_cpus();
