@@ -14,7 +14,7 @@
 //!
 //! Everything is on loopback, and every wait is bounded by [`WAIT`].
 
-#![allow(dead_code)]
+#![allow(dead_code, reason = "each test binary uses a part of the shared helpers")]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

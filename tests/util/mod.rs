@@ -14,7 +14,7 @@
 //!
 //! Nothing measures speed: tests wait for log lines, never for wall-clock time.
 
-#![allow(dead_code)]
+#![allow(dead_code, reason = "each test binary uses a part of the shared helpers")]
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
