@@ -249,6 +249,7 @@ pub struct ConfigFile {
 impl ConfigFile {
     /// Reads a config file and parses its text with `parse` (the `handoff` command
     /// passes its TOML parser; the library itself has no file format of its own).
+    #[doc(hidden)]
     pub fn load(path: &Path, parse: ParseConfig) -> Result<ConfigFile, ConfigError> {
         // A FIFO or device would block the master's loop on reload.
         match std::fs::metadata(path) {
@@ -417,9 +418,12 @@ impl ConfigFile {
 }
 
 /// Parses a config file's text: the `handoff` command passes its TOML parser.
+#[doc(hidden)]
 pub type ParseConfig = fn(&str) -> Result<ConfigFile, String>;
 
-/// Where the settings came from, so that a reload can read them again.
+/// Where the settings came from, so that a reload can read them again (the `handoff`
+/// command's; not part of the API).
+#[doc(hidden)]
 #[derive(Debug, Clone, Default)]
 pub struct ConfigSource {
     /// Settings given on the command line (they win over the file).
@@ -440,7 +444,7 @@ impl ConfigSource {
 }
 
 /// One worker per core.
-pub fn default_workers() -> usize {
+pub(crate) fn default_workers() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
@@ -465,7 +469,7 @@ fn is_executable(p: &Path) -> bool {
 }
 
 /// Resolves a program the way `execvp` would.
-pub fn find_program(prog: &Path) -> Option<PathBuf> {
+pub(crate) fn find_program(prog: &Path) -> Option<PathBuf> {
     if prog.components().count() > 1 || prog.is_absolute() {
         return is_executable(prog).then(|| prog.to_path_buf());
     }

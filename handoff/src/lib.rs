@@ -94,6 +94,7 @@ mod server;
 pub use listener::ListenAddr;
 pub use master::MasterError;
 pub use server::{Bound, Server, ServerError};
+pub use sys::process::Exit;
 
 /// The error a worker closure may return: any error, boxed (so `?` works on all).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -147,6 +147,7 @@ impl Balancer {
 ///
 /// An empty list, or one where nobody got anything, counts as fair (1.0): there was
 /// nothing to share out unevenly.
+#[doc(hidden)]
 pub fn jain(xs: &[u64]) -> f64 {
     let n = xs.len() as f64;
     let sum: f64 = xs.iter().map(|&x| x as f64).sum();

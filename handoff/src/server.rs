@@ -54,6 +54,13 @@ pub enum ServerError {
          (this process has {0} threads): build tokio runtimes and thread pools inside the worker closure"
     )]
     Threads(usize),
+    /// [`Server::serve`] could not count this process's threads (it reads
+    /// `/proc/self/task`), so it cannot tell whether forking is sound.
+    #[error(
+        "handoff::Server forks its workers only from a single-threaded process and counts threads in \
+         /proc/self/task, which it cannot read ({0}): mount /proc"
+    )]
+    NoThreadCount(std::io::Error),
 }
 
 /// A handoff master, configured in code.
@@ -245,7 +252,7 @@ impl Server {
             }
             // Refuse rather than fork a copy of a process whose other threads may hold
             // locks (allocator, stdio, a runtime's) that the child could never take.
-            let threads = crate::sys::process::thread_count().unwrap_or(1);
+            let threads = crate::sys::process::thread_count().map_err(ServerError::NoThreadCount)?;
             if threads > 1 {
                 return Err(ServerError::Threads(threads));
             }

@@ -240,7 +240,13 @@ pub fn fork_worker_checked(
     child: &ForkChild<'_>,
     body: &dyn Fn() -> i32,
 ) -> io::Result<(u32, OwnedFd)> {
-    match thread_count()? {
+    let threads = thread_count().map_err(|e| {
+        io::Error::other(format!(
+            "cannot count this process's threads in /proc/self/task ({e}): a worker is forked only \
+             from a single-threaded process, and /proc is how that is checked; mount /proc"
+        ))
+    })?;
+    match threads {
         // SAFETY: this process has one thread (just counted, and only this thread
         // could start another), which is `fork_worker`'s requirement.
         1 => unsafe { fork_worker(channel, child, body) },

@@ -312,7 +312,7 @@ impl Stream {
 
     /// Wraps a received socket of the kind the master said (a [`crate::wire::sock`]
     /// value), looking at its address family only if it did not say.
-    pub fn from_fd_hint(fd: OwnedFd, sock: u8) -> io::Result<Stream> {
+    pub(crate) fn from_fd_hint(fd: OwnedFd, sock: u8) -> io::Result<Stream> {
         match sock {
             crate::wire::sock::TCP => return Ok(Stream::Tcp(TcpStream::from(fd))),
             crate::wire::sock::UNIX => return Ok(Stream::Unix(UnixStream::from(fd))),

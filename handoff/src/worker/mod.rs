@@ -47,6 +47,11 @@ pub use serve::serve_axum;
 pub use serve::serve_http;
 pub use tokio_incoming::AsyncIncoming;
 
+// Types the worker API hands out: a connection's PROXY addresses, a frame that did not
+// decode.
+pub use crate::proxy::ProxyHeader;
+pub use crate::wire::DecodeError;
+
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
@@ -61,10 +66,10 @@ pub use crate::wire::{ENV_FD, ENV_HEARTBEAT_MS, ENV_RETURN, ENV_WORKERS, ENV_WOR
 
 /// Capabilities this crate's workers announce, and RETURN unless the master said
 /// `HANDOFF_RETURN=off` (see [`caps`]).
-pub const CAPS: u32 = cap::ACK | cap::DONE | cap::HEARTBEAT | cap::BATCH | cap::ADDRS;
+pub(crate) const CAPS: u32 = cap::ACK | cap::DONE | cap::HEARTBEAT | cap::BATCH | cap::ADDRS;
 
 /// What a worker announces in READY: [`CAPS`], and RETURN unless hand-back is off.
-pub fn caps(hand_back: crate::wire::HandBack) -> u32 {
+pub(crate) fn caps(hand_back: crate::wire::HandBack) -> u32 {
     match hand_back {
         crate::wire::HandBack::Off => CAPS,
         _ => CAPS | cap::RETURN,
@@ -126,7 +131,7 @@ impl WorkerEnv {
 }
 
 /// Takes the channel named by `HANDOFF_FD` (once per process) and makes it non-blocking.
-pub fn channel_from_env() -> Result<OwnedFd, WorkerError> {
+pub(crate) fn channel_from_env() -> Result<OwnedFd, WorkerError> {
     let value = std::env::var(ENV_FD).map_err(|_| WorkerError::NotAWorker)?;
     let bad = |source| WorkerError::BadFd { value: value.clone(), source };
     let raw = value.trim().parse().map_err(|_| bad(io::Error::new(io::ErrorKind::InvalidInput, "not a number")))?;
