@@ -521,6 +521,15 @@ mod tests {
         assert!(e.contains("$PATH"), "{e}");
         let e = ConfigFile { worker_timeout: Some(-1.0), ..Default::default() }.resolve().unwrap_err().to_string();
         assert!(e.contains("worker-timeout"), "{e}");
+        let e = ConfigFile { ready_timeout: Some(0.0), ..Default::default() }.resolve().unwrap_err().to_string();
+        assert!(e.contains("ready-timeout must be a positive number of seconds"), "{e}");
+    }
+
+    #[test]
+    fn ready_timeout_defaults_to_a_minute() {
+        assert_eq!(ConfigFile::default().resolve().unwrap().ready_timeout, DEFAULT_READY_TIMEOUT);
+        let c = ConfigFile { ready_timeout: Some(2.5), ..Default::default() }.resolve().unwrap();
+        assert_eq!(c.ready_timeout, Duration::from_millis(2500));
     }
 
     #[test]

@@ -476,10 +476,9 @@ impl Lifecycle {
             info!("reload #{}: replacing {} worker(s) of the failed settings with the previous ones", r.id, redo.len());
         }
         self.rolling = redo.iter().copied().collect();
-        let m = format!(
-            "reload #{} failed: {why}; {stopped} new worker(s) stopped, the old workers keep serving with the previous settings",
-            r.id
-        );
+        let stopped = if stopped > 0 { format!(" ({stopped} of its workers stopped)") } else { String::new() };
+        let m =
+            format!("reload #{} failed: {why}; the old workers keep serving with the previous settings{stopped}", r.id);
         error!("{m}");
         self.reloads_failed += 1;
         self.settle("failed", m, redo.len());
