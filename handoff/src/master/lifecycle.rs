@@ -35,7 +35,8 @@
 //! binding (matching `--listen` addresses, or all of them if none was given).
 //!
 //! **Notifications.** With `NOTIFY_SOCKET` set, the master reports READY (once its
-//! workers are ready), RELOADING, STOPPING and, with `WATCHDOG_USEC`, watchdog pings.
+//! workers are proven), RELOADING (and READY with a STATUS saying how the reload
+//! ended), STOPPING and, with `WATCHDOG_USEC`, watchdog pings.
 
 use std::collections::VecDeque;
 use std::io;

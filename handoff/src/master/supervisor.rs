@@ -11,7 +11,7 @@
 //! proven `--ready-timeout` after it started, which is killed. Each failed start
 //! doubles the slot's wait before the next one ([`Slot::backoff`]); a reload reads the
 //! slots' failures to decide whether its new workers will ever serve
-//! ([`Workers::reload_verdict`]).
+//! (`Workers::reload_verdict`).
 //!
 //! A *slot* is a worker position `0..N` (`HANDOFF_WORKER_ID`); a *worker* is one
 //! process filling a slot. During a recycle or rolling reload a slot briefly has two
