@@ -8,12 +8,13 @@
 //! slot's worker replaced in turn, the old one drained only once its successor is
 //! proven. The reload is followed to its end: it succeeds when every slot has a
 //! proven worker of its own, and fails when a slot's new workers fail to start
-//! [`RELOAD_FAILED_STARTS`](super::supervisor::RELOAD_FAILED_STARTS) times in a row or one is not proven within
-//! `--ready-timeout` (see `Workers::reload_verdict`). A failed reload stops its
-//! unproven workers, gives each slot back to the old worker it was replacing (never
-//! drained, it served all along) and puts the previous settings back; its reason is
-//! logged, shown by `handoff status`, counted in the metrics and told to systemd. Its
-//! record ([`ReloadStatus`]) is what `handoff ctl reload` waits on.
+//! [`RELOAD_FAILED_STARTS`](super::supervisor::RELOAD_FAILED_STARTS) times in a row,
+//! or one is not proven within `--ready-timeout` (see `Workers::reload_verdict`).
+//! A failed reload stops its unproven workers, gives each slot back to the old worker
+//! it was replacing (never drained, it served all along) and puts the previous
+//! settings back; its reason is logged, shown by `handoff status`, counted in the
+//! metrics and told to systemd. Its record ([`ReloadStatus`]) is what `handoff ctl
+//! reload` waits on.
 //!
 //! **Stop.** SIGTERM, SIGINT or `stop`: with `--drain-delay`, health turns 503 and the
 //! master goes on accepting until then (lingering). Then it stops accepting, hands
@@ -353,7 +354,8 @@ impl Lifecycle {
         let before = self.reload.as_ref().map_or_else(|| p.cfg.clone(), |r| r.before.clone());
         if let Err(e) = self.apply(new, true, p) {
             let m = self.refused(id, trigger, format!("reload refused, running setup unchanged: {e}"));
-            if self.reload.is_none() {
+            // READY=1 ends the RELOADING=1 above, unless a reload under way will.
+            if self.reload.is_none() && self.ready_notified {
                 notify("READY=1");
             }
             return Err(m);
@@ -485,11 +487,11 @@ impl Lifecycle {
         self.settle("failed", m, redo.len());
     }
 
-    /// Records how the reload ended and tells systemd (READY=1 ends its reloading
-    /// state, once the first READY=1 has been sent).
-    /// `replaced`: slots its workers filled.
+    /// Records how the reload ended (`replaced`: slots its workers filled) and tells
+    /// systemd: READY=1 ends its reloading state, if the master had said READY=1
+    /// before and is not stopping.
     fn settle(&mut self, state: &str, message: String, replaced: usize) {
-        let ready = if self.ready_notified { "READY=1\n" } else { "" };
+        let ready = if self.ready_notified && self.phase == Phase::Running { "READY=1\n" } else { "" };
         notify(&format!("{ready}STATUS={}", message.replace('\n', " ")));
         if let Some(l) = &mut self.last_reload {
             l.state = state.into();
