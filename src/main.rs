@@ -107,8 +107,14 @@ impl Target {
 
 #[derive(Subcommand)]
 enum CtlAction {
-    /// Re-read the config file and restart workers one by one (as SIGHUP).
-    Reload,
+    /// Re-read the config file and restart workers one by one (as SIGHUP); waits until
+    /// every new worker is ready, or the reload failed (exit status 1, with the reason:
+    /// the old workers keep serving).
+    Reload {
+        /// Return once the reload has started, without waiting for its outcome
+        #[arg(long)]
+        no_wait: bool,
+    },
     /// Run N workers.
     Scale {
         /// Number of workers.
@@ -188,6 +194,9 @@ struct RunArgs {
     /// [default: auto]
     #[arg(long, value_name = "auto|always|off")]
     hand_back: Option<HandBack>,
+    /// A worker not ready this long (seconds) after it started is a failed start: killed and started again; a reload whose new workers fail so is reported failed [default: 60]
+    #[arg(long, value_name = "SECS")]
+    ready_timeout: Option<f64>,
     /// Close an idle connection the master holds after this long (seconds) [default: 75]
     #[arg(long, value_name = "SECS")]
     keepalive_timeout: Option<f64>,
@@ -237,6 +246,7 @@ impl RunArgs {
             keepalive_timeout: self.keepalive_timeout,
             max_idle: self.max_idle,
             access_log: self.access_log,
+            ready_timeout: self.ready_timeout,
             ..ConfigFile::default()
         }
     }
@@ -303,8 +313,9 @@ fn status(target: Target, list: bool, json: bool) -> Result<(), String> {
 
 fn ctl(target: Target, action: CtlAction) -> Result<(), String> {
     let path = target.path()?;
+    let wait = matches!(action, CtlAction::Reload { no_wait: false });
     let line = match action {
-        CtlAction::Reload => "reload".to_string(),
+        CtlAction::Reload { .. } => "reload".to_string(),
         CtlAction::Scale { n } => format!("scale {n}"),
         CtlAction::Drain { id } => format!("drain {id}"),
         CtlAction::Stop => "stop".to_string(),
@@ -315,11 +326,26 @@ fn ctl(target: Target, action: CtlAction) -> Result<(), String> {
         Some(m) => format!("master pid {} ({}): ", m.pid, m.listeners.join(", ")),
         None => format!("master at {}: ", path.display()),
     };
-    if reply.ok {
+    if !reply.ok {
+        return Err(format!("{who}{}", reply.message));
+    }
+    let Some(id) = reply.reload.filter(|_| wait) else {
         say(&format!("{who}{}\n", reply.message));
-        Ok(())
-    } else {
-        Err(format!("{who}{}", reply.message))
+        return Ok(());
+    };
+    // The reload has started: follow it to its outcome (see `control::wait_reload`).
+    let done =
+        control::wait_reload(&path, id, std::time::Duration::from_millis(200)).map_err(|e| format!("{who}{e}"))?;
+    match done.state.as_str() {
+        _ if done.id != id => Err(format!(
+            "{who}reload #{id} was superseded by reload #{} before it was done (now {}: {})",
+            done.id, done.state, done.message
+        )),
+        "ok" => {
+            say(&format!("{who}{}\n", done.message));
+            Ok(())
+        }
+        _ => Err(format!("{who}{}", done.message)),
     }
 }
 

@@ -153,6 +153,10 @@ pub struct Config {
     pub max_idle: usize,
     /// The built-in worker's access log on standard output, if any.
     pub access_log: Option<crate::worker::access_log::AccessLog>,
+    /// A worker not proven (READY, or alive long enough) this long after it started is
+    /// a failed start: killed and started again with backoff (see
+    /// [`DEFAULT_READY_TIMEOUT`]).
+    pub ready_timeout: Duration,
 }
 
 /// How long the master keeps an idle keep-alive connection a worker handed back, by
@@ -162,6 +166,14 @@ pub struct Config {
 /// the server, closes an idle connection: a server that closes first races the pool's
 /// next request on that connection.
 pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
+
+/// How long a new worker has to prove itself by default (`--ready-timeout`): the same
+/// 60 s a new master has in an upgrade. A worker that imports a large app (a Django
+/// or Flask project, a JVM) commonly takes seconds and sometimes tens of seconds to
+/// say READY on a loaded host, so a shorter default would kill healthy deploys; a
+/// longer one only delays the verdict on a hung start, since a start that crashes is
+/// counted when it crashes.
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Most idle connections the master holds by default (at most half its descriptor
 /// limit, found at start).
@@ -244,6 +256,8 @@ pub struct ConfigFile {
     pub max_idle: Option<usize>,
     /// `access-log = "combined"` (or `"json"`)
     pub access_log: Option<crate::worker::access_log::AccessLog>,
+    /// `ready-timeout = 60` (seconds)
+    pub ready_timeout: Option<f64>,
 }
 
 impl ConfigFile {
@@ -293,7 +307,8 @@ impl ConfigFile {
             hand_back,
             keepalive_timeout,
             max_idle,
-            access_log
+            access_log,
+            ready_timeout
         )
     }
 
@@ -413,6 +428,7 @@ impl ConfigFile {
             )?,
             max_idle: self.max_idle.unwrap_or(DEFAULT_MAX_IDLE),
             access_log: self.access_log,
+            ready_timeout: secs("ready-timeout", self.ready_timeout, DEFAULT_READY_TIMEOUT.as_secs_f64())?,
         })
     }
 }
@@ -509,6 +525,15 @@ mod tests {
         assert!(e.contains("$PATH"), "{e}");
         let e = ConfigFile { worker_timeout: Some(-1.0), ..Default::default() }.resolve().unwrap_err().to_string();
         assert!(e.contains("worker-timeout"), "{e}");
+        let e = ConfigFile { ready_timeout: Some(0.0), ..Default::default() }.resolve().unwrap_err().to_string();
+        assert!(e.contains("ready-timeout must be a positive number of seconds"), "{e}");
+    }
+
+    #[test]
+    fn ready_timeout_defaults_to_a_minute() {
+        assert_eq!(ConfigFile::default().resolve().unwrap().ready_timeout, DEFAULT_READY_TIMEOUT);
+        let c = ConfigFile { ready_timeout: Some(2.5), ..Default::default() }.resolve().unwrap();
+        assert_eq!(c.ready_timeout, Duration::from_millis(2500));
     }
 
     #[test]

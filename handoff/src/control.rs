@@ -29,7 +29,7 @@
 //! | command | effect | answer |
 //! |---|---|---|
 //! | `status` | — | a [`Status`] |
-//! | `reload` | as SIGHUP: re-read the config, rolling restart | a [`Reply`] |
+//! | `reload` | as SIGHUP: re-read the config, rolling restart | a [`Reply`] with the reload's id, at once; [`wait_reload`] follows it to its end |
 //! | `scale N` | run N workers | a [`Reply`] |
 //! | `drain ID` | replace worker ID (a fresh one first, then drain it) | a [`Reply`] |
 //! | `stop` | as SIGTERM: graceful stop | a [`Reply`] |
@@ -353,6 +353,42 @@ pub struct Status {
     /// The control socket, metrics and health endpoints: connections and refusals.
     #[serde(default)]
     pub admin: AdminStatus,
+    /// The last reload (SIGHUP or `reload`), if there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reload: Option<ReloadStatus>,
+}
+
+/// Where a reload stands: `handoff status` shows the last one, and `handoff ctl reload`
+/// waits for its own to settle.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReloadStatus {
+    /// Numbered from 1 in the master's life; the `reload` command's [`Reply`] names it.
+    pub id: u64,
+    /// `in-progress`, `ok` or `failed`.
+    pub state: String,
+    /// `SIGHUP` or `control`.
+    pub trigger: String,
+    /// When it began, in seconds since the Unix epoch.
+    pub started_unix: f64,
+    /// When it settled, in seconds since the Unix epoch.
+    #[serde(default)]
+    pub finished_unix: Option<f64>,
+    /// What it did, or why it failed.
+    pub message: String,
+    /// Slots whose worker is already one of the reload's and proven.
+    pub replaced: usize,
+    /// Slots the reload must fill with proven workers of its own.
+    pub workers: usize,
+    /// `--ready-timeout`, in seconds: no step of the reload waits longer than this for
+    /// a new worker (a client waiting for the outcome can bound its wait by it).
+    pub ready_timeout_s: f64,
+}
+
+impl ReloadStatus {
+    /// Still under way.
+    pub fn in_progress(&self) -> bool {
+        self.state == "in-progress"
+    }
 }
 
 /// Counters since start (the master's, as `handoff status` shows them; the master
@@ -379,6 +415,21 @@ pub struct Totals {
     pub protocol_kills: u64,
     /// Workers killed for hanging.
     pub hung_kills: u64,
+    /// Worker starts that failed: the worker ended before it was proven (READY, or
+    /// alive long enough), or was killed for `--ready-timeout`.
+    #[serde(default)]
+    pub failed_starts: u64,
+    /// Workers killed because they were not proven within `--ready-timeout` (also
+    /// counted in `failed_starts`).
+    #[serde(default)]
+    pub ready_timeouts: u64,
+    /// Reloads asked for (SIGHUP or `reload`), refused ones included.
+    #[serde(default)]
+    pub reloads: u64,
+    /// Reloads that failed: refused (the config did not load or a listener could not
+    /// be bound), or whose new workers did not become ready.
+    #[serde(default)]
+    pub reloads_failed: u64,
     /// Workers recycled after `--max-requests`.
     pub recycled: u64,
     /// Connections closed for a bad or late PROXY header.
@@ -443,6 +494,9 @@ pub struct Reply {
     /// The master that answered (absent in answers of older versions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub master: Option<MasterId>,
+    /// For a `reload` that started: its id, to follow in the status ([`wait_reload`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reload: Option<u64>,
 }
 
 /// Which master answered a command: what `handoff ctl` prints.
@@ -533,6 +587,20 @@ pub enum ControlError {
     /// The answer was not what this version expects.
     #[error("unexpected answer from the master: {0}")]
     Answer(String),
+    /// A reload that has not settled in the time its master promised.
+    #[error(
+        "reload #{id} has not settled after {waited:.0}s ({replaced} of {workers} workers replaced); it goes on: `handoff status` shows how far it is"
+    )]
+    ReloadPending {
+        /// The reload.
+        id: u64,
+        /// Seconds waited.
+        waited: f64,
+        /// Slots already filled by the reload's workers.
+        replaced: usize,
+        /// Slots it must fill.
+        workers: usize,
+    },
 }
 
 /// Connects to a master's control socket, after checking that whoever serves it is this
@@ -595,6 +663,46 @@ pub fn command(path: &Path, command: &str) -> Result<Reply, ControlError> {
     serde_json::from_str(&raw).map_err(|e| ControlError::Answer(format!("{e}: {raw}")))
 }
 
+/// How much longer than `--ready-timeout` [`wait_reload`] waits without progress
+/// before it gives up: a step that the master judges at its ready timeout is reported
+/// within the next status poll, plus the time to stop a worker (SIGTERM, 3 s, SIGKILL).
+pub const RELOAD_WAIT_MARGIN: Duration = Duration::from_secs(10);
+
+/// Follows reload `id` in the master's status until it settles, and returns its final
+/// state (`ok` or `failed`; another id means a later reload superseded it).
+///
+/// The client polls, every `every`, rather than have the master hold the connection
+/// until the reload ends: the master's control connections stay short (each is closed
+/// at most 5 s after it came, answered or not), a waiting client holds nothing in the
+/// master (a hundred waiting scripts do not fill the endpoint's cap, and one that is
+/// killed leaves nothing behind), and the outcome is the one
+/// `handoff status` shows everyone. The wait is bounded without a fixed total: a
+/// reload replaces its workers one slot at a time and the master gives up on a slot
+/// after `--ready-timeout`, so the client gives up only after `--ready-timeout` +
+/// [`RELOAD_WAIT_MARGIN`] without a slot done.
+pub fn wait_reload(path: &Path, id: u64, every: Duration) -> Result<ReloadStatus, ControlError> {
+    let start = std::time::Instant::now();
+    let mut progress = (start, usize::MAX);
+    loop {
+        let st = status(path)?;
+        let Some(r) = st.reload else {
+            return Err(ControlError::Answer(format!("the master shows no reload #{id} in its status")));
+        };
+        if r.id != id || !r.in_progress() {
+            return Ok(r);
+        }
+        let now = std::time::Instant::now();
+        if r.replaced != progress.1 {
+            progress = (now, r.replaced);
+        }
+        if now.duration_since(progress.0) > Duration::from_secs_f64(r.ready_timeout_s) + RELOAD_WAIT_MARGIN {
+            let waited = now.duration_since(start).as_secs_f64();
+            return Err(ControlError::ReloadPending { id, waited, replaced: r.replaced, workers: r.workers });
+        }
+        std::thread::sleep(every);
+    }
+}
+
 /// Formats a status as the table `handoff status` prints.
 pub fn format_table(s: &Status) -> String {
     let mut out = format!(
@@ -630,6 +738,20 @@ pub fn format_table(s: &Status) -> String {
         "idle keep-alive: held {}  returned {}  continued {}  closed: hangup {} timeout {} evicted {} at stop {}\n",
         s.idle, t.returned, t.continued, t.idle_hangups, t.idle_timeouts, t.idle_evicted, t.idle_closed_at_stop
     );
+    out += &format!(
+        "worker starts failed: {} ({} not ready within the ready timeout)  reloads: {} ({} failed)\n",
+        t.failed_starts, t.ready_timeouts, t.reloads, t.reloads_failed
+    );
+    if let Some(r) = &s.reload {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        let (state, at) = match r.finished_unix {
+            _ if r.in_progress() => ("in progress", r.started_unix),
+            Some(t) => (r.state.as_str(), t),
+            None => (r.state.as_str(), r.started_unix),
+        };
+        out +=
+            &format!("last reload: #{} {state} {:.0}s ago ({}): {}\n", r.id, (now - at).max(0.0), r.trigger, r.message);
+    }
     out
 }
 

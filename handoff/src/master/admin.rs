@@ -443,8 +443,8 @@ impl Admin {
                     if self.state.log_refusal(now) {
                         warn!("control socket: refused a client: {why} ({} so far)", self.state.refused_peer);
                     }
-                    let answer =
-                        serde_json::to_vec(&Reply { ok: false, message: why, master: None }).unwrap_or_default();
+                    let answer = serde_json::to_vec(&Reply { ok: false, message: why, master: None, reload: None })
+                        .unwrap_or_default();
                     // A few bytes into an empty socket buffer: they fit, or the client
                     // sees the connection close, which says the same.
                     let _ = socket::send_nowait(fd.as_fd(), &answer, false);
@@ -472,7 +472,8 @@ impl Admin {
                 // A control client gets told why (once, if it fits), then the close.
                 Err(e) if conn.kind == AdminKind::Control && e.kind() == io::ErrorKind::InvalidData => {
                     let message = format!("{e}: a command is one line of at most {} bytes", MAX_REQUEST);
-                    conn.respond(serde_json::to_vec(&Reply { ok: false, message, master: None }).unwrap_or_default());
+                    let reply = Reply { ok: false, message, master: None, reload: None };
+                    conn.respond(serde_json::to_vec(&reply).unwrap_or_default());
                     let _ = conn.flush();
                     Err(e)
                 }

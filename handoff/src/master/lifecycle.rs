@@ -4,6 +4,18 @@
 //! waits on; a transition reaches the other parts through their methods, given
 //! explicitly as [`Parts`].
 //!
+//! **Reload.** SIGHUP or `reload`: the config is read again and applied, and each
+//! slot's worker replaced in turn, the old one drained only once its successor is
+//! proven. The reload is followed to its end: it succeeds when every slot has a
+//! proven worker of its own, and fails when a slot's new workers fail to start
+//! [`RELOAD_FAILED_STARTS`](super::supervisor::RELOAD_FAILED_STARTS) times in a row,
+//! or one is not proven within `--ready-timeout` (see `Workers::reload_verdict`).
+//! A failed reload stops its unproven workers, gives each slot back to the old worker
+//! it was replacing (never drained, it served all along) and puts the previous
+//! settings back; its reason is logged, shown by `handoff status`, counted in the
+//! metrics and told to systemd. Its record ([`ReloadStatus`]) is what `handoff ctl
+//! reload` waits on.
+//!
 //! **Stop.** SIGTERM, SIGINT or `stop`: with `--drain-delay`, health turns 503 and the
 //! master goes on accepting until then (lingering). Then it stops accepting, hands
 //! out what it accepted or held (and the kernel's backlog), waiting at most
@@ -24,7 +36,8 @@
 //! binding (matching `--listen` addresses, or all of them if none was given).
 //!
 //! **Notifications.** With `NOTIFY_SOCKET` set, the master reports READY (once its
-//! workers are ready), RELOADING, STOPPING and, with `WATCHDOG_USEC`, watchdog pings.
+//! workers are proven), RELOADING (and READY with a STATUS saying how the reload
+//! ended), STOPPING and, with `WATCHDOG_USEC`, watchdog pings.
 
 use std::collections::VecDeque;
 use std::io;
@@ -41,8 +54,9 @@ use tracing::{error, info, warn};
 use super::admin::Admin;
 use super::dispatch::Dispatcher;
 use super::supervisor::Workers;
-use super::{idle_bound, ConfigSource, Source, Stage, PROXY_HEADER_TIMEOUT};
+use super::{idle_bound, ConfigSource, Source, Stage, Totals, PROXY_HEADER_TIMEOUT};
 use crate::config::Config;
+use crate::control::ReloadStatus;
 use crate::listener::Listener;
 use crate::sys::process as sysproc;
 
@@ -71,6 +85,17 @@ pub(super) struct Parts<'a> {
     pub(super) wake: &'a mut Instant,
 }
 
+/// A reload under way: what its verdict and its undoing need.
+#[derive(Debug)]
+struct Reload {
+    id: u64,
+    /// When it began: the workers started since are its own.
+    started: Instant,
+    /// The settings before it, put back if it fails (those the old workers run: a
+    /// reload that supersedes another keeps the first one's).
+    before: Config,
+}
+
 /// The phase and what its transitions wait on.
 #[derive(Debug)]
 pub(super) struct Lifecycle {
@@ -85,6 +110,14 @@ pub(super) struct Lifecycle {
     interrupts: u32,
     /// Slots waiting for a rolling restart.
     rolling: VecDeque<usize>,
+    /// The reload under way, if any.
+    reload: Option<Reload>,
+    /// The last reload's record, for `handoff status`.
+    last_reload: Option<ReloadStatus>,
+    /// Reloads asked for, and those that failed (refused, or their workers did not
+    /// become ready).
+    reloads: u64,
+    reloads_failed: u64,
     /// A new master being started by SIGUSR2.
     upgrade: Option<Child>,
     /// This master was started by an upgrade: tell the old one once ready.
@@ -107,6 +140,10 @@ impl Lifecycle {
             drain_at: None,
             interrupts: 0,
             rolling: VecDeque::new(),
+            reload: None,
+            last_reload: None,
+            reloads: 0,
+            reloads_failed: 0,
             upgrade: None,
             upgrade_ready,
             ready_notified: false,
@@ -200,7 +237,7 @@ impl Lifecycle {
             SIGTTOU => self.scale(p.workers.slot_count().saturating_sub(1), p),
             SIGHUP => {
                 info!("SIGHUP: reloading the configuration");
-                let _ = self.reload(p);
+                let _ = self.reload("SIGHUP", p);
             }
             SIGUSR2 => self.start_upgrade(p),
             _ => {}
@@ -294,48 +331,190 @@ impl Lifecycle {
 
     // ---- reload and scale ----
 
-    /// Re-reads the config; on success applies it with a rolling restart.
-    pub(super) fn reload(&mut self, p: &mut Parts<'_>) -> Result<String, String> {
+    /// Re-reads the config; on success applies it with a rolling restart, which
+    /// [`Lifecycle::tick`] follows to its end. `trigger`: `SIGHUP` or `control`.
+    /// Returns the reload's id and what it is doing, or why it was refused.
+    pub(super) fn reload(&mut self, trigger: &'static str, p: &mut Parts<'_>) -> Result<(u64, String), String> {
         if self.phase != Phase::Running {
             return Err("stopping; not reloading".into());
         }
         let Some(src) = &self.source else {
             return Err("this master has no config source to reload".into());
         };
+        self.reloads += 1;
+        let id = self.reloads;
         let new = match src.load() {
             Ok(c) => c,
-            Err(e) => {
-                error!("reload refused, running setup unchanged: {e}");
-                return Err(format!("reload refused, running setup unchanged: {e}"));
-            }
+            Err(e) => return Err(self.refused(id, trigger, format!("reload refused, running setup unchanged: {e}"))),
         };
-        notify("RELOADING=1");
+        notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
+        let old_slots = p.workers.slot_count();
+        // The settings to go back to are those the old workers run: a reload that
+        // supersedes one under way keeps that one's.
+        let before = self.reload.as_ref().map_or_else(|| p.cfg.clone(), |r| r.before.clone());
+        if let Err(e) = self.apply(new, true, p) {
+            let m = self.refused(id, trigger, format!("reload refused, running setup unchanged: {e}"));
+            // READY=1 ends the RELOADING=1 above, unless a reload under way will.
+            if self.reload.is_none() && self.ready_notified {
+                notify("READY=1");
+            }
+            return Err(m);
+        }
+        if let Some(r) = self.reload.take() {
+            info!("reload #{id} supersedes reload #{}, which was not done", r.id);
+        }
+        // Its workers start afresh: no backoff carried over, and the verdict counts
+        // only their own failures.
+        p.workers.reset_failures();
+        let n = p.cfg.workers;
+        self.rolling = (0..old_slots.min(n)).collect();
+        let m = format!(
+            "reload #{id}: {n} workers, policy {}; replacing {} workers one by one, each old one drained once its successor is ready",
+            p.cfg.policy,
+            self.rolling.len()
+        );
+        info!("{m}");
+        self.reload = Some(Reload { id, started: Instant::now(), before });
+        self.last_reload = Some(ReloadStatus {
+            id,
+            state: "in-progress".into(),
+            trigger: trigger.into(),
+            started_unix: unix_now(),
+            finished_unix: None,
+            message: m.clone(),
+            replaced: 0,
+            workers: n,
+            ready_timeout_s: p.cfg.ready_timeout.as_secs_f64(),
+        });
+        Ok((id, m))
+    }
+
+    /// Applies settings: listeners, the dispatcher's settings, the worker count.
+    /// `strict`: a listener that cannot be bound refuses the whole change (a reload);
+    /// otherwise the listeners stay as they are and the rest applies (going back after
+    /// a failed reload, which must not fail half-way).
+    fn apply(&mut self, mut new: Config, strict: bool, p: &mut Parts<'_>) -> Result<(), String> {
         if new.listen != p.cfg.listen {
             if let Err(e) = p.dispatch.reconcile_listeners(&new.listen, p.reg) {
-                error!("reload refused, running setup unchanged: {e}");
-                notify("READY=1");
-                return Err(format!("reload refused, running setup unchanged: {e}"));
+                if strict {
+                    return Err(e);
+                }
+                warn!("cannot go back to the previous listeners ({e}); keeping {}", listen_text(&p.cfg.listen));
+                new.listen = p.cfg.listen.clone();
             }
         }
-        let old_slots = p.workers.slot_count();
         let nofile = crate::sys::raise_nofile_limit().unwrap_or(1024);
         p.dispatch.reconfigure(&new, idle_bound(new.max_idle, nofile), p.reg);
         let n = new.workers;
         // The admin endpoints stay as they are: they cannot move under a client.
         let (control, metrics, health) = (p.cfg.control.clone(), p.cfg.metrics, p.cfg.health);
         *p.cfg = Config { control, metrics, health, ..new };
+        super::supervisor::warn_short_ready_timeout(p.cfg);
         p.dispatch.apply_sched(p.cfg, p.now);
         self.scale(n, p);
-        self.rolling = (0..old_slots.min(n)).collect();
-        self.ready_notified = false;
         p.admin.write_registry(&p.dispatch.local_addrs());
-        let m = format!(
-            "reloaded: {n} workers, policy {}; replacing {} workers one by one",
-            p.cfg.policy,
-            self.rolling.len()
-        );
-        info!("{m}");
-        Ok(m)
+        Ok(())
+    }
+
+    /// A reload refused before it changed anything: logged, counted, and recorded
+    /// (unless another is under way, whose record its waiting clients follow).
+    fn refused(&mut self, id: u64, trigger: &'static str, message: String) -> String {
+        error!("{message}");
+        self.reloads_failed += 1;
+        notify(&format!("STATUS={message}"));
+        if self.reload.is_none() {
+            let now = unix_now();
+            self.last_reload = Some(ReloadStatus {
+                id,
+                state: "failed".into(),
+                trigger: trigger.into(),
+                started_unix: now,
+                finished_unix: Some(now),
+                message: message.clone(),
+                replaced: 0,
+                workers: 0,
+                ready_timeout_s: 0.0,
+            });
+        }
+        message
+    }
+
+    /// Judges the reload under way: failed if a slot's new workers will not serve (or
+    /// the master began to stop), done once every slot has a proven worker of its own
+    /// and no old one is left to drain.
+    fn reload_progress(&mut self, p: &mut Parts<'_>) {
+        let Some(r) = &self.reload else { return };
+        if self.phase != Phase::Running {
+            let m = format!("reload #{} failed: the master began to stop before it was done", r.id);
+            self.reload = None;
+            self.settle("failed", m, 0);
+            return;
+        }
+        if let Some(why) = p.workers.reload_verdict() {
+            self.fail_reload(&why, p);
+            return;
+        }
+        let mine = p.workers.proven_since(r.started, p.now).len();
+        if self.rolling.is_empty() && !p.workers.any_retiring() && mine == p.workers.slot_count() {
+            let secs = p.now.duration_since(r.started).as_secs_f64();
+            let m = format!("reload #{} done: {mine} workers of the new settings ready in {secs:.1}s", r.id);
+            info!("{m}");
+            self.reload = None;
+            self.settle("ok", m, mine);
+        }
+    }
+
+    /// The reload under way failed: stop its unproven workers, give their slots back
+    /// to the old ones, put the previous settings back, and say so everywhere.
+    fn fail_reload(&mut self, why: &str, p: &mut Parts<'_>) {
+        let Some(r) = self.reload.take() else { return };
+        let stopped = p.workers.abandon_since(r.started, p.now);
+        // Workers of the failed settings that did prove themselves (in slots done
+        // before another failed) are replaced again, one by one, with the old ones.
+        let redo = p.workers.proven_since(r.started, p.now);
+        self.rolling.clear();
+        self.apply(r.before, false, p).ok();
+        p.workers.reset_failures();
+        if !redo.is_empty() {
+            info!("reload #{}: replacing {} worker(s) of the failed settings with the previous ones", r.id, redo.len());
+        }
+        self.rolling = redo.iter().copied().collect();
+        let stopped = if stopped > 0 { format!(" ({stopped} of its workers stopped)") } else { String::new() };
+        let m =
+            format!("reload #{} failed: {why}; the old workers keep serving with the previous settings{stopped}", r.id);
+        error!("{m}");
+        self.reloads_failed += 1;
+        self.settle("failed", m, redo.len());
+    }
+
+    /// Records how the reload ended (`replaced`: slots its workers filled) and tells
+    /// systemd: READY=1 ends its reloading state, if the master had said READY=1
+    /// before and is not stopping.
+    fn settle(&mut self, state: &str, message: String, replaced: usize) {
+        let ready = if self.ready_notified && self.phase == Phase::Running { "READY=1\n" } else { "" };
+        notify(&format!("{ready}STATUS={}", message.replace('\n', " ")));
+        if let Some(l) = &mut self.last_reload {
+            l.state = state.into();
+            l.finished_unix = Some(unix_now());
+            l.message = message;
+            l.replaced = replaced;
+        }
+    }
+
+    /// The last reload's record, with how far one under way has come.
+    pub(super) fn reload_status(&self, workers: &Workers, now: Instant) -> Option<ReloadStatus> {
+        let mut st = self.last_reload.clone()?;
+        if let Some(r) = &self.reload {
+            st.replaced = workers.proven_since(r.started, now).len();
+            st.workers = workers.slot_count();
+        }
+        Some(st)
+    }
+
+    /// Copies this part's counters into `t`.
+    pub(super) fn count_into(&self, t: &mut Totals) {
+        t.reloads = self.reloads;
+        t.reloads_failed = self.reloads_failed;
     }
 
     pub(super) fn scale(&mut self, n: usize, p: &mut Parts<'_>) {
@@ -357,7 +536,9 @@ impl Lifecycle {
         }
         while let Some(slot) = self.rolling.pop_front() {
             if let Some(i) = p.workers.find_running(slot) {
-                p.workers.recycle_quiet(i, p.cfg, p.reg);
+                if let Err(e) = p.workers.recycle_quiet(i, p.cfg, p.reg) {
+                    self.fail_reload(&format!("cannot start a new worker {slot}: {e}"), p);
+                }
                 return;
             }
         }
@@ -440,7 +621,7 @@ impl Lifecycle {
     /// Once every slot has a ready worker: tell systemd, and the old master if this
     /// one was started by an upgrade.
     fn maybe_announce_ready(&mut self, p: &mut Parts<'_>) {
-        if self.ready_notified || self.phase != Phase::Running || !self.rolling.is_empty() {
+        if self.ready_notified || self.phase != Phase::Running || !self.rolling.is_empty() || self.reload.is_some() {
             return;
         }
         if !p.workers.all_ready(p.now) {
@@ -491,6 +672,7 @@ impl Lifecycle {
                 self.watchdog = Some((every, now));
             }
         }
+        self.reload_progress(p);
         self.rolling_step(p);
         self.maybe_announce_ready(p);
     }
@@ -609,6 +791,23 @@ pub(super) fn notify(state: &str) {
         })
         .collect();
     let _ = sd_notify::notify(false, &states);
+}
+
+/// CLOCK_MONOTONIC in microseconds, as systemd wants it with RELOADING=1
+/// (`Type=notify-reload` checks that it is recent).
+fn monotonic_usec() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    (t.tv_sec.max(0) as u64) * 1_000_000 + (t.tv_nsec.max(0) as u64) / 1_000
+}
+
+/// Seconds since the Unix epoch, for the records `handoff status` shows.
+fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Listen addresses, as a log line shows them.
+fn listen_text(l: &[crate::listener::ListenSpec]) -> String {
+    l.iter().map(|s| s.addr.to_string()).collect::<Vec<_>>().join(", ")
 }
 
 /// Half the systemd watchdog period, if one is set for this process.

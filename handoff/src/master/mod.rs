@@ -268,6 +268,7 @@ impl Master {
             },
             self.cfg.policy
         );
+        supervisor::warn_short_ready_timeout(&self.cfg);
         // Whichever way `run` ends, the thread leaves SCHED_BATCH with it.
         let _restore = crate::sys::process::MasterSchedGuard;
         self.dispatch.apply_sched(&self.cfg, self.now);
@@ -494,8 +495,9 @@ impl Master {
         let (life, mut p) = self.parts();
         let (ok, message) = match command {
             ops::Command::Status => return serde_json::to_vec(&self.status()).unwrap_or_default(),
-            ops::Command::Reload => match life.reload(&mut p) {
-                Ok(m) => (true, m),
+            ops::Command::Reload => match life.reload("control", &mut p) {
+                // The client follows the reload in the status until it settles.
+                Ok((id, m)) => return ops::reload_reply(id, m, listeners),
                 Err(m) => (false, m),
             },
             ops::Command::Stop => {
@@ -529,6 +531,7 @@ impl Master {
             uptime: self.life.uptime(Instant::now()),
             listeners: self.local_addrs().iter().map(|a| a.to_string()).collect(),
             totals: self.totals(),
+            reload: self.life.reload_status(&self.workers, Instant::now()),
         }
     }
 
@@ -543,6 +546,7 @@ impl Master {
         let mut t = Totals::default();
         self.dispatch.count_into(&mut t);
         self.workers.count_into(&mut t);
+        self.life.count_into(&mut t);
         t
     }
 }

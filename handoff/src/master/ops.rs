@@ -10,7 +10,7 @@ use super::admin::Admin;
 use super::dispatch::Dispatcher;
 use super::supervisor::Workers;
 use super::Totals;
-use crate::control::{MasterId, Reply, Status, WorkerStatus};
+use crate::control::{MasterId, ReloadStatus, Reply, Status, WorkerStatus};
 use crate::policy::jain;
 
 /// The parts, read-only, as the reports read them.
@@ -23,6 +23,8 @@ pub(super) struct View<'a> {
     pub(super) uptime: Duration,
     pub(super) listeners: Vec<String>,
     pub(super) totals: Totals,
+    /// The last reload, as the lifecycle reports it.
+    pub(super) reload: Option<ReloadStatus>,
 }
 
 /// A control command.
@@ -56,7 +58,13 @@ pub(super) fn parse_command(line: &str) -> Result<Command<'_>, String> {
 /// The answer to a command other than `status`.
 pub(super) fn reply(ok: bool, message: String, listeners: Vec<String>) -> Vec<u8> {
     let master = Some(MasterId { pid: std::process::id(), listeners });
-    serde_json::to_vec(&Reply { ok, message, master }).unwrap_or_default()
+    serde_json::to_vec(&Reply { ok, message, master, reload: None }).unwrap_or_default()
+}
+
+/// The answer to a `reload` that started: the reload's id, for the client to follow.
+pub(super) fn reload_reply(id: u64, message: String, listeners: Vec<String>) -> Vec<u8> {
+    let master = Some(MasterId { pid: std::process::id(), listeners });
+    serde_json::to_vec(&Reply { ok: true, message, master, reload: Some(id) }).unwrap_or_default()
 }
 
 /// A snapshot for `handoff status`.
@@ -92,6 +100,7 @@ pub(super) fn status(v: &View<'_>) -> Status {
         totals: v.totals.clone(),
         fairness: fairness(v.workers),
         admin: v.admin.status(),
+        reload: v.reload.clone(),
     }
 }
 
@@ -162,6 +171,12 @@ pub(super) fn metrics_text(v: &View<'_>) -> String {
     let _ = writeln!(o, "# HELP handoff_worker_kills_total Workers killed by the master, by reason.\n# TYPE handoff_worker_kills_total counter");
     let _ = writeln!(o, "handoff_worker_kills_total{{reason=\"protocol\"}} {}", t.protocol_kills);
     let _ = writeln!(o, "handoff_worker_kills_total{{reason=\"hung\"}} {}", t.hung_kills);
+    let _ = writeln!(o, "handoff_worker_kills_total{{reason=\"ready_timeout\"}} {}", t.ready_timeouts);
+    let _ = writeln!(o, "# HELP handoff_worker_failed_starts_total Worker starts that failed: ended before proven ready, or not ready within --ready-timeout.\n# TYPE handoff_worker_failed_starts_total counter\nhandoff_worker_failed_starts_total {}", t.failed_starts);
+    let _ = writeln!(o, "# HELP handoff_reloads_total Reloads asked for (SIGHUP or ctl reload), refused ones included.\n# TYPE handoff_reloads_total counter\nhandoff_reloads_total {}", t.reloads);
+    let _ = writeln!(o, "# HELP handoff_reloads_failed_total Reloads refused, or whose new workers did not become ready (the old ones kept serving).\n# TYPE handoff_reloads_failed_total counter\nhandoff_reloads_failed_total {}", t.reloads_failed);
+    let in_progress = v.reload.as_ref().is_some_and(ReloadStatus::in_progress);
+    let _ = writeln!(o, "# HELP handoff_reload_in_progress 1 while a reload replaces the workers.\n# TYPE handoff_reload_in_progress gauge\nhandoff_reload_in_progress {}", u8::from(in_progress));
     let _ = writeln!(
         o,
         "# HELP handoff_workers Worker slots wanted.\n# TYPE handoff_workers gauge\nhandoff_workers {}",

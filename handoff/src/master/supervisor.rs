@@ -6,6 +6,13 @@
 //! which workers may take a connection and hands it the connections to send; it
 //! hands back (as `Handed`) the connections a worker returned or left behind.
 //!
+//! **Failed starts.** A worker that ends before it is proven (see `Worker::proven`),
+//! or lives shorter than [`HEALTHY_AFTER`], failed its start; so does one still not
+//! proven `--ready-timeout` after it started, which is killed. Each failed start
+//! doubles the slot's wait before the next one ([`Slot::backoff`]); a reload reads the
+//! slots' failures to decide whether its new workers will ever serve
+//! (`Workers::reload_verdict`).
+//!
 //! A *slot* is a worker position `0..N` (`HANDOFF_WORKER_ID`); a *worker* is one
 //! process filling a slot. During a recycle or rolling reload a slot briefly has two
 //! workers (the old one draining, the new one starting), so workers carry a unique
@@ -140,6 +147,11 @@ pub struct Worker {
     pub kill_at: Option<Instant>,
     /// Its exit status, once reaped.
     pub exit: Option<Exit>,
+    /// Killed for not being proven within `--ready-timeout`: its failed start was
+    /// counted at the kill.
+    pub timed_out: bool,
+    /// Stopped because the reload that started it failed: its exit is expected.
+    pub abandoned: bool,
 }
 
 impl Worker {
@@ -262,6 +274,12 @@ pub struct Slot {
     pub last_exit: Option<Exit>,
     /// Connections handed to this slot's workers, ever.
     pub dispatched: u64,
+    /// Why its last start failed (`exit status 1 after 1.0s, before it was ready`,
+    /// `not ready after 60s`), while `failed_starts` is above 0.
+    pub last_failure: Option<String>,
+    /// A worker of this slot was killed for `--ready-timeout` since the failures were
+    /// last reset (a reload gives up on the first).
+    pub timed_out: bool,
 }
 
 impl Slot {
@@ -291,6 +309,26 @@ impl Slot {
             self.stderr_tail.pop_front();
         }
         self.stderr_tail.push_back(line);
+    }
+}
+
+/// Failed starts in a row, in any slot, after which a reload gives up and keeps the
+/// old workers: one is bad luck (a port in use, a dependency restarting), three in a
+/// row with the same settings is a broken deploy. With the backoff between them
+/// (0.1 s, then 0.2 s) a start that crashes at once is judged within a second, and
+/// one that dies after its imports within a few.
+pub const RELOAD_FAILED_STARTS: u32 = 3;
+
+/// Warns when `--ready-timeout` leaves a worker that never sends READY no time to
+/// prove itself ([`MINIMAL_PROVEN_AFTER`]): every such worker would be killed as a
+/// failed start. The rule stays as it is (shortening it would let a deploy that dies
+/// a few seconds in pass); the operator hears of it once, at start and on reload.
+pub(super) fn warn_short_ready_timeout(cfg: &Config) {
+    if cfg.ready_timeout <= MINIMAL_PROVEN_AFTER {
+        warn!(
+            "--ready-timeout {:?} is not longer than the {:?} a worker that never sends READY needs to prove itself: such workers will be killed as failed starts (workers must send READY, or raise --ready-timeout)",
+            cfg.ready_timeout, MINIMAL_PROVEN_AFTER
+        );
     }
 }
 
@@ -398,6 +436,8 @@ impl Workers {
         t.protocol_kills = c.protocol_kills;
         t.hung_kills = c.hung_kills;
         t.recycled = c.recycled;
+        t.failed_starts = c.failed_starts;
+        t.ready_timeouts = c.ready_timeouts;
         t.returned = c.returned;
         t.worker_output_dropped = self.forward.dropped_total + crate::sys::stderr_dropped();
     }
@@ -426,10 +466,12 @@ impl Workers {
         self.list.iter().any(|w| w.ready && w.state == State::Running)
     }
 
-    /// Every slot has a running, ready worker and no worker is being replaced.
+    /// Every slot has a running, proven worker (see [`Worker::proven`]: a new
+    /// master of an upgrade tells the old one to go only then) and no worker is being
+    /// replaced.
     pub(super) fn all_ready(&self, now: Instant) -> bool {
         let all = (0..self.slots.len())
-            .all(|s| self.list.iter().any(|w| w.slot == s && w.state == State::Running && w.is_ready(now)));
+            .all(|s| self.list.iter().any(|w| w.slot == s && w.state == State::Running && w.proven(now)));
         all && !self.any_retiring()
     }
 
@@ -498,6 +540,8 @@ impl Workers {
             last_heard: now,
             kill_at: None,
             exit: None,
+            timed_out: false,
+            abandoned: false,
         });
         let s = &mut self.slots[slot];
         if s.last_exit.is_some() || s.restarts > 0 {
@@ -515,18 +559,21 @@ impl Workers {
         let (slot, pid, n) = (self.list[i].slot, self.list[i].pid, self.list[i].dispatched);
         info!("worker {slot} (pid {pid}) took {n} connections: recycling it");
         self.counts.recycled += 1;
-        self.recycle_quiet(i, cfg, reg);
+        let _ = self.recycle_quiet(i, cfg, reg);
     }
 
-    /// Starts a successor for worker `i`'s slot; `i` drains once it is ready.
-    pub(super) fn recycle_quiet(&mut self, i: usize, cfg: &Config, reg: &Registry) {
+    /// Starts a successor for worker `i`'s slot; `i` drains once it is ready. An
+    /// error: no successor could be started, and `i` keeps running.
+    pub(super) fn recycle_quiet(&mut self, i: usize, cfg: &Config, reg: &Registry) -> Result<(), String> {
         let slot = self.list[i].slot;
         self.list[i].state = State::Retiring;
         if let Err(e) = self.spawn(slot, cfg, reg) {
             error!("{e}; worker {slot} keeps running");
             self.list[i].state = State::Running;
             self.list[i].max_requests = None;
+            return Err(e.to_string());
         }
+        Ok(())
     }
 
     /// Grows or shrinks the table to `n` slots: new slots get a worker at the next
@@ -597,7 +644,8 @@ impl Workers {
         }
         let now = Instant::now();
         let lived = now.duration_since(w.started);
-        let expected = matches!(w.state, State::Draining) || !running;
+        let proven = w.proven(now);
+        let expected = matches!(w.state, State::Draining) || !running || w.abandoned;
         if expected {
             info!("worker {} (pid {pid}) exited: {exit}", w.slot);
         } else {
@@ -610,9 +658,19 @@ impl Workers {
         slot.last_exit = Some(exit);
         if lived >= HEALTHY_AFTER {
             self.ever_healthy = true;
+        }
+        if w.timed_out {
+            // Counted when it was killed.
+        } else if lived >= HEALTHY_AFTER && proven {
             slot.failed_starts = 0;
+            slot.last_failure = None;
         } else if !expected {
+            // Died before it could serve: a deploy that fails after its imports (one,
+            // five seconds in) fails its start as surely as one that cannot exec.
             slot.failed_starts += 1;
+            self.counts.failed_starts += 1;
+            let before = if proven { "" } else { ", before it was ready" };
+            slot.last_failure = Some(format!("{exit} after {:.1}s{before}", lived.as_secs_f64()));
         }
         // Replace it unless it was being replaced anyway.
         let replaced = self.list.iter().any(|o| o.slot == w.slot && o.state == State::Running);
@@ -692,6 +750,23 @@ impl Workers {
             if !matches!(w.state, State::Running | State::Retiring | State::Draining) || w.chan.is_none() {
                 continue;
             }
+            if w.state == State::Running && !w.proven(now) && now.duration_since(w.started) >= cfg.ready_timeout {
+                let why = format!("not ready after {:?}", cfg.ready_timeout);
+                error!("worker {} (pid {}) {why} (--ready-timeout): killing it, a failed start", w.slot, w.pid);
+                self.counts.ready_timeouts += 1;
+                self.counts.failed_starts += 1;
+                let _ = sysproc::signal(w.pid, rustix::process::Signal::TERM);
+                w.state = State::Killing;
+                w.kill_at = Some(now + KILL_GRACE);
+                w.timed_out = true;
+                // Started again once it has exited, after the slot's backoff.
+                if let Some(s) = self.slots.get_mut(w.slot) {
+                    s.failed_starts += 1;
+                    s.last_failure = Some(why);
+                    s.timed_out = true;
+                }
+                continue;
+            }
             let timeout = cfg.worker_timeout;
             let silent =
                 w.caps & cap::HEARTBEAT != 0 && !w.inflight.is_empty() && now.duration_since(w.last_heard) > timeout;
@@ -728,6 +803,71 @@ impl Workers {
                 }
             }
         }
+    }
+
+    // ---- reloads ----
+
+    /// Forgets every slot's failed starts: a reload starts its workers afresh (no
+    /// backoff carried over from other settings), and its verdict counts its own.
+    pub(super) fn reset_failures(&mut self) {
+        for s in &mut self.slots {
+            s.failed_starts = 0;
+            s.last_failure = None;
+            s.timed_out = false;
+        }
+    }
+
+    /// Why the workers started since the failures were last reset will not serve, if
+    /// a slot says so: [`RELOAD_FAILED_STARTS`] failed starts in a row, or one worker
+    /// not proven within `--ready-timeout` (waiting that long again would only
+    /// repeat it).
+    pub(super) fn reload_verdict(&self) -> Option<String> {
+        self.slots.iter().enumerate().find_map(|(i, s)| {
+            let last = s.last_failure.as_deref().unwrap_or("unknown");
+            if s.timed_out {
+                Some(format!("worker {i} was {last}"))
+            } else if s.failed_starts >= RELOAD_FAILED_STARTS {
+                Some(format!("worker {i} failed to start {} times in a row (last: {last})", s.failed_starts))
+            } else {
+                None
+            }
+        })
+    }
+
+    /// Slots whose running worker started at or after `since` and has proven itself.
+    pub(super) fn proven_since(&self, since: Instant, now: Instant) -> Vec<usize> {
+        (0..self.slots.len())
+            .filter(|&s| self.slot_worker(s).is_some_and(|w| w.started >= since && w.proven(now)))
+            .collect()
+    }
+
+    /// Stops the workers started at or after `since` that have not proven themselves
+    /// (a failed reload's), and gives back their slots to the workers they were
+    /// replacing: those keep serving as if nothing had happened. Returns how many were
+    /// stopped.
+    pub(super) fn abandon_since(&mut self, since: Instant, now: Instant) -> usize {
+        let mut stopped = 0;
+        for w in &mut self.list {
+            let new = w.started >= since && matches!(w.state, State::Running | State::Retiring);
+            if new && !w.proven(now) {
+                info!("worker {} (pid {}) stopped: its reload failed", w.slot, w.pid);
+                let _ = sysproc::signal(w.pid, rustix::process::Signal::TERM);
+                w.state = State::Killing;
+                w.kill_at = Some(now + KILL_GRACE);
+                w.abandoned = true;
+                stopped += 1;
+            }
+        }
+        for i in 0..self.list.len() {
+            let slot = self.list[i].slot;
+            if self.list[i].state == State::Retiring && self.slot_worker(slot).is_none() {
+                self.list[i].state = State::Running;
+                if let Some(s) = self.slots.get_mut(slot) {
+                    s.respawn_at = None;
+                }
+            }
+        }
+        stopped
     }
 
     /// Starts the workers whose respawn is due (only while the master runs).
