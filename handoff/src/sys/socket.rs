@@ -126,6 +126,16 @@ pub(crate) fn local_addr(fd: BorrowedFd<'_>) -> io::Result<LocalAddr> {
     }
 }
 
+/// The IP address of a connected socket's peer (`getpeername`); `None` for a Unix
+/// socket's peer. An error (`ENOTCONN`) means the peer is already gone.
+pub(crate) fn peer_ip(fd: BorrowedFd<'_>) -> io::Result<Option<std::net::IpAddr>> {
+    match rustix::net::getpeername(fd)? {
+        Some(a) if a.address_family() == AddressFamily::UNIX => Ok(None),
+        None => Ok(None),
+        Some(a) => Ok(Some(SocketAddr::try_from(a).map_err(io::Error::other)?.ip())),
+    }
+}
+
 /// Puts a descriptor in non-blocking (or blocking) mode.
 pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
     Ok(rustix::io::ioctl_fionbio(fd, on)?)
