@@ -43,3 +43,13 @@ fn connection_handed_back_that_it_never_had() {
         "sent a RETURN of connection 18446744073709551614, which it does not hold; killing it",
     );
 }
+
+/// Every frame valid, but sent in a tight loop (it cost the master most of a core): past
+/// the frame budget the worker is killed and replaced; the other workers serve on.
+#[test]
+fn heartbeat_flood() {
+    misbehaving(
+        "heartbeat-flood",
+        "sent frames faster than any honest worker (over 10000 a second beyond 3 per connection it was sent): a frame flood; killing it",
+    );
+}
