@@ -642,6 +642,7 @@ impl Workers {
             debug!("reaped unknown child {pid}: {exit}");
             return Ok(());
         };
+        end_group(self.list[i].slot, pid);
         if self.list[i].chan.is_some() {
             self.channel_closed(i, cfg, reg);
         }
@@ -719,6 +720,7 @@ impl Workers {
                 Ok(Some((pid, exit))) => {
                     if let Some(i) = self.list.iter().position(|w| w.pid == pid) {
                         let w = self.list.remove(i);
+                        end_group(w.slot, pid);
                         info!("worker {} (pid {pid}) exited: {exit}", w.slot);
                     }
                 }
@@ -801,6 +803,18 @@ impl Workers {
                 self.slots[slot].respawn_at = None;
             }
         }
+    }
+}
+
+/// Worker `pid` of `slot` was just reaped: SIGKILLs what it left running in its process
+/// group (its own children, which would otherwise outlive it and the master). The worker
+/// had its time to stop them (DRAIN, then `--shutdown-timeout`, or the SIGTERM grace);
+/// a child that left the group (`setsid`, a daemon) is beyond reach.
+fn end_group(slot: usize, pid: u32) {
+    match sysproc::signal_group(pid, rustix::process::Signal::KILL) {
+        Ok(true) => warn!("worker {slot} (pid {pid}) left processes running in its process group: killed them"),
+        Ok(false) => {}
+        Err(e) => debug!("worker {slot} (pid {pid}): cannot signal its process group: {e}"),
     }
 }
 

@@ -427,6 +427,21 @@ pub fn signal(pid: u32, sig: Signal) -> io::Result<()> {
     }
 }
 
+/// Sends `sig` to every process of group `pgid` (a worker leads a group of its own,
+/// numbered by its pid, which its children join unless they leave it). True if some
+/// process got it; false if the group is empty. Call it for a worker just reaped: while
+/// the group has members the kernel does not give its number to a new process, so a
+/// non-empty group is the worker's.
+pub fn signal_group(pgid: u32, sig: Signal) -> io::Result<bool> {
+    let Some(pgid) = Pid::from_raw(pgid as i32) else {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "process group 0"));
+    };
+    match rustix::process::kill_process_group(pgid, sig) {
+        Err(rustix::io::Errno::SRCH) => Ok(false),
+        r => r.map(|()| true).map_err(io::Error::from),
+    }
+}
+
 /// How a reaped child ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
