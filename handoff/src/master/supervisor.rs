@@ -14,7 +14,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
@@ -142,6 +142,9 @@ pub struct Worker {
     pub exit: Option<Exit>,
     /// What it may still send before it counts as flooding the master.
     pub frames: FrameBudget,
+    /// A worker that does not ACK: since when its channel has held unread messages
+    /// without the amount going down, and that amount (see [`Worker::unread_for`]).
+    pub unread: Option<(Instant, usize)>,
 }
 
 /// Frames a worker may send beyond [`FRAMES_PER_CONN`] per connection it was sent:
@@ -199,6 +202,23 @@ impl FrameBudget {
 }
 
 impl Worker {
+    /// How long its channel has held messages it has not read, with no sign of it
+    /// reading any (the amount unread never went down between two looks). The master
+    /// cannot see a worker that sends nothing read its connections, but it sees
+    /// the queue: a worker that reads at all drains it now and then.
+    pub fn unread_for(&mut self, now: Instant) -> Duration {
+        let queued = self.chan.as_ref().and_then(|c| crate::sys::socket::unread_by_peer(c.as_fd()).ok());
+        match (queued, self.unread) {
+            (None | Some(0), _) => {
+                self.unread = None;
+                return Duration::ZERO;
+            }
+            (Some(q), Some((since, last))) if q >= last => self.unread = Some((since, q)),
+            (Some(q), _) => self.unread = Some((now, q)),
+        }
+        self.unread.map_or(Duration::ZERO, |(since, _)| now.duration_since(since))
+    }
+
     /// Reports DONE, so its `active` count is meaningful.
     pub fn reports_load(&self) -> bool {
         self.ready && self.caps & cap::DONE != 0
@@ -555,6 +575,7 @@ impl Workers {
             kill_at: None,
             exit: None,
             frames: FrameBudget::new(now),
+            unread: None,
         });
         let s = &mut self.slots[slot];
         if s.last_exit.is_some() || s.restarts > 0 {
@@ -758,11 +779,16 @@ impl Workers {
             // A worker that announced ACK but does not ACK would make the master hold a
             // descriptor for every connection it is sent: bounded by the timeout.
             let unacking = w.oldest_unacked().is_some_and(|t| now.duration_since(t) > timeout);
-            if silent || stuck || unacking {
+            // One that does not ACK (a minimal worker) shows only whether it reads:
+            // connections left unread in its channel would hang for good.
+            let unread = w.caps & cap::ACK == 0 && w.unread_for(now) > timeout;
+            if silent || stuck || unacking || unread {
                 let why = if silent {
                     format!("sent nothing for {timeout:?} while holding connections")
                 } else if stuck {
                     format!("has not read its channel for {timeout:?}")
+                } else if unread {
+                    format!("has left connections unread in its channel for {timeout:?} (they are closed with it)")
                 } else {
                     format!("has not acknowledged a connection for {timeout:?}")
                 };

@@ -227,6 +227,22 @@ pub fn tcp_defer_accept(fd: BorrowedFd<'_>) -> io::Result<u32> {
     }
 }
 
+/// What this end of a Unix socket has sent that its peer has not read yet (`SIOCOUTQ`,
+/// the kernel's memory for those messages, not their payload): 0 once the peer has read
+/// everything. The master's view of whether a worker reads its channel at all.
+pub(crate) fn unread_by_peer(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let mut value: libc::c_int = 0;
+    // SAFETY: the descriptor is borrowed, so open for the whole call; SIOCOUTQ (which
+    // Linux numbers as TIOCOUTQ) writes one c_int into `value`, which lives across it.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &mut value as *mut libc::c_int) };
+    if r == 0 {
+        Ok(usize::try_from(value).unwrap_or(0))
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Whether `fd` is a stream socket (`SO_TYPE`), as a listener handed to us must be.
 pub(crate) fn is_stream_socket(fd: impl AsFd) -> bool {
     rustix::net::sockopt::socket_type(fd).is_ok_and(|t| t == SocketType::STREAM)
