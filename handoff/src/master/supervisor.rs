@@ -143,8 +143,9 @@ pub struct Worker {
     /// What it may still send before it counts as flooding the master.
     pub frames: FrameBudget,
     /// A worker that does not ACK: since when its channel has held unread messages
-    /// without the amount going down, and that amount (see [`Worker::unread_for`]).
-    pub unread: Option<(Instant, usize)>,
+    /// with no sign of it reading, the amount at the last look, and `dispatched` then
+    /// (see [`Worker::unread_for`]).
+    pub unread: Option<(Instant, usize, u64)>,
 }
 
 /// Frames a worker may send beyond [`FRAMES_PER_CONN`] per connection it was sent:
@@ -203,20 +204,24 @@ impl FrameBudget {
 
 impl Worker {
     /// How long its channel has held messages it has not read, with no sign of it
-    /// reading any (the amount unread never went down between two looks). The master
-    /// cannot see a worker that sends nothing read its connections, but it sees
-    /// the queue: a worker that reads at all drains it now and then.
+    /// reading any. The master cannot see a worker that sends nothing read its
+    /// connections, but it sees the queue between two looks: smaller, or no larger
+    /// although more was sent, means the worker took some. A queue that only grows
+    /// (or stays with nothing sent) does not.
     pub fn unread_for(&mut self, now: Instant) -> Duration {
         let queued = self.chan.as_ref().and_then(|c| crate::sys::socket::unread_by_peer(c.as_fd()).ok());
+        let sent = self.dispatched;
         match (queued, self.unread) {
             (None | Some(0), _) => {
                 self.unread = None;
                 return Duration::ZERO;
             }
-            (Some(q), Some((since, last))) if q >= last => self.unread = Some((since, q)),
-            (Some(q), _) => self.unread = Some((now, q)),
+            (Some(q), Some((since, last, sent_then))) if q > last || (q == last && sent == sent_then) => {
+                self.unread = Some((since, q, sent))
+            }
+            (Some(q), _) => self.unread = Some((now, q, sent)),
         }
-        self.unread.map_or(Duration::ZERO, |(since, _)| now.duration_since(since))
+        self.unread.map_or(Duration::ZERO, |(since, _, _)| now.duration_since(since))
     }
 
     /// Reports DONE, so its `active` count is meaningful.
