@@ -229,6 +229,10 @@ impl Workers {
     /// its channel closes.
     fn violation(&mut self, i: usize, what: &str) {
         let w = &mut self.list[i];
+        if w.state == State::Killing && w.kill_at.is_none() {
+            // Already SIGKILLed: what it still had queued (a flood's rest) is no news.
+            return;
+        }
         error!("worker {} (pid {}) sent {what}; killing it", w.slot, w.pid);
         self.counts.protocol_kills += 1;
         let _ = sysproc::signal(w.pid, rustix::process::Signal::KILL);
