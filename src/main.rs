@@ -131,7 +131,7 @@ enum CtlAction {
 
 #[derive(Args)]
 struct RunArgs {
-    /// Address to listen on (repeatable): 127.0.0.1:8080, [::1]:8080, unix:/path.sock; add ",proxy" for a PROXY protocol listener, ",deferred" for TCP_DEFER_ACCEPT (HTTP and other client-speaks-first protocols) [default: 127.0.0.1:8080]
+    /// Address to listen on (repeatable): 127.0.0.1:8080, [::1]:8080, unix:/path.sock; add ",proxy" for a PROXY protocol listener (",proxy-from=10.0.0.0/8+::1" names who may send the header; default loopback only), ",deferred" for TCP_DEFER_ACCEPT (HTTP and other client-speaks-first protocols) [default: 127.0.0.1:8080]
     #[arg(long, short = 'l', value_name = "ADDR")]
     listen: Vec<ListenSpec>,
     /// Number of worker processes [default: one per core]

@@ -43,3 +43,27 @@ fn connection_handed_back_that_it_never_had() {
         "sent a RETURN of connection 18446744073709551614, which it does not hold; killing it",
     );
 }
+
+/// Every frame valid, but sent in a tight loop (it cost the master most of a core): past
+/// the frame budget the worker is killed and replaced; the other workers serve on. Each
+/// flooding worker is killed (and logged, and counted) once, whatever it had queued.
+#[test]
+fn heartbeat_flood() {
+    let flood = "sent frames faster than any honest worker (over 10000 a second beyond 3 per connection it was sent): a frame flood; killing it";
+    misbehaving("heartbeat-flood", flood);
+    let dir = TempDir::new("flood");
+    let control = dir.path_str("c.sock");
+    let h = Handoff::start(
+        &[
+            &["--listen", "127.0.0.1:0", "--workers", "2", "--control", &control][..],
+            &misbehaving_in_slot_0("heartbeat-flood"),
+        ]
+        .concat(),
+    );
+    let first = h.wait_line(flood);
+    let pid = first.split("(pid ").nth(1).and_then(|p| p.split(')').next()).expect("a pid").to_string();
+    h.wait_lines("worker 0 started", 2);
+    let kills = h.lines().iter().filter(|l| l.contains(flood) && l.contains(&format!("(pid {pid})"))).count();
+    assert_eq!(kills, 1, "worker pid {pid} was reported more than once");
+    assert!(status_json(&control)["totals"]["protocol_kills"].as_u64().unwrap() >= 1);
+}

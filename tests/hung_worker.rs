@@ -42,3 +42,38 @@ fn a_worker_that_never_acks_is_replaced_and_its_connections_handed_on() {
     h.wait_line("has not acknowledged a connection for");
     h.wait_lines("worker 0 started", 2);
 }
+
+/// A minimal worker (no READY, no ACK) that never reads its channel: the master cannot
+/// hand its connections on (it keeps no copy), but it sees them sit unread, and after
+/// `--worker-timeout` kills and replaces the worker, which closes them: the client gets
+/// an answer (the connection ends) instead of waiting forever.
+#[test]
+fn a_minimal_worker_that_never_reads_its_channel_is_replaced() {
+    let h = Handoff::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+        "--worker-timeout",
+        "1",
+        "--",
+        "sh",
+        "-c",
+        "exec sleep 1000",
+    ]);
+    let first = h.wait_started_slots(1)[&0];
+    let mut s = connect(h.addr());
+    std::io::Write::write_all(&mut s, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let mut out = Vec::new();
+    // Ends (EOF or reset) well within WAIT; a timeout would be an error of kind
+    // WouldBlock/TimedOut.
+    let ended = match std::io::Read::read_to_end(&mut s, &mut out) {
+        Ok(_) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    };
+    assert!(ended && out.is_empty(), "the connection hung (or was answered?): {out:?}");
+    let line = h.wait_line("has left connections unread in its channel");
+    assert!(line.contains(&format!("worker 0 (pid {first})")), "{line}");
+    h.wait_lines("worker 0 started", 2);
+}

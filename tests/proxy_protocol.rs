@@ -173,3 +173,35 @@ fn connections_still_to_hand_out_at_stop_wait_for_a_free_worker() {
     assert!(!log.contains("recycling"), "a worker recycled while stopping: {log}");
     assert_eq!(log.matches("started (pid").count(), 1, "only the first worker ever started: {log}");
 }
+
+/// `,proxy-from=`: only the listed sources may send PROXY headers (anyone else could
+/// claim any client address). A connection from another source is closed before a
+/// byte is read, logged and counted; one from a listed source is served.
+#[test]
+fn only_the_listed_sources_may_send_a_header() {
+    let dir = TempDir::new("proxy-from");
+    let control = dir.path_str("c.sock");
+    let h = Handoff::start(&[
+        "--listen",
+        "127.0.0.1:0,proxy,proxy-from=127.0.0.2",
+        "--workers",
+        "1",
+        "--control",
+        &control,
+    ]);
+    h.wait_ready(1);
+    assert!(h.wait_line("listening on").contains("(headers from 127.0.0.2/32)"));
+    let v1 = b"PROXY TCP4 192.0.2.9 198.51.100.1 5555 443\r\n";
+    // From 127.0.0.1, not listed: closed, nothing served.
+    let refused = connect_from("127.0.0.1".parse().unwrap(), h.addr()).unwrap();
+    refused.set_read_timeout(Some(WAIT)).unwrap();
+    let got = http_get_with(refused, "/", v1);
+    assert!(got.is_err(), "a header from an unlisted source reached a worker: {:?}", got.map(|r| r.status));
+    let line = h.wait_line("may not send PROXY headers");
+    assert!(line.contains("from 127.0.0.1 on the PROXY listener"), "{line}");
+    assert_eq!(status_json(&control)["totals"]["proxy_refused"], 1);
+    // From 127.0.0.2, listed: served, with the header's client address.
+    let r = http_get_with(connect_from("127.0.0.2".parse().unwrap(), h.addr()).unwrap(), "/", v1).unwrap();
+    assert_eq!((r.status, client_header(&r).as_deref()), (200, Some("192.0.2.9:5555")));
+    assert_eq!(status_json(&control)["totals"]["proxy_refused"], 1);
+}

@@ -35,3 +35,23 @@ fn workers_exit_when_the_master_is_killed() {
     wait_no_processes(&h.marker, Duration::from_secs(2))
         .unwrap_or_else(|l| panic!("orphans after the master died: {l:?}"));
 }
+
+/// A worker's own children (here a `sleep 1000` started by the worker's shell) are in
+/// its process group: they are killed when the worker has exited, so a stopped
+/// `handoff` leaves none of them behind.
+#[test]
+fn a_workers_children_do_not_outlive_the_stop() {
+    let script = format!("sleep 1000 & echo \"grandchild $!\" >&2; exec {} worker", handoff_bin());
+    let mut h = Handoff::start(&["--listen", "127.0.0.1:0", "--workers", "1", "--", "sh", "-c", &script]);
+    h.wait_ready(1);
+    let line = h.wait_line("] grandchild ");
+    let pid: u32 = line.rsplit(' ').next().and_then(|p| p.trim().parse().ok()).expect("the child's pid");
+    assert!(h.processes().contains(&pid), "the sleep {pid} runs, with this run's marker");
+    assert_eq!(http_get(h.addr(), "/").unwrap().status, 200);
+    h.signal(Signal::TERM);
+    assert_eq!(h.wait_exit(), Some(0));
+    wait_no_processes(&h.marker, Duration::from_secs(5))
+        .unwrap_or_else(|l| panic!("left behind after the stop: {l:?} (the worker's child was {pid})"));
+    let line = h.wait_line("left processes running in its process group");
+    assert!(line.contains("worker 0"), "{line}");
+}

@@ -85,3 +85,62 @@ fn a_new_binary_that_fails_leaves_the_old_master_serving() {
     assert_eq!(st["phase"], "running");
     assert_eq!(http_get(h.addr(), "/").unwrap().status, 200);
 }
+
+/// Replaces `bin` on disk with a "new binary" that never takes over: it says its pid and
+/// waits (as a new master whose workers are slow to start would).
+fn replace_with_a_binary_that_never_takes_over(bin: &str) {
+    std::fs::remove_file(bin).unwrap();
+    std::fs::write(bin, "#!/bin/sh\necho \"new binary $$ starting\" >&2\nexec sleep 1000\n").unwrap();
+    std::fs::set_permissions(bin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+}
+
+/// Starts a master from a copy of the binary, replaces the copy with one that never
+/// takes over, and sends SIGUSR2: returns the master and the new binary's pid.
+fn upgrade_under_way(dir: &TempDir) -> (Handoff, u32) {
+    let bin = copy_binary(dir);
+    let h = Handoff::spawn(&["--listen", "127.0.0.1:0", "--workers", "1"], |cmd| run_copy(cmd, &bin));
+    h.wait_ready(1);
+    replace_with_a_binary_that_never_takes_over(&bin);
+    h.signal(Signal::USR2);
+    let line = h.wait_line("new binary ");
+    let pid = line
+        .split_whitespace()
+        .skip_while(|w| *w != "binary")
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(h.processes().contains(&pid), "the new binary {pid} runs, with this run's marker");
+    (h, pid)
+}
+
+/// Stopped (gracefully, or at once) while a SIGUSR2 upgrade has not taken over, the
+/// master stops the new binary too: nothing is left on the listening socket.
+#[test]
+fn stopping_during_an_upgrade_stops_the_new_master() {
+    for sig in [Signal::TERM, Signal::QUIT] {
+        let dir = TempDir::new("upgrade-stop");
+        let (mut h, pid) = upgrade_under_way(&dir);
+        h.signal(sig);
+        assert_eq!(h.wait_exit(), Some(0), "{sig:?}");
+        let line = h.wait_line("stopping the new master");
+        assert!(line.contains(&format!("(pid {pid})")), "{line}");
+        wait_no_processes(&h.marker, Duration::from_secs(5))
+            .unwrap_or_else(|l| panic!("{sig:?}: left behind: {l:?} (the new binary was {pid})"));
+        if sig == Signal::TERM {
+            // Waited for, not just signalled.
+            h.wait_line(&format!("the new master (pid {pid}) of the unfinished upgrade exited"));
+        }
+    }
+}
+
+/// A master killed outright (no chance to stop anything) while an upgrade has not
+/// taken over: the kernel tells the new binary (PR_SET_PDEATHSIG), which stops.
+#[test]
+fn the_new_master_stops_when_the_old_one_dies_before_it_took_over() {
+    let dir = TempDir::new("upgrade-kill");
+    let (mut h, pid) = upgrade_under_way(&dir);
+    h.signal(Signal::KILL);
+    h.wait_exit();
+    wait_no_processes(&h.marker, Duration::from_secs(5))
+        .unwrap_or_else(|l| panic!("left behind: {l:?} (the new binary was {pid})"));
+}

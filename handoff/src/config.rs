@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use crate::listener::ListenSpec;
+pub use crate::listener::SourceNet;
 use crate::policy::Policy;
 pub use crate::wire::HandBack;
 pub use crate::worker::access_log::AccessLog;

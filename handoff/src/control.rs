@@ -457,6 +457,10 @@ pub struct Totals {
     /// Held idle connections closed by a graceful stop (no request had arrived).
     #[serde(default)]
     pub idle_closed_at_stop: u64,
+    /// Connections to a `,proxy` listener closed unread: their source may not send
+    /// PROXY headers (not in the listener's `proxy-from=`).
+    #[serde(default)]
+    pub proxy_refused: u64,
 }
 
 /// The master's own endpoints, as `handoff status --json` shows them.

@@ -7,7 +7,7 @@
 
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -78,6 +78,80 @@ pub struct ListenSpec {
     pub deferred: bool,
     /// `,nodeferred`: not deferred, even for the built-in HTTP worker.
     pub no_deferred: bool,
+    /// `,proxy-from=NET+NET`: the sources allowed to send PROXY headers on a `,proxy`
+    /// TCP listener (nginx's `set_real_ip_from`). Empty: the default,
+    /// [`DEFAULT_PROXY_FROM`] (loopback only). See [`ListenSpec::proxy_allows`].
+    pub proxy_from: Vec<SourceNet>,
+}
+
+/// Who may send PROXY headers when a `,proxy` listener names nobody: loopback only.
+/// A PROXY header lets its sender claim any client address; trusting every source
+/// would let anyone on the network do so (nginx trusts nobody until
+/// `set_real_ip_from`). Loopback is the one source that is the local host itself,
+/// where the usual proxy (HAProxy, a TLS terminator) runs; a proxy elsewhere is named
+/// with `,proxy-from=`.
+pub const DEFAULT_PROXY_FROM: [SourceNet; 2] = [
+    SourceNet { addr: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)), prefix: 8 },
+    SourceNet { addr: IpAddr::V6(Ipv6Addr::LOCALHOST), prefix: 128 },
+];
+
+/// A network of source addresses, as in `10.0.0.0/8` or `::1` (a single address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SourceNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl SourceNet {
+    /// Whether `ip` is in this network (an IPv4-mapped IPv6 address counts as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl FromStr for SourceNet {
+    type Err = String;
+    fn from_str(s: &str) -> Result<SourceNet, String> {
+        let bad = || format!("{s:?} is not a source network; write an address or ADDRESS/PREFIX (10.0.0.0/8, ::1)");
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr.parse().map_err(|_| bad())?;
+        let addr = addr.to_canonical();
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p.parse::<u8>().ok().filter(|&p| p <= max).ok_or_else(bad)?,
+            None => max,
+        };
+        Ok(SourceNet { addr, prefix })
+    }
+}
+
+impl fmt::Display for SourceNet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl ListenSpec {
+    /// Whether a connection from `peer` may send a PROXY header here: a Unix peer is
+    /// on this host (always); a TCP peer must be in `proxy_from` (or the default).
+    pub fn proxy_allows(proxy_from: &[SourceNet], peer: Option<IpAddr>) -> bool {
+        let Some(ip) = peer else { return true };
+        let nets = if proxy_from.is_empty() { &DEFAULT_PROXY_FROM[..] } else { proxy_from };
+        nets.iter().any(|n| n.contains(ip))
+    }
 }
 
 impl FromStr for ListenSpec {
@@ -85,22 +159,37 @@ impl FromStr for ListenSpec {
     fn from_str(s: &str) -> Result<ListenSpec, String> {
         let mut parts = s.split(',');
         let addr = parts.next().unwrap_or_default().parse()?;
-        let mut spec = ListenSpec { addr, proxy: false, deferred: false, no_deferred: false };
+        let mut spec = ListenSpec { addr, proxy: false, deferred: false, no_deferred: false, proxy_from: Vec::new() };
         for opt in parts {
+            // `+` separates the networks: `,` already separates the options.
+            if let Some(nets) = opt.strip_prefix("proxy-from=") {
+                for net in nets.split('+') {
+                    spec.proxy_from.push(net.parse().map_err(|e| format!("{s:?}: proxy-from: {e}"))?);
+                }
+                continue;
+            }
             match opt {
                 "proxy" => spec.proxy = true,
                 "deferred" => spec.deferred = true,
                 "nodeferred" => spec.no_deferred = true,
                 _ => {
                     return Err(format!(
-                        "{s:?}: unknown listen option {opt:?}; the options are \"proxy\", \"deferred\" and \
-                         \"nodeferred\" (as in 0.0.0.0:8080,proxy,deferred)"
+                        "{s:?}: unknown listen option {opt:?}; the options are \"proxy\", \"proxy-from=NET+NET\", \
+                         \"deferred\" and \"nodeferred\" (as in 0.0.0.0:8080,proxy,deferred)"
                     ))
                 }
             }
         }
         if spec.deferred && spec.no_deferred {
             return Err(format!("{s:?}: \"deferred\" and \"nodeferred\" contradict each other: keep one"));
+        }
+        if !spec.proxy_from.is_empty() && !spec.proxy {
+            return Err(format!(
+                "{s:?}: \"proxy-from\" names who may send PROXY headers: add \"proxy\" (as in 0.0.0.0:8080,proxy,proxy-from=10.0.0.0/8)"
+            ));
+        }
+        if !spec.proxy_from.is_empty() && matches!(spec.addr, ListenAddr::Unix(_)) {
+            return Err(format!("{s:?}: \"proxy-from\" is for TCP listeners: a Unix socket's peers are on this host"));
         }
         if spec.deferred && matches!(spec.addr, ListenAddr::Unix(_)) {
             return Err(format!("{s:?}: \"deferred\" (TCP_DEFER_ACCEPT) is for TCP listeners, not Unix sockets"));
@@ -114,6 +203,10 @@ impl fmt::Display for ListenSpec {
         write!(f, "{}", self.addr)?;
         if self.proxy {
             f.write_str(",proxy")?;
+        }
+        for (i, net) in self.proxy_from.iter().enumerate() {
+            f.write_str(if i == 0 { ",proxy-from=" } else { "+" })?;
+            write!(f, "{net}")?;
         }
         if self.deferred {
             f.write_str(",deferred")?;
@@ -277,8 +370,37 @@ mod tests {
         let e = "unix:/run/a.sock,deferred".parse::<ListenSpec>().unwrap_err();
         assert!(e.contains("for TCP listeners"), "{e}");
         let e = "0.0.0.0:80,fast".parse::<ListenSpec>().unwrap_err();
-        assert!(e.contains("\"proxy\", \"deferred\" and"), "{e}");
+        assert!(e.contains("\"proxy\", \"proxy-from=NET+NET\", \"deferred\" and"), "{e}");
         assert!("0.0.0.0:80,tls".parse::<ListenSpec>().unwrap_err().contains("unknown listen option"));
+    }
+
+    #[test]
+    fn proxy_sources() {
+        let spec: ListenSpec = "0.0.0.0:80,proxy,proxy-from=10.0.0.0/8+192.0.2.7+::1".parse().unwrap();
+        assert_eq!(spec.to_string(), "0.0.0.0:80,proxy,proxy-from=10.0.0.0/8+192.0.2.7/32+::1/128");
+        assert_eq!(spec.to_string().parse::<ListenSpec>().unwrap(), spec);
+        let allows = |ip: &str| ListenSpec::proxy_allows(&spec.proxy_from, Some(ip.parse().unwrap()));
+        assert!(allows("10.1.2.3") && allows("192.0.2.7") && allows("::1") && allows("::ffff:10.0.0.1"));
+        assert!(!allows("11.0.0.1") && !allows("192.0.2.8") && !allows("127.0.0.1") && !allows("::2"));
+        // The default: loopback only; a Unix peer always.
+        let none: &[SourceNet] = &[];
+        assert!(ListenSpec::proxy_allows(none, Some("127.0.0.2".parse().unwrap())));
+        assert!(ListenSpec::proxy_allows(none, Some("::1".parse().unwrap())));
+        assert!(!ListenSpec::proxy_allows(none, Some("192.168.1.1".parse().unwrap())));
+        assert!(ListenSpec::proxy_allows(none, None));
+        let any: ListenSpec = "[::]:80,proxy,proxy-from=0.0.0.0/0+::/0".parse().unwrap();
+        assert!(ListenSpec::proxy_allows(&any.proxy_from, Some("203.0.113.9".parse().unwrap())));
+        assert!(ListenSpec::proxy_allows(&any.proxy_from, Some("2001:db8::1".parse().unwrap())));
+        for (bad, says) in [
+            ("0.0.0.0:80,proxy-from=10.0.0.0/8", "add \"proxy\""),
+            ("0.0.0.0:80,proxy,proxy-from=10.0.0.0/33", "not a source network"),
+            ("0.0.0.0:80,proxy,proxy-from=", "not a source network"),
+            ("0.0.0.0:80,proxy,proxy-from=host.example", "not a source network"),
+            ("unix:/run/a.sock,proxy,proxy-from=::1", "for TCP listeners"),
+        ] {
+            let e = bad.parse::<ListenSpec>().unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 
     #[test]

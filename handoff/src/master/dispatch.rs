@@ -171,6 +171,7 @@ impl Dispatcher {
         t.accept_transient = c.accept_transient;
         t.paused = c.paused;
         t.proxy_errors = c.proxy_errors;
+        t.proxy_refused = c.proxy_refused;
         t.continued = c.continued;
         t.idle_hangups = c.idle_hangups;
         t.idle_closed_at_stop = c.idle_closed_at_stop;
@@ -353,6 +354,9 @@ impl Dispatcher {
                         room -= 1;
                         self.counts.accepted += 1;
                         if self.listeners.list[li].proxy {
+                            if !self.proxy_source_allowed(&fd, li, now) {
+                                continue;
+                            }
                             self.proxy_accepted(fd, li as u16, now, &mut batch, reg);
                         } else {
                             batch.push(Held { fd, listener: li as u16, addrs: None, flags: 0 });

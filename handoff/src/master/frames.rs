@@ -5,7 +5,9 @@
 //! Input from workers is untrusted: a malformed frame, an unknown id or a descriptor
 //! sent to the master gets that worker killed and replaced; the others never notice.
 //! Reads are bounded per turn ([`RECV_BATCH`] frames, [`STDERR_CHUNKS`] reads), and a
-//! worker with more to read is read on in the next turn.
+//! worker with more to read is read on in the next turn. Frames are also bounded per
+//! second ([`super::FrameBudget`]): a worker that floods its channel (HEARTBEAT in a
+//! tight loop) is killed and replaced like any other that breaks the protocol.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -16,7 +18,7 @@ use mio::Registry;
 use tracing::{debug, error, info, warn};
 
 use super::spawn::{self, StderrRead};
-use super::{Handed, Inflight, Slot, State, Workers, LOST_GRACE};
+use super::{Handed, Inflight, Slot, State, Workers, FRAMES_PER_CONN, FRAME_RATE, LOST_GRACE};
 use crate::config::Config;
 use crate::master::Held;
 use crate::sys::fdpass;
@@ -104,6 +106,14 @@ impl Workers {
             };
             if got.len == 0 && got.fds.is_empty() {
                 self.channel_closed(i, cfg, reg);
+                return heard;
+            }
+            if !self.list[i].frames.spend(now) {
+                let what = format!(
+                    "frames faster than any honest worker (over {FRAME_RATE} a second beyond {FRAMES_PER_CONN} per \
+                     connection it was sent): a frame flood"
+                );
+                self.violation(i, &what);
                 return heard;
             }
             let frame = match wire::decode(&self.recv_buf[..got.len]) {
@@ -219,6 +229,10 @@ impl Workers {
     /// its channel closes.
     fn violation(&mut self, i: usize, what: &str) {
         let w = &mut self.list[i];
+        if w.state == State::Killing && w.kill_at.is_none() {
+            // Already SIGKILLed: what it still had queued (a flood's rest) is no news.
+            return;
+        }
         error!("worker {} (pid {}) sent {what}; killing it", w.slot, w.pid);
         self.counts.protocol_kills += 1;
         let _ = sysproc::signal(w.pid, rustix::process::Signal::KILL);
@@ -372,6 +386,7 @@ impl Workers {
                         }
                         // Otherwise `fd` drops here: the worker has its own copy.
                     }
+                    w.frames.earn(n as u64);
                     self.counts.dispatched += n as u64;
                     if let Some(s) = self.slots.get_mut(w.slot) {
                         s.dispatched += n as u64;

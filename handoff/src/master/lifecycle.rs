@@ -29,7 +29,12 @@
 //! workers and, once every one is ready, writes one byte to the pipe. Only then does
 //! the old master stop accepting and drain its workers. Both accept on the same kernel
 //! sockets meanwhile, so no client is refused or reset. If the new master exits or
-//! closes the pipe without writing, the old one logs it and carries on.
+//! closes the pipe without writing, the old one logs it and carries on. If the old
+//! master is stopped (SIGTERM, SIGINT, SIGQUIT, `stop`) before the new one took over,
+//! it stops the new one too (SIGTERM) and waits for it within its own stop's deadline;
+//! and a new master gets SIGTERM from the kernel if the old one dies first
+//! (`PR_SET_PDEATHSIG`, cleared once it takes over): no new binary is left orphaned on
+//! the listening sockets.
 //!
 //! **Socket activation.** systemd passes listening sockets as descriptors 3.. with
 //! `LISTEN_FDS`, `LISTEN_PID` and `LISTEN_FDNAMES`; the master uses them instead of
@@ -120,6 +125,9 @@ pub(super) struct Lifecycle {
     reloads_failed: u64,
     /// A new master being started by SIGUSR2.
     upgrade: Option<Child>,
+    /// The pid of a new master this one stopped before it took over (this one is
+    /// stopping): waited for before exiting.
+    abandoned: Option<u32>,
     /// This master was started by an upgrade: tell the old one once ready.
     upgrade_ready: Option<OwnedFd>,
     ready_notified: bool,
@@ -145,6 +153,7 @@ impl Lifecycle {
             reloads: 0,
             reloads_failed: 0,
             upgrade: None,
+            abandoned: None,
             upgrade_ready,
             ready_notified: false,
             watchdog: watchdog_interval().map(|d| (d, Instant::now())),
@@ -218,6 +227,9 @@ impl Lifecycle {
 
     /// A signal other than SIGCHLD (which the master reaps with).
     pub(super) fn signal(&mut self, sig: i32, p: &mut Parts<'_>) {
+        if matches!(sig, SIGTERM | SIGINT | SIGQUIT) {
+            self.stop_upgrade(p.reg);
+        }
         match sig {
             SIGTERM => self.begin_stop("SIGTERM", true, p),
             SIGINT => {
@@ -252,6 +264,9 @@ impl Lifecycle {
         if self.phase != Phase::Running || self.lingering.is_some() {
             return;
         }
+        // An upgrade that has not taken over ends with this master (`upgrade` is
+        // cleared before the stop that follows a successful one).
+        self.stop_upgrade(p.reg);
         notify("STOPPING=1");
         let delay = p.cfg.drain_delay;
         if unlink && !delay.is_zero() {
@@ -592,6 +607,11 @@ impl Lifecycle {
     /// A child that is not a worker exited: if it is the new master, before it was
     /// ready, the upgrade failed. False if `pid` is not the new master.
     pub(super) fn child_exited(&mut self, pid: u32, exit: sysproc::Exit, p: &mut Parts<'_>) -> bool {
+        if self.abandoned == Some(pid) {
+            info!("the new master (pid {pid}) of the unfinished upgrade exited: {exit}");
+            self.abandoned = None;
+            return true;
+        }
         if self.upgrade.as_ref().is_none_or(|u| u.pid != pid) {
             return false;
         }
@@ -612,6 +632,31 @@ impl Lifecycle {
         p.admin.reclaim_control(p.reg);
     }
 
+    /// This master is stopping while a new master it started has not taken over: stop
+    /// that one too (gracefully: it may have accepted clients meanwhile).
+    fn stop_upgrade(&mut self, reg: &Registry) {
+        if let Some(pid) = self.upgrade.as_ref().map(|c| c.pid) {
+            warn!("stopping the new master (pid {pid}) too: this master stops before the upgrade took over");
+            let _ = crate::sys::process::signal(pid, rustix::process::Signal::TERM);
+            self.end_upgrade(reg);
+            self.abandoned = Some(pid);
+        }
+    }
+
+    /// A new master stopped by [`Lifecycle::stop_upgrade`] has not exited yet.
+    pub(super) fn waiting_for_upgrade(&self) -> bool {
+        self.abandoned.is_some()
+    }
+
+    /// This master leaves now: a new master it stopped and that is still there is
+    /// killed (its stop had the time of this one's).
+    pub(super) fn kill_abandoned(&mut self) {
+        if let Some(pid) = self.abandoned.take() {
+            warn!("the new master (pid {pid}) has not stopped: SIGKILL");
+            let _ = crate::sys::process::signal(pid, rustix::process::Signal::KILL);
+        }
+    }
+
     fn end_upgrade(&mut self, reg: &Registry) {
         if let Some(child) = self.upgrade.take() {
             let _ = reg.deregister(&mut SourceFd(&child.ready.as_raw_fd()));
@@ -629,6 +674,11 @@ impl Lifecycle {
         }
         self.ready_notified = true;
         if let Some(fd) = self.upgrade_ready.take() {
+            // Taking over: from now on this master outlives the old one. Before the
+            // byte, or the old one could be gone (and signal us) in between.
+            if let Err(e) = sysproc::outlive_parent() {
+                warn!("cannot clear the parent-death signal: {e}; this master stops if the old one exits");
+            }
             let _ = rustix::io::write(&fd, b"1");
             info!("all workers ready; told the old master to stop");
             notify(&format!("MAINPID={}\nREADY=1", std::process::id()));

@@ -10,7 +10,7 @@ use mio::unix::SourceFd;
 use mio::{Interest, Registry};
 use tracing::{error, info, warn};
 
-use crate::listener::{ListenAddr, ListenSpec, Listener};
+use crate::listener::{ListenAddr, ListenSpec, Listener, SourceNet};
 use crate::master::Source;
 use crate::wire;
 
@@ -21,6 +21,8 @@ pub(super) struct ListenerSlot {
     pub(super) readable: bool,
     /// Connections start with a PROXY protocol header.
     pub(super) proxy: bool,
+    /// Who may send that header (`,proxy-from=`; empty: loopback only).
+    pub(super) proxy_from: Vec<SourceNet>,
     /// `TCP_DEFER_ACCEPT` as the configuration last asked (set only on a change).
     deferred: bool,
 }
@@ -41,13 +43,14 @@ impl Listeners {
             // master passed us keeps what it has unless the configuration asks.
             let proxy = spec.as_ref().is_some_and(|s| s.proxy);
             let deferred = spec.as_ref().is_some_and(|s| s.deferred);
+            let proxy_from = spec.as_ref().map(|s| s.proxy_from.clone()).unwrap_or_default();
             if deferred {
                 l.set_deferred(true).map_err(|e| {
                     io::Error::new(e.kind(), format!("cannot set TCP_DEFER_ACCEPT on {}: {e}", l.local_addr()))
                 })?;
             }
             info!("listening on {}{}", l.local_addr(), spec.as_ref().map(listen_notes).unwrap_or_default());
-            ls.push(ListenerSlot { listener: l, readable: true, proxy, deferred });
+            ls.push(ListenerSlot { listener: l, readable: true, proxy, proxy_from, deferred });
         }
         Ok(Listeners { list: ls })
     }
@@ -137,12 +140,19 @@ impl Listeners {
             let mut slot = match new {
                 Some(listener) => {
                     info!("listening on {}{}", listener.local_addr(), listen_notes(spec));
-                    ListenerSlot { listener, readable: true, proxy: spec.proxy, deferred: false }
+                    ListenerSlot {
+                        listener,
+                        readable: true,
+                        proxy: spec.proxy,
+                        proxy_from: spec.proxy_from.clone(),
+                        deferred: false,
+                    }
                 }
                 None => {
                     let p = old.iter().position(|o| o.as_ref().is_some_and(|l| same(l, &spec.addr))).expect("kept");
                     let mut l = old[p].take().expect("present");
                     l.proxy = spec.proxy;
+                    l.proxy_from = spec.proxy_from.clone();
                     l.readable = true;
                     l
                 }
@@ -177,7 +187,9 @@ impl Listeners {
 fn listen_notes(spec: &ListenSpec) -> String {
     let mut notes = String::new();
     if spec.proxy {
-        notes.push_str(" (PROXY protocol)");
+        let from: Vec<String> = spec.proxy_from.iter().map(|n| n.to_string()).collect();
+        let from = if from.is_empty() { "loopback".to_string() } else { from.join(", ") };
+        notes.push_str(&format!(" (PROXY protocol) (headers from {from})"));
     }
     if spec.deferred {
         notes.push_str(" (deferred accept)");

@@ -369,10 +369,11 @@ impl Master {
         match self.life.phase() {
             Phase::Exiting => {
                 self.workers.kill_all_now();
+                self.life.kill_abandoned();
                 self.admin.close();
                 Some(Ok(()))
             }
-            Phase::Stopping { .. } if self.workers.is_empty() => {
+            Phase::Stopping { .. } if self.workers.is_empty() && !self.life.waiting_for_upgrade() => {
                 info!("all workers exited; master exiting");
                 self.admin.close();
                 Some(Ok(()))

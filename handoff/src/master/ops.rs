@@ -145,6 +145,11 @@ pub(super) fn metrics_text(v: &View<'_>) -> String {
         "Bytes of worker stderr and master log dropped: the master's stderr was not being read.",
         t.worker_output_dropped as f64,
     );
+    counter(
+        "proxy_refused_total",
+        "Connections to a PROXY listener closed unread: their source is not in its proxy-from.",
+        t.proxy_refused as f64,
+    );
     let _ = writeln!(
         o,
         "# HELP handoff_accept_errors_total Accept errors by kind.\n# TYPE handoff_accept_errors_total counter"

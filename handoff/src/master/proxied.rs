@@ -7,6 +7,10 @@
 //! for at most [`PROXY_HEADER_TIMEOUT`]; a bad or late header closes that connection
 //! (logged, at most once a second) and affects nothing else. The table is the
 //! dispatcher's ([`Dispatcher`]).
+//!
+//! A PROXY header lets its sender claim any client address, so only the listener's
+//! `,proxy-from=` sources (loopback by default) may send one: a connection from any
+//! other source is closed at once, before a byte is read (counted as refused).
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -17,6 +21,7 @@ use mio::{Interest, Registry};
 use tracing::warn;
 
 use super::Dispatcher;
+use crate::listener::ListenSpec;
 use crate::master::{Held, Source, PROXY_HEADER_TIMEOUT};
 
 /// A connection from a `,proxy` listener whose header has not fully arrived.
@@ -50,6 +55,35 @@ impl Dispatcher {
             }
             Err(e) => self.proxy_failed(&e.to_string(), now),
         }
+    }
+
+    /// Whether the peer of `fd`, accepted on `,proxy` listener `li`, may send a PROXY
+    /// header there; if not, counts and logs the refusal (the caller drops `fd`).
+    pub(super) fn proxy_source_allowed(&mut self, fd: &OwnedFd, li: usize, now: Instant) -> bool {
+        let peer = crate::sys::socket::peer_ip(fd.as_fd());
+        let allowed = match &peer {
+            Ok(ip) => ListenSpec::proxy_allows(&self.listeners.list[li].proxy_from, *ip),
+            Err(_) => false,
+        };
+        if !allowed {
+            self.counts.proxy_refused += 1;
+            let quiet = self.last_proxy_log.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1));
+            if !quiet {
+                self.last_proxy_log = Some(now);
+                let who = match peer {
+                    Ok(Some(ip)) => ip.to_string(),
+                    Ok(None) => "a local peer".to_string(),
+                    Err(e) => format!("a peer already gone ({e})"),
+                };
+                warn!(
+                    "closed a connection from {who} on the PROXY listener {}: that source may not send PROXY \
+                     headers (name it in the listener's proxy-from=) ({} so far)",
+                    self.listeners.list[li].listener.local_addr(),
+                    self.counts.proxy_refused
+                );
+            }
+        }
+        allowed
     }
 
     /// More bytes arrived on a connection waiting for its header.

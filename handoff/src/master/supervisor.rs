@@ -21,7 +21,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
@@ -152,9 +152,90 @@ pub struct Worker {
     pub timed_out: bool,
     /// Stopped because the reload that started it failed: its exit is expected.
     pub abandoned: bool,
+    /// What it may still send before it counts as flooding the master.
+    pub frames: FrameBudget,
+    /// A worker that does not ACK: since when its channel has held unread messages
+    /// with no sign of it reading, the amount at the last look, and `dispatched` then
+    /// (see [`Worker::unread_for`]).
+    pub unread: Option<(Instant, usize, u64)>,
+}
+
+/// Frames a worker may send beyond [`FRAMES_PER_CONN`] per connection it was sent:
+/// this many a second, sustained. An honest worker sends a few (READY, and HEARTBEAT at
+/// most every 10 ms, the shortest `--heartbeat`): this is a hundred times that, and
+/// far below what a worker sending in a tight loop makes the master read.
+pub const FRAME_RATE: u32 = 10_000;
+/// Frames a worker may send at once beyond its connections' (the bucket's size).
+pub const FRAME_BURST: u32 = 10_000;
+/// Frames each connection sent to a worker pays for: its ACK, its DONE and a RETURN.
+pub const FRAMES_PER_CONN: u64 = 3;
+/// Unspent per-connection frames a worker may save (a worker that batches its ACKs
+/// must not build a reserve for a long flood later).
+const FRAME_CREDIT_MAX: u64 = FRAMES_PER_CONN * 65_536;
+
+/// A token bucket on the frames one worker sends: the master reads frames one by one
+/// (a tight loop of HEARTBEAT cost it most of a core), so a worker that sends far more
+/// than its connections and a heartbeat explain breaks the protocol. Each connection
+/// sent earns [`FRAMES_PER_CONN`]; on top of that [`FRAME_RATE`] a second refill a
+/// bucket of [`FRAME_BURST`]. Fairness within one loop turn is the reading's own bound.
+#[derive(Debug)]
+pub struct FrameBudget {
+    credit: u64,
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl FrameBudget {
+    /// A full bucket at `now`.
+    pub fn new(now: Instant) -> FrameBudget {
+        FrameBudget { credit: 0, tokens: f64::from(FRAME_BURST), refilled: now }
+    }
+
+    /// `n` connections were sent to the worker.
+    pub fn earn(&mut self, n: u64) {
+        self.credit = self.credit.saturating_add(n * FRAMES_PER_CONN).min(FRAME_CREDIT_MAX);
+    }
+
+    /// A frame arrived at `now`: false if the worker had nothing left to pay for it.
+    pub fn spend(&mut self, now: Instant) -> bool {
+        if self.credit > 0 {
+            self.credit -= 1;
+            return true;
+        }
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.refilled = now;
+        self.tokens = (self.tokens + elapsed * f64::from(FRAME_RATE)).min(f64::from(FRAME_BURST));
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 impl Worker {
+    /// How long its channel has held messages it has not read, with no sign of it
+    /// reading any. The master cannot see a worker that sends nothing read its
+    /// connections, but it sees the queue between two looks: smaller, or no larger
+    /// although more was sent, means the worker took some. A queue that only grows
+    /// (or stays with nothing sent) does not.
+    pub fn unread_for(&mut self, now: Instant) -> Duration {
+        let queued = self.chan.as_ref().and_then(|c| crate::sys::socket::unread_by_peer(c.as_fd()).ok());
+        let sent = self.dispatched;
+        match (queued, self.unread) {
+            (None | Some(0), _) => {
+                self.unread = None;
+                return Duration::ZERO;
+            }
+            (Some(q), Some((since, last, sent_then))) if q > last || (q == last && sent == sent_then) => {
+                self.unread = Some((since, q, sent))
+            }
+            (Some(q), _) => self.unread = Some((now, q, sent)),
+        }
+        self.unread.map_or(Duration::ZERO, |(since, _, _)| now.duration_since(since))
+    }
+
     /// Reports DONE, so its `active` count is meaningful.
     pub fn reports_load(&self) -> bool {
         self.ready && self.caps & cap::DONE != 0
@@ -542,6 +623,8 @@ impl Workers {
             exit: None,
             timed_out: false,
             abandoned: false,
+            frames: FrameBudget::new(now),
+            unread: None,
         });
         let s = &mut self.slots[slot];
         if s.last_exit.is_some() || s.restarts > 0 {
@@ -632,6 +715,7 @@ impl Workers {
             debug!("reaped unknown child {pid}: {exit}");
             return Ok(());
         };
+        end_group(self.list[i].slot, pid);
         if self.list[i].chan.is_some() {
             self.channel_closed(i, cfg, reg);
         }
@@ -720,6 +804,7 @@ impl Workers {
                 Ok(Some((pid, exit))) => {
                     if let Some(i) = self.list.iter().position(|w| w.pid == pid) {
                         let w = self.list.remove(i);
+                        end_group(w.slot, pid);
                         info!("worker {} (pid {pid}) exited: {exit}", w.slot);
                     }
                 }
@@ -774,11 +859,16 @@ impl Workers {
             // A worker that announced ACK but does not ACK would make the master hold a
             // descriptor for every connection it is sent: bounded by the timeout.
             let unacking = w.oldest_unacked().is_some_and(|t| now.duration_since(t) > timeout);
-            if silent || stuck || unacking {
+            // One that does not ACK (a minimal worker) shows only whether it reads:
+            // connections left unread in its channel would hang for good.
+            let unread = w.caps & cap::ACK == 0 && w.unread_for(now) > timeout;
+            if silent || stuck || unacking || unread {
                 let why = if silent {
                     format!("sent nothing for {timeout:?} while holding connections")
                 } else if stuck {
                     format!("has not read its channel for {timeout:?}")
+                } else if unread {
+                    format!("has left connections unread in its channel for {timeout:?} (they are closed with it)")
                 } else {
                     format!("has not acknowledged a connection for {timeout:?}")
                 };
@@ -884,5 +974,45 @@ impl Workers {
                 self.slots[slot].respawn_at = None;
             }
         }
+    }
+}
+
+/// Worker `pid` of `slot` was just reaped: SIGKILLs what it left running in its process
+/// group (its own children, which would otherwise outlive it and the master). The worker
+/// had its time to stop them (DRAIN, then `--shutdown-timeout`, or the SIGTERM grace);
+/// a child that left the group (`setsid`, a daemon) is beyond reach.
+fn end_group(slot: usize, pid: u32) {
+    match sysproc::signal_group(pid, rustix::process::Signal::KILL) {
+        Ok(true) => warn!("worker {slot} (pid {pid}) left processes running in its process group: killed them"),
+        Ok(false) => {}
+        Err(e) => debug!("worker {slot} (pid {pid}): cannot signal its process group: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_budget_pays_for_connections_and_heartbeats_not_a_flood() {
+        let t0 = Instant::now();
+        let mut b = FrameBudget::new(t0);
+        // A busy honest worker: 100 000 connections in a second, an ACK and a DONE each,
+        // and a heartbeat every 10 ms.
+        for ms in 0..1000u64 {
+            let now = t0 + Duration::from_millis(ms);
+            b.earn(100);
+            assert!((0..200).all(|_| b.spend(now)), "honest traffic refused at {ms} ms");
+            if ms % 10 == 0 {
+                assert!(b.spend(now));
+            }
+        }
+        // A flood with no connections: the bucket runs dry, then refills at FRAME_RATE.
+        let t1 = t0 + Duration::from_secs(2);
+        let mut b = FrameBudget::new(t1);
+        assert_eq!((0..2 * FRAME_BURST).filter(|_| b.spend(t1)).count(), FRAME_BURST as usize);
+        // A millisecond later: FRAME_RATE / 1000 more, and no more.
+        let t2 = t1 + Duration::from_millis(1);
+        assert_eq!((0..100).filter(|_| b.spend(t2)).count(), FRAME_RATE as usize / 1000);
     }
 }

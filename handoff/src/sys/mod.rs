@@ -6,7 +6,7 @@
 //!
 //! The `unsafe` code of the crate is confined to this module: [`process`] (the code
 //! that runs between `fork` and `exec`, and adopting inherited descriptors), `socket`
-//! (`TCP_DEFER_ACCEPT`, which rustix does not offer), and small functions here
+//! (`TCP_DEFER_ACCEPT` and `SIOCOUTQ`, which rustix does not offer), and small functions here
 //! (marking inherited descriptors close-on-exec, registering a channel with tokio);
 //! descriptor passing is built on `rustix`, whose
 //! `sendmsg`/`recvmsg` take `BorrowedFd`s and hand back `OwnedFd`s, so no raw

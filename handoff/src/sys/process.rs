@@ -459,6 +459,21 @@ pub fn signal(pid: u32, sig: Signal) -> io::Result<()> {
     }
 }
 
+/// Sends `sig` to every process of group `pgid` (a worker leads a group of its own,
+/// numbered by its pid, which its children join unless they leave it). True if some
+/// process got it; false if the group is empty. Call it for a worker just reaped: while
+/// the group has members the kernel does not give its number to a new process, so a
+/// non-empty group is the worker's.
+pub fn signal_group(pgid: u32, sig: Signal) -> io::Result<bool> {
+    let Some(pgid) = Pid::from_raw(pgid as i32) else {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "process group 0"));
+    };
+    match rustix::process::kill_process_group(pgid, sig) {
+        Err(rustix::io::Errno::SRCH) => Ok(false),
+        r => r.map(|()| true).map_err(io::Error::from),
+    }
+}
+
 /// How a reaped child ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
@@ -544,17 +559,28 @@ pub(crate) fn adopt_fds(raws: &[RawFd]) -> io::Result<Vec<OwnedFd>> {
     Ok(out)
 }
 
-/// Spawns `cmd` (a new master) so that it inherits `keep` across exec.
+/// Spawns `cmd` (a new master) so that it inherits `keep` across exec, and gets
+/// `SIGTERM` (a graceful stop) when this master's thread exits, until it takes over and
+/// calls [`outlive_parent`]: a new master that has not taken over must not go on alone
+/// on the listening sockets. The death signal fires when the *thread* that spawned it
+/// exits: the master's loop thread spawns it, which lives as long as the master. If
+/// this master is already gone by the time the request takes effect (the child has a
+/// new parent), the child does not start.
 pub fn spawn_keeping(cmd: &mut Command, keep: &[BorrowedFd<'_>]) -> io::Result<Child> {
     let raws: Vec<RawFd> = keep.iter().map(|f| f.as_raw_fd()).collect();
-    // SAFETY: runs in the forked child before exec; only fcntl and sched_setscheduler,
-    // raw syscalls with no allocation. The descriptors are open in the parent for the
-    // duration of `spawn` (the caller's borrows), hence in the child. `raws` was
-    // allocated before fork and is only read.
+    let master = getpid();
+    // SAFETY: runs in the forked child before exec; only fcntl, prctl, getppid and
+    // sched_setscheduler, raw syscalls with no allocation (errors from a raw errno).
+    // The descriptors are open in the parent for the duration of `spawn` (the caller's
+    // borrows), hence in the child. `raws` was allocated before fork and is only read.
     unsafe {
         cmd.pre_exec(move || {
             for &raw in &raws {
                 fcntl_setfd(BorrowedFd::borrow_raw(raw), FdFlags::empty())?;
+            }
+            rustix::process::set_parent_process_death_signal(Some(Signal::TERM))?;
+            if rustix::process::getppid() != Some(master) {
+                return Err(io::Error::from_raw_os_error(rustix::io::Errno::SRCH.raw_os_error()));
             }
             // The new master starts from `SCHED_OTHER` and chooses for itself (and
             // so knows its workers must go back to it).
@@ -563,6 +589,12 @@ pub fn spawn_keeping(cmd: &mut Command, keep: &[BorrowedFd<'_>]) -> io::Result<C
         });
     }
     cmd.spawn()
+}
+
+/// A new master that has taken over: it no longer stops when the old master exits
+/// (undoes the death signal [`spawn_keeping`] set up).
+pub fn outlive_parent() -> io::Result<()> {
+    Ok(rustix::process::set_parent_process_death_signal(None)?)
 }
 
 #[cfg(test)]

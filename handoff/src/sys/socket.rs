@@ -126,6 +126,16 @@ pub(crate) fn local_addr(fd: BorrowedFd<'_>) -> io::Result<LocalAddr> {
     }
 }
 
+/// The IP address of a connected socket's peer (`getpeername`); `None` for a Unix
+/// socket's peer. An error (`ENOTCONN`) means the peer is already gone.
+pub(crate) fn peer_ip(fd: BorrowedFd<'_>) -> io::Result<Option<std::net::IpAddr>> {
+    match rustix::net::getpeername(fd)? {
+        Some(a) if a.address_family() == AddressFamily::UNIX => Ok(None),
+        None => Ok(None),
+        Some(a) => Ok(Some(SocketAddr::try_from(a).map_err(io::Error::other)?.ip())),
+    }
+}
+
 /// Puts a descriptor in non-blocking (or blocking) mode.
 pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
     Ok(rustix::io::ioctl_fionbio(fd, on)?)
@@ -212,6 +222,22 @@ pub fn tcp_defer_accept(fd: BorrowedFd<'_>) -> io::Result<u32> {
     };
     if r == 0 {
         Ok(u32::try_from(value).unwrap_or(0))
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// What this end of a Unix socket has sent that its peer has not read yet (`SIOCOUTQ`,
+/// the kernel's memory for those messages, not their payload): 0 once the peer has read
+/// everything. The master's view of whether a worker reads its channel at all.
+pub(crate) fn unread_by_peer(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let mut value: libc::c_int = 0;
+    // SAFETY: the descriptor is borrowed, so open for the whole call; SIOCOUTQ (which
+    // Linux numbers as TIOCOUTQ) writes one c_int into `value`, which lives across it.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &mut value as *mut libc::c_int) };
+    if r == 0 {
+        Ok(usize::try_from(value).unwrap_or(0))
     } else {
         Err(io::Error::last_os_error())
     }

@@ -30,11 +30,13 @@ pub enum Fault {
     ReturnUnannounced,
     /// Send READY with the RETURN capability, then RETURN a connection it never had.
     ReturnUnknown,
+    /// Send READY, then HEARTBEAT in a tight loop (each one valid; together a flood).
+    HeartbeatFlood,
 }
 
 impl Fault {
     /// Every fault, with the name the command line gives it.
-    pub const ALL: [(Fault, &'static str); 7] = [
+    pub const ALL: [(Fault, &'static str); 8] = [
         (Fault::Stall, "stall"),
         (Fault::Garbage, "garbage"),
         (Fault::SendFd, "send-fd"),
@@ -42,6 +44,7 @@ impl Fault {
         (Fault::NoAck, "no-ack"),
         (Fault::ReturnUnannounced, "return-unannounced"),
         (Fault::ReturnUnknown, "return-unknown"),
+        (Fault::HeartbeatFlood, "heartbeat-flood"),
     ];
 }
 
@@ -81,6 +84,19 @@ pub fn run(fault: Fault) -> Result<(), WorkerError> {
         Fault::UnknownAck => {
             wire::encode_ids(&mut buf, wire::kind::ACK, &[u64::MAX - 1]);
             fdpass::send_with_fds(chan.as_fd(), &buf, &[])?;
+        }
+        Fault::HeartbeatFlood => {
+            eprintln!("worker {}: misbehaving ({fault:?})", env.id);
+            wire::encode_empty(&mut buf, wire::kind::HEARTBEAT);
+            // Ends when the master kills it (or closes the channel). The channel may be
+            // non-blocking: a full one is tried again at once, as a flood would.
+            loop {
+                match fdpass::send_with_fds(chan.as_fd(), &buf, &[]) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::yield_now(),
+                    Err(_) => return Ok(()),
+                }
+            }
         }
         Fault::NoAck => {
             eprintln!("worker {}: misbehaving ({fault:?})", env.id);
