@@ -6,7 +6,7 @@
 //! sent to the master gets that worker killed and replaced; the others never notice.
 //! Reads are bounded per turn ([`RECV_BATCH`] frames, [`STDERR_CHUNKS`] reads), and a
 //! worker with more to read is read on in the next turn. Frames are also bounded per
-//! second ([`super::FrameBudget`]): a worker that floods its channel (HEARTBEAT in a
+//! second ([`FrameBudget`]): a worker that floods its channel (HEARTBEAT in a
 //! tight loop) is killed and replaced like any other that breaks the protocol.
 
 use std::io;
@@ -18,7 +18,7 @@ use mio::Registry;
 use tracing::{debug, error, info, warn};
 
 use super::spawn::{self, StderrRead};
-use super::{Handed, Inflight, Slot, State, Workers, FRAMES_PER_CONN, FRAME_RATE, LOST_GRACE};
+use super::{Handed, Inflight, Slot, State, Workers, LOST_GRACE};
 use crate::config::Config;
 use crate::master::Held;
 use crate::sys::fdpass;
@@ -467,5 +467,89 @@ fn caps_names(caps: u32) -> String {
         "none".into()
     } else {
         names.join(",")
+    }
+}
+
+/// Frames a worker may send beyond [`FRAMES_PER_CONN`] per connection it was sent:
+/// this many a second, sustained. An honest worker sends a few (READY, and HEARTBEAT at
+/// most every 10 ms, the shortest `--heartbeat`): this is a hundred times that, and
+/// far below what a worker sending in a tight loop makes the master read.
+pub(super) const FRAME_RATE: u32 = 10_000;
+/// Frames a worker may send at once beyond its connections' (the bucket's size).
+pub(super) const FRAME_BURST: u32 = 10_000;
+/// Frames each connection sent to a worker pays for: its ACK, its DONE and a RETURN.
+pub(super) const FRAMES_PER_CONN: u64 = 3;
+/// Unspent per-connection frames a worker may save (a worker that batches its ACKs
+/// must not build a reserve for a long flood later).
+const FRAME_CREDIT_MAX: u64 = FRAMES_PER_CONN * 65_536;
+
+/// A token bucket on the frames one worker sends: the master reads frames one by one
+/// (a tight loop of HEARTBEAT cost it most of a core), so a worker that sends far more
+/// than its connections and a heartbeat explain breaks the protocol. Each connection
+/// sent earns [`FRAMES_PER_CONN`]; on top of that [`FRAME_RATE`] a second refill a
+/// bucket of [`FRAME_BURST`]. Fairness within one loop turn is the reading's own bound.
+#[derive(Debug)]
+pub struct FrameBudget {
+    credit: u64,
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl FrameBudget {
+    /// A full bucket at `now`.
+    pub fn new(now: Instant) -> FrameBudget {
+        FrameBudget { credit: 0, tokens: f64::from(FRAME_BURST), refilled: now }
+    }
+
+    /// `n` connections were sent to the worker.
+    pub fn earn(&mut self, n: u64) {
+        self.credit = self.credit.saturating_add(n * FRAMES_PER_CONN).min(FRAME_CREDIT_MAX);
+    }
+
+    /// A frame arrived at `now`: false if the worker had nothing left to pay for it.
+    pub fn spend(&mut self, now: Instant) -> bool {
+        if self.credit > 0 {
+            self.credit -= 1;
+            return true;
+        }
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.refilled = now;
+        self.tokens = (self.tokens + elapsed * f64::from(FRAME_RATE)).min(f64::from(FRAME_BURST));
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn frame_budget_pays_for_connections_and_heartbeats_not_a_flood() {
+        let t0 = Instant::now();
+        let mut b = FrameBudget::new(t0);
+        // A busy honest worker: 100 000 connections in a second, an ACK and a DONE each,
+        // and a heartbeat every 10 ms.
+        for ms in 0..1000u64 {
+            let now = t0 + Duration::from_millis(ms);
+            b.earn(100);
+            assert!((0..200).all(|_| b.spend(now)), "honest traffic refused at {ms} ms");
+            if ms % 10 == 0 {
+                assert!(b.spend(now));
+            }
+        }
+        // A flood with no connections: the bucket runs dry, then refills at FRAME_RATE.
+        let t1 = t0 + Duration::from_secs(2);
+        let mut b = FrameBudget::new(t1);
+        assert_eq!((0..2 * FRAME_BURST).filter(|_| b.spend(t1)).count(), FRAME_BURST as usize);
+        // A millisecond later: FRAME_RATE / 1000 more, and no more.
+        let t2 = t1 + Duration::from_millis(1);
+        assert_eq!((0..100).filter(|_| b.spend(t2)).count(), FRAME_RATE as usize / 1000);
     }
 }

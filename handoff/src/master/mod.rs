@@ -30,6 +30,7 @@
 
 pub mod admin;
 mod dispatch;
+mod handover;
 mod idle;
 mod lifecycle;
 mod ops;
@@ -173,10 +174,10 @@ impl std::fmt::Debug for Master {
 impl Master {
     /// Binds every listener and prepares the loop; starts no worker yet.
     pub fn new(cfg: Config) -> Result<Master, MasterError> {
-        let (mut pool, origin, upgrade_ready) = lifecycle::inherited()?;
+        let (mut pool, origin, upgrade_ready) = handover::inherited()?;
         crate::sys::cloexec_inherited_fds()?;
         let mut listeners = Vec::new();
-        if origin == lifecycle::Origin::Systemd && !cfg.listen_given {
+        if origin == handover::Origin::Systemd && !cfg.listen_given {
             info!("socket activation: using the {} sockets systemd passed", pool.len());
             listeners = std::mem::take(&mut pool).into_iter().map(|l| (l, None)).collect();
         } else {
