@@ -52,6 +52,7 @@ fn a_worker_at_its_descriptor_limit_loses_only_new_connections_and_keeps_serving
     assert!(held.iter().all(|c| c.worker == 0));
     let worker_fds = fd_count(worker);
     let master_fds = fd_count(h.pid());
+    let master_links = fd_links(h.pid());
     set_nofile(worker, first_free_fd(worker));
 
     // Each new connection reaches a worker that cannot take its descriptor.
@@ -78,7 +79,15 @@ fn a_worker_at_its_descriptor_limit_loses_only_new_connections_and_keeps_serving
         "{w}"
     );
     assert_eq!(fd_count(worker), worker_fds, "worker: {:?}", fd_links(worker));
-    wait_until("the master's descriptors back to before", || fd_count(h.pid()) == master_fds);
+    let deadline = std::time::Instant::now() + WAIT;
+    while fd_count(h.pid()) != master_fds {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for the master's descriptors back to before: before {master_links:?}, now {:?}",
+            fd_links(h.pid())
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 
     // Descriptors free up (five clients leave): new connections are served again.
     held.truncate(15);
