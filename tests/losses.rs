@@ -149,3 +149,55 @@ fn connections_unread_in_a_dead_minimal_workers_channel_are_counted() {
     assert_metric(&metrics(mp), "handoff_connections_lost_total{cause=\"worker_died_unread\"} 3");
     h.wait_line("unread in its channel: 3 lost");
 }
+
+/// The master at its own descriptor limit when a worker hands an idle connection back
+/// (RETURN): the kernel cannot give it the descriptor (`MSG_CTRUNC`). The connection is
+/// forgotten as the worker's (its `active` drops to 0, not stuck at 1), counted lost
+/// (`return_truncated`), its client sees it end after its answer, and the worker is not
+/// blamed (not killed).
+#[test]
+fn a_return_the_master_cannot_receive_is_forgotten_and_counted() {
+    let dir = TempDir::new("losses-return");
+    let control = dir.path_str("c.sock");
+    let mp = free_port();
+    let m = format!("127.0.0.1:{mp}");
+    let h = Handoff::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+        "--hand-back",
+        "always",
+        "--test-knobs",
+        "--control",
+        &control,
+        "--metrics",
+        &m,
+    ]);
+    h.wait_ready(1);
+    let worker = h.worker_pid(0);
+    let mut client = connect(h.addr());
+    client.write_all(b"GET /?sleep_ms=1500 HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    wait_until("the worker serving the request", || {
+        let w = &status_json(&control)["workers"][0];
+        w["active"] == 1 && w["unacked"] == 0
+    });
+    // The master now holds no copy of the connection: at this limit it can open nothing.
+    let used: std::collections::BTreeSet<i32> = fd_links(h.pid()).into_iter().map(|(n, _)| n).collect();
+    let first_free = (0..).find(|n| !used.contains(n)).unwrap() as u64;
+    let lim = rustix::process::Rlimit { current: Some(first_free), maximum: Some(first_free) };
+    let pid = rustix::process::Pid::from_raw(h.pid() as i32).unwrap();
+    rustix::process::prlimit(Some(pid), rustix::process::Resource::Nofile, lim).unwrap();
+
+    let r = read_one_response(&mut client).expect("the answer");
+    assert_eq!(r.status, 200);
+    assert!(closed_unanswered(&mut client), "the handed-back connection is closed after its answer");
+    h.wait_line("did not reach the master whole");
+    // The admin endpoints answer from their reserve of descriptors.
+    let st = status_json(&control);
+    assert_eq!(st["totals"]["lost_return_truncated"], 1, "{}", st["totals"]);
+    assert_eq!(st["totals"]["protocol_kills"], 0, "{}", st["totals"]);
+    let w = &st["workers"][0];
+    assert_eq!((w["pid"].as_u64(), w["active"].as_u64()), (Some(worker.into()), Some(0)), "{w}");
+    assert_metric(&metrics(mp), "handoff_connections_lost_total{cause=\"return_truncated\"} 1");
+}
