@@ -6,6 +6,13 @@
 //! sent to the master gets that worker killed and replaced; the others never notice.
 //! Reads are bounded per turn ([`RECV_BATCH`] frames, [`STDERR_CHUNKS`] reads), and a
 //! worker with more to read is read on in the next turn.
+//!
+//! Losses are counted here, as they happen: a dead worker's connections in service
+//! (from the in-flight table) or, for a minimal worker the master tracks nothing of,
+//! unread in its channel (the kernel's ECONNRESET says whether; the queue the master
+//! last saw, `SIOCOUTQ`, how many at most); DONE without ACK ("not received": handed to
+//! another worker, or lost when there is none); a RETURN the master could not receive
+//! whole (`MSG_CTRUNC`).
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
