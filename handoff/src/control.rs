@@ -412,11 +412,12 @@ pub struct Totals {
     #[serde(default)]
     pub idle_not_held: u64,
     /// Connections still unread in the channel of a worker the master tracks nothing of
-    /// (a minimal worker: no ACK, no DONE) when that worker died. The kernel says
-    /// whether any was unread (the channel reports ECONNRESET, not end-of-file); how
-    /// many is the queue at the master's last look (after each send and each tick), so
-    /// an upper bound, and at least 1 when the kernel says some. Connections such a
-    /// worker had already read die with it uncounted: the master cannot know them.
+    /// (a minimal worker: no ACK, no DONE) when that worker died: the queue as it
+    /// stands when the master learns of the death (`SIOCOUTQ`, exact) if the kernel
+    /// has not freed it yet; else, when the kernel says some were unread (ECONNRESET on
+    /// the channel, not end-of-file), the queue at the master's last look (after each
+    /// send and each tick: an upper bound, at least 1). Connections such a worker had
+    /// already read die with it uncounted: the master cannot know them.
     #[serde(default)]
     pub lost_in_channel: u64,
     /// Connections a worker reported DONE without ever ACKing them (its descriptor

@@ -9,8 +9,9 @@
 //!
 //! Losses are counted here, as they happen: a dead worker's connections in service
 //! (from the in-flight table) or, for a minimal worker the master tracks nothing of,
-//! unread in its channel (the kernel's ECONNRESET says whether; the queue the master
-//! last saw, `SIOCOUTQ`, how many at most); DONE without ACK ("not received": handed to
+//! unread in its channel (`SIOCOUTQ` on the master's end while the kernel has not freed
+//! the queue; after, ECONNRESET says whether and the last look how many at most); DONE
+//! without ACK ("not received": handed to
 //! another worker, or lost when there is none); a RETURN the master could not receive
 //! whole (`MSG_CTRUNC`).
 
@@ -382,6 +383,17 @@ impl Workers {
             let reset =
                 matches!(rustix::net::sockopt::socket_error(&chan), Ok(Err(e)) if e == rustix::io::Errno::CONNRESET);
             w.channel_reset |= reset;
+            // A worker reaped before the kernel released its end (the release can run
+            // after the exit is reported): its frames are still queued, and no one will
+            // read them. Counted now, exactly.
+            if !w.tracks() {
+                if let (Some(charge), Ok(bytes)) = (self.frame_charge, fdpass::unread_by_peer(chan.as_fd())) {
+                    if bytes / charge > 0 {
+                        w.unread_frames = (bytes / charge) as u64;
+                        w.channel_reset = true;
+                    }
+                }
+            }
             let _ = reg.deregister(&mut SourceFd(&chan.as_raw_fd()));
         }
         // A worker the master tracks nothing of (a minimal worker): what was unread in
