@@ -11,9 +11,8 @@
 //! (from the in-flight table) or, for a minimal worker the master tracks nothing of,
 //! unread in its channel (`SIOCOUTQ` on the master's end while the kernel has not freed
 //! the queue; after, ECONNRESET says whether and the last look how many at most); DONE
-//! without ACK ("not received": handed to
-//! another worker, or lost when there is none); a RETURN the master could not receive
-//! whole (`MSG_CTRUNC`).
+//! without ACK ("not received": handed to another worker, or lost when there is none);
+//! a RETURN the master could not receive whole (`MSG_CTRUNC`).
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -397,14 +396,15 @@ impl Workers {
             let _ = reg.deregister(&mut SourceFd(&chan.as_raw_fd()));
         }
         // A worker the master tracks nothing of (a minimal worker): what was unread in
-        // its channel died with it, as many as the last look saw (at least one).
+        // its channel died with it: as counted above, or as many as the last look saw
+        // (at least one).
         if !w.tracks() && w.channel_reset {
             let unread = w.unread_frames.max(1);
             w.channel_reset = false;
             self.counts.lost_in_channel += unread;
             warn!(
-                "worker {} (pid {}) is gone with connections unread in its channel: {unread} lost (at most; it \
-                 announced no ACK, so the master had let them go)",
+                "worker {} (pid {}) is gone with connections unread in its channel: {unread} lost (it announced \
+                 no ACK, so the master had let them go)",
                 w.slot, w.pid
             );
         }
