@@ -1,8 +1,10 @@
 //! A worker at its descriptor limit (the built-in one, the blocking Rust API, the Python
 //! package, the Ruby worker): the kernel cannot install the descriptors of a CONN frame
-//! (`MSG_CTRUNC`). Only that frame's connections are lost (closed unanswered,
-//! reported DONE); the worker keeps serving the connections it has, is not replaced,
-//! leaks nothing, and takes new connections again once descriptors free up.
+//! (`MSG_CTRUNC`). The worker reports that frame's connections DONE without ACK (never
+//! received); the master, which still holds them, hands them to another worker, or
+//! with no other worker closes them unanswered (counted lost, `not_received`). The
+//! worker keeps serving the connections it has, is not replaced, leaks nothing, and
+//! takes new connections again once descriptors free up.
 
 mod util;
 use std::io::{Read, Write};
@@ -51,7 +53,12 @@ fn a_worker_at_its_descriptor_limit_loses_only_new_connections_and_keeps_serving
     let mut held: Vec<Held> = (0..20).map(|_| hold(addr)).collect();
     assert!(held.iter().all(|c| c.worker == 0));
     let worker_fds = fd_count(worker);
+    // A client has its answer before the master has read the ACK that came before it
+    // (the master keeps its copy of a connection until then): count the master's
+    // descriptors once it holds none.
+    wait_until("the master read every ACK", || status_json(&control)["workers"][0]["unacked"] == 0);
     let master_fds = fd_count(h.pid());
+    let master_links = fd_links(h.pid());
     set_nofile(worker, first_free_fd(worker));
 
     // Each new connection reaches a worker that cannot take its descriptor.
@@ -69,8 +76,11 @@ fn a_worker_at_its_descriptor_limit_loses_only_new_connections_and_keeps_serving
     assert!(h.lines().iter().all(|l| !l.contains("exited")), "{:#?}", h.lines());
 
     // The master's counts are right (the lost ones were reported DONE, none waits for
-    // an ACK) and neither side kept a descriptor of the lost connections.
+    // an ACK; with no other worker to take them, they count as lost, not received) and
+    // neither side kept a descriptor of the lost connections.
     let st = status_json(&control);
+    assert_eq!(st["totals"]["lost_not_received"], 10, "{}", st["totals"]);
+    assert_eq!(st["totals"]["retried_not_received"], 0, "{}", st["totals"]);
     let w = &st["workers"][0];
     assert_eq!(
         (w["pid"].as_u64(), w["active"].as_u64(), w["unacked"].as_u64()),
@@ -78,7 +88,15 @@ fn a_worker_at_its_descriptor_limit_loses_only_new_connections_and_keeps_serving
         "{w}"
     );
     assert_eq!(fd_count(worker), worker_fds, "worker: {:?}", fd_links(worker));
-    wait_until("the master's descriptors back to before", || fd_count(h.pid()) == master_fds);
+    let deadline = std::time::Instant::now() + WAIT;
+    while fd_count(h.pid()) != master_fds {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for the master's descriptors back to before: before {master_links:?}, now {:?}",
+            fd_links(h.pid())
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 
     // Descriptors free up (five clients leave): new connections are served again.
     held.truncate(15);
@@ -88,6 +106,42 @@ fn a_worker_at_its_descriptor_limit_loses_only_new_connections_and_keeps_serving
         assert_eq!(c.request(), 0);
     }
     assert_eq!(h.worker_pids(), vec![worker]);
+}
+
+/// Two workers, round robin, one of them at its descriptor limit: the connections it
+/// cannot receive (DONE without ACK) are handed to the other one, so every client is
+/// served; they count as retried, none as lost, and the worker is not replaced.
+#[test]
+fn connections_a_worker_cannot_receive_are_served_by_another() {
+    let dir = TempDir::new("fd-limit-retry");
+    let control = dir.path_str("c.sock");
+    let mut args = vec!["--listen", "127.0.0.1:0", "--workers", "2", "--policy", "round-robin"];
+    args.extend(["--hand-back", "off", "--control", &control]);
+    let h = Handoff::start(&args);
+    let pids = h.wait_ready_slots(2);
+    let addr = h.addr();
+    let worker = pids[&0];
+    set_nofile(worker, first_free_fd(worker));
+    for i in 0..10 {
+        let r = http_get(addr, "/").unwrap_or_else(|e| panic!("connection {i}: {e}"));
+        assert_eq!((r.status, r.worker), (200, Some(1)), "connection {i}: {r:?}");
+    }
+    h.wait_line("out of descriptors");
+    let st = status_json(&control);
+    let t = &st["totals"];
+    let retried = t["retried_not_received"].as_u64().unwrap();
+    assert!(retried >= 1, "round robin sent none to worker 0: {t}");
+    assert_eq!(t["lost_not_received"], 0, "{t}");
+    let w0 = st["workers"].as_array().unwrap().iter().find(|w| w["id"] == 0).unwrap().clone();
+    assert_eq!(
+        (w0["pid"].as_u64(), w0["active"].as_u64(), w0["unacked"].as_u64()),
+        (Some(worker.into()), Some(0), Some(0))
+    );
+    let mut now = h.worker_pids();
+    now.sort();
+    let mut first: Vec<u32> = pids.into_values().collect();
+    first.sort();
+    assert_eq!(now, first, "a worker was replaced");
 }
 
 /// The same through the blocking API (`Incoming`, here in the `hello` example's forked

@@ -109,7 +109,8 @@ fn upgrade_under_way(dir: &TempDir) -> (Handoff, u32) {
         .nth(1)
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("{line}"));
-    assert!(h.processes().contains(&pid), "the new binary {pid} runs, with this run's marker");
+    // Its environment reads empty for a moment while it execs `sleep`: wait, bounded.
+    wait_until(&format!("the new binary {pid} running, with this run's marker"), || h.processes().contains(&pid));
     (h, pid)
 }
 

@@ -401,7 +401,8 @@ pub struct Totals {
     pub dispatched: u64,
     /// Connections taken back from dead workers and handed on.
     pub redispatched: u64,
-    /// Connections lost with a dead worker (had been ACKed or went to a minimal worker).
+    /// Connections lost with a dead worker that was serving them: ACKed and not DONE
+    /// (or, for a worker that reports DONE without ACK, sent and not DONE).
     pub lost_with_worker: u64,
     /// Accept errors for lack of descriptors or memory.
     pub accept_exhausted: u64,
@@ -461,6 +462,44 @@ pub struct Totals {
     /// PROXY headers (not in the listener's `proxy-from=`).
     #[serde(default)]
     pub proxy_refused: u64,
+    /// Idle connections a worker handed back that the master could not hold (no
+    /// descriptor or poll registration left): closed at once.
+    #[serde(default)]
+    pub idle_not_held: u64,
+    /// Connections still unread in the channel of a worker the master tracks nothing of
+    /// (a minimal worker: no ACK, no DONE) when that worker died: the queue as it
+    /// stands when the master learns of the death (`SIOCOUTQ`, exact) if the kernel
+    /// has not freed it yet; else, when the kernel says some were unread (ECONNRESET on
+    /// the channel, not end-of-file), the queue at the master's last look (after each
+    /// send and each tick: an upper bound, at least 1). Connections such a worker had
+    /// already read die with it uncounted: the master cannot know them.
+    #[serde(default)]
+    pub lost_in_channel: u64,
+    /// Connections a worker reported DONE without ever ACKing them (its descriptor
+    /// never arrived: the worker is out of descriptors) when no other worker could
+    /// take them: closed unanswered.
+    #[serde(default)]
+    pub lost_not_received: u64,
+    /// Connections a worker reported DONE without ACKing them, handed to another
+    /// worker instead (retried, not lost).
+    #[serde(default)]
+    pub retried_not_received: u64,
+    /// Idle connections of a RETURN frame whose descriptors did not reach the master
+    /// (`MSG_CTRUNC`: the master at its descriptor limit): closed by the kernel.
+    #[serde(default)]
+    pub lost_return_truncated: u64,
+    /// Connections of `,proxy` listeners closed because no complete PROXY header came
+    /// in time (also counted in `proxy_errors`).
+    #[serde(default)]
+    pub proxy_header_timeouts: u64,
+    /// Connections of `,proxy` listeners closed for a malformed PROXY header (also
+    /// counted in `proxy_errors`).
+    #[serde(default)]
+    pub proxy_header_bad: u64,
+    /// Connections accepted but never handed to a worker when a stop ended: held, or
+    /// still waiting for their PROXY header.
+    #[serde(default)]
+    pub lost_at_stop: u64,
 }
 
 /// The master's own endpoints, as `handoff status --json` shows them.
@@ -756,6 +795,19 @@ pub fn format_table(s: &Status) -> String {
         out +=
             &format!("last reload: #{} {state} {:.0}s ago ({}): {}\n", r.id, (now - at).max(0.0), r.trigger, r.message);
     }
+    out += &format!(
+        "lost: worker died serving {}  unread in a minimal worker's channel {}  not received {}  RETURN truncated {}  \
+         PROXY header late {} bad {}  at stop {}  (retried: worker died before ACK {}  not received {})\n",
+        t.lost_with_worker,
+        t.lost_in_channel,
+        t.lost_not_received,
+        t.lost_return_truncated,
+        t.proxy_header_timeouts,
+        t.proxy_header_bad,
+        t.lost_at_stop,
+        t.redispatched,
+        t.retried_not_received
+    );
     out
 }
 

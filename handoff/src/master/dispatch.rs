@@ -23,7 +23,7 @@ use mio::{Registry, Token};
 use tracing::{debug, warn};
 
 use super::idle::{self, IdleTable};
-use super::supervisor::{Handed, Workers};
+use super::supervisor::{Handed, Workers, RETRY_ELSEWHERE};
 use super::{Held, Stage, Totals, ACCEPT_BATCH, ACCEPT_PAUSE, MAX_PENDING_PROXY};
 use crate::config::Config;
 use crate::listener::{self, ListenAddr, ListenSpec, Listener};
@@ -175,6 +175,10 @@ impl Dispatcher {
         t.continued = c.continued;
         t.idle_hangups = c.idle_hangups;
         t.idle_closed_at_stop = c.idle_closed_at_stop;
+        t.idle_not_held = c.idle_not_held;
+        t.proxy_header_timeouts = c.proxy_header_timeouts;
+        t.proxy_header_bad = c.proxy_header_bad;
+        t.lost_at_stop = c.lost_at_stop;
         t.idle_timeouts = self.idle.closed.timeouts;
         t.idle_evicted = self.idle.closed.evicted;
     }
@@ -216,6 +220,7 @@ impl Dispatcher {
                 Handed::TakenBack(h) => self.held.push_back(h),
                 Handed::Returned(h) if stage == Stage::Running => {
                     if let Err(err) = self.idle.insert(reg, now, h.fd, h.listener, h.addrs) {
+                        self.counts.idle_not_held += 1;
                         warn!("cannot hold an idle connection ({err}): closing it");
                     }
                 }
@@ -416,7 +421,16 @@ impl Dispatcher {
         let queueing = stage == Stage::Running;
         for h in conns {
             let continued = h.flags & wire::flags::CONTINUED != 0;
-            let pick = if continued && queueing {
+            // A connection a worker did not receive goes to none that lost one lately.
+            let retry = h.flags & RETRY_ELSEWHERE != 0;
+            let pick = if retry {
+                self.cont_cand.clear();
+                for (k, c) in self.cand.iter().enumerate() {
+                    let avoid = workers.lost_frame_recently(k, now);
+                    self.cont_cand.push(Candidate { eligible: c.eligible && !avoid, ..*c });
+                }
+                self.balancer.pick(&self.cont_cand)
+            } else if continued && queueing {
                 // The next request of a kept-alive client waits here, where every
                 // worker can take it, rather than in the queue of a worker that is
                 // already working on QUEUE_DEPTH of them (one of which may be long):
@@ -433,7 +447,9 @@ impl Dispatcher {
                 self.balancer.pick(&self.cand)
             };
             let Some(i) = pick else {
-                self.held_blocked |= continued;
+                // Retried when a worker frame or the tick may have changed the answer,
+                // not in a busy loop.
+                self.held_blocked |= continued || retry;
                 self.held.push_back(h);
                 continue;
             };
@@ -481,6 +497,8 @@ impl Dispatcher {
     /// The workers drain: what is still not handed out is closed, which tells its
     /// client.
     pub(super) fn close_undelivered(&mut self, reg: &Registry) {
+        let (proxy, held) = self.undelivered();
+        self.counts.lost_at_stop += (proxy + held) as u64;
         self.proxy_clear(reg);
         self.held.clear();
     }

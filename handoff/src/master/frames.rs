@@ -8,6 +8,13 @@
 //! worker with more to read is read on in the next turn. Frames are also bounded per
 //! second ([`FrameBudget`]): a worker that floods its channel (HEARTBEAT in a
 //! tight loop) is killed and replaced like any other that breaks the protocol.
+//!
+//! Losses are counted here, as they happen: a dead worker's connections in service
+//! (from the in-flight table) or, for a minimal worker the master tracks nothing of,
+//! unread in its channel (`SIOCOUTQ` on the master's end while the kernel has not freed
+//! the queue; after, ECONNRESET says whether and the last look how many at most); DONE
+//! without ACK ("not received": handed to another worker, or lost when there is none);
+//! a RETURN the master could not receive whole (`MSG_CTRUNC`).
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -18,7 +25,7 @@ use mio::Registry;
 use tracing::{debug, error, info, warn};
 
 use super::spawn::{self, StderrRead};
-use super::{Handed, Inflight, Slot, State, Workers, LOST_GRACE};
+use super::{Handed, Inflight, Slot, State, Workers, LOST_GRACE, RETRY_ELSEWHERE};
 use crate::config::Config;
 use crate::master::Held;
 use crate::sys::fdpass;
@@ -79,27 +86,26 @@ impl Workers {
             let got = match fdpass::recv_with_fds(chan, &mut self.recv_buf, room) {
                 Ok(g) => g,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return heard,
-                Err(e) if e.kind() == io::ErrorKind::InvalidData && returns && e.to_string().contains("CTRUNC") => {
-                    // More than a RETURN may carry, or the master itself is out of
-                    // descriptors: not provably the worker's fault. The kernel closed
-                    // what did not fit; those clients see their idle connection end.
-                    error!(
-                        "worker {}: a RETURN frame was truncated ({e}); its connections are closed",
-                        self.list[i].slot
-                    );
+                Err(e) if fdpass::Truncated::of(&e).is_some() => {
+                    let t = *fdpass::Truncated::of(&e).expect("just matched");
+                    if let Err(what) = self.truncated(i, t, now) {
+                        self.violation(i, &what);
+                        return heard;
+                    }
+                    self.list[i].last_heard = now;
+                    heard = true;
                     continue;
                 }
                 Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                    let what = if e.to_string().contains("CTRUNC") {
-                        "a descriptor (workers must not send any)".to_string()
-                    } else {
-                        e.to_string()
-                    };
-                    self.violation(i, &what);
+                    self.violation(i, &e.to_string());
                     return heard;
                 }
                 Err(e) => {
                     debug!("worker channel read: {e}");
+                    // The worker closed its end with frames unread (see `channel_closed`).
+                    if e.raw_os_error() == Some(rustix::io::Errno::CONNRESET.raw_os_error()) {
+                        self.list[i].channel_reset = true;
+                    }
                     self.channel_closed(i, cfg, reg);
                     return heard;
                 }
@@ -128,7 +134,7 @@ impl Workers {
             let handled = match frame {
                 Frame::Return(ids) => self.take_back(i, ids, got.fds, now, next_id),
                 _ if !got.fds.is_empty() => Err("a descriptor with a frame other than RETURN".into()),
-                frame => self.handle_frame(i, frame, next_id),
+                frame => self.handle_frame(i, frame, next_id, now),
             };
             if let Err(what) = handled {
                 self.violation(i, &what);
@@ -143,7 +149,7 @@ impl Workers {
         heard
     }
 
-    fn handle_frame(&mut self, i: usize, frame: Frame, next_id: u64) -> Result<(), String> {
+    fn handle_frame(&mut self, i: usize, frame: Frame, next_id: u64, now: Instant) -> Result<(), String> {
         let w = &mut self.list[i];
         match frame {
             Frame::Ready { caps, .. } => {
@@ -185,13 +191,32 @@ impl Workers {
                 if w.caps & cap::DONE == 0 && w.ready {
                     return Err("DONE without the DONE capability".into());
                 }
+                // DONE for a connection it never ACKed: its descriptor never arrived
+                // (the worker is out of descriptors). The master still holds its copy,
+                // so the client is not lost yet.
+                let acks = w.caps & cap::ACK != 0;
+                let mut unreceived = Vec::new();
+                let mut bad = None;
                 for id in ids {
                     if id < w.tracked_from {
                         continue;
                     }
-                    if w.forget(id).is_none() {
-                        return Err(format!("a DONE for connection {id}, which it does not hold"));
+                    match w.forget(id) {
+                        Some(Inflight { fd: Some(fd), listener, addrs, flags }) if acks => {
+                            unreceived.push(Held { fd, listener, addrs, flags });
+                        }
+                        Some(_) => {}
+                        None => {
+                            bad = Some(format!("a DONE for connection {id}, which it does not hold"));
+                            break;
+                        }
                     }
+                }
+                if !unreceived.is_empty() {
+                    self.not_received(i, unreceived, now);
+                }
+                if let Some(what) = bad {
+                    return Err(what);
                 }
             }
             Frame::Heartbeat => {}
@@ -199,6 +224,79 @@ impl Workers {
             Frame::Conn(_) | Frame::Drain => return Err("a master-to-worker frame".into()),
         }
         Ok(())
+    }
+
+    /// Connections worker `i` reported DONE without ACKing (never received): each goes
+    /// to another worker (retried: not to this one nor any other that lost one in the
+    /// last second), or, when there is none, is closed unanswered (lost).
+    fn not_received(&mut self, i: usize, conns: Vec<Held>, now: Instant) {
+        self.list[i].lost_frame_at = Some(now);
+        let elsewhere = self.list.iter().enumerate().any(|(k, o)| {
+            k != i
+                && matches!(o.state, State::Running | State::Retiring)
+                && o.chan.is_some()
+                && !o.lost_frame_recently(now)
+        });
+        for mut h in conns {
+            if elsewhere {
+                self.counts.retried_not_received += 1;
+                h.flags |= RETRY_ELSEWHERE;
+                self.handed.push(Handed::TakenBack(h));
+            } else {
+                // Closing the master's copy (its only one) ends the connection.
+                self.counts.lost_not_received += 1;
+            }
+        }
+    }
+
+    /// A frame whose descriptors did not all arrive (`MSG_CTRUNC`): from a worker that
+    /// may hand back, a RETURN the master could not take whole (it is at its own
+    /// descriptor limit, which is not the worker's fault). Its connections count as
+    /// DONE (the worker closed its copies) and are lost: the kernel closed the
+    /// descriptors that did not fit. Ids it does not hold are passed over: their
+    /// descriptors are gone either way. Anything else is a violation.
+    fn truncated(&mut self, i: usize, t: fdpass::Truncated, now: Instant) -> Result<(), String> {
+        if !self.list[i].returns() {
+            return Err("a descriptor (workers must not send any)".into());
+        }
+        let ids = match wire::decode(&self.recv_buf[..t.len]) {
+            Ok(Frame::Return(ids)) => ids,
+            Ok(_) => return Err("a descriptor with a frame other than RETURN".into()),
+            Err(e) => return Err(format!("a malformed frame: {e}")),
+        };
+        let w = &mut self.list[i];
+        for id in &ids {
+            w.forget(*id);
+        }
+        self.counts.lost_return_truncated += ids.len() as u64;
+        let quiet =
+            self.last_truncated_log.is_some_and(|at| now.duration_since(at) < std::time::Duration::from_secs(1));
+        if !quiet {
+            self.last_truncated_log = Some(now);
+            error!(
+                "worker {}: a RETURN of {} idle connections did not reach the master whole ({t}); they are closed \
+                 ({} so far). The master is out of descriptors: raise its limit (`ulimit -n`, LimitNOFILE=) \
+                 or lower --max-idle",
+                w.slot,
+                ids.len(),
+                self.counts.lost_return_truncated
+            );
+        }
+        Ok(())
+    }
+
+    /// Looks at how many frames worker `i` has not read from its channel, if the master
+    /// tracks nothing of it (a minimal worker): what is lost if it dies now.
+    pub(super) fn sample_unread(&mut self, i: usize) {
+        let w = &mut self.list[i];
+        if w.tracks() {
+            return;
+        }
+        if let (Some(charge), Some(chan)) = (self.frame_charge, w.chan.as_ref()) {
+            if let Ok(bytes) = fdpass::unread_by_peer(chan.as_fd()) {
+                w.unread_frames = (bytes / charge) as u64;
+            }
+        }
     }
 
     /// Reads worker `key`'s stderr pipe (bounded) into its slot's tail and our stderr.
@@ -293,7 +391,36 @@ impl Workers {
     pub(super) fn channel_closed(&mut self, i: usize, cfg: &Config, reg: &Registry) {
         let w = &mut self.list[i];
         if let Some(chan) = w.chan.take() {
+            // The kernel flags a channel whose peer closed it with frames unread (read
+            // errors give it once; a read not yet made leaves it here).
+            let reset =
+                matches!(rustix::net::sockopt::socket_error(&chan), Ok(Err(e)) if e == rustix::io::Errno::CONNRESET);
+            w.channel_reset |= reset;
+            // A worker reaped before the kernel released its end (the release can run
+            // after the exit is reported): its frames are still queued, and no one will
+            // read them. Counted now, exactly.
+            if !w.tracks() {
+                if let (Some(charge), Ok(bytes)) = (self.frame_charge, fdpass::unread_by_peer(chan.as_fd())) {
+                    if bytes / charge > 0 {
+                        w.unread_frames = (bytes / charge) as u64;
+                        w.channel_reset = true;
+                    }
+                }
+            }
             let _ = reg.deregister(&mut SourceFd(&chan.as_raw_fd()));
+        }
+        // A worker the master tracks nothing of (a minimal worker): what was unread in
+        // its channel died with it: as counted above, or as many as the last look saw
+        // (at least one).
+        if !w.tracks() && w.channel_reset {
+            let unread = w.unread_frames.max(1);
+            w.channel_reset = false;
+            self.counts.lost_in_channel += unread;
+            warn!(
+                "worker {} (pid {}) is gone with connections unread in its channel: {unread} lost (it announced \
+                 no ACK, so the master had let them go)",
+                w.slot, w.pid
+            );
         }
         let unacked = w.take_unacked();
         let lost = w.inflight.len() as u64;
@@ -351,7 +478,8 @@ impl Workers {
             items.clear();
             items.extend(conns[..n].iter().map(|(it, _)| ConnItem {
                 addrs: it.addrs.filter(|_| addrs_ok),
-                flags: if flags_ok { it.flags } else { 0 },
+                // The master's own bits never go out.
+                flags: if flags_ok { it.flags & !RETRY_ELSEWHERE } else { 0 },
                 ..*it
             }));
             wire::encode_conn(&mut self.frame, &items);
@@ -420,6 +548,9 @@ impl Workers {
                     }
                 }
             }
+        }
+        if i < self.list.len() {
+            self.sample_unread(i);
         }
         back
     }

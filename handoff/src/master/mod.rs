@@ -10,7 +10,9 @@
 //!   worker dies first, the connection is handed to another worker under a new id.
 //!   Workers that do not announce ACK (minimal workers) get the descriptor and the
 //!   master closes its copy at once: a connection queued in such a worker's channel
-//!   dies with it.
+//!   dies with it (counted, as far as the kernel tells: see `frames`).
+//! - **Every connection lost is counted once, by cause** (`Totals`, where it happens:
+//!   `frames` for workers, `dispatch` and its children for the rest).
 //! - **The master holds no unbounded queue** (see `dispatch`).
 //! - **Worker events are handled before accepts** in each loop turn, so a DONE that a
 //!   worker sent before its client saw the connection end is counted before the

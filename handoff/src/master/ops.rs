@@ -122,11 +122,6 @@ pub(super) fn metrics_text(v: &View<'_>) -> String {
         "Connections taken back from dead workers and handed on.",
         t.redispatched as f64,
     );
-    counter(
-        "connections_lost_total",
-        "Connections lost with a dead worker that had taken them.",
-        t.lost_with_worker as f64,
-    );
     counter("accept_paused_seconds_total", "Time accepting was paused after accept errors.", t.paused.as_secs_f64());
     counter(
         "connections_returned_total",
@@ -158,6 +153,29 @@ pub(super) fn metrics_text(v: &View<'_>) -> String {
     let _ = writeln!(o, "handoff_accept_errors_total{{kind=\"transient\"}} {}", t.accept_transient);
     let _ = writeln!(
         o,
+        "# HELP handoff_connections_lost_total Connections closed without an answer from a worker, by cause.\n# TYPE handoff_connections_lost_total counter"
+    );
+    let proxy_closed = t.proxy_errors.saturating_sub(t.proxy_header_timeouts + t.proxy_header_bad);
+    for (cause, n) in [
+        ("worker_died_serving", t.lost_with_worker),
+        ("worker_died_unread", t.lost_in_channel),
+        ("not_received", t.lost_not_received),
+        ("return_truncated", t.lost_return_truncated),
+        ("proxy_header_timeout", t.proxy_header_timeouts),
+        ("proxy_header_bad", t.proxy_header_bad),
+        ("proxy_client_closed", proxy_closed),
+        ("stop", t.lost_at_stop),
+    ] {
+        let _ = writeln!(o, "handoff_connections_lost_total{{cause=\"{cause}\"}} {n}");
+    }
+    let _ = writeln!(
+        o,
+        "# HELP handoff_connections_retried_total Connections a worker never took, handed to another, by cause.\n# TYPE handoff_connections_retried_total counter"
+    );
+    let _ = writeln!(o, "handoff_connections_retried_total{{cause=\"worker_died_before_ack\"}} {}", t.redispatched);
+    let _ = writeln!(o, "handoff_connections_retried_total{{cause=\"not_received\"}} {}", t.retried_not_received);
+    let _ = writeln!(
+        o,
         "# HELP handoff_idle_closed_total Idle connections held by the master and closed, by reason.\n# TYPE handoff_idle_closed_total counter"
     );
     for (reason, n) in [
@@ -165,6 +183,7 @@ pub(super) fn metrics_text(v: &View<'_>) -> String {
         ("timeout", t.idle_timeouts),
         ("evicted", t.idle_evicted),
         ("stop", t.idle_closed_at_stop),
+        ("not_held", t.idle_not_held),
     ] {
         let _ = writeln!(o, "handoff_idle_closed_total{{reason=\"{reason}\"}} {n}");
     }

@@ -53,7 +53,10 @@ impl Dispatcher {
                         Some(PendingProxy { fd, listener, deadline: now + PROXY_HEADER_TIMEOUT });
                 }
             }
-            Err(e) => self.proxy_failed(&e.to_string(), now),
+            Err(e) => {
+                self.count_bad_header(&e);
+                self.proxy_failed(&e.to_string(), now)
+            }
         }
     }
 
@@ -95,7 +98,10 @@ impl Dispatcher {
                 let p = self.take_pending(slot, reg).expect("present");
                 match result {
                     Ok(h) => self.held.push_back(Held { fd: p.fd, listener: p.listener, addrs: Some(h), flags: 0 }),
-                    Err(e) => self.proxy_failed(&e.to_string(), now),
+                    Err(e) => {
+                        self.count_bad_header(&e);
+                        self.proxy_failed(&e.to_string(), now)
+                    }
                 }
             }
         }
@@ -112,6 +118,7 @@ impl Dispatcher {
         for slot in 0..self.pending_proxy.len() {
             if self.pending_proxy[slot].as_ref().is_some_and(|p| now >= p.deadline) {
                 self.take_pending(slot, reg);
+                self.counts.proxy_header_timeouts += 1;
                 self.proxy_failed(&format!("no complete PROXY header within {PROXY_HEADER_TIMEOUT:?}"), now);
             }
         }
@@ -121,6 +128,14 @@ impl Dispatcher {
     pub(super) fn proxy_clear(&mut self, reg: &Registry) {
         for slot in 0..self.pending_proxy.len() {
             self.take_pending(slot, reg);
+        }
+    }
+
+    /// Counts a header that is not one (the rest of `proxy_errors` are clients that
+    /// closed or failed before theirs was complete, and late headers).
+    fn count_bad_header(&mut self, e: &io::Error) {
+        if e.kind() == io::ErrorKind::InvalidData {
+            self.counts.proxy_header_bad += 1;
         }
     }
 

@@ -63,6 +63,16 @@ pub const MINIMAL_READY_AFTER: Duration = Duration::from_millis(300);
 /// after its imports), short enough for a rolling restart of minimal workers.
 pub const MINIMAL_PROVEN_AFTER: Duration = Duration::from_secs(10);
 
+/// A worker that reported DONE for a connection it never ACKed (its descriptor did not
+/// arrive: the worker is out of descriptors) gets no such connection again for this
+/// long: it is handed to another worker, never back to one that just lost one.
+pub const NOT_RECEIVED_AVOID: Duration = Duration::from_secs(1);
+
+/// A master-only bit in [`Held::flags`] (never sent: the dispatcher masks it): the
+/// connection is retried after a worker did not receive it, and goes to no worker that
+/// lost one in the last [`NOT_RECEIVED_AVOID`].
+pub(super) const RETRY_ELSEWHERE: u8 = 1 << 7;
+
 /// Where a worker is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -159,6 +169,13 @@ pub struct Worker {
     /// with no sign of it reading, the amount at the last look, and `dispatched` then
     /// (see [`Worker::unread_for`]).
     pub unread: Option<(Instant, usize, u64)>,
+    /// Frames queued in its channel and not yet read, at the master's last look (kept
+    /// only for a worker the master tracks nothing of: see [`Worker::tracks`]).
+    pub unread_frames: u64,
+    /// Its channel reported ECONNRESET: it closed its end with frames unread.
+    pub channel_reset: bool,
+    /// When it last reported DONE for a connection it never ACKed (never received).
+    pub lost_frame_at: Option<Instant>,
 }
 
 impl Worker {
@@ -195,6 +212,18 @@ impl Worker {
         } else {
             0
         }
+    }
+
+    /// The master tracks its connections (it sent READY with ACK or DONE): the
+    /// connections it dies with are counted from the in-flight table, not its channel.
+    pub fn tracks(&self) -> bool {
+        self.ready && self.caps & (cap::ACK | cap::DONE) != 0
+    }
+
+    /// It did not receive a connection (DONE without ACK) in the last
+    /// [`NOT_RECEIVED_AVOID`].
+    pub fn lost_frame_recently(&self, now: Instant) -> bool {
+        self.lost_frame_at.is_some_and(|t| now.duration_since(t) < NOT_RECEIVED_AVOID)
     }
 
     /// May hand connections back (RETURN).
@@ -399,6 +428,12 @@ pub(super) struct Workers {
     handed: Vec<Handed>,
     /// This part's counters (spawns, kills, hand-ons, losses, dispatches, returns).
     counts: Totals,
+    /// What the kernel charges one unread single-connection CONN frame in a channel
+    /// (see `fdpass::charge_of`), to count a dead minimal worker's unread connections;
+    /// `None` if it could not be measured (then such a loss counts 1).
+    frame_charge: Option<usize>,
+    /// When a truncated RETURN was last logged (at most once a second).
+    last_truncated_log: Option<Instant>,
 }
 
 impl Workers {
@@ -416,6 +451,8 @@ impl Workers {
             unread_stderr: Vec::new(),
             handed: Vec::new(),
             counts: Totals::default(),
+            frame_charge: conn_frame_charge(),
+            last_truncated_log: None,
         }
     }
 
@@ -467,7 +504,17 @@ impl Workers {
         t.failed_starts = c.failed_starts;
         t.ready_timeouts = c.ready_timeouts;
         t.returned = c.returned;
+        t.lost_in_channel = c.lost_in_channel;
+        t.lost_not_received = c.lost_not_received;
+        t.retried_not_received = c.retried_not_received;
+        t.lost_return_truncated = c.lost_return_truncated;
         t.worker_output_dropped = self.forward.dropped_total + crate::sys::stderr_dropped();
+    }
+
+    /// Worker `i` did not receive a connection in the last second (see
+    /// [`RETRY_ELSEWHERE`]).
+    pub(super) fn lost_frame_recently(&self, i: usize, now: Instant) -> bool {
+        self.list.get(i).is_some_and(|w| w.lost_frame_recently(now))
     }
 
     fn index(&self, key: usize) -> Option<usize> {
@@ -572,6 +619,9 @@ impl Workers {
             abandoned: false,
             frames: FrameBudget::new(now),
             unread: None,
+            unread_frames: 0,
+            channel_reset: false,
+            lost_frame_at: None,
         });
         let s = &mut self.slots[slot];
         if s.last_exit.is_some() || s.restarts > 0 {
@@ -831,6 +881,9 @@ impl Workers {
                 }
             }
         }
+        for i in 0..self.list.len() {
+            self.sample_unread(i);
+        }
         // Retiring workers whose successor has proven itself are drained.
         for i in 0..self.list.len() {
             if self.list[i].state == State::Retiring {
@@ -933,5 +986,21 @@ fn end_group(slot: usize, pid: u32) {
         Ok(true) => warn!("worker {slot} (pid {pid}) left processes running in its process group: killed them"),
         Ok(false) => {}
         Err(e) => debug!("worker {slot} (pid {pid}): cannot signal its process group: {e}"),
+    }
+}
+
+/// What the kernel charges one single-connection CONN frame (the only kind a minimal
+/// worker gets), measured once.
+fn conn_frame_charge() -> Option<usize> {
+    let mut frame = Vec::new();
+    let item = wire::ConnItem { id: 0, listener: 0, sock: 0, flags: 0, addrs: None };
+    wire::encode_conn(&mut frame, &[item]);
+    match fdpass::charge_of(frame.len()) {
+        Ok(n) if n > 0 => Some(n),
+        Ok(_) => None,
+        Err(e) => {
+            warn!("cannot measure a channel's queue ({e}): a minimal worker's unread connections count 1 when it dies");
+            None
+        }
     }
 }
