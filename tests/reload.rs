@@ -60,6 +60,24 @@ fn an_invalid_config_is_refused_and_the_running_setup_stays() {
     assert_eq!(http_get(h.addr(), "/").unwrap().status, 200);
 }
 
+/// Two entries that name one running listener (the port-0 address it was bound from,
+/// and the port it got) are refused like any invalid config: the master goes on.
+#[test]
+fn two_addresses_of_one_listener_are_refused() {
+    let dir = TempDir::new("reload-twice");
+    let cfg = dir.join("h.toml");
+    std::fs::write(&cfg, "listen = [\"127.0.0.1:0\"]\nworkers = 1\n").unwrap();
+    let control = dir.path_str("ctl.sock");
+    let h = Handoff::start(&["--config", cfg.to_str().unwrap(), "--control", &control]);
+    h.wait_ready(1);
+    let port = h.addr().port();
+    std::fs::write(&cfg, format!("listen = [\"127.0.0.1:0\", \"127.0.0.1:{port}\"]\nworkers = 1\n")).unwrap();
+    let (ok, out) = ctl(&control, &["reload"]);
+    assert!(!ok && out.contains("listed twice"), "{out}");
+    assert_eq!(http_get(h.addr(), "/").unwrap().status, 200);
+    assert_eq!(status_json(&control)["phase"], "running");
+}
+
 #[test]
 fn reload_turns_deferred_accept_on_and_off_for_a_kept_listener() {
     let dir = TempDir::new("reload-deferred");

@@ -237,6 +237,7 @@ impl Lifecycle {
                 if self.interrupts > 1 {
                     info!("second SIGINT: stopping now");
                     self.phase = Phase::Exiting;
+                    self.lingering = None;
                 } else {
                     self.begin_stop("SIGINT", true, p);
                 }
@@ -244,6 +245,7 @@ impl Lifecycle {
             SIGQUIT => {
                 info!("SIGQUIT: stopping now");
                 self.phase = Phase::Exiting;
+                self.lingering = None;
             }
             SIGTTIN => self.scale(p.workers.slot_count() + 1, p),
             SIGTTOU => self.scale(p.workers.slot_count().saturating_sub(1), p),
@@ -694,7 +696,9 @@ impl Lifecycle {
     /// stop past its deadline becomes an exit (true: the tick ends here).
     pub(super) fn tick_stop(&mut self, p: &mut Parts<'_>) -> bool {
         if let Some((until, why)) = &self.lingering {
-            if p.now >= *until {
+            // Only from Running: a stop at once (SIGQUIT, a second SIGINT) during the
+            // linger has ended it already.
+            if p.now >= *until && self.phase == Phase::Running {
                 let why = why.clone();
                 self.stop_now(&why, true, p);
             }
@@ -703,6 +707,7 @@ impl Lifecycle {
             if p.now >= deadline {
                 warn!("shutdown timeout: killing {} workers still running", p.workers.len());
                 self.phase = Phase::Exiting;
+                self.lingering = None;
                 return true;
             }
         }

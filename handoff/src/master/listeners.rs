@@ -108,6 +108,13 @@ impl Listeners {
     pub(super) fn reconcile(&mut self, want: &[ListenSpec], reg: &Registry) -> Result<(), String> {
         // Match on the configured address, or the bound one (port 0 resolved).
         let same = |l: &ListenerSlot, addr: &ListenAddr| l.listener.addr() == addr || &l.listener.local_addr() == addr;
+        // Two entries that name one listener (`127.0.0.1:0` and the port it got, say)
+        // would both claim it below.
+        for l in &self.list {
+            if want.iter().filter(|w| same(l, &w.addr)).count() > 1 {
+                return Err(format!("{} is listed twice (by two addresses that name it)", l.listener.local_addr()));
+            }
+        }
         // Bind every new address first: if one fails, nothing has changed yet.
         let mut fresh: Vec<Option<Listener>> = Vec::new();
         for spec in want {
@@ -149,7 +156,10 @@ impl Listeners {
                     }
                 }
                 None => {
-                    let p = old.iter().position(|o| o.as_ref().is_some_and(|l| same(l, &spec.addr))).expect("kept");
+                    let p = old
+                        .iter()
+                        .position(|o| o.as_ref().is_some_and(|l| same(l, &spec.addr)))
+                        .expect("a kept listener matches exactly one entry (checked above)");
                     let mut l = old[p].take().expect("present");
                     l.proxy = spec.proxy;
                     l.proxy_from = spec.proxy_from.clone();
