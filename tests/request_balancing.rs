@@ -92,6 +92,24 @@ fn an_idle_connection_goes_back_after_a_second_in_auto_mode() {
     assert_eq!(get(&mut s, "/").status, 200);
 }
 
+/// The idle rule times one idle spell, not the connection's life: a client that sends a
+/// request every 100 ms for 2.5 s is never idle for a second, so its connection stays
+/// with its worker (it was handed back once a second, whatever the traffic, when the
+/// timer ran from the first idle moment: under uniform keep-alive that cost a round
+/// trip through the master per connection per second).
+#[test]
+fn a_busy_keep_alive_connection_is_not_handed_back_in_auto_mode() {
+    let (h, _dir, control) = start(&["--workers", "2"]);
+    h.wait_ready(2);
+    let mut s = keep_alive(h.addr());
+    let first = get(&mut s, "/").worker;
+    for _ in 0..25 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert_eq!(get(&mut s, "/").worker, first, "served by another worker: handed back");
+    }
+    assert_eq!(total(&control, "returned"), 0);
+}
+
 #[test]
 fn pipelined_requests_are_answered_in_order_and_no_byte_is_left_behind() {
     let (h, _dir, control) = start(&["--workers", "3", "--hand-back", "always"]);

@@ -113,6 +113,8 @@ pub(crate) struct Boundary {
     idle: AtomicBool,
     /// A request has started on this connection.
     started: AtomicBool,
+    /// Requests started on this connection, so far.
+    requests: AtomicU64,
 }
 
 impl Boundary {
@@ -125,6 +127,13 @@ impl Boundary {
     /// A request has started on this connection.
     pub(crate) fn started(&self) -> bool {
         self.started.load(Ordering::Relaxed)
+    }
+
+    /// How many requests have started on this connection: two looks that both find it
+    /// idle saw the same idle spell only if this did not change in between (a request
+    /// can start and end within one poll).
+    pub(crate) fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
     }
 
     /// A connection served on by a new hyper connection after a boundary (a failed
@@ -146,6 +155,7 @@ impl Boundary {
     /// Marks a request as started; the guard ends it when the response body is gone.
     pub(crate) fn request(self: &Arc<Self>) -> InService {
         self.started.store(true, Ordering::Relaxed);
+        self.requests.fetch_add(1, Ordering::Relaxed);
         self.in_service.fetch_add(1, Ordering::Relaxed);
         self.idle.store(false, Ordering::Relaxed);
         InService(self.clone())

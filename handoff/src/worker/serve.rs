@@ -347,7 +347,9 @@ where
     // client's think time, a proxy's pooled connection between bursts): it then costs
     // this worker nothing, and its next request is placed afresh.
     let mut idle_for = std::pin::pin!(tokio::time::sleep(Duration::from_secs(365 * 86_400)));
-    let mut idle_armed = false;
+    // Armed with the request count of the idle spell it times: a request served
+    // within one poll leaves the connection idle again, but in a new spell.
+    let mut idle_armed: Option<u64> = None;
     let ended = std::future::poll_fn(|cx| loop {
         // The connection first: a head that came in time is parsed (and the request
         // started) in the same poll that would see the deadline pass. Polled as a
@@ -374,13 +376,14 @@ where
         }
         let mut idle_long = false;
         if mode == super::hand_back::HandBack::Auto && at.is_idle() {
-            if !idle_armed {
+            let spell = at.requests();
+            if idle_armed != Some(spell) {
                 idle_for.as_mut().reset(tokio::time::Instant::now() + super::hand_back::IDLE_HAND_BACK);
-                idle_armed = true;
+                idle_armed = Some(spell);
             }
             idle_long = idle_for.as_mut().poll(cx).is_ready();
         } else {
-            idle_armed = false;
+            idle_armed = None;
         }
         if can_return && at.is_idle() && (draining || idle_long || super::hand_back::wanted(mode)) {
             // Idle between requests: hyper closes at once, keeping the socket open.
