@@ -109,6 +109,15 @@ fn fairness(workers: &Workers) -> f64 {
     jain(&per_slot)
 }
 
+/// One labelled family of Prometheus counters: its HELP and TYPE, then a line per
+/// label value.
+fn labelled(o: &mut String, name: &str, help: &str, label: &str, values: &[(&str, u64)]) {
+    let _ = writeln!(o, "# HELP handoff_{name} {help}\n# TYPE handoff_{name} counter");
+    for (value, n) in values {
+        let _ = writeln!(o, "handoff_{name}{{{label}=\"{value}\"}} {n}");
+    }
+}
+
 pub(super) fn metrics_text(v: &View<'_>) -> String {
     let mut o = String::new();
     let t = &v.totals;
@@ -145,57 +154,62 @@ pub(super) fn metrics_text(v: &View<'_>) -> String {
         "Connections to a PROXY listener closed unread: their source is not in its proxy-from.",
         t.proxy_refused as f64,
     );
-    let _ = writeln!(
-        o,
-        "# HELP handoff_accept_errors_total Accept errors by kind.\n# TYPE handoff_accept_errors_total counter"
-    );
-    let _ = writeln!(o, "handoff_accept_errors_total{{kind=\"exhaustion\"}} {}", t.accept_exhausted);
-    let _ = writeln!(o, "handoff_accept_errors_total{{kind=\"transient\"}} {}", t.accept_transient);
-    let _ = writeln!(
-        o,
-        "# HELP handoff_connections_lost_total Connections closed without an answer from a worker, by cause.\n# TYPE handoff_connections_lost_total counter"
+    labelled(
+        &mut o,
+        "accept_errors_total",
+        "Accept errors by kind.",
+        "kind",
+        &[("exhaustion", t.accept_exhausted), ("transient", t.accept_transient)],
     );
     let proxy_closed = t.proxy_errors.saturating_sub(t.proxy_header_timeouts + t.proxy_header_bad);
-    for (cause, n) in [
-        ("worker_died_serving", t.lost_with_worker),
-        ("worker_died_unread", t.lost_in_channel),
-        ("not_received", t.lost_not_received),
-        ("return_truncated", t.lost_return_truncated),
-        ("proxy_header_timeout", t.proxy_header_timeouts),
-        ("proxy_header_bad", t.proxy_header_bad),
-        ("proxy_client_closed", proxy_closed),
-        ("stop", t.lost_at_stop),
-    ] {
-        let _ = writeln!(o, "handoff_connections_lost_total{{cause=\"{cause}\"}} {n}");
-    }
-    let _ = writeln!(
-        o,
-        "# HELP handoff_connections_retried_total Connections a worker never took, handed to another, by cause.\n# TYPE handoff_connections_retried_total counter"
+    labelled(
+        &mut o,
+        "connections_lost_total",
+        "Connections closed without an answer from a worker, by cause.",
+        "cause",
+        &[
+            ("worker_died_serving", t.lost_with_worker),
+            ("worker_died_unread", t.lost_in_channel),
+            ("not_received", t.lost_not_received),
+            ("return_truncated", t.lost_return_truncated),
+            ("proxy_header_timeout", t.proxy_header_timeouts),
+            ("proxy_header_bad", t.proxy_header_bad),
+            ("proxy_client_closed", proxy_closed),
+            ("stop", t.lost_at_stop),
+        ],
     );
-    let _ = writeln!(o, "handoff_connections_retried_total{{cause=\"worker_died_before_ack\"}} {}", t.redispatched);
-    let _ = writeln!(o, "handoff_connections_retried_total{{cause=\"not_received\"}} {}", t.retried_not_received);
-    let _ = writeln!(
-        o,
-        "# HELP handoff_idle_closed_total Idle connections held by the master and closed, by reason.\n# TYPE handoff_idle_closed_total counter"
+    labelled(
+        &mut o,
+        "connections_retried_total",
+        "Connections a worker never took, handed to another, by cause.",
+        "cause",
+        &[("worker_died_before_ack", t.redispatched), ("not_received", t.retried_not_received)],
     );
-    for (reason, n) in [
-        ("hangup", t.idle_hangups),
-        ("timeout", t.idle_timeouts),
-        ("evicted", t.idle_evicted),
-        ("stop", t.idle_closed_at_stop),
-        ("not_held", t.idle_not_held),
-    ] {
-        let _ = writeln!(o, "handoff_idle_closed_total{{reason=\"{reason}\"}} {n}");
-    }
+    labelled(
+        &mut o,
+        "idle_closed_total",
+        "Idle connections held by the master and closed, by reason.",
+        "reason",
+        &[
+            ("hangup", t.idle_hangups),
+            ("timeout", t.idle_timeouts),
+            ("evicted", t.idle_evicted),
+            ("stop", t.idle_closed_at_stop),
+            ("not_held", t.idle_not_held),
+        ],
+    );
     let _ = writeln!(
         o,
         "# HELP handoff_idle_connections Idle keep-alive connections the master holds.\n# TYPE handoff_idle_connections gauge\nhandoff_idle_connections {}",
         v.dispatch.idle_len()
     );
-    let _ = writeln!(o, "# HELP handoff_worker_kills_total Workers killed by the master, by reason.\n# TYPE handoff_worker_kills_total counter");
-    let _ = writeln!(o, "handoff_worker_kills_total{{reason=\"protocol\"}} {}", t.protocol_kills);
-    let _ = writeln!(o, "handoff_worker_kills_total{{reason=\"hung\"}} {}", t.hung_kills);
-    let _ = writeln!(o, "handoff_worker_kills_total{{reason=\"ready_timeout\"}} {}", t.ready_timeouts);
+    labelled(
+        &mut o,
+        "worker_kills_total",
+        "Workers killed by the master, by reason.",
+        "reason",
+        &[("protocol", t.protocol_kills), ("hung", t.hung_kills), ("ready_timeout", t.ready_timeouts)],
+    );
     let _ = writeln!(o, "# HELP handoff_worker_failed_starts_total Worker starts that failed: ended before proven ready, or not ready within --ready-timeout.\n# TYPE handoff_worker_failed_starts_total counter\nhandoff_worker_failed_starts_total {}", t.failed_starts);
     let _ = writeln!(o, "# HELP handoff_reloads_total Reloads asked for (SIGHUP or ctl reload), refused ones included.\n# TYPE handoff_reloads_total counter\nhandoff_reloads_total {}", t.reloads);
     let _ = writeln!(o, "# HELP handoff_reloads_failed_total Reloads refused, or whose new workers did not become ready (the old ones kept serving).\n# TYPE handoff_reloads_failed_total counter\nhandoff_reloads_failed_total {}", t.reloads_failed);
