@@ -200,6 +200,9 @@ fn only_the_listed_sources_may_send_a_header() {
     let line = h.wait_line("may not send PROXY headers");
     assert!(line.contains("from 127.0.0.1 on the PROXY listener"), "{line}");
     assert_eq!(status_json(&control)["totals"]["proxy_refused"], 1);
+    let table = std::process::Command::new(handoff_bin()).args(["status", "--control", &control]).output().unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains("PROXY header from a source not in proxy-from 1"), "{table}");
     // From 127.0.0.2, listed: served, with the header's client address.
     let r = http_get_with(connect_from("127.0.0.2".parse().unwrap(), h.addr()).unwrap(), "/", v1).unwrap();
     assert_eq!((r.status, client_header(&r).as_deref()), (200, Some("192.0.2.9:5555")));

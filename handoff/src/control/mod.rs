@@ -549,6 +549,9 @@ pub fn format_table(s: &Status) -> String {
         t.redispatched,
         t.retried_not_received
     );
+    if t.proxy_refused > 0 {
+        out += &format!("refused: PROXY header from a source not in proxy-from {}\n", t.proxy_refused);
+    }
     out
 }
 
