@@ -66,3 +66,35 @@ fn a_slow_starting_app_replaces_each_old_worker_only_after_its_ready() {
         assert!(ready_before, "worker {slot} (pid {pid}) exited before a successor was READY:\n{lines:#?}");
     }
 }
+
+/// The health endpoint trusts what readiness trusts: minimal workers, which never send
+/// READY, make it answer "ok" once they are proven (ten seconds alive), not 503 "no
+/// worker ready" for ever while they serve.
+#[test]
+fn health_is_ok_once_minimal_workers_are_proven() {
+    use std::io::{Read, Write};
+    let hp = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let health = format!("127.0.0.1:{hp}");
+    let h = Handoff::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "2",
+        "--health",
+        &health,
+        "--",
+        "python3",
+        "examples/python/minimal.py",
+    ]);
+    let get = || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", hp)).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    assert_eq!(http_get(h.addr(), "/").unwrap().status, 200, "the minimal workers serve");
+    let early = get();
+    assert!(early.starts_with("HTTP/1.1 503") && early.contains("no worker ready"), "{early}");
+    wait_until("health ok once the minimal workers are proven", || get().starts_with("HTTP/1.1 200"));
+}

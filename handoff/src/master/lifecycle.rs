@@ -211,9 +211,11 @@ impl Lifecycle {
     }
 
     /// The health endpoint's verdict: ready, or why not.
-    pub(super) fn health(&self, workers: &Workers) -> Result<(), &'static str> {
-        let ready =
-            self.phase == Phase::Running && self.lingering.is_none() && self.upgrade.is_none() && workers.any_ready();
+    pub(super) fn health(&self, workers: &Workers, now: Instant) -> Result<(), &'static str> {
+        let ready = self.phase == Phase::Running
+            && self.lingering.is_none()
+            && self.upgrade.is_none()
+            && workers.any_ready(now);
         if ready {
             return Ok(());
         }

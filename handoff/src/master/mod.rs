@@ -480,7 +480,7 @@ impl Master {
             (AdminKind::Metrics, Request::Http { path }) if path == "/metrics" => {
                 admin::http_response(200, "text/plain; version=0.0.4", &ops::metrics_text(&self.view()))
             }
-            (AdminKind::Health, Request::Http { .. }) => match self.life.health(&self.workers) {
+            (AdminKind::Health, Request::Http { .. }) => match self.life.health(&self.workers, Instant::now()) {
                 Ok(()) => admin::http_response(200, "text/plain", "ok\n"),
                 Err(why) => admin::http_response(503, "text/plain", why),
             },

@@ -243,9 +243,12 @@ impl Workers {
         self.list.iter().any(|w| w.state == State::Retiring)
     }
 
-    /// Some running worker has sent READY (the health endpoint's "ok").
-    pub(super) fn any_ready(&self) -> bool {
-        self.list.iter().any(|w| w.ready && w.state == State::Running)
+    /// Some running worker is proven (the health endpoint's "ok"): it sent READY, or,
+    /// a minimal worker that never does, it has lived long enough to count as serving
+    /// ([`Worker::proven`]). READY alone would keep health at 503 for ever for minimal
+    /// workers that serve fine.
+    pub(super) fn any_ready(&self, now: Instant) -> bool {
+        self.list.iter().any(|w| w.state == State::Running && w.proven(now))
     }
 
     /// Every slot has a running, proven worker (see [`Worker::proven`]: a new
