@@ -293,7 +293,7 @@ impl Workers {
             return;
         }
         if let (Some(charge), Some(chan)) = (self.frame_charge, w.chan.as_ref()) {
-            if let Ok(bytes) = fdpass::unread_by_peer(chan.as_fd()) {
+            if let Ok(bytes) = crate::sys::socket::unread_by_peer(chan.as_fd()) {
                 w.unread_frames = (bytes / charge) as u64;
             }
         }
@@ -400,7 +400,8 @@ impl Workers {
             // after the exit is reported): its frames are still queued, and no one will
             // read them. Counted now, exactly.
             if !w.tracks() {
-                if let (Some(charge), Ok(bytes)) = (self.frame_charge, fdpass::unread_by_peer(chan.as_fd())) {
+                if let (Some(charge), Ok(bytes)) = (self.frame_charge, crate::sys::socket::unread_by_peer(chan.as_fd()))
+                {
                     if bytes / charge > 0 {
                         w.unread_frames = (bytes / charge) as u64;
                         w.channel_reset = true;

@@ -153,32 +153,15 @@ pub fn recv_with_fds(sock: impl AsFd, buf: &mut [u8], max_fds: usize) -> io::Res
     Ok(Received { len: msg.bytes, fds })
 }
 
-/// Bytes the kernel holds for messages sent on `sock` and not yet read by its peer
-/// (`SIOCOUTQ`). For `AF_UNIX` that is what the queued messages are charged (their
-/// buffers, not only their payload): divide by [`charge_of`] to count them. A peer
-/// that has closed its end has had its queue freed: then it is 0.
-pub fn unread_by_peer(sock: BorrowedFd<'_>) -> io::Result<usize> {
-    use std::os::fd::AsRawFd;
-    let mut n: libc::c_int = 0;
-    // SAFETY: SIOCOUTQ (the same number as TIOCOUTQ) writes one c_int through the
-    // pointer, which points at a live local of that type for the whole call; the
-    // descriptor is borrowed, so open, for the call.
-    let r = unsafe { libc::ioctl(sock.as_raw_fd(), libc::TIOCOUTQ, &mut n as *mut libc::c_int) };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(n.max(0) as usize)
-}
-
 /// What the kernel charges one unread message of `len` bytes with one descriptor, as
-/// [`unread_by_peer`] counts it: measured once on a fresh pair, as the charge depends
+/// [`super::socket::unread_by_peer`] counts it: measured once on a fresh pair, as the charge depends
 /// on the kernel's buffer sizes, not on anything this process can compute.
 pub fn charge_of(len: usize) -> io::Result<usize> {
     let (a, _b) = seqpacket_pair()?;
     let (r, _w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
     send_with_fds(a.as_fd(), &vec![0u8; len], &[r.as_fd()])?;
     // Dropping `_b` frees the queued message and closes the descriptor in flight.
-    unread_by_peer(a.as_fd())
+    super::socket::unread_by_peer(a.as_fd())
 }
 
 #[cfg(test)]
@@ -190,6 +173,7 @@ mod tests {
     /// The queue a peer has not read is counted in messages: each is charged the same.
     #[test]
     fn unread_messages_are_counted_by_their_charge() {
+        use crate::sys::socket::unread_by_peer;
         let (a, b) = seqpacket_pair().unwrap();
         let each = charge_of(24).unwrap();
         assert!(each >= 24, "{each}");

@@ -228,8 +228,10 @@ pub fn tcp_defer_accept(fd: BorrowedFd<'_>) -> io::Result<u32> {
 }
 
 /// What this end of a Unix socket has sent that its peer has not read yet (`SIOCOUTQ`,
-/// the kernel's memory for those messages, not their payload): 0 once the peer has read
-/// everything. The master's view of whether a worker reads its channel at all.
+/// the kernel's memory for those messages, not their payload: divide by
+/// [`super::fdpass::charge_of`] to count them): 0 once the peer has read everything, or
+/// once it has closed its end (the kernel frees the queue). The master's view of whether
+/// a worker reads its channel at all, and of what a dead one left unread.
 pub(crate) fn unread_by_peer(fd: BorrowedFd<'_>) -> io::Result<usize> {
     use std::os::fd::AsRawFd;
     let mut value: libc::c_int = 0;
