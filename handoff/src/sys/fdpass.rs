@@ -154,7 +154,7 @@ pub fn recv_with_fds(sock: impl AsFd, buf: &mut [u8], max_fds: usize) -> io::Res
 }
 
 /// What the kernel charges one unread message of `len` bytes with one descriptor, as
-/// [`super::socket::unread_by_peer`] counts it: measured once on a fresh pair, as the charge depends
+/// `socket::unread_by_peer` counts it: measured once on a fresh pair, as the charge depends
 /// on the kernel's buffer sizes, not on anything this process can compute.
 pub fn charge_of(len: usize) -> io::Result<usize> {
     let (a, _b) = seqpacket_pair()?;
