@@ -50,6 +50,12 @@ pub mod kind {
     /// worker → master: these idle connections come back, one descriptor per id
     /// (only from workers that announced `cap::RETURN`).
     pub const RETURN: u8 = 0x05;
+    /// worker → master: one request holds this worker (a long, CPU-bound handler):
+    /// send it nothing new until FREE. Sent by workers whose stall watch runs on its own
+    /// thread, together with the RETURN of the connections idle behind that request.
+    pub const BUSY: u8 = 0x06;
+    /// worker → master: the request that made this worker BUSY is finished.
+    pub const FREE: u8 = 0x07;
     /// master → worker: connections, one descriptor per item.
     pub const CONN: u8 = 0x81;
     /// master → worker: finish what you have, take no more, exit.
@@ -200,6 +206,10 @@ pub enum Frame {
     Heartbeat,
     /// worker → master, with exactly one descriptor per id, in order.
     Return(Vec<u64>),
+    /// worker → master: a request holds this worker; send it nothing new until FREE.
+    Busy,
+    /// worker → master: no longer held (ends BUSY).
+    Free,
     /// master → worker, with exactly one descriptor per item, in order.
     Conn(Vec<ConnItem>),
     /// master → worker.
@@ -256,7 +266,7 @@ fn item_len(kind: u8) -> Option<usize> {
     Some(match kind {
         kind::READY => 8,
         kind::ACK | kind::DONE | kind::RETURN => 8,
-        kind::HEARTBEAT | kind::DRAIN => 0,
+        kind::HEARTBEAT | kind::DRAIN | kind::BUSY | kind::FREE => 0,
         kind::CONN => CONN_ITEM_LEN,
         kind::CONN_ADDR => CONN_ADDR_ITEM_LEN,
         _ => return None,
@@ -311,6 +321,8 @@ pub fn decode(b: &[u8]) -> Result<Frame, DecodeError> {
         kind::DONE => Frame::Done(ids()),
         kind::HEARTBEAT => Frame::Heartbeat,
         kind::RETURN => Frame::Return(ids()),
+        kind::BUSY => Frame::Busy,
+        kind::FREE => Frame::Free,
         kind::DRAIN => Frame::Drain,
         kind::CONN | kind::CONN_ADDR => {
             let with_addrs = kind == kind::CONN_ADDR;
@@ -362,7 +374,7 @@ pub fn encode_ids(out: &mut Vec<u8>, kind: u8, ids: &[u64]) {
     }
 }
 
-/// Encodes a frame without items (HEARTBEAT, DRAIN).
+/// Encodes a frame without items (HEARTBEAT, BUSY, FREE, DRAIN).
 pub fn encode_empty(out: &mut Vec<u8>, kind: u8) {
     header(out, kind, 0);
 }
@@ -396,6 +408,8 @@ pub fn encode(frame: &Frame) -> Vec<u8> {
         Frame::Done(ids) => encode_ids(&mut out, kind::DONE, ids),
         Frame::Heartbeat => encode_empty(&mut out, kind::HEARTBEAT),
         Frame::Return(ids) => encode_ids(&mut out, kind::RETURN, ids),
+        Frame::Busy => encode_empty(&mut out, kind::BUSY),
+        Frame::Free => encode_empty(&mut out, kind::FREE),
         Frame::Drain => encode_empty(&mut out, kind::DRAIN),
         Frame::Conn(items) => encode_conn(&mut out, items),
     }
@@ -472,6 +486,8 @@ mod tests {
             ids.prop_map(Frame::Done),
             prop::collection::vec(any::<u64>(), 1..=MAX_RETURNS).prop_map(Frame::Return),
             Just(Frame::Heartbeat),
+            Just(Frame::Busy),
+            Just(Frame::Free),
             Just(Frame::Drain),
             items.prop_map(Frame::Conn),
             addr_items.prop_map(Frame::Conn),

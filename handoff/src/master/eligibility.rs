@@ -45,6 +45,15 @@ impl Workers {
             let behind = w.oldest_unacked().is_some();
             cand.push(Candidate { eligible, active: w.active(), reports_load: w.reports_load(), behind });
         }
+        // A BUSY worker is held by one long request: what it were sent now would wait
+        // behind that request (its idle connections came back for that reason). It
+        // takes nothing while another worker can.
+        let free_can = self.list.iter().zip(cand.iter()).any(|(w, c)| c.eligible && !w.busy);
+        if free_can {
+            for (w, c) in self.list.iter().zip(cand.iter_mut()) {
+                c.eligible &= !w.busy;
+            }
+        }
     }
 
     /// How many connections the workers can take right now (at most `enough`): the

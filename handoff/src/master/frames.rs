@@ -220,6 +220,11 @@ impl Workers {
                 }
             }
             Frame::Heartbeat => {}
+            Frame::Busy => {
+                w.busy = true;
+                w.stalls += 1;
+            }
+            Frame::Free => w.busy = false,
             Frame::Return(_) => return Err("RETURN without descriptors".into()),
             Frame::Conn(_) | Frame::Drain => return Err("a master-to-worker frame".into()),
         }

@@ -112,6 +112,11 @@ pub struct Worker {
     pub channel_reset: bool,
     /// When it last reported DONE for a connection it never ACKed (never received).
     pub lost_frame_at: Option<Instant>,
+    /// Between its BUSY and its FREE: one long request holds it, so that anything sent
+    /// to it now would wait behind that request.
+    pub busy: bool,
+    /// BUSY frames it sent (stalls its own watch found).
+    pub stalls: u64,
 }
 
 impl Worker {

@@ -332,6 +332,8 @@ impl Workers {
             unread_frames: 0,
             channel_reset: false,
             lost_frame_at: None,
+            busy: false,
+            stalls: 0,
         });
         let s = &mut self.slots[slot];
         if s.last_exit.is_some() || s.restarts > 0 {
