@@ -61,19 +61,70 @@ fn without_hand_back_a_connection_stays_with_its_worker() {
     }
 }
 
+/// Keep-alive connections until two of them are on the same worker: `(that worker,
+/// the two, every other connection)`. Each has served one request, so it is idle at a
+/// request boundary.
+fn two_on_one_worker(addr: std::net::SocketAddr) -> (Option<usize>, TcpStream, TcpStream, Vec<TcpStream>) {
+    let mut seen: Vec<(Option<usize>, TcpStream)> = Vec::new();
+    for _ in 0..16 {
+        let mut s = keep_alive(addr);
+        let w = get(&mut s, "/").worker;
+        if let Some(k) = seen.iter().position(|(o, _)| *o == w) {
+            let (_, first) = seen.remove(k);
+            return (w, first, s, seen.into_iter().map(|(_, s)| s).collect());
+        }
+        seen.push((w, s));
+    }
+    panic!("16 connections on 2 workers and never two on one");
+}
+
+/// The stall rescue: while one request holds a worker (1.5 s of CPU here), the
+/// connections idle in that worker go back to the master (the worker's watch thread
+/// RETURNs them after a few milliseconds), so their next requests are served by the
+/// other worker at once, not after the long one; and the master sends the held worker
+/// nothing new (BUSY) although it has the fewest connections.
 #[test]
-fn a_slow_request_makes_its_worker_hand_back_in_auto_mode() {
+fn connections_idle_behind_a_long_request_are_served_by_another_worker() {
     let (h, _dir, control) = start(&["--workers", "2", "--test-knobs"]);
     h.wait_ready(2);
-    let mut s = keep_alive(h.addr());
-    // 20 ms of CPU: this worker is now slow for a second and hands the connection back
-    // after the response.
-    assert_eq!(get(&mut s, "/?cpu_ms=20").status, 200);
-    wait_until("the connection to come back to the master", || total(&control, "returned") == 1);
-    assert_eq!(idle_held(&control), 1);
-    // Its next request is dispatched again, and answered.
-    assert_eq!(get(&mut s, "/").status, 200);
-    assert!(total(&control, "continued") >= 1);
+    let (held, mut long, mut idle, _others) = two_on_one_worker(h.addr());
+    long.write_all(b"GET /?cpu_ms=1500 HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    wait_until("the idle connection to be rescued", || total(&control, "returned") >= 1);
+    let r = get(&mut idle, "/");
+    assert_eq!(r.status, 200);
+    assert_ne!(r.worker, held, "served by the worker the long request holds");
+    // A new client goes to the free worker, although the held one has fewer clients.
+    let mut fresh = keep_alive(h.addr());
+    assert_ne!(get(&mut fresh, "/").worker, held, "a new connection went to the BUSY worker");
+    // The long request is answered, and its worker serves on: nothing broke the protocol.
+    let r = read_one_response(&mut long).expect("the long request's response");
+    assert_eq!((r.status, r.worker), (200, held));
+    assert_eq!(get(&mut long, "/").status, 200);
+    assert_eq!(get(&mut idle, "/").status, 200);
+    let st = status_json(&control);
+    assert!(st["workers"].as_array().unwrap().iter().all(|w| w["restarts"] == 0), "{st}");
+}
+
+/// A connection whose next request has begun to arrive (pipelined: the rest of it comes
+/// later) is not at a request boundary: the rescue leaves it alone, and it is answered,
+/// whole, by its own worker once the long request is done.
+#[test]
+fn a_connection_with_part_of_a_next_request_is_not_rescued() {
+    let (h, _dir, control) = start(&["--workers", "2", "--test-knobs"]);
+    h.wait_ready(2);
+    let (held, mut long, mut partial, _others) = two_on_one_worker(h.addr());
+    partial.write_all(b"GET /a HTTP/1.1\r\nHost: t\r\n\r\nGET /b HT").unwrap();
+    assert_eq!(read_one_response(&mut partial).expect("/a").status, 200);
+    std::thread::sleep(Duration::from_millis(100));
+    long.write_all(b"GET /?cpu_ms=1000 HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    // Let the watch see the stall (it acts within milliseconds).
+    std::thread::sleep(Duration::from_millis(300));
+    partial.write_all(b"TP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let r = read_one_response(&mut partial).expect("/b");
+    assert_eq!((r.status, r.worker), (200, held), "/b answered elsewhere, or broken");
+    assert_eq!(read_one_response(&mut long).expect("the long one").status, 200);
+    let st = status_json(&control);
+    assert!(st["workers"].as_array().unwrap().iter().all(|w| w["restarts"] == 0), "{st}");
 }
 
 #[test]

@@ -385,7 +385,12 @@ impl Workers {
                 None => (0, None),
             };
             self.counts.returned += 1;
-            self.list[i].last_return = Some(now);
+            // Connections rescued from behind a long request (the worker is BUSY) do
+            // not make it a worker that hands back per request: it keeps the ones it
+            // serves next, so its requests in progress are not known.
+            if !self.list[i].busy {
+                self.list[i].last_return = Some(now);
+            }
             self.handed.push(Handed::Returned(Held { fd, listener, addrs, flags: 0 }));
         }
         Ok(())

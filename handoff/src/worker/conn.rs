@@ -42,6 +42,9 @@ pub struct Conn<S> {
     /// part of that time waiting for its first bytes (the built-in worker's waiting
     /// room): the server gets only what is left.
     head_deadline: Option<std::time::Instant>,
+    /// On the stall rescue's shelf (see [`super::stall`]): the serving code claims it
+    /// before every read and write, and leaves the shelf before the descriptor closes.
+    spot: Option<Arc<super::stall::Spot>>,
 }
 
 impl<S> Conn<S> {
@@ -57,6 +60,7 @@ impl<S> Conn<S> {
             done_queued: None,
             replay: None,
             head_deadline: None,
+            spot: None,
         }
     }
 
@@ -64,6 +68,10 @@ impl<S> Conn<S> {
     /// connection.
     pub(crate) fn replay(mut self, bytes: Vec<u8>) -> Conn<S> {
         if !bytes.is_empty() {
+            // No longer at a boundary: the stall rescue must not take it now.
+            if let Some(s) = &self.spot {
+                s.claim();
+            }
             self.replay = Some((bytes, 0));
         }
         self
@@ -157,8 +165,19 @@ impl<S> Conn<S> {
         }
     }
 
+    /// The error for I/O on a connection the stall rescue handed back (`None`: still
+    /// this worker's; claimed for the caller's I/O).
+    fn gone(&self) -> Option<io::Error> {
+        let claimed = self.spot.as_ref().is_none_or(|s| s.claim());
+        (!claimed).then(|| io::Error::new(io::ErrorKind::BrokenPipe, "handed back to the master during a stall"))
+    }
+
     /// Reports DONE now (idempotent). Called for you on drop and on async shutdown.
     pub fn finish(&mut self) {
+        if self.spot.as_ref().is_some_and(|s| s.taken()) {
+            // Handed back by the stall rescue: its RETURN stands for the DONE.
+            self.reporter = None;
+        }
         if let Some(r) = self.reporter.take() {
             match self.done_queued {
                 Some(mark) => r.done_sent(mark),
@@ -246,6 +265,11 @@ impl<S: Returnable> Conn<S> {
         if self.replay.is_some() {
             return refuse(self, io::ErrorKind::InvalidInput, "bytes already read from it are still unread");
         }
+        if self.spot.as_ref().is_some_and(|s| !s.claim()) {
+            // The stall rescue handed it back already.
+            self.reporter = None;
+            return Ok(());
+        }
         let Some(reporter) = self.reporter.clone().filter(|_| self.done_queued.is_none()) else {
             return refuse(self, io::ErrorKind::NotConnected, "it is already finished");
         };
@@ -286,10 +310,29 @@ impl Conn<TokioStream> {
     pub fn client_addr(&self) -> Option<SocketAddr> {
         self.addrs.and_then(|a| a.source).or_else(|| self.stream.peer_addr())
     }
+
+    /// Puts it on the stall rescue's shelf, if the rescue may run here and the master
+    /// takes connections back (see [`super::stall`]); its state for the I/O wrapper
+    /// that finds request boundaries.
+    pub(crate) fn shelve(&mut self) -> Option<Arc<super::stall::Spot>> {
+        use std::os::fd::AsFd;
+        // Bytes to replay are fine: the I/O wrapper finds a boundary only once they
+        // are read.
+        if self.spot.is_none() {
+            let r = self.reporter.as_ref().filter(|r| r.hand_back != crate::wire::HandBack::Off)?;
+            self.spot = super::stall::shelve(self.id, self.stream.as_fd(), r);
+        }
+        self.spot.clone()
+    }
 }
 
 impl<S> Drop for Conn<S> {
     fn drop(&mut self) {
+        // Off the shelf before the descriptor closes (the rescue may be borrowing it);
+        // after this, whether the rescue took it is final.
+        if self.spot.is_some() {
+            super::stall::unshelve(self.id);
+        }
         // Runs before `stream` is dropped: DONE reaches the master before the close.
         self.finish();
     }
@@ -486,6 +529,10 @@ impl AsyncWrite for TokioStream {
 impl<S: AsyncRead + Unpin> AsyncRead for Conn<S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.spot.as_ref().is_some_and(|s| !s.claim()) {
+            // Handed back by the stall rescue: the end, for this worker.
+            return Poll::Ready(Ok(()));
+        }
         this.before_io();
         let put = |b: &[u8]| {
             let n = b.len().min(buf.remaining());
@@ -502,6 +549,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Conn<S> {
 impl<S: AsyncWrite + Unpin> AsyncWrite for Conn<S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if let Some(gone) = this.gone() {
+            return Poll::Ready(Err(gone));
+        }
         this.before_io();
         Pin::new(&mut this.stream).poll_write(cx, buf)
     }
@@ -512,6 +562,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Conn<S> {
         // The server is ending the connection: tell the master before the client
         // sees the FIN, so a client that reconnects at once meets an exact count.
         let this = self.get_mut();
+        if this.gone().is_some() {
+            // Handed back by the stall rescue: no DONE, no FIN; the master has it.
+            this.finish();
+            return Poll::Ready(Ok(()));
+        }
         if this.queue_done() {
             // Yield once: the connections that finish in this same pass queue theirs,
             // and the first of them polled again sends them all.
@@ -527,6 +582,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Conn<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if let Some(gone) = this.gone() {
+            return Poll::Ready(Err(gone));
+        }
         this.before_io();
         Pin::new(&mut this.stream).poll_write_vectored(cx, bufs)
     }

@@ -60,7 +60,9 @@ static SLOW_UNTIL: AtomicU64 = AtomicU64::new(0);
 /// running its handler, not waiting). The built-in worker does it for every request;
 /// a worker of your own that hands connections back in `auto` mode calls it too.
 pub fn note_request(held: Duration) {
-    if held >= SLOW_REQUEST {
+    // Where the stall rescue runs, it takes idle connections away during a long
+    // request, when it matters, and the worker need not hand back after it.
+    if held >= SLOW_REQUEST && !super::stall::rescuing() {
         // The epoch first: set on first use, it must not be later than `now`.
         let epoch = epoch();
         let now = Instant::now().duration_since(epoch);
@@ -177,7 +179,15 @@ impl Drop for InService {
 pub(crate) struct Watched<I> {
     pub(crate) inner: I,
     pub(crate) at: Arc<Boundary>,
+    /// The connection's place on the stall rescue's shelf, if it is on it.
+    pub(crate) spot: Option<Arc<super::stall::Spot>>,
+    /// The last four bytes read, as a big-endian number: `\r\n\r\n` ends a request
+    /// without a body (see [`super::stall`]).
+    pub(crate) tail: u32,
 }
+
+/// `\r\n\r\n`, as [`Watched::tail`] holds it.
+const END_OF_HEAD: u32 = u32::from_be_bytes(*b"\r\n\r\n");
 
 impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
@@ -188,12 +198,21 @@ impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
             Poll::Ready(Ok(())) if buf.filled().len() > before => {
                 this.at.wrote.store(false, Ordering::Relaxed);
                 this.at.idle.store(false, Ordering::Relaxed);
+                let new = &buf.filled()[before..];
+                for &b in &new[new.len().saturating_sub(4)..] {
+                    this.tail = (this.tail << 8) | u32::from(b);
+                }
             }
             Poll::Pending => {
                 let idle = this.at.wrote.load(Ordering::Relaxed)
                     && !this.at.unflushed.load(Ordering::Relaxed)
                     && this.at.in_service.load(Ordering::Relaxed) == 0;
                 this.at.idle.store(idle, Ordering::Relaxed);
+                if idle && this.tail == END_OF_HEAD {
+                    if let Some(spot) = &this.spot {
+                        spot.idle(cx.waker());
+                    }
+                }
             }
             _ => {}
         }

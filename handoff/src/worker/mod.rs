@@ -33,6 +33,7 @@ pub(crate) mod http;
 mod incoming;
 mod send_timeout;
 mod serve;
+pub(crate) mod stall;
 pub(crate) mod static_files;
 mod tokio_incoming;
 mod waiting;
@@ -225,6 +226,38 @@ impl Reporter {
         drop(st);
         self.forget_open(1);
         Ok(())
+    }
+
+    /// Hands several idle connections back in one RETURN frame (at most
+    /// [`wire::MAX_RETURNS`]), as [`Reporter::give_back`] does one; the stall rescue
+    /// sends them from its own thread. On an error nothing was sent.
+    pub(crate) fn give_back_many(&self, ids: &[u64], fds: &[std::os::fd::BorrowedFd<'_>]) -> io::Result<()> {
+        let mut st = self.lock();
+        let _ = self.flush_locked(&mut st);
+        if st.closed {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        if !st.acks.is_empty() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        wire::encode_ids(&mut st.buf, kind::RETURN, ids);
+        fdpass::send_with_fds(self.fd.as_fd(), &st.buf, fds)?;
+        drop(st);
+        self.forget_open(ids.len());
+        Ok(())
+    }
+
+    /// Tells the master that one request holds this worker (BUSY) or no longer does
+    /// (FREE). Best effort: a full channel drops it (the master then learns with the
+    /// next frame that gets through, or never; BUSY only steers placement).
+    pub(crate) fn busy(&self, busy: bool) {
+        let mut st = self.lock();
+        let _ = self.flush_locked(&mut st);
+        wire::encode_empty(&mut st.buf, if busy { kind::BUSY } else { kind::FREE });
+        let ReporterState { buf, closed, .. } = &mut *st;
+        if !*closed {
+            let _ = fdpass::send_with_fds(self.fd.as_fd(), buf, &[]);
+        }
     }
 
     /// Connections received and not yet finished.

@@ -127,6 +127,7 @@ where
     let env = incoming.env().clone();
     if env.hand_back == super::hand_back::HandBack::Auto {
         super::hand_back::spawn_stall_watch();
+        super::stall::allow();
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
@@ -167,6 +168,10 @@ pub(crate) trait ServeIo: AsyncRead + AsyncWrite + Unpin + Send + 'static + Size
     /// stream, for the next hyper connection over it. Called only after a boundary
     /// that [`ServeIo::return_mode`] allowed.
     fn unread(self, bytes: Bytes) -> Self;
+    /// Its place on the stall rescue's shelf, put there if the rescue may take it.
+    fn shelve(&mut self) -> Option<Arc<super::stall::Spot>> {
+        None
+    }
 }
 
 impl ServeIo for super::Conn<super::TokioStream> {
@@ -178,6 +183,13 @@ impl ServeIo for super::Conn<super::TokioStream> {
     }
     fn unread(self, bytes: Bytes) -> Self {
         self.replay(bytes.to_vec())
+    }
+    fn shelve(&mut self) -> Option<Arc<super::stall::Spot>> {
+        if self.return_mode() == super::hand_back::HandBack::Auto {
+            super::Conn::shelve(self)
+        } else {
+            None
+        }
     }
 }
 
@@ -249,8 +261,9 @@ pub(crate) async fn serve_hyper<I, H, F, B>(
     let mut stop = stop;
     let (mut io, mut first_head_by, mut started) = (io, first_head_by, false);
     loop {
+        let spot = io.shelve();
         let Some((back, leftover)) =
-            serve_until_boundary(io, handler.clone(), &opts, &mut stop, first_head_by.take(), started).await
+            serve_until_boundary(io, handler.clone(), &opts, &mut stop, first_head_by.take(), started, spot).await
         else {
             return;
         };
@@ -284,6 +297,7 @@ async fn serve_until_boundary<I, H, F, B>(
     stop: &mut tokio::sync::watch::Receiver<bool>,
     first_head_by: Option<std::time::Instant>,
     started_before: bool,
+    spot: Option<Arc<super::stall::Spot>>,
 ) -> Option<(I, Bytes)>
 where
     I: ServeIo,
@@ -307,7 +321,7 @@ where
                 first.notify_one();
             }
             let in_service = at.request();
-            let resp = handler(req);
+            let resp = super::stall::Timed::new(super::stall::timed(|| handler(req)));
             Box::pin(
                 async move { Ok::<_, Infallible>(resp.await.map(|body| Tracked { body, _in_service: in_service })) },
             )
@@ -320,7 +334,13 @@ where
         .max_header_size(opts.max_head)
         .max_buf_size(opts.max_buf.max(8192)) // hyper's minimum (it panics below)
         .serve_connection(
-            TokioIo::new(Watched { inner: SendTimeout::new(io, opts.send_timeout), at: at.clone() }),
+            TokioIo::new(Watched {
+                inner: SendTimeout::new(io, opts.send_timeout),
+                at: at.clone(),
+                spot,
+                // A connection served on after a boundary starts at one.
+                tail: if started_before { u32::from_be_bytes(*b"\r\n\r\n") } else { 0 },
+            }),
             svc,
         );
     // hyper applies one header timeout to every head: the first one's shorter limit is

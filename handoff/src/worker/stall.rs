@@ -1,0 +1,306 @@
+//! The stall rescue: the connections idle behind a long request leave the worker while
+//! that request still runs.
+//!
+//! A worker that serves many keep-alive connections on one thread (the built-in worker,
+//! [`super::serve_http`] on a current-thread runtime) serves none of them while one
+//! handler holds the thread: a CPU-bound request of 25 ms makes every client whose next
+//! request arrives meanwhile wait up to 25 ms, although other workers are free. Handing
+//! every connection back after every request avoids that but costs a round trip through
+//! the master per request (`--hand-back always`: about 6× a kept request). The rescue
+//! pays only when it happens:
+//!
+//! - each handler poll marks the thread busy since when it started ([`Timed`]: two
+//!   clock reads per poll);
+//! - a watch thread looks every [`TICK`] (every [`TICK_QUIET`] once no handler has run
+//!   for a second). When one poll has held the thread for [`SLOW_REQUEST`], and the
+//!   process has used at least half that in CPU time since the watch first saw it (a
+//!   thread that was merely descheduled is not stuck in a handler), it sends BUSY (the
+//!   master then sends this worker nothing new while another can take it) and RETURNs
+//!   every connection idle at a request boundary, in one frame; their next requests go
+//!   to other workers. When that poll ends it sends FREE.
+//!
+//! The serving thread and the watch never touch one socket at once: a connection is on
+//! the [`shelf`](shelve) with a state the serving thread sets to *idle* at a boundary and
+//! claims back (*active*) before it reads or writes; the watch takes only an idle one
+//! (*taken*), under the shelf's lock, which a connection also holds to leave the shelf
+//! before its descriptor is closed. A taken connection is dead to the serving thread:
+//! its reads see the end of the stream, its shutdown sends no FIN, and it reports no
+//! DONE (the RETURN stands for it).
+//!
+//! A boundary seen by the I/O wrapper is exact only if the server holds no bytes of a
+//! next request: the serving thread checks that with the server's own buffer when it
+//! hands back, but the watch cannot look into hyper's buffer from another thread. So a
+//! connection counts as idle for the rescue only if the last four bytes read from it
+//! were `\r\n\r\n`: the end of a request without a body (or of a chunked one). A
+//! pipelined client whose next request had begun to arrive, or a request with a
+//! `Content-Length` body, is never rescued; it is served as before.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use super::hand_back::{HANDED_BACK, SLOW_REQUEST};
+use super::Reporter;
+
+/// How often the watch looks while handlers run.
+pub(crate) const TICK: Duration = Duration::from_millis(1);
+/// How often it looks once no handler has run for a second.
+pub(crate) const TICK_QUIET: Duration = Duration::from_millis(20);
+
+const ACTIVE: u8 = 0;
+const IDLE: u8 = 1;
+const TAKEN: u8 = 2;
+
+/// One shelved connection's state, shared by its serving thread and the watch.
+#[derive(Debug, Default)]
+pub(crate) struct Spot {
+    state: AtomicU8,
+    /// Woken when the connection is taken, so that its task ends at once.
+    waker: Mutex<Option<Waker>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing is left half-done under these locks: a poisoned one is still consistent.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Spot {
+    /// The serving thread is at a request boundary, waiting for the next request with
+    /// nothing of it read (see the module docs for what that means here).
+    pub(crate) fn idle(&self, waker: &Waker) {
+        {
+            let mut w = lock(&self.waker);
+            if !w.as_ref().is_some_and(|old| old.will_wake(waker)) {
+                *w = Some(waker.clone());
+            }
+        }
+        let _ = self.state.compare_exchange(ACTIVE, IDLE, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// Before the serving thread touches the socket: `false` if the watch took it.
+    pub(crate) fn claim(&self) -> bool {
+        match self.state.load(Ordering::Acquire) {
+            ACTIVE => true,
+            IDLE => self.state.compare_exchange(IDLE, ACTIVE, Ordering::AcqRel, Ordering::Acquire).is_ok(),
+            _ => false,
+        }
+    }
+
+    /// The watch handed it back: the worker must not touch it again.
+    pub(crate) fn taken(&self) -> bool {
+        self.state.load(Ordering::Acquire) == TAKEN
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    spot: Arc<Spot>,
+    /// Open for as long as the entry is on the shelf (see [`unshelve`]).
+    fd: RawFd,
+    reporter: Arc<Reporter>,
+}
+
+fn shelf() -> &'static Mutex<HashMap<u64, Entry>> {
+    static SHELF: OnceLock<Mutex<HashMap<u64, Entry>>> = OnceLock::new();
+    SHELF.get_or_init(Default::default)
+}
+
+/// The serving code of this process may be rescued (a current-thread runtime that hands
+/// back in `auto` mode): set by the server before its first connection.
+static ALLOWED: AtomicBool = AtomicBool::new(false);
+/// The watch thread runs.
+static RUNNING_WATCH: AtomicBool = AtomicBool::new(false);
+
+/// Allows the rescue for the connections this process serves from now on, if the
+/// current tokio runtime has one thread (on a multi-threaded one, other threads serve
+/// while one is held, and one busy mark could not tell the threads apart).
+pub(crate) fn allow() {
+    let current_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread);
+    if current_thread {
+        ALLOWED.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Whether the watch runs: the rescue then replaces `auto` mode's slow-worker rule.
+pub(crate) fn rescuing() -> bool {
+    RUNNING_WATCH.load(Ordering::Relaxed)
+}
+
+/// Puts connection `id` on the shelf (starting the watch with the first one); `None`
+/// when the rescue is not allowed here. The caller must [`unshelve`] it before its
+/// descriptor is closed.
+pub(crate) fn shelve(id: u64, fd: BorrowedFd<'_>, reporter: &Arc<Reporter>) -> Option<Arc<Spot>> {
+    if !ALLOWED.load(Ordering::Relaxed) {
+        return None;
+    }
+    start(reporter.clone())?;
+    let spot = Arc::new(Spot::default());
+    let entry = Entry { spot: spot.clone(), fd: fd.as_raw_fd(), reporter: reporter.clone() };
+    lock(shelf()).insert(id, entry);
+    Some(spot)
+}
+
+/// Takes connection `id` off the shelf. Once this returns, the watch cannot take it
+/// any more, and whether it did is final ([`Spot::taken`]).
+pub(crate) fn unshelve(id: u64) {
+    lock(shelf()).remove(&id);
+}
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// Nanoseconds since `epoch`, never 0 (0 means "none").
+fn now_ns() -> u64 {
+    (Instant::now().duration_since(epoch()).as_nanos() as u64).max(1)
+}
+
+/// When the handler poll running now started (0: none runs).
+static RUNNING: AtomicU64 = AtomicU64::new(0);
+/// When the last handler poll started.
+static LAST_RUN: AtomicU64 = AtomicU64::new(0);
+
+/// Runs `f` as one handler poll: marked busy while it runs.
+pub(crate) fn timed<T>(f: impl FnOnce() -> T) -> T {
+    if !ALLOWED.load(Ordering::Relaxed) {
+        return f();
+    }
+    let start = now_ns();
+    RUNNING.store(start, Ordering::Relaxed);
+    LAST_RUN.store(start, Ordering::Relaxed);
+    let out = f();
+    RUNNING.store(0, Ordering::Relaxed);
+    out
+}
+
+pin_project_lite::pin_project! {
+    /// A handler's future, each poll marked as [`timed`].
+    #[derive(Debug)]
+    pub(crate) struct Timed<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F> Timed<F> {
+    pub(crate) fn new(inner: F) -> Timed<F> {
+        Timed { inner }
+    }
+}
+
+impl<F: Future> Future for Timed<F> {
+    type Output = F::Output;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let inner = self.project().inner;
+        timed(|| inner.poll(cx))
+    }
+}
+
+/// Connections the rescue handed back, ever (this process).
+pub(crate) static RESCUED: AtomicU64 = AtomicU64::new(0);
+
+/// Starts the watch once per process; `None` if it cannot run (no thread).
+fn start(reporter: Arc<Reporter>) -> Option<()> {
+    static STARTED: OnceLock<bool> = OnceLock::new();
+    let ok = *STARTED.get_or_init(|| {
+        let spawned = std::thread::Builder::new().name("handoff-stall".into()).spawn(move || watch(reporter));
+        match spawned {
+            Ok(_) => {
+                RUNNING_WATCH.store(true, Ordering::Relaxed);
+                true
+            }
+            Err(e) => {
+                tracing::warn!("stall watch not started ({e}): connections stay behind long requests");
+                false
+            }
+        }
+    });
+    ok.then_some(())
+}
+
+fn process_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    Duration::new(t.tv_sec.max(0) as u64, t.tv_nsec.clamp(0, 999_999_999) as u32)
+}
+
+/// The watch thread (see the module docs). Runs for the life of the process.
+fn watch(reporter: Arc<Reporter>) {
+    // The poll seen at the last look, and the process's CPU time then.
+    let (mut seen, mut cpu_then) = (0u64, Duration::ZERO);
+    let mut busy = false;
+    loop {
+        let quiet = now_ns().saturating_sub(LAST_RUN.load(Ordering::Relaxed)) > 1_000_000_000;
+        std::thread::sleep(if quiet && !busy { TICK_QUIET } else { TICK });
+        let start = RUNNING.load(Ordering::Relaxed);
+        let cpu = process_cpu();
+        if start == 0 || start != seen {
+            if busy {
+                reporter.busy(false);
+                busy = false;
+            }
+            (seen, cpu_then) = (start, cpu);
+            continue;
+        }
+        let held = Duration::from_nanos(now_ns().saturating_sub(start));
+        if !busy && held >= SLOW_REQUEST && cpu.saturating_sub(cpu_then) >= SLOW_REQUEST / 2 {
+            busy = true;
+            reporter.busy(true);
+            rescue();
+        }
+    }
+}
+
+/// Hands back every idle connection on the shelf (see the module docs).
+#[allow(unsafe_code, reason = "borrows shelved descriptors, which the shelf's lock keeps open")]
+fn rescue() {
+    let shelf = lock(shelf());
+    let mut taken: Vec<(u64, &Entry)> = Vec::new();
+    for (id, e) in shelf.iter() {
+        if e.spot.state.compare_exchange(IDLE, TAKEN, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            taken.push((*id, e));
+        }
+    }
+    let Some(reporter) = taken.first().map(|(_, e)| e.reporter.clone()) else {
+        return;
+    };
+    for chunk in taken.chunks(crate::wire::MAX_RETURNS) {
+        let ids: Vec<u64> = chunk.iter().map(|(id, _)| *id).collect();
+        let fds: Vec<BorrowedFd<'_>> = chunk
+            .iter()
+            // SAFETY: a connection leaves the shelf (`unshelve`, under the lock held
+            // here) before its descriptor is closed, so every descriptor on the shelf
+            // is open, and is that connection's, until the lock is released.
+            .map(|(_, e)| unsafe { BorrowedFd::borrow_raw(e.fd) })
+            .collect();
+        // Back in blocking mode, as it was received (PROTOCOL.md, section 5); the
+        // serving thread does not touch a taken connection again.
+        for fd in &fds {
+            let _ = rustix::io::ioctl_fionbio(*fd, false);
+        }
+        match reporter.give_back_many(&ids, &fds) {
+            Ok(()) => {
+                HANDED_BACK.fetch_add(ids.len() as u64, Ordering::Relaxed);
+                RESCUED.fetch_add(ids.len() as u64, Ordering::Relaxed);
+                for (_, e) in chunk {
+                    if let Some(w) = lock(&e.spot.waker).take() {
+                        w.wake();
+                    }
+                }
+            }
+            Err(_) => {
+                // Still this worker's (a full channel): served as before.
+                for ((_, e), fd) in chunk.iter().zip(&fds) {
+                    let _ = rustix::io::ioctl_fionbio(*fd, true);
+                    e.spot.state.store(IDLE, Ordering::Release);
+                }
+            }
+        }
+    }
+}
