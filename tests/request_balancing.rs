@@ -102,7 +102,13 @@ fn connections_idle_behind_a_long_request_are_served_by_another_worker() {
     assert_eq!(get(&mut long, "/").status, 200);
     assert_eq!(get(&mut idle, "/").status, 200);
     let st = status_json(&control);
-    assert!(st["workers"].as_array().unwrap().iter().all(|w| w["restarts"] == 0), "{st}");
+    let workers = st["workers"].as_array().unwrap();
+    assert!(workers.iter().all(|w| w["restarts"] == 0), "{st}");
+    // The stall is reported, and over by now.
+    assert!(workers.iter().any(|w| w["stalls"].as_u64() >= Some(1)), "{st}");
+    wait_until("the worker to say FREE", || {
+        status_json(&control)["workers"].as_array().unwrap().iter().all(|w| w["busy"] == false)
+    });
 }
 
 /// A connection whose next request has begun to arrive (pipelined: the rest of it comes

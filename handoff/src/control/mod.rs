@@ -65,6 +65,13 @@ pub struct WorkerStatus {
     pub active: u32,
     /// Connections sent and not yet ACKed.
     pub unacked: usize,
+    /// Between a BUSY and its FREE: one long request holds it (see PROTOCOL.md).
+    #[serde(default)]
+    pub busy: bool,
+    /// Long requests its stall watch reported (BUSY frames); each sent its idle
+    /// connections back to the master.
+    #[serde(default)]
+    pub stalls: u64,
 }
 
 /// The master, as `handoff status` shows it.
@@ -499,13 +506,14 @@ pub fn format_table(s: &Status) -> String {
         s.listeners.join(", ")
     );
     out += &format!(
-        "{:>4} {:>8} {:<9} {:>9} {:>8} {:>11} {:>7} {:>8}\n",
-        "ID", "PID", "STATE", "UPTIME", "RESTARTS", "DISPATCHED", "ACTIVE", "UNACKED"
+        "{:>4} {:>8} {:<9} {:>9} {:>8} {:>11} {:>7} {:>8} {:>7}\n",
+        "ID", "PID", "STATE", "UPTIME", "RESTARTS", "DISPATCHED", "ACTIVE", "UNACKED", "STALLS"
     );
     for w in &s.workers {
+        let state = if w.busy && w.state == "running" { "busy" } else { w.state.as_str() };
         out += &format!(
-            "{:>4} {:>8} {:<9} {:>8.0}s {:>8} {:>11} {:>7} {:>8}\n",
-            w.id, w.pid, w.state, w.uptime_s, w.restarts, w.dispatched, w.active, w.unacked
+            "{:>4} {:>8} {:<9} {:>8.0}s {:>8} {:>11} {:>7} {:>8} {:>7}\n",
+            w.id, w.pid, state, w.uptime_s, w.restarts, w.dispatched, w.active, w.unacked, w.stalls
         );
     }
     let t = &s.totals;

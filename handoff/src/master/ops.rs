@@ -94,6 +94,8 @@ pub(super) fn status(v: &View<'_>) -> Status {
                 dispatched: w.dispatched,
                 active: w.active(),
                 unacked: w.unacked(),
+                busy: w.busy,
+                stalls: w.stalls,
             })
             .collect(),
         idle: v.dispatch.idle_len(),
@@ -235,7 +237,7 @@ pub(super) fn metrics_text(v: &View<'_>) -> String {
     let _ = writeln!(o, "handoff_admin_refused_total{{endpoint=\"control\",reason=\"peer\"}} {}", a.refused_peer);
     let _ = writeln!(o, "# HELP handoff_admin_reserve_used_total Admin connections accepted with a reserved descriptor (the master had no other).\n# TYPE handoff_admin_reserve_used_total counter\nhandoff_admin_reserve_used_total {}", a.from_reserve);
     type Field = fn(&Workers, usize) -> f64;
-    let per_slot: [(&str, &str, &str, Field); 4] = [
+    let per_slot: [(&str, &str, &str, Field); 6] = [
         ("worker_dispatched_total", "counter", "Connections handed to the workers of this slot.", |m, s| {
             m.slots()[s].dispatched as f64
         }),
@@ -248,6 +250,15 @@ pub(super) fn metrics_text(v: &View<'_>) -> String {
         ("worker_unacked", "gauge", "Connections sent to the slot's workers and not yet ACKed.", |m, s| {
             m.iter().filter(|w| w.slot == s).map(|w| w.unacked() as f64).sum()
         }),
+        ("worker_busy", "gauge", "1 while one long request holds the slot's worker (BUSY to FREE).", |m, s| {
+            m.iter().filter(|w| w.slot == s && w.busy).count() as f64
+        }),
+        (
+            "worker_stalls_total",
+            "counter",
+            "Long requests the slot's current worker reported (BUSY); each sent its idle connections back.",
+            |m, s| m.iter().filter(|w| w.slot == s).map(|w| w.stalls as f64).sum(),
+        ),
     ];
     for (name, ty, help, f) in per_slot {
         let _ = writeln!(o, "# HELP handoff_{name} {help}\n# TYPE handoff_{name} {ty}");
