@@ -131,9 +131,11 @@ pub mod flags {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum HandBack {
-    /// While the worker is slow: from the end of a request that held it for at least
-    /// [`SLOW_REQUEST`] until [`SLOW_HOLD`] later. Uniform fast traffic never pays for
-    /// a hand-back; a worker stuck behind slow requests stops hoarding idle clients.
+    /// When a request holds the worker for [`SLOW_REQUEST`]: during it, for workers
+    /// that watch themselves from a second thread (the stall rescue: BUSY, then the
+    /// idle connections RETURNed at once), else after it, until [`SLOW_HOLD`] later;
+    /// and any connection idle for a second. Uniform fast traffic never pays for a
+    /// hand-back; a worker stuck behind slow requests stops hoarding idle clients.
     #[default]
     Auto,
     /// After every response whose connection stays open.

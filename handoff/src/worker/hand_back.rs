@@ -7,7 +7,9 @@
 //! ([`HandBack`]):
 //!
 //! - `always`: after every response whose connection stays open;
-//! - `auto` (the default): while this worker is *slow*, from the end of a request
+//! - `auto` (the default): where the stall rescue runs ([`super::stall`]: the built-in
+//!   worker, `serve_http` on a current-thread runtime), during a request that holds the
+//!   worker, from its watch thread; elsewhere, while this worker is *slow*, from the end of a request
 //!   that held it for [`SLOW_REQUEST`] (time spent running it, not waiting: a request
 //!   that sleeps or waits for a database does not count) until [`SLOW_HOLD`] later; and
 //!   any connection idle for [`IDLE_HAND_BACK`] (a client's think time, a proxy's pooled
