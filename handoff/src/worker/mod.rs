@@ -248,16 +248,14 @@ impl Reporter {
     }
 
     /// Tells the master that one request holds this worker (BUSY) or no longer does
-    /// (FREE). Best effort: a full channel drops it (the master then learns with the
-    /// next frame that gets through, or never; BUSY only steers placement).
-    pub(crate) fn busy(&self, busy: bool) {
+    /// (FREE). Says whether it was sent (false: the channel is full; the caller tries
+    /// again later) or need not be (the master is gone).
+    pub(crate) fn busy(&self, busy: bool) -> bool {
         let mut st = self.lock();
         let _ = self.flush_locked(&mut st);
         wire::encode_empty(&mut st.buf, if busy { kind::BUSY } else { kind::FREE });
         let ReporterState { buf, closed, .. } = &mut *st;
-        if !*closed {
-            let _ = fdpass::send_with_fds(self.fd.as_fd(), buf, &[]);
-        }
+        *closed || fdpass::send_with_fds(self.fd.as_fd(), buf, &[]).is_ok()
     }
 
     /// Connections received and not yet finished.

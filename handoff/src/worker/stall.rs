@@ -241,8 +241,8 @@ fn watch(reporter: Arc<Reporter>) {
         let start = RUNNING.load(Ordering::Relaxed);
         let cpu = process_cpu();
         if start == 0 || start != seen {
-            if busy {
-                reporter.busy(false);
+            // FREE, until it gets through (the master keeps a BUSY worker for last).
+            if busy && reporter.busy(false) {
                 busy = false;
             }
             (seen, cpu_then) = (start, cpu);
@@ -250,9 +250,11 @@ fn watch(reporter: Arc<Reporter>) {
         }
         let held = Duration::from_nanos(now_ns().saturating_sub(start));
         if !busy && held >= SLOW_REQUEST && cpu.saturating_sub(cpu_then) >= SLOW_REQUEST / 2 {
-            busy = true;
-            reporter.busy(true);
-            rescue();
+            // Without BUSY the master could send the rescued connections straight back.
+            busy = reporter.busy(true);
+            if busy {
+                rescue();
+            }
         }
     }
 }
