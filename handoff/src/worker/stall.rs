@@ -9,12 +9,13 @@
 //! the master per request (`--hand-back always`: about 6× a kept request). The rescue
 //! pays only when it happens:
 //!
-//! - each handler poll marks the thread busy since when it started ([`Timed`]: two
-//!   clock reads per poll);
+//! - each handler poll marks the thread busy while it runs ([`Timed`]: two atomic
+//!   additions per poll, no clock);
 //! - a watch thread looks every [`TICK`] (every [`TICK_QUIET`] once no handler has run
-//!   for a second). When one poll has held the thread for [`SLOW_REQUEST`], and the
-//!   process has used at least half that in CPU time since the watch first saw it (a
-//!   thread that was merely descheduled is not stuck in a handler), it sends BUSY (the
+//!   for a second). When one poll has held the thread for [`SLOW_REQUEST`] since the
+//!   watch first saw it, and the process has used at least half that in CPU time
+//!   meanwhile (a thread that was merely descheduled is not stuck in a handler), it
+//!   sends BUSY (the
 //!   master then sends this worker nothing new while another can take it) and RETURNs
 //!   every connection idle at a request boundary, in one frame; their next requests go
 //!   to other workers. When that poll ends it sends FREE.
@@ -152,31 +153,19 @@ pub(crate) fn unshelve(id: u64) {
     lock(shelf()).remove(&id);
 }
 
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
-/// Nanoseconds since `epoch`, never 0 (0 means "none").
-fn now_ns() -> u64 {
-    (Instant::now().duration_since(epoch()).as_nanos() as u64).max(1)
-}
-
-/// When the handler poll running now started (0: none runs).
-static RUNNING: AtomicU64 = AtomicU64::new(0);
-/// When the last handler poll started.
-static LAST_RUN: AtomicU64 = AtomicU64::new(0);
+/// Handler polls started and ended so far: odd while one runs. A counter, not a
+/// clock, so that marking a poll costs two atomic additions and no clock read; the
+/// watch times a poll by how long the counter stays at the same odd value.
+static POLLS: AtomicU64 = AtomicU64::new(0);
 
 /// Runs `f` as one handler poll: marked busy while it runs.
 pub(crate) fn timed<T>(f: impl FnOnce() -> T) -> T {
     if !ALLOWED.load(Ordering::Relaxed) {
         return f();
     }
-    let start = now_ns();
-    RUNNING.store(start, Ordering::Relaxed);
-    LAST_RUN.store(start, Ordering::Relaxed);
+    POLLS.fetch_add(1, Ordering::Relaxed);
     let out = f();
-    RUNNING.store(0, Ordering::Relaxed);
+    POLLS.fetch_add(1, Ordering::Relaxed);
     out
 }
 
@@ -232,24 +221,32 @@ fn process_cpu() -> Duration {
 
 /// The watch thread (see the module docs). Runs for the life of the process.
 fn watch(reporter: Arc<Reporter>) {
-    // The poll seen at the last look, and the process's CPU time then.
-    let (mut seen, mut cpu_then) = (0u64, Duration::ZERO);
+    // The poll seen running at the last look: the counter's value, when the watch
+    // first saw it, and the process's CPU time then.
+    let (mut seen, mut since, mut cpu_then) = (0u64, Instant::now(), Duration::ZERO);
+    let mut last_change = Instant::now();
     let mut busy = false;
     loop {
-        let quiet = now_ns().saturating_sub(LAST_RUN.load(Ordering::Relaxed)) > 1_000_000_000;
+        let quiet = last_change.elapsed() > Duration::from_secs(1);
         std::thread::sleep(if quiet && !busy { TICK_QUIET } else { TICK });
-        let start = RUNNING.load(Ordering::Relaxed);
-        let cpu = process_cpu();
-        if start == 0 || start != seen {
+        let polls = POLLS.load(Ordering::Relaxed);
+        let now = Instant::now();
+        if polls % 2 == 0 || polls != seen {
+            if polls != seen {
+                last_change = now;
+            }
             // FREE, until it gets through (the master keeps a BUSY worker for last).
             if busy && reporter.busy(false) {
                 busy = false;
             }
-            (seen, cpu_then) = (start, cpu);
+            (seen, since, cpu_then) = (polls, now, process_cpu());
             continue;
         }
-        let held = Duration::from_nanos(now_ns().saturating_sub(start));
-        if !busy && held >= SLOW_REQUEST && cpu.saturating_sub(cpu_then) >= SLOW_REQUEST / 2 {
+        // The same poll as at the last look: running since at least `since`.
+        if !busy
+            && now.duration_since(since) >= SLOW_REQUEST
+            && process_cpu().saturating_sub(cpu_then) >= SLOW_REQUEST / 2
+        {
             // Without BUSY the master could send the rescued connections straight back.
             busy = reporter.busy(true);
             if busy {
