@@ -111,6 +111,26 @@ fn connections_idle_behind_a_long_request_are_served_by_another_worker() {
     });
 }
 
+/// A connection whose last request had a body is not rescued either (hyper may still
+/// be reading or discarding that body), and is answered by its own worker.
+#[test]
+fn a_connection_whose_last_request_had_a_body_is_not_rescued() {
+    let (h, _dir, control) = start(&["--workers", "2", "--test-knobs"]);
+    h.wait_ready(2);
+    let (held, mut long, mut posted, _others) = two_on_one_worker(h.addr());
+    // A body that ends like a request head, so that only the body rule keeps it.
+    posted.write_all(b"POST /a HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\na\r\n\r\n").unwrap();
+    assert_eq!(read_one_response(&mut posted).expect("/a").status, 200);
+    std::thread::sleep(Duration::from_millis(100));
+    long.write_all(b"GET /?cpu_ms=1000 HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let r = get(&mut posted, "/b");
+    assert_eq!((r.status, r.worker), (200, held), "rescued after a request with a body");
+    assert_eq!(read_one_response(&mut long).expect("the long one").status, 200);
+    let st = status_json(&control);
+    assert!(st["workers"].as_array().unwrap().iter().all(|w| w["restarts"] == 0), "{st}");
+}
+
 /// A connection whose next request has begun to arrive (pipelined: the rest of it comes
 /// later) is not at a request boundary: the rescue leaves it alone, and it is answered,
 /// whole, by its own worker once the long request is done.

@@ -70,7 +70,9 @@ impl<S> Conn<S> {
         if !bytes.is_empty() {
             // No longer at a boundary: the stall rescue must not take it now.
             if let Some(s) = &self.spot {
-                s.claim();
+                // Bytes just read from it are put back: it was claimed for that read.
+                let claimed = s.claim();
+                debug_assert!(claimed, "bytes put back into a connection the stall rescue took");
             }
             self.replay = Some((bytes, 0));
         }

@@ -119,6 +119,10 @@ pub(crate) struct Boundary {
     started: AtomicBool,
     /// Requests started on this connection, so far.
     requests: AtomicU64,
+    /// The last request came with a body (or may have: `Expect`, chunked): hyper may
+    /// still be reading or discarding it after the response, so the stall rescue must
+    /// not take the connection (see [`super::stall`]).
+    body: AtomicBool,
 }
 
 impl Boundary {
@@ -154,6 +158,11 @@ impl Boundary {
             self.wrote.store(true, Ordering::Relaxed);
         }
         self.unflushed.store(true, Ordering::Relaxed);
+    }
+
+    /// Notes whether the request just started has a body (see `body`).
+    pub(crate) fn with_body(&self, body: bool) {
+        self.body.store(body, Ordering::Relaxed);
     }
 
     /// Marks a request as started; the guard ends it when the response body is gone.
@@ -210,7 +219,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
                     && !this.at.unflushed.load(Ordering::Relaxed)
                     && this.at.in_service.load(Ordering::Relaxed) == 0;
                 this.at.idle.store(idle, Ordering::Relaxed);
-                if idle && this.tail == END_OF_HEAD {
+                if idle && this.tail == END_OF_HEAD && !this.at.body.load(Ordering::Relaxed) {
                     if let Some(spot) = &this.spot {
                         spot.idle(cx.waker());
                     }

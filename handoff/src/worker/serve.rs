@@ -321,6 +321,7 @@ where
                 first.notify_one();
             }
             let in_service = at.request();
+            at.with_body(!hyper::body::Body::is_end_stream(req.body()));
             let resp = super::stall::Timed::new(super::stall::timed(|| handler(req)));
             Box::pin(
                 async move { Ok::<_, Infallible>(resp.await.map(|body| Tracked { body, _in_service: in_service })) },

@@ -13,9 +13,9 @@
 //!   additions per poll, no clock);
 //! - a watch thread looks every [`TICK`] (every [`TICK_QUIET`] once no handler has run
 //!   for a second). When one poll has held the thread for [`SLOW_REQUEST`] since the
-//!   watch first saw it, and the process has used at least half that in CPU time
-//!   meanwhile (a thread that was merely descheduled is not stuck in a handler), it
-//!   sends BUSY (the
+//!   watch first saw it, and the serving thread either used at least half that in
+//!   CPU time or is waiting in a blocking call (a thread that was merely preempted is
+//!   not stuck in a handler), it sends BUSY (the
 //!   master then sends this worker nothing new while another can take it) and RETURNs
 //!   every connection idle at a request boundary, in one frame; their next requests go
 //!   to other workers. When that poll ends it sends FREE.
@@ -31,10 +31,11 @@
 //! A boundary seen by the I/O wrapper is exact only if the server holds no bytes of a
 //! next request: the serving thread checks that with the server's own buffer when it
 //! hands back, but the watch cannot look into hyper's buffer from another thread. So a
-//! connection counts as idle for the rescue only if the last four bytes read from it
-//! were `\r\n\r\n`: the end of a request without a body (or of a chunked one). A
-//! pipelined client whose next request had begun to arrive, or a request with a
-//! `Content-Length` body, is never rescued; it is served as before.
+//! connection counts as idle for the rescue only if its last request had no body (hyper
+//! may still be discarding a body the handler did not read) and the last four bytes
+//! read from it were `\r\n\r\n`, the end of that request's head. A pipelined client
+//! whose next request had begun to arrive, or one whose last request had a body, is
+//! not rescued; it is served as before.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -83,17 +84,30 @@ impl Spot {
         let _ = self.state.compare_exchange(ACTIVE, IDLE, Ordering::AcqRel, Ordering::Acquire);
     }
 
-    /// Before the serving thread touches the socket: `false` if the watch took it.
+    /// Before the serving thread touches the socket: `false` if the watch handed it
+    /// back.
     pub(crate) fn claim(&self) -> bool {
-        match self.state.load(Ordering::Acquire) {
-            ACTIVE => true,
-            IDLE => self.state.compare_exchange(IDLE, ACTIVE, Ordering::AcqRel, Ordering::Acquire).is_ok(),
-            _ => false,
+        loop {
+            match self.state.load(Ordering::Acquire) {
+                ACTIVE => return true,
+                IDLE => {
+                    if self.state.compare_exchange(IDLE, ACTIVE, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                        return true;
+                    }
+                }
+                _ => return !self.taken(),
+            }
         }
     }
 
-    /// The watch handed it back: the worker must not touch it again.
+    /// The watch handed it back: the worker must not touch it again. Final: a
+    /// connection the watch is still sending is waited for (it holds the shelf's lock
+    /// until the send is done or undone; undone, the state is idle again).
     pub(crate) fn taken(&self) -> bool {
+        if self.state.load(Ordering::Acquire) != TAKEN {
+            return false;
+        }
+        drop(lock(shelf()));
         self.state.load(Ordering::Acquire) == TAKEN
     }
 }
@@ -124,9 +138,14 @@ pub(crate) fn allow() {
     let current_thread = tokio::runtime::Handle::try_current()
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread);
     if current_thread {
+        let _ = SERVING_THREAD.set(rustix::thread::gettid().as_raw_nonzero().get());
         ALLOWED.store(true, Ordering::Relaxed);
     }
 }
+
+/// The serving thread's id (the runtime's one thread), whose CPU time and state the
+/// watch reads.
+static SERVING_THREAD: OnceLock<i32> = OnceLock::new();
 
 /// Whether the watch runs: the rescue then replaces `auto` mode's slow-worker rule.
 pub(crate) fn rescuing() -> bool {
@@ -163,10 +182,17 @@ pub(crate) fn timed<T>(f: impl FnOnce() -> T) -> T {
     if !ALLOWED.load(Ordering::Relaxed) {
         return f();
     }
+    /// Ends the poll's mark even if the handler panics (tokio catches a task's panic,
+    /// and the worker serves on: a mark left odd would keep it BUSY for good).
+    struct Ended;
+    impl Drop for Ended {
+        fn drop(&mut self) {
+            POLLS.fetch_add(1, Ordering::Relaxed);
+        }
+    }
     POLLS.fetch_add(1, Ordering::Relaxed);
-    let out = f();
-    POLLS.fetch_add(1, Ordering::Relaxed);
-    out
+    let _ended = Ended;
+    f()
 }
 
 pin_project_lite::pin_project! {
@@ -214,16 +240,25 @@ fn start(reporter: Arc<Reporter>) -> Option<()> {
     ok.then_some(())
 }
 
-fn process_cpu() -> Duration {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
-    Duration::new(t.tv_sec.max(0) as u64, t.tv_nsec.clamp(0, 999_999_999) as u32)
+/// The serving thread as the kernel sees it: its CPU time so far, and whether it is
+/// waiting in the kernel (a blocking call: asleep, or in uninterruptible I/O) rather
+/// than running or ready to run. Read from `/proc` only when a poll has lasted a tick.
+fn serving_thread() -> Option<(Duration, bool)> {
+    let tid = SERVING_THREAD.get()?;
+    // schedstat: time on the CPU (ns), time waiting to run (ns), timeslices.
+    let sched = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
+    let ran = Duration::from_nanos(sched.split_whitespace().next()?.parse().ok()?);
+    // stat: "pid (comm) S ...": the state follows the last ')'.
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
+    let state = stat.rsplit_once(')')?.1.split_whitespace().next()?;
+    Some((ran, matches!(state, "S" | "D")))
 }
 
 /// The watch thread (see the module docs). Runs for the life of the process.
 fn watch(reporter: Arc<Reporter>) {
     // The poll seen running at the last look: the counter's value, when the watch
-    // first saw it, and the process's CPU time then.
-    let (mut seen, mut since, mut cpu_then) = (0u64, Instant::now(), Duration::ZERO);
+    // first saw it, and the serving thread's CPU time then (read at the second look).
+    let (mut seen, mut since, mut cpu_then) = (0u64, Instant::now(), None::<Duration>);
     let mut last_change = Instant::now();
     let mut busy = false;
     loop {
@@ -239,14 +274,21 @@ fn watch(reporter: Arc<Reporter>) {
             if busy && reporter.busy(false) {
                 busy = false;
             }
-            (seen, since, cpu_then) = (polls, now, process_cpu());
+            (seen, since, cpu_then) = (polls, now, None);
             continue;
         }
         // The same poll as at the last look: running since at least `since`.
-        if !busy
-            && now.duration_since(since) >= SLOW_REQUEST
-            && process_cpu().saturating_sub(cpu_then) >= SLOW_REQUEST / 2
-        {
+        if busy {
+            continue;
+        }
+        let Some((cpu, blocked)) = serving_thread() else {
+            continue;
+        };
+        let ran = cpu.saturating_sub(*cpu_then.get_or_insert(cpu));
+        // Held: it ran for half the time, or it waits in a blocking call. A thread
+        // that is merely preempted (ready to run) is not stuck in a handler.
+        let held = now.duration_since(since) >= SLOW_REQUEST && (ran >= SLOW_REQUEST / 2 || blocked);
+        if held {
             // Without BUSY the master could send the rescued connections straight back.
             busy = reporter.busy(true);
             if busy {
