@@ -213,19 +213,7 @@ impl Reporter {
     /// is full, or an ACK still waits in the queue (the master must see a connection's
     /// ACK before its RETURN).
     pub(crate) fn give_back(&self, id: u64, fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
-        let mut st = self.lock();
-        let _ = self.flush_locked(&mut st);
-        if st.closed {
-            return Err(io::ErrorKind::BrokenPipe.into());
-        }
-        if !st.acks.is_empty() {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        wire::encode_ids(&mut st.buf, kind::RETURN, &[id]);
-        fdpass::send_with_fds(self.fd.as_fd(), &st.buf, &[fd])?;
-        drop(st);
-        self.forget_open(1);
-        Ok(())
+        self.give_back_many(&[id], &[fd])
     }
 
     /// Hands several idle connections back in one RETURN frame (at most
