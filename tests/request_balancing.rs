@@ -111,24 +111,39 @@ fn connections_idle_behind_a_long_request_are_served_by_another_worker() {
     });
 }
 
-/// A connection whose last request had a body is not rescued either (hyper may still
-/// be reading or discarding that body), and is answered by its own worker.
-#[test]
-fn a_connection_whose_last_request_had_a_body_is_not_rescued() {
+/// Sends `first` on a connection idle in some worker (`first` holds one whole request
+/// and maybe more), then a 1 s request on another connection of that worker, waits
+/// for the watch to act, sends `rest`, and asserts that the connection was left alone:
+/// its next response (`GET /b`, completed by `rest`, or sent whole if `rest` is empty)
+/// comes whole from its own worker, and no worker broke the protocol.
+fn assert_not_rescued(first: &[u8], rest: &[u8], why: &str) {
     let (h, _dir, control) = start(&["--workers", "2", "--test-knobs"]);
     h.wait_ready(2);
-    let (held, mut long, mut posted, _others) = two_on_one_worker(h.addr());
-    // A body that ends like a request head, so that only the body rule keeps it.
-    posted.write_all(b"POST /a HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\na\r\n\r\n").unwrap();
-    assert_eq!(read_one_response(&mut posted).expect("/a").status, 200);
+    let (held, mut long, mut s, _others) = two_on_one_worker(h.addr());
+    s.write_all(first).unwrap();
+    assert_eq!(read_one_response(&mut s).expect("/a").status, 200);
     std::thread::sleep(Duration::from_millis(100));
     long.write_all(b"GET /?cpu_ms=1000 HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    // Let the watch see the stall (it acts within milliseconds).
     std::thread::sleep(Duration::from_millis(300));
-    let r = get(&mut posted, "/b");
-    assert_eq!((r.status, r.worker), (200, held), "rescued after a request with a body");
+    let r = if rest.is_empty() {
+        get(&mut s, "/b")
+    } else {
+        s.write_all(rest).unwrap();
+        read_one_response(&mut s).expect("/b")
+    };
+    assert_eq!((r.status, r.worker), (200, held), "{why}: /b answered elsewhere, or broken");
     assert_eq!(read_one_response(&mut long).expect("the long one").status, 200);
     let st = status_json(&control);
     assert!(st["workers"].as_array().unwrap().iter().all(|w| w["restarts"] == 0), "{st}");
+}
+
+/// A connection whose last request had a body is not rescued (hyper may still be
+/// reading or discarding that body), and is answered by its own worker. The body ends
+/// like a request head, so that only the body rule keeps it.
+#[test]
+fn a_connection_whose_last_request_had_a_body_is_not_rescued() {
+    assert_not_rescued(b"POST /a HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\na\r\n\r\n", b"", "a body");
 }
 
 /// A connection whose next request has begun to arrive (pipelined: the rest of it comes
@@ -136,21 +151,7 @@ fn a_connection_whose_last_request_had_a_body_is_not_rescued() {
 /// whole, by its own worker once the long request is done.
 #[test]
 fn a_connection_with_part_of_a_next_request_is_not_rescued() {
-    let (h, _dir, control) = start(&["--workers", "2", "--test-knobs"]);
-    h.wait_ready(2);
-    let (held, mut long, mut partial, _others) = two_on_one_worker(h.addr());
-    partial.write_all(b"GET /a HTTP/1.1\r\nHost: t\r\n\r\nGET /b HT").unwrap();
-    assert_eq!(read_one_response(&mut partial).expect("/a").status, 200);
-    std::thread::sleep(Duration::from_millis(100));
-    long.write_all(b"GET /?cpu_ms=1000 HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
-    // Let the watch see the stall (it acts within milliseconds).
-    std::thread::sleep(Duration::from_millis(300));
-    partial.write_all(b"TP/1.1\r\nHost: t\r\n\r\n").unwrap();
-    let r = read_one_response(&mut partial).expect("/b");
-    assert_eq!((r.status, r.worker), (200, held), "/b answered elsewhere, or broken");
-    assert_eq!(read_one_response(&mut long).expect("the long one").status, 200);
-    let st = status_json(&control);
-    assert!(st["workers"].as_array().unwrap().iter().all(|w| w["restarts"] == 0), "{st}");
+    assert_not_rescued(b"GET /a HTTP/1.1\r\nHost: t\r\n\r\nGET /b HT", b"TP/1.1\r\nHost: t\r\n\r\n", "pipelined");
 }
 
 #[test]
