@@ -173,6 +173,7 @@ impl Dispatcher {
         t.proxy_errors = c.proxy_errors;
         t.proxy_refused = c.proxy_refused;
         t.continued = c.continued;
+        t.continued_at_return = c.continued_at_return;
         t.idle_hangups = c.idle_hangups;
         t.idle_closed_at_stop = c.idle_closed_at_stop;
         t.idle_not_held = c.idle_not_held;
@@ -214,17 +215,33 @@ impl Dispatcher {
 
     /// Takes what the worker table gave up: connections to hand on are held; idle ones
     /// handed back wait in the idle table (or, stopping, are held or closed).
-    pub(super) fn receive(&mut self, handed: Vec<Handed>, reg: &Registry, now: Instant, stage: Stage) {
+    pub(super) fn receive(&mut self, handed: Vec<Handed>, reg: &Registry, now: Instant, stage: Stage, cfg: &Config) {
         for h in handed {
             match h {
                 Handed::TakenBack(h) => self.held.push_back(h),
-                Handed::Returned(h) if stage == Stage::Running => {
-                    if let Err(err) = self.idle.insert(reg, now, h.fd, h.listener, h.addrs) {
-                        self.counts.idle_not_held += 1;
-                        warn!("cannot hold an idle connection ({err}): closing it");
-                    }
-                }
+                Handed::Returned(h) if stage == Stage::Running => self.returned(h, reg, now, cfg),
                 Handed::Returned(h) => self.hold_or_close_at_stop(h.fd, h.listener, h.addrs, stage),
+            }
+        }
+    }
+
+    /// A connection handed back while running. Under load its client has often sent
+    /// its next request before the master reads the RETURN: that request is placed at
+    /// once (in this loop turn), saving the idle table an epoll registration that the
+    /// next turn would report readable and remove again. A client that has gone is
+    /// closed as a hang-up; any other waits in the idle table.
+    fn returned(&mut self, h: Held, reg: &Registry, now: Instant, cfg: &Config) {
+        match idle::peek(&h.fd) {
+            idle::Peek::Request => {
+                self.counts.continued_at_return += 1;
+                self.continue_request(h.fd, h.listener, h.addrs, now, cfg);
+            }
+            idle::Peek::Gone => self.counts.idle_hangups += 1,
+            idle::Peek::Quiet => {
+                if let Err(err) = self.idle.insert(reg, now, h.fd, h.listener, h.addrs) {
+                    self.counts.idle_not_held += 1;
+                    warn!("cannot hold an idle connection ({err}): closing it");
+                }
             }
         }
     }
@@ -258,10 +275,24 @@ impl Dispatcher {
     /// placed like a new connection) or hung up (it is closed).
     pub(super) fn idle_event(&mut self, token: Token, hung_up: bool, reg: &Registry, now: Instant, cfg: &Config) {
         let Some(c) = self.idle.take_token(reg, token) else { return };
-        if hung_up && idle::peek(&c.fd) == idle::Peek::Gone {
+        // A hang-up report with nothing to read is taken at its word.
+        if hung_up && idle::peek(&c.fd) != idle::Peek::Request {
             self.counts.idle_hangups += 1;
             return;
         }
+        self.continue_request(c.fd, c.listener, c.addrs, now, cfg);
+    }
+
+    /// The next request of a handed-back connection has arrived: it is held to be
+    /// placed by policy, flagged CONTINUED.
+    fn continue_request(
+        &mut self,
+        fd: OwnedFd,
+        listener: u16,
+        addrs: Option<crate::proxy::ProxyHeader>,
+        now: Instant,
+        cfg: &Config,
+    ) {
         self.counts.continued += 1;
         // The first after a quiet spell leaves SCHED_BATCH (tried once per spell).
         let first = self.last_continued.is_none_or(|t| now.duration_since(t) >= REQUESTS_HOLD);
@@ -269,7 +300,7 @@ impl Dispatcher {
         if first && self.sched_batch {
             self.apply_sched(cfg, now);
         }
-        self.held.push_back(Held { fd: c.fd, listener: c.listener, addrs: c.addrs, flags: wire::flags::CONTINUED });
+        self.held.push_back(Held { fd, listener, addrs, flags: wire::flags::CONTINUED });
     }
 
     /// The master's own CPU scheduling, as `--master-sched` asks (see
@@ -474,7 +505,7 @@ impl Dispatcher {
             if !conns.is_empty() {
                 let back = workers.send_conns(i, conns, now, stage == Stage::Running, cfg, reg);
                 // A worker found gone gave back what it had not ACKed: those first.
-                self.receive(workers.take_handed(), reg, now, stage);
+                self.receive(workers.take_handed(), reg, now, stage, cfg);
                 self.held.extend(back);
             }
         }

@@ -397,7 +397,7 @@ impl Master {
     fn collect_handed(&mut self) {
         let handed = self.workers.take_handed();
         if !handed.is_empty() {
-            self.dispatch.receive(handed, self.poll.registry(), self.now, self.life.stage());
+            self.dispatch.receive(handed, self.poll.registry(), self.now, self.life.stage(), &self.cfg);
         }
     }
 
