@@ -43,7 +43,7 @@ mod frames;
 pub(super) use frames::FrameBudget;
 #[path = "records.rs"]
 mod records;
-pub use records::{Inflight, Slot, State, Worker};
+pub use records::{IdHasher, Inflight, Slot, State, Worker};
 #[path = "spawn.rs"]
 mod spawn;
 
