@@ -191,7 +191,8 @@ pub struct Totals {
     /// the RETURN, placed at once without being held idle.
     #[serde(default)]
     pub continued_at_return: u64,
-    /// Held idle connections whose client hung up.
+    /// Handed-back idle connections whose client hung up (while held, or before the
+    /// master read the RETURN).
     #[serde(default)]
     pub idle_hangups: u64,
     /// Held idle connections closed after `--keepalive-timeout`.
