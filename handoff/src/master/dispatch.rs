@@ -65,8 +65,8 @@ pub(super) struct Dispatcher {
     /// finds no room leaves them where they are: under hand-back most of them wait in
     /// most loop turns, and a pass costs what it places, not what waits.
     requests: VecDeque<Held>,
-    /// Continued connections wait in `held` for a worker with room: retried on the
-    /// next worker frame or tick, not in a busy loop.
+    /// Continued connections wait in `requests` (or `held`) for a worker with room:
+    /// retried on the next worker frame or tick, not in a busy loop.
     held_blocked: bool,
     /// Reused buffer of the connections accepted in one pass.
     batch: Vec<Held>,
