@@ -495,11 +495,16 @@ impl Dispatcher {
         workers.fill_candidates(&mut self.cand, now, cfg);
         let mut plan = std::mem::take(&mut self.plan);
         plan.resize_with(self.cand.len(), Vec::new);
-        let mut requests_in = workers.requests_in(now, REQUEST_AGE);
+        // Read at the first continued connection of the pass (most passes place new
+        // connections only, and need none of it).
+        let mut requests_in: Option<Vec<u32>> = None;
         // While stopping, what is held goes out as fast as the workers take it.
         let queueing = stage == Stage::Running;
         while let Some(h) = conns.pop_front() {
             let continued = h.flags & wire::flags::CONTINUED != 0;
+            if continued && requests_in.is_none() {
+                requests_in = Some(workers.requests_in(now, REQUEST_AGE));
+            }
             // A connection a worker did not receive goes to none that lost one lately.
             let retry = h.flags & RETRY_ELSEWHERE != 0;
             let pick = if retry {
@@ -518,7 +523,8 @@ impl Dispatcher {
                 // counted: its requests in progress are not known.
                 self.cont_cand.clear();
                 for (k, c) in self.cand.iter().enumerate() {
-                    let full = workers.load_view(k, now, RETURNING).0 && requests_in[k] >= QUEUE_DEPTH;
+                    let full = workers.load_view(k, now, RETURNING).0
+                        && requests_in.as_ref().is_some_and(|r| r[k] >= QUEUE_DEPTH);
                     self.cont_cand.push(Candidate { eligible: c.eligible && !full, ..*c });
                 }
                 let pick = self.balancer.pick(&self.cont_cand);
@@ -540,8 +546,8 @@ impl Dispatcher {
                 self.held.push_back(h);
                 continue;
             };
-            if continued {
-                requests_in[i] += 1;
+            if let Some(r) = requests_in.as_mut().filter(|_| continued) {
+                r[i] += 1;
             }
             // Later picks in this batch see the load this one adds.
             let (_, reports_load, acks) = workers.load_view(i, now, RETURNING);
