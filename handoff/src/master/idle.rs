@@ -6,6 +6,9 @@
 //! When it becomes readable the master takes it out and places it by policy like a
 //! new connection (flagged `CONTINUED`), so the request goes to whichever worker
 //! should have it now, not to the one that happened to serve the previous request.
+//! A connection whose next request is already there when the master reads the RETURN
+//! (most, under load) never comes here: the dispatcher looks first ([`peek`]) and
+//! places it at once, sparing an epoll registration made only to be removed.
 //!
 //! Invariants:
 //! - **Every connection here is at a request boundary**: the worker that returned it
