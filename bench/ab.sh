@@ -14,7 +14,8 @@
 #        taken before the change, and target/release/handoff)
 # Knobs (environment): RUNS (5 each), DURATION (5 s), LISTEN_OPTS (",deferred"),
 #   WORKERS (2), CONNS (50), POLICY (least-conn), KEEPALIVE (1: keep-alive requests
-#   instead of one per connection), PIN (1), SERVER_CPUS (1), CLIENT_CPUS (0).
+#   instead of one per connection), PIN (1), SERVER_CPUS (1), CLIENT_CPUS (0),
+#   HANDOFF_ARGS (more options for `handoff run`, split on spaces: "--hand-back always").
 # Loopback only; each server is started here and stopped by its pid.
 set -euo pipefail
 
@@ -29,6 +30,7 @@ KEEPALIVE=${KEEPALIVE:-}
 PIN=${PIN:-1}
 SERVER_CPUS=${SERVER_CPUS:-1}
 CLIENT_CPUS=${CLIENT_CPUS:-0}
+read -r -a HANDOFF_ARGS <<<"${HANDOFF_ARGS:-}"
 CLOSE=(-H 'Connection: close')
 MODE="Connection: close"
 if [ -n "$KEEPALIVE" ]; then CLOSE=(); MODE="keep-alive"; fi
@@ -68,7 +70,7 @@ ticks() {
 one() { # binary -> "req/s total master workers..."
   local p out before after reqs
   p=$(port)
-  "${SERVER[@]}" "$1" run --listen "127.0.0.1:$p$LISTEN_OPTS" --workers "$WORKERS" --policy "$POLICY" -q &
+  "${SERVER[@]}" "$1" run --listen "127.0.0.1:$p$LISTEN_OPTS" --workers "$WORKERS" --policy "$POLICY" ${HANDOFF_ARGS[@]+"${HANDOFF_ARGS[@]}"} -q &
   PID=$!
   for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && break; sleep 0.1; done
   sleep 0.5 # the port opens before every worker is READY
@@ -87,7 +89,7 @@ PY
 }
 
 echo "$HOW" >&2
-echo "listen 127.0.0.1:PORT$LISTEN_OPTS, $WORKERS workers, $POLICY; ${WRK[*]} -c$CONNS -d${DURATION}s, $MODE; $RUNS runs each, in turn" >&2
+echo "listen 127.0.0.1:PORT$LISTEN_OPTS, $WORKERS workers, $POLICY ${HANDOFF_ARGS[*]+${HANDOFF_ARGS[*]}}; ${WRK[*]} -c$CONNS -d${DURATION}s, $MODE; $RUNS runs each, in turn" >&2
 declare -A rows
 for run in $(seq "$RUNS"); do
   for side in old new; do

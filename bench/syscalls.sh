@@ -10,7 +10,10 @@
 #
 # Usage: bench/syscalls.sh              (after `cargo build --release`)
 # Knobs (environment): LISTEN_OPTS (",deferred" to measure that listener option),
-#   POLICY (least-conn), WORKERS (2), SECONDS_COUNTED (3), HANDOFF (the binary).
+#   POLICY (least-conn), WORKERS (2), SECONDS_COUNTED (3), HANDOFF (the binary),
+#   HANDOFF_ARGS (more options for `handoff run`: "--hand-back always"), KEEPALIVE (1:
+#   keep-alive requests; with --hand-back always the master then closes its copy of a
+#   connection once per request, so "per connection" reads "per request").
 # Loopback only; the server is started here and stopped by its pid.
 set -euo pipefail
 
@@ -19,6 +22,9 @@ LISTEN_OPTS=${LISTEN_OPTS:-}
 POLICY=${POLICY:-least-conn}
 WORKERS=${WORKERS:-2}
 SECONDS_COUNTED=${SECONDS_COUNTED:-3}
+read -r -a HANDOFF_ARGS <<<"${HANDOFF_ARGS:-}"
+CLOSE=(-H 'Connection: close')
+[ -n "${KEEPALIVE:-}" ] && CLOSE=()
 
 die() { echo "syscalls: $*" >&2; exit 1; }
 [ -x "$HANDOFF" ] || die "$HANDOFF not found: run 'cargo build --release' first"
@@ -27,7 +33,8 @@ command -v perf >/dev/null || die "perf is missing (apt-get install linux-perf)"
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 tmp=$(mktemp -d /tmp/syscalls.XXXXXX)
-"$HANDOFF" run --listen "127.0.0.1:$port$LISTEN_OPTS" --workers "$WORKERS" --policy "$POLICY" -q &
+"$HANDOFF" run --listen "127.0.0.1:$port$LISTEN_OPTS" --workers "$WORKERS" --policy "$POLICY" \
+  ${HANDOFF_ARGS[@]+"${HANDOFF_ARGS[@]}"} -q &
 master=$!
 wrk_pid=
 cleanup() {
@@ -45,12 +52,12 @@ sleep 0.5 # every worker READY
 workers=$(pgrep -P "$master" | paste -sd, -)
 [ -n "$workers" ] || die "no workers under master $master"
 
-timeout $((SECONDS_COUNTED * 2 + 10)) wrk -t2 -c50 -d$((SECONDS_COUNTED * 2 + 2))s -H 'Connection: close' \
+timeout $((SECONDS_COUNTED * 2 + 10)) wrk -t2 -c50 -d$((SECONDS_COUNTED * 2 + 2))s ${CLOSE[@]+"${CLOSE[@]}"} \
   "http://127.0.0.1:$port/" >"$tmp/wrk" &
 wrk_pid=$!
 sleep 1
 events() { local e=raw_syscalls:sys_enter; for s in "$@"; do e="$e,syscalls:sys_enter_$s"; done; echo "$e"; }
-perf stat -x, -o "$tmp/master" -e "$(events accept4 close sendmsg recvmsg epoll_wait)" -p "$master" \
+perf stat -x, -o "$tmp/master" -e "$(events accept4 close sendmsg recvmsg recvfrom epoll_wait epoll_ctl)" -p "$master" \
   -- sleep "$SECONDS_COUNTED" 2>/dev/null
 perf stat -x, -o "$tmp/workers" \
   -e "$(events shutdown close recvmsg sendmsg recvfrom sendto writev epoll_ctl ioctl epoll_wait)" \
@@ -61,9 +68,9 @@ wrk_pid=
 per() { # file, the syscall counted once per connection
   awk -F, -v per="$2" '
     /^[0-9]/ { split($3, a, ":"); name = a[2]; sub(/^sys_enter_?/, "", name); if (name == "") name = "all"; n[name] = $1; order[++k] = name }
-    END { for (i = 1; i <= k; i++) printf "  %-10s %5.2f\n", order[i], n[order[i]] / n[per] }' "$1"
+    END { for (i = 1; i <= k; i++) if (n[per] > 0) printf "  %-10s %5.2f\n", order[i], n[order[i]] / n[per]; else printf "  %-10s %d (no %s)\n", order[i], n[order[i]], per }' "$1"
 }
-echo "listener 127.0.0.1:$port$LISTEN_OPTS, $WORKERS workers, $POLICY; $(grep -m1 'Requests/sec' "$tmp/wrk")"
+echo "listener 127.0.0.1:$port$LISTEN_OPTS, $WORKERS workers, $POLICY ${HANDOFF_ARGS[*]+${HANDOFF_ARGS[*]}}; $(grep -m1 'Requests/sec' "$tmp/wrk")"
 echo "master, per connection (per close):"
 per "$tmp/master" close
 echo "workers, per connection (per shutdown):"

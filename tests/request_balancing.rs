@@ -341,3 +341,79 @@ fn the_master_leaves_sched_batch_while_it_places_requests() {
     // A second after the last one, back to handing out connections in batches.
     wait_until("the master to run as SCHED_BATCH again", || sched_policy(h.pid()) == Some(SCHED_BATCH));
 }
+
+/// A held keep-alive connection `s` whose next request has been served with the master
+/// stopped (SIGSTOP) once its worker had it: the worker has answered and handed the
+/// connection back, and its RETURN waits in the channel, unread, while the master stays
+/// stopped. Returns what the caller sends the master on with (SIGCONT).
+fn return_unread(h: &Handoff, control: &str, s: &mut TcpStream) {
+    let workers = h.worker_pids();
+    assert_eq!(get(s, "/").status, 200);
+    wait_until("the connection to be held", || idle_held(control) == 1);
+    let fds: Vec<usize> = workers.iter().map(|&p| fd_count(p)).collect();
+    // The next request goes to a worker that cannot run yet ...
+    for &p in &workers {
+        assert!(h.signal_worker(p, Signal::STOP), "worker {p}");
+    }
+    s.write_all(b"GET /a HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    wait_until("the request to be dispatched", || total(control, "dispatched") == 2);
+    // ... and the master is stopped before the worker answers.
+    h.signal(Signal::STOP);
+    for &p in &workers {
+        assert!(h.signal_worker(p, Signal::CONT), "worker {p}");
+    }
+    assert_eq!(read_one_response(s).map(|r| r.status), Some(200), "the answer to /a");
+    wait_until("the worker to hand the connection back (its copy closed)", || {
+        workers.iter().zip(&fds).all(|(&p, &n)| fd_count(p) <= n)
+    });
+}
+
+#[test]
+fn a_request_that_arrived_before_the_return_is_placed_at_once_in_order() {
+    let (h, _dir, control) = start(&["--workers", "2", "--hand-back", "always"]);
+    h.wait_ready(2);
+    let mut s = keep_alive(h.addr());
+    return_unread(&h, &control, &mut s);
+    // Two requests at once, and only when they wait in the master's socket does the
+    // master run again and read the RETURN.
+    s.write_all(b"GET /b HTTP/1.1\r\nHost: t\r\n\r\nGET /c HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let (client, server) = (s.local_addr().unwrap(), s.peer_addr().unwrap());
+    wait_until("the requests to reach the master's socket", || tcp_socket(server, client).is_some_and(|(_, n)| n > 0));
+    h.signal(Signal::CONT);
+    // Both answered, in order, on the same connection, which goes on serving.
+    for path in ["/b", "/c"] {
+        assert_eq!(read_one_response(&mut s).map(|r| r.status), Some(200), "{path}");
+    }
+    assert_eq!(get(&mut s, "/").status, 200);
+    wait_until("the connection to be held again", || idle_held(&control) == 1);
+    let st = status_json(&control);
+    let t = &st["totals"];
+    assert_eq!(t["continued"], 3, "{st}");
+    assert_eq!(t["continued_at_return"], 1, "the one that was there when the RETURN was read: {st}");
+    assert_eq!(t["returned"], 4, "{st}");
+    assert_eq!(t["idle_hangups"], 0, "{st}");
+    assert_eq!(t["accepted"], 1, "{st}");
+}
+
+#[test]
+fn a_client_gone_before_the_return_is_closed_as_a_hang_up() {
+    let (h, _dir, control) = start(&["--workers", "2", "--hand-back", "always"]);
+    h.wait_ready(2);
+    let mut s = keep_alive(h.addr());
+    return_unread(&h, &control, &mut s);
+    let master_fds = fd_count(h.pid());
+    let (client, server) = (s.local_addr().unwrap(), s.peer_addr().unwrap());
+    drop(s);
+    const CLOSE_WAIT: u8 = 8;
+    wait_until("the FIN to reach the master's socket", || {
+        tcp_socket(server, client).is_some_and(|(st, _)| st == CLOSE_WAIT)
+    });
+    h.signal(Signal::CONT);
+    wait_until("the hang-up to be counted", || total(&control, "idle_hangups") == 1);
+    assert_eq!(idle_held(&control), 0, "a connection whose client left is not held");
+    assert_eq!(total(&control, "continued"), 1);
+    assert_eq!(total(&control, "continued_at_return"), 0);
+    // The master received the connection with the RETURN and closed it at once.
+    wait_until("the master's descriptors to come back", || fd_count(h.pid()) < master_fds + 1);
+    wait_until("the master's end to be closed", || tcp_socket(server, client).is_none());
+}

@@ -953,3 +953,27 @@ pub fn post_expect_continue(addr: SocketAddr, path: &str, body: &str) -> Respons
     s.write_all(body.as_bytes()).unwrap();
     read_one_response(&mut s).expect("a response to the POST")
 }
+
+/// The state (`/proc/net/tcp` numbering: 1 ESTABLISHED, 8 CLOSE_WAIT: the peer sent
+/// FIN) and the bytes waiting unread in the receive queue of the IPv4 TCP socket bound
+/// to `local` and connected to `remote`, whoever holds it (this network namespace);
+/// `None` if there is no such socket. How a test knows that what a client sent has
+/// reached a server that is not reading (stopped), without waiting for time: loopback
+/// delivery may be left to a softirq that runs later.
+pub fn tcp_socket(local: SocketAddr, remote: SocketAddr) -> Option<(u8, u64)> {
+    let hex = |a: SocketAddr| match a {
+        SocketAddr::V4(a) => Some(format!("{:08X}:{:04X}", u32::from_le_bytes(a.ip().octets()), a.port())),
+        SocketAddr::V6(_) => None,
+    };
+    let (l, r) = (hex(local)?, hex(remote)?);
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.get(1) != Some(&l.as_str()) || f.get(2) != Some(&r.as_str()) {
+            return None;
+        }
+        let state = u8::from_str_radix(f.get(3)?, 16).ok()?;
+        let unread = u64::from_str_radix(f.get(4)?.split(':').nth(1)?, 16).ok()?;
+        Some((state, unread))
+    })
+}

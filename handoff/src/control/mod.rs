@@ -194,7 +194,12 @@ pub struct Totals {
     /// Handed-back connections dispatched again when their client sent a request.
     #[serde(default)]
     pub continued: u64,
-    /// Held idle connections whose client hung up.
+    /// Of `continued`: those whose next request had arrived before the master read
+    /// the RETURN, placed at once without being held idle.
+    #[serde(default)]
+    pub continued_at_return: u64,
+    /// Handed-back idle connections whose client hung up (while held, or before the
+    /// master read the RETURN).
     #[serde(default)]
     pub idle_hangups: u64,
     /// Held idle connections closed after `--keepalive-timeout`.

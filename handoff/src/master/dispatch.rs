@@ -60,11 +60,23 @@ pub(super) struct Dispatcher {
     idle: IdleTable,
     /// Connections to place as soon as a worker can take them, in order.
     held: VecDeque<Held>,
-    /// Continued connections wait in `held` for a worker with room: retried on the
-    /// next worker frame or tick, not in a busy loop.
+    /// Next requests of handed-back connections (CONTINUED), in arrival order, waiting
+    /// for a worker with room (QUEUE_DEPTH). Apart from `held` so that a pass that
+    /// finds no room leaves them where they are: under hand-back most of them wait in
+    /// most loop turns, and a pass costs what it places, not what waits.
+    requests: VecDeque<Held>,
+    /// Continued connections wait in `requests` (or `held`) for a worker with room:
+    /// retried on the next worker frame or tick, not in a busy loop.
     held_blocked: bool,
     /// Reused buffer of the connections accepted in one pass.
     batch: Vec<Held>,
+    /// Reused buffer of the held connections one pass places.
+    placing: VecDeque<Held>,
+    /// Reused buffer of what the worker table gave up (see `collect`).
+    handed: Vec<Handed>,
+    /// Reused per-worker buffers of the connections one pass sends (see
+    /// `dispatch_batch`): no allocation per request on the dispatch path.
+    plan: Vec<Vec<(ConnItem, OwnedFd)>>,
     balancer: Balancer,
     cand: Vec<Candidate>,
     /// Candidates for a continued connection (a reused buffer).
@@ -96,8 +108,12 @@ impl Dispatcher {
             pending_proxy: Vec::new(),
             idle: IdleTable::new(idle_base, idle_max, cfg.keepalive_timeout),
             held: VecDeque::new(),
+            requests: VecDeque::new(),
             held_blocked: false,
             batch: Vec::with_capacity(ACCEPT_BATCH),
+            placing: VecDeque::new(),
+            handed: Vec::new(),
+            plan: Vec::new(),
             balancer: Balancer::new(cfg.policy),
             cand: Vec::new(),
             cont_cand: Vec::new(),
@@ -173,6 +189,7 @@ impl Dispatcher {
         t.proxy_errors = c.proxy_errors;
         t.proxy_refused = c.proxy_refused;
         t.continued = c.continued;
+        t.continued_at_return = c.continued_at_return;
         t.idle_hangups = c.idle_hangups;
         t.idle_closed_at_stop = c.idle_closed_at_stop;
         t.idle_not_held = c.idle_not_held;
@@ -208,23 +225,42 @@ impl Dispatcher {
     /// waiting). The caller checks that the master runs.
     pub(super) fn can_accept(&self, workers: &Workers, now: Instant, cfg: &Config) -> bool {
         self.paused_until.is_none()
-            && ((!self.held.is_empty() && !self.held_blocked) || self.listeners.any_readable())
+            && ((self.held.len() + self.requests.len() > 0 && !self.held_blocked) || self.listeners.any_readable())
             && workers.any_could_take(now, cfg)
     }
 
     /// Takes what the worker table gave up: connections to hand on are held; idle ones
     /// handed back wait in the idle table (or, stopping, are held or closed).
-    pub(super) fn receive(&mut self, handed: Vec<Handed>, reg: &Registry, now: Instant, stage: Stage) {
-        for h in handed {
+    pub(super) fn collect(&mut self, workers: &mut Workers, reg: &Registry, now: Instant, stage: Stage, cfg: &Config) {
+        let mut handed = std::mem::take(&mut self.handed);
+        workers.take_handed(&mut handed);
+        for h in handed.drain(..) {
             match h {
                 Handed::TakenBack(h) => self.held.push_back(h),
-                Handed::Returned(h) if stage == Stage::Running => {
-                    if let Err(err) = self.idle.insert(reg, now, h.fd, h.listener, h.addrs) {
-                        self.counts.idle_not_held += 1;
-                        warn!("cannot hold an idle connection ({err}): closing it");
-                    }
-                }
+                Handed::Returned(h) if stage == Stage::Running => self.returned(h, reg, now, cfg),
                 Handed::Returned(h) => self.hold_or_close_at_stop(h.fd, h.listener, h.addrs, stage),
+            }
+        }
+        self.handed = handed;
+    }
+
+    /// A connection handed back while running. Under load its client has often sent
+    /// its next request before the master reads the RETURN: that request is placed at
+    /// once (in this loop turn), saving the idle table an epoll registration that the
+    /// next turn would report readable and remove again. A client that has gone is
+    /// closed as a hang-up; any other waits in the idle table.
+    fn returned(&mut self, h: Held, reg: &Registry, now: Instant, cfg: &Config) {
+        match idle::peek(&h.fd) {
+            idle::Peek::Request => {
+                self.counts.continued_at_return += 1;
+                self.continue_request(h.fd, h.listener, h.addrs, now, cfg);
+            }
+            idle::Peek::Gone => self.counts.idle_hangups += 1,
+            idle::Peek::Quiet => {
+                if let Err(err) = self.idle.insert(reg, now, h.fd, h.listener, h.addrs) {
+                    self.counts.idle_not_held += 1;
+                    warn!("cannot hold an idle connection ({err}): closing it");
+                }
             }
         }
     }
@@ -258,10 +294,24 @@ impl Dispatcher {
     /// placed like a new connection) or hung up (it is closed).
     pub(super) fn idle_event(&mut self, token: Token, hung_up: bool, reg: &Registry, now: Instant, cfg: &Config) {
         let Some(c) = self.idle.take_token(reg, token) else { return };
-        if hung_up && idle::peek(&c.fd) == idle::Peek::Gone {
+        // A hang-up report with nothing to read is taken at its word.
+        if hung_up && idle::peek(&c.fd) != idle::Peek::Request {
             self.counts.idle_hangups += 1;
             return;
         }
+        self.continue_request(c.fd, c.listener, c.addrs, now, cfg);
+    }
+
+    /// The next request of a handed-back connection has arrived: it is held to be
+    /// placed by policy, flagged CONTINUED.
+    fn continue_request(
+        &mut self,
+        fd: OwnedFd,
+        listener: u16,
+        addrs: Option<crate::proxy::ProxyHeader>,
+        now: Instant,
+        cfg: &Config,
+    ) {
         self.counts.continued += 1;
         // The first after a quiet spell leaves SCHED_BATCH (tried once per spell).
         let first = self.last_continued.is_none_or(|t| now.duration_since(t) >= REQUESTS_HOLD);
@@ -269,7 +319,7 @@ impl Dispatcher {
         if first && self.sched_batch {
             self.apply_sched(cfg, now);
         }
-        self.held.push_back(Held { fd: c.fd, listener: c.listener, addrs: c.addrs, flags: wire::flags::CONTINUED });
+        self.requests.push_back(Held { fd, listener, addrs, flags: wire::flags::CONTINUED });
     }
 
     /// The master's own CPU scheduling, as `--master-sched` asks (see
@@ -332,12 +382,9 @@ impl Dispatcher {
         // Connections taken back from dead workers go first. Next requests of
         // handed-back connections waiting for a worker with room (QUEUE_DEPTH) do not
         // hold up new connections, which do not wait for that room.
-        if !self.held.is_empty() {
-            let held: Vec<Held> = self.held.drain(..).collect();
-            self.dispatch_batch(held, workers, now, Stage::Running, cfg, reg);
-            if !self.held.is_empty() && !self.held_blocked {
-                return;
-            }
+        self.place_held(workers, now, Stage::Running, cfg, reg);
+        if !self.held.is_empty() && !self.held_blocked {
+            return;
         }
         if !self.listeners.any_readable() {
             // Most loop turns (worker frames, timers) have nothing to accept: skip the
@@ -383,7 +430,10 @@ impl Dispatcher {
             }
         }
         if !batch.is_empty() {
-            self.dispatch_batch(std::mem::take(&mut batch), workers, now, Stage::Running, cfg, reg);
+            let mut placing = std::mem::take(&mut self.placing);
+            placing.extend(batch.drain(..));
+            self.dispatch_batch(&mut placing, false, workers, now, Stage::Running, cfg, reg);
+            self.placing = placing;
         }
         self.batch = batch;
     }
@@ -402,12 +452,40 @@ impl Dispatcher {
         }
     }
 
+    /// Places what is held: first connections taken back or not yet placed, then the
+    /// waiting next requests of handed-back connections, as far as workers have room.
+    fn place_held(&mut self, workers: &mut Workers, now: Instant, stage: Stage, cfg: &Config, reg: &Registry) {
+        if !self.held.is_empty() {
+            // What cannot be placed goes back to `held` (emptied here), in order.
+            let mut held = std::mem::take(&mut self.placing);
+            std::mem::swap(&mut held, &mut self.held);
+            self.dispatch_batch(&mut held, false, workers, now, stage, cfg, reg);
+            self.placing = held;
+        }
+        if !self.requests.is_empty() {
+            // What cannot be placed stays at the front; what arrives meanwhile (a
+            // worker found gone hands back) goes behind it.
+            let mut requests = std::mem::take(&mut self.requests);
+            self.dispatch_batch(&mut requests, true, workers, now, stage, cfg, reg);
+            requests.append(&mut self.requests);
+            self.requests = requests;
+        }
+    }
+
     /// Hands each connection to a worker chosen by policy, one CONN frame per worker
-    /// (several connections per frame for workers that announced BATCH). What cannot
-    /// be placed now is held and placed in the next turn.
+    /// (several connections per frame for workers that announced BATCH), taking them
+    /// from the front of `conns`. What cannot be placed now is held and placed in a
+    /// later turn. `waiting`: `conns` are the waiting next requests of handed-back
+    /// connections (`requests`); the first that finds no worker with room stops the
+    /// pass, and it and those behind it stay in `conns`, in order.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the loop turn's context, as every placing method takes it, and the pass's own two"
+    )]
     fn dispatch_batch(
         &mut self,
-        conns: Vec<Held>,
+        conns: &mut VecDeque<Held>,
+        waiting: bool,
         workers: &mut Workers,
         now: Instant,
         stage: Stage,
@@ -415,12 +493,18 @@ impl Dispatcher {
         reg: &Registry,
     ) {
         workers.fill_candidates(&mut self.cand, now, cfg);
-        let mut plan: Vec<Vec<(ConnItem, OwnedFd)>> = (0..self.cand.len()).map(|_| Vec::new()).collect();
-        let mut requests_in = workers.requests_in(now, REQUEST_AGE);
+        let mut plan = std::mem::take(&mut self.plan);
+        plan.resize_with(self.cand.len(), Vec::new);
+        // Read at the first continued connection of the pass (most passes place new
+        // connections only, and need none of it).
+        let mut requests_in: Option<Vec<u32>> = None;
         // While stopping, what is held goes out as fast as the workers take it.
         let queueing = stage == Stage::Running;
-        for h in conns {
+        while let Some(h) = conns.pop_front() {
             let continued = h.flags & wire::flags::CONTINUED != 0;
+            if continued && requests_in.is_none() {
+                requests_in = Some(workers.requests_in(now, REQUEST_AGE));
+            }
             // A connection a worker did not receive goes to none that lost one lately.
             let retry = h.flags & RETRY_ELSEWHERE != 0;
             let pick = if retry {
@@ -439,10 +523,19 @@ impl Dispatcher {
                 // counted: its requests in progress are not known.
                 self.cont_cand.clear();
                 for (k, c) in self.cand.iter().enumerate() {
-                    let full = workers.load_view(k, now, RETURNING).0 && requests_in[k] >= QUEUE_DEPTH;
+                    let full = workers.load_view(k, now, RETURNING).0
+                        && requests_in.as_ref().is_some_and(|r| r[k] >= QUEUE_DEPTH);
                     self.cont_cand.push(Candidate { eligible: c.eligible && !full, ..*c });
                 }
-                self.balancer.pick(&self.cont_cand)
+                let pick = self.balancer.pick(&self.cont_cand);
+                if pick.is_none() && waiting {
+                    // No worker has room for one: none gets room later in this pass
+                    // (each pick only adds load), so the rest wait without a look.
+                    self.held_blocked = true;
+                    conns.push_front(h);
+                    break;
+                }
+                pick
             } else {
                 self.balancer.pick(&self.cand)
             };
@@ -453,8 +546,8 @@ impl Dispatcher {
                 self.held.push_back(h);
                 continue;
             };
-            if continued {
-                requests_in[i] += 1;
+            if let Some(r) = requests_in.as_mut().filter(|_| continued) {
+                r[i] += 1;
             }
             // Later picks in this batch see the load this one adds.
             let (_, reports_load, acks) = workers.load_view(i, now, RETURNING);
@@ -470,28 +563,26 @@ impl Dispatcher {
             let sock = self.listeners.sock(h.listener);
             plan[i].push((ConnItem { id, listener: h.listener, sock, flags: h.flags, addrs: h.addrs }, h.fd));
         }
-        for (i, conns) in plan.into_iter().enumerate() {
+        for (i, conns) in plan.iter_mut().enumerate() {
             if !conns.is_empty() {
                 let back = workers.send_conns(i, conns, now, stage == Stage::Running, cfg, reg);
                 // A worker found gone gave back what it had not ACKed: those first.
-                self.receive(workers.take_handed(), reg, now, stage);
+                self.collect(workers, reg, now, stage, cfg);
                 self.held.extend(back);
             }
         }
+        self.plan = plan;
     }
 
     /// Connections still to hand out at a stop: waiting for their PROXY header, and
     /// held.
     pub(super) fn undelivered(&self) -> (usize, usize) {
-        (self.pending_proxy.iter().flatten().count(), self.held.len())
+        (self.pending_proxy.iter().flatten().count(), self.held.len() + self.requests.len())
     }
 
     /// While stopping: hands out what is held, as fast as the workers take it.
     pub(super) fn hand_out(&mut self, workers: &mut Workers, now: Instant, stage: Stage, cfg: &Config, reg: &Registry) {
-        if !self.held.is_empty() {
-            let held: Vec<Held> = self.held.drain(..).collect();
-            self.dispatch_batch(held, workers, now, stage, cfg, reg);
-        }
+        self.place_held(workers, now, stage, cfg, reg);
     }
 
     /// The workers drain: what is still not handed out is closed, which tells its
@@ -501,5 +592,6 @@ impl Dispatcher {
         self.counts.lost_at_stop += (proxy + held) as u64;
         self.proxy_clear(reg);
         self.held.clear();
+        self.requests.clear();
     }
 }

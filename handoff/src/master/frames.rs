@@ -366,13 +366,26 @@ impl Workers {
         // its READY are not tracked (as for ACK and DONE), so they cannot be checked
         // against what it holds: their ids must predate its READY, and their
         // descriptors be stream sockets.
-        let mut seen = std::collections::HashSet::with_capacity(ids.len());
         let held_or_untracked = |id: u64, fd: &OwnedFd| {
             w.inflight.contains_key(&id)
                 || (id < w.tracked_from.min(next_id) && crate::sys::socket::is_stream_socket(fd))
         };
-        if let Some(id) =
-            ids.iter().zip(&fds).find(|(&id, fd)| !held_or_untracked(id, fd) || !seen.insert(id)).map(|(id, _)| id)
+        // Twice in one frame: looked up among the ids before it while they are few
+        // (most frames carry one: no set to build per frame), in a set beyond.
+        let mut seen = std::collections::HashSet::new();
+        let mut twice = |k: usize, id: u64| {
+            if ids.len() <= 16 {
+                ids[..k].contains(&id)
+            } else {
+                !seen.insert(id)
+            }
+        };
+        if let Some(id) = ids
+            .iter()
+            .zip(&fds)
+            .enumerate()
+            .find(|&(k, (&id, fd))| !held_or_untracked(id, fd) || twice(k, id))
+            .map(|(_, (id, _))| id)
         {
             return Err(format!("a RETURN of connection {id}, which it does not hold"));
         }
@@ -458,14 +471,14 @@ impl Workers {
         }
     }
 
-    /// Sends connections to worker `i`; returns those it cannot take now, for the
-    /// dispatcher to hold. `running`: not stopping (then a worker that reached
-    /// `--max-requests` is recycled; connections handed out while stopping are the
-    /// last).
+    /// Sends connections to worker `i`, taking every one out of `conns` (a buffer the
+    /// caller reuses); returns those it cannot take now, for the dispatcher to hold.
+    /// `running`: not stopping (then a worker that reached `--max-requests` is
+    /// recycled; connections handed out while stopping are the last).
     pub(in crate::master) fn send_conns(
         &mut self,
         i: usize,
-        mut conns: Vec<(ConnItem, OwnedFd)>,
+        conns: &mut Vec<(ConnItem, OwnedFd)>,
         now: Instant,
         running: bool,
         cfg: &Config,
@@ -483,7 +496,7 @@ impl Workers {
                 (true, false) => wire::MAX_CONNS,
                 (true, true) => wire::MAX_CONN_ADDRS,
             };
-        let mut items = Vec::with_capacity(per_frame.min(conns.len()));
+        let mut items = std::mem::take(&mut self.items);
         while !conns.is_empty() {
             let n = per_frame.min(conns.len());
             items.clear();
@@ -496,6 +509,9 @@ impl Workers {
             wire::encode_conn(&mut self.frame, &items);
             let w = &mut self.list[i];
             let sent = match w.chan.as_ref() {
+                // One connection a frame is the common case (and every frame of a
+                // worker without BATCH): no list of descriptors to build.
+                Some(chan) if n == 1 => fdpass::send_with_fds(chan.as_fd(), &self.frame, &[conns[0].1.as_fd()]),
                 Some(chan) => {
                     let fds: Vec<_> = conns[..n].iter().map(|(_, fd)| fd.as_fd()).collect();
                     fdpass::send_with_fds(chan.as_fd(), &self.frame, &fds)
@@ -560,6 +576,7 @@ impl Workers {
                 }
             }
         }
+        self.items = items;
         if i < self.list.len() {
             self.sample_unread(i);
         }

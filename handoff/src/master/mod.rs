@@ -395,10 +395,7 @@ impl Master {
     /// Gives the dispatcher what the worker table gave up (returned and taken-back
     /// connections), in the order it gave them up.
     fn collect_handed(&mut self) {
-        let handed = self.workers.take_handed();
-        if !handed.is_empty() {
-            self.dispatch.receive(handed, self.poll.registry(), self.now, self.life.stage());
-        }
+        self.dispatch.collect(&mut self.workers, self.poll.registry(), self.now, self.life.stage(), &self.cfg);
     }
 
     fn poll_timeout(&self) -> Duration {

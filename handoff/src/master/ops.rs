@@ -144,6 +144,11 @@ pub(super) fn metrics_text(v: &View<'_>) -> String {
         "Handed-back connections dispatched again for their next request.",
         t.continued as f64,
     );
+    counter(
+        "connections_continued_at_return_total",
+        "Of those continued: next request already there when handed back, placed at once.",
+        t.continued_at_return as f64,
+    );
     counter("workers_started_total", "Worker processes started.", t.spawned as f64);
     counter("workers_recycled_total", "Workers replaced after --max-requests.", t.recycled as f64);
     counter(

@@ -43,7 +43,7 @@ mod frames;
 pub(super) use frames::FrameBudget;
 #[path = "records.rs"]
 mod records;
-pub use records::{Inflight, Slot, State, Worker};
+pub use records::{IdHasher, Inflight, Slot, State, Worker};
 #[path = "spawn.rs"]
 mod spawn;
 
@@ -127,6 +127,8 @@ pub(super) struct Workers {
     frame: Vec<u8>,
     /// Reused buffer for frames read.
     recv_buf: Vec<u8>,
+    /// Reused buffer for the items of a CONN frame.
+    items: Vec<wire::ConnItem>,
     /// Workers whose channel may hold more frames than one turn read.
     unread: Vec<usize>,
     /// Workers whose stderr pipe may hold more than one turn read.
@@ -154,6 +156,7 @@ impl Workers {
             forward: Forward::default(),
             frame: Vec::with_capacity(wire::MAX_FRAME_LEN),
             recv_buf: vec![0; wire::MAX_FRAME_LEN + 1],
+            items: Vec::new(),
             unread: Vec::new(),
             unread_stderr: Vec::new(),
             handed: Vec::new(),
@@ -188,9 +191,10 @@ impl Workers {
         self.list.iter()
     }
 
-    /// The connections given up since the last call (see [`Handed`]), in order.
-    pub(super) fn take_handed(&mut self) -> Vec<Handed> {
-        std::mem::take(&mut self.handed)
+    /// Moves the connections given up since the last call (see [`Handed`]), in order,
+    /// to the end of `into` (a buffer the caller reuses, as this table reuses its own).
+    pub(super) fn take_handed(&mut self, into: &mut Vec<Handed>) {
+        into.append(&mut self.handed);
     }
 
     /// Writes what workers wrote to stderr, as far as our stderr takes it now.
