@@ -11,14 +11,15 @@
 //!
 //! - each handler poll marks the thread busy while it runs ([`Timed`]: two atomic
 //!   additions per poll, no clock);
-//! - a watch thread looks every [`TICK`] (every [`TICK_QUIET`] once no handler has run
-//!   for a second). When one poll has held the thread for [`SLOW_REQUEST`] since the
-//!   watch first saw it, and the serving thread either used at least half that in
-//!   CPU time or is waiting in a blocking call (a thread that was merely preempted is
-//!   not stuck in a handler), it sends BUSY (the
-//!   master then sends this worker nothing new while another can take it) and RETURNs
-//!   every connection idle at a request boundary, in one frame; their next requests go
-//!   to other workers. When that poll ends it sends FREE.
+//! - a watch thread looks every [`TICK_CALM`] while handlers run ([`TICK_ALERT`] for
+//!   [`ALERT_FOR`] after a stall, [`TICK_QUIET`] once no handler has run for a
+//!   second). When one poll has held the thread for [`RESCUE_AFTER`] since the watch
+//!   first saw it, and the serving thread either used at least half that in CPU time
+//!   or is waiting in a blocking call (a thread that was merely preempted is not stuck
+//!   in a handler), it sends BUSY (the master then sends this worker nothing new while
+//!   another can take it) and RETURNs every connection idle at a request boundary, in
+//!   one frame; their next requests go to other workers. When that poll ends it sends
+//!   FREE.
 //!
 //! The serving thread and the watch never touch one socket at once: a connection is on
 //! the [`shelf`](shelve) with a state the serving thread sets to *idle* at a boundary and
@@ -46,11 +47,27 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use super::hand_back::{HANDED_BACK, SLOW_REQUEST};
+use super::hand_back::HANDED_BACK;
+#[cfg(doc)]
+use super::hand_back::SLOW_REQUEST;
 use super::Reporter;
 
-/// How often the watch looks while handlers run.
-pub(crate) const TICK: Duration = Duration::from_millis(1);
+/// A handler poll that holds the serving thread this long (since the watch first saw
+/// it) is a stall. Shorter than `auto` mode's [`SLOW_REQUEST`] for workers without a
+/// watch: a rescue costs one round trip per idle connection, once per stall, where
+/// the slow rule costs one per request for a second.
+pub(crate) const RESCUE_AFTER: Duration = Duration::from_millis(1);
+/// How often the watch looks while stalls are recent (one in the last
+/// [`ALERT_FOR`]): a client behind a long request waits at most about
+/// `RESCUE_AFTER + 2 × TICK_ALERT` for the rescue.
+pub(crate) const TICK_ALERT: Duration = Duration::from_micros(500);
+/// How long after a stall the watch stays on [`TICK_ALERT`].
+pub(crate) const ALERT_FOR: Duration = Duration::from_secs(10);
+/// How often it looks while handlers run and no stall is recent: each look wakes a
+/// thread (measured pinned: about 12 µs of CPU per look here), so uniform fast
+/// traffic pays for 200 of them a second, and only the first stall after a calm
+/// spell waits up to this long to be seen.
+pub(crate) const TICK_CALM: Duration = Duration::from_millis(5);
 /// How often it looks once no handler has run for a second.
 pub(crate) const TICK_QUIET: Duration = Duration::from_millis(20);
 
@@ -260,10 +277,17 @@ fn watch(reporter: Arc<Reporter>) {
     // first saw it, and the serving thread's CPU time then (read at the second look).
     let (mut seen, mut since, mut cpu_then) = (0u64, Instant::now(), None::<Duration>);
     let mut last_change = Instant::now();
+    let mut last_stall: Option<Instant> = None;
     let mut busy = false;
     loop {
-        let quiet = last_change.elapsed() > Duration::from_secs(1);
-        std::thread::sleep(if quiet && !busy { TICK_QUIET } else { TICK });
+        let tick = if busy || last_stall.is_some_and(|t| t.elapsed() < ALERT_FOR) {
+            TICK_ALERT
+        } else if last_change.elapsed() < Duration::from_secs(1) {
+            TICK_CALM
+        } else {
+            TICK_QUIET
+        };
+        std::thread::sleep(tick);
         let polls = POLLS.load(Ordering::Relaxed);
         let now = Instant::now();
         if polls % 2 == 0 || polls != seen {
@@ -287,8 +311,9 @@ fn watch(reporter: Arc<Reporter>) {
         let ran = cpu.saturating_sub(*cpu_then.get_or_insert(cpu));
         // Held: it ran for half the time, or it waits in a blocking call. A thread
         // that is merely preempted (ready to run) is not stuck in a handler.
-        let held = now.duration_since(since) >= SLOW_REQUEST && (ran >= SLOW_REQUEST / 2 || blocked);
+        let held = now.duration_since(since) >= RESCUE_AFTER && (ran >= RESCUE_AFTER / 2 || blocked);
         if held {
+            last_stall = Some(now);
             // Without BUSY the master could send the rescued connections straight back.
             busy = reporter.busy(true);
             if busy {
