@@ -15,9 +15,11 @@
 # Knobs (environment): RUNS (5 each), DURATION (5 s), LISTEN_OPTS (",deferred"),
 #   WORKERS (2), CONNS (50), POLICY (least-conn), KEEPALIVE (1: keep-alive requests
 #   instead of one per connection), PIN (1), SERVER_CPUS (1), CLIENT_CPUS (0),
-#   HANDOFF_ARGS (more options for `handoff run`, split on spaces: "--hand-back always").
+#   HANDOFF_ARGS (more options for `handoff run`, split on spaces: "--hand-back always"),
+#   URL_PATH (/: the path wrk asks for, e.g. "/?sleep_ms=10" with HANDOFF_ARGS=--test-knobs).
 # Loopback only; each server is started here and stopped by its pid.
 set -euo pipefail
+URL_PATH=${URL_PATH:-/}
 
 [ $# -eq 2 ] || { echo "usage: $0 OLD_BINARY NEW_BINARY" >&2; exit 2; }
 RUNS=${RUNS:-5}
@@ -75,7 +77,7 @@ one() { # binary -> "req/s total master workers..."
   for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && break; sleep 0.1; done
   sleep 0.5 # the port opens before every worker is READY
   before=$(ticks "$PID")
-  out=$(timeout $((DURATION + 20)) "${WRK[@]}" -c"$CONNS" -d"${DURATION}s" "${CLOSE[@]}" "http://127.0.0.1:$p/")
+  out=$(timeout $((DURATION + 20)) "${WRK[@]}" -c"$CONNS" -d"${DURATION}s" "${CLOSE[@]}" "http://127.0.0.1:$p$URL_PATH")
   after=$(ticks "$PID")
   kill -TERM "$PID"; wait "$PID" || true; PID=
   reqs=$(awk '/requests in/ {print $1}' <<<"$out")
