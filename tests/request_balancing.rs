@@ -90,6 +90,21 @@ fn connections_idle_behind_a_long_request_are_served_by_another_worker() {
     let (held, mut long, mut idle, _others) = two_on_one_worker(h.addr());
     long.write_all(b"GET /?cpu_ms=1500 HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
     wait_until("the idle connection to be rescued", || total(&control, "returned") >= 1);
+    // Meanwhile the held worker's thread runs at a lower priority, where it may come
+    // back from it: as root (the master then grants workers RLIMIT_NICE 20), always.
+    let pid = status_json(&control)["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["id"].as_u64().map(|i| i as usize) == held)
+        .and_then(|w| w["pid"].as_u64())
+        .expect("the held worker's pid") as u32;
+    let root = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
+    let expected = if root { 5 } else { 0 };
+    wait_until("the held thread's priority", || nice_of(pid) == expected);
     let r = get(&mut idle, "/");
     assert_eq!(r.status, 200);
     assert_ne!(r.worker, held, "served by the worker the long request holds");
@@ -109,6 +124,15 @@ fn connections_idle_behind_a_long_request_are_served_by_another_worker() {
     wait_until("the worker to say FREE", || {
         status_json(&control)["workers"].as_array().unwrap().iter().all(|w| w["busy"] == false)
     });
+    assert_eq!(nice_of(pid), 0, "the priority was not restored");
+}
+
+/// The nice value of a process's main thread (the built-in worker's serving thread).
+fn nice_of(pid: u32) -> i64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // After "pid (comm) ": state is field 3; nice is field 19.
+    let rest = stat.rsplit_once(')').unwrap().1;
+    rest.split_whitespace().nth(16).unwrap().parse().unwrap()
 }
 
 /// Sends `first` on a connection idle in some worker (`first` holds one whole request

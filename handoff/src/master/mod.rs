@@ -272,6 +272,7 @@ impl Master {
             self.cfg.policy
         );
         supervisor::warn_short_ready_timeout(&self.cfg);
+        privileges::let_workers_restore_priority();
         // Whichever way `run` ends, the thread leaves SCHED_BATCH with it.
         let _restore = crate::sys::process::MasterSchedGuard;
         self.dispatch.apply_sched(&self.cfg, self.now);

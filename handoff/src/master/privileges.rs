@@ -65,3 +65,25 @@ pub fn gid(cfg: &Config) -> io::Result<Option<u32>> {
         )),
     }
 }
+
+/// As root, lets every process the master starts come back to nice 0 after lowering
+/// its own priority (`RLIMIT_NICE` 20: no higher than the default, never above it).
+/// A worker's stall watch lowers the priority of a thread held by one long request and
+/// restores it when that request ends (`worker::stall`); a worker that runs as
+/// `--user` could not restore it with the usual limit of 0, and so would not lower it.
+/// Without root nothing changes (an administrator can grant the same with systemd's
+/// `LimitNICE=20`).
+pub fn let_workers_restore_priority() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    if !rustix::process::geteuid().is_root() {
+        return;
+    }
+    let now = getrlimit(Resource::Nice);
+    if now.current.unwrap_or(u64::MAX) >= 20 {
+        return;
+    }
+    let max = now.maximum.map(|m| m.max(20));
+    if let Err(e) = setrlimit(Resource::Nice, Rlimit { current: Some(20), maximum: max }) {
+        tracing::debug!("RLIMIT_NICE stays as it was ({e}): workers will not lower a held thread's priority");
+    }
+}

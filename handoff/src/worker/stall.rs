@@ -18,8 +18,10 @@
 //!   or is waiting in a blocking call (a thread that was merely preempted is not stuck
 //!   in a handler), it sends BUSY (the master then sends this worker nothing new while
 //!   another can take it) and RETURNs every connection idle at a request boundary, in
-//!   one frame; their next requests go to other workers. When that poll ends it sends
-//!   FREE.
+//!   one frame; their next requests go to other workers. While that poll runs, the
+//!   serving thread runs at a lower priority ([`DEMOTION`], where the process may come
+//!   back from it), so that the long request takes less CPU from the short ones of the
+//!   other workers. When the poll ends the priority is restored and it sends FREE.
 //!
 //! The serving thread and the watch never touch one socket at once: a connection is on
 //! the [`shelf`](shelve) with a state the serving thread sets to *idle* at a boundary and
@@ -156,8 +158,39 @@ pub(crate) fn allow() {
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread);
     if current_thread {
         let _ = SERVING_THREAD.set(rustix::thread::gettid().as_raw_nonzero().get());
+        let _ = DEMOTE.set(priority_to_restore());
         ALLOWED.store(true, Ordering::Relaxed);
     }
+}
+
+/// How much lower the watch sets a stuck serving thread's priority (nice), until its
+/// poll ends: the CPU a long request keeps from the short requests of the other
+/// workers (and from the client and the master, on a small machine) is what lengthens
+/// everyone's tail once the rescue has moved the clients away. Nice 5 gives it about a
+/// third of a CPU that a nice 0 thread wants too, so a long request still advances
+/// under full load.
+pub(crate) const DEMOTION: i32 = 5;
+
+/// The serving thread's nice value to come back to, if this process may come back to
+/// it after lowering its priority (root, or `RLIMIT_NICE` that allows it: the master
+/// grants it to workers when it runs as root); `None`: the watch does not demote.
+static DEMOTE: OnceLock<Option<i32>> = OnceLock::new();
+
+fn priority_to_restore() -> Option<i32> {
+    use rustix::process::{getpriority_process, getrlimit, Resource};
+    let nice = getpriority_process(None).ok()?;
+    // RLIMIT_NICE n allows nice values down to 20 - n.
+    let limit = getrlimit(Resource::Nice).current.unwrap_or(u64::MAX);
+    let allowed = rustix::process::geteuid().is_root() || limit >= (20 - nice).max(0) as u64;
+    (allowed && nice + DEMOTION <= 19).then_some(nice)
+}
+
+/// Sets the serving thread's nice value; says whether it took.
+fn renice(nice: i32) -> bool {
+    let Some(&tid) = SERVING_THREAD.get() else {
+        return false;
+    };
+    rustix::process::setpriority_process(rustix::process::Pid::from_raw(tid), nice).is_ok()
 }
 
 /// The serving thread's id (the runtime's one thread), whose CPU time and state the
@@ -279,6 +312,8 @@ fn watch(reporter: Arc<Reporter>) {
     let mut last_change = Instant::now();
     let mut last_stall: Option<Instant> = None;
     let mut busy = false;
+    // The serving thread runs at a lower priority (see DEMOTION).
+    let mut demoted = false;
     loop {
         let tick = if busy || last_stall.is_some_and(|t| t.elapsed() < ALERT_FOR) {
             TICK_ALERT
@@ -297,6 +332,11 @@ fn watch(reporter: Arc<Reporter>) {
             // FREE, until it gets through (the master keeps a BUSY worker for last).
             if busy && reporter.busy(false) {
                 busy = false;
+            }
+            if demoted {
+                if let Some(&Some(nice)) = DEMOTE.get() {
+                    demoted = !renice(nice);
+                }
             }
             (seen, since, cpu_then) = (polls, now, None);
             continue;
@@ -318,6 +358,9 @@ fn watch(reporter: Arc<Reporter>) {
             busy = reporter.busy(true);
             if busy {
                 rescue();
+            }
+            if let Some(&Some(nice)) = DEMOTE.get() {
+                demoted = renice(nice + DEMOTION);
             }
         }
     }
