@@ -267,7 +267,7 @@ impl<S: Returnable> Conn<S> {
         if self.replay.is_some() {
             return refuse(self, io::ErrorKind::InvalidInput, "bytes already read from it are still unread");
         }
-        if self.spot.as_ref().is_some_and(|s| !s.claim()) {
+        if self.gone().is_some() {
             // The stall rescue handed it back already.
             self.reporter = None;
             return Ok(());
@@ -531,7 +531,7 @@ impl AsyncWrite for TokioStream {
 impl<S: AsyncRead + Unpin> AsyncRead for Conn<S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.spot.as_ref().is_some_and(|s| !s.claim()) {
+        if this.gone().is_some() {
             // Handed back by the stall rescue: the end, for this worker.
             return Poll::Ready(Ok(()));
         }

@@ -209,9 +209,12 @@ impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
             Poll::Ready(Ok(())) if buf.filled().len() > before => {
                 this.at.wrote.store(false, Ordering::Relaxed);
                 this.at.idle.store(false, Ordering::Relaxed);
-                let new = &buf.filled()[before..];
-                for &b in &new[new.len().saturating_sub(4)..] {
-                    this.tail = (this.tail << 8) | u32::from(b);
+                // Only the stall rescue reads the tail.
+                if this.spot.is_some() {
+                    let new = &buf.filled()[before..];
+                    for &b in &new[new.len().saturating_sub(4)..] {
+                        this.tail = (this.tail << 8) | u32::from(b);
+                    }
                 }
             }
             Poll::Pending => {

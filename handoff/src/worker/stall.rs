@@ -106,15 +106,17 @@ impl Spot {
     /// Before the serving thread touches the socket: `false` if the watch handed it
     /// back.
     pub(crate) fn claim(&self) -> bool {
+        // The common case, on every read and write: a plain load, no locked instruction.
+        if self.state.load(Ordering::Acquire) == ACTIVE {
+            return true;
+        }
         loop {
-            match self.state.load(Ordering::Acquire) {
-                ACTIVE => return true,
-                IDLE => {
-                    if self.state.compare_exchange(IDLE, ACTIVE, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-                        return true;
-                    }
-                }
-                _ => return !self.taken(),
+            match self.state.compare_exchange(IDLE, ACTIVE, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) | Err(ACTIVE) => return true,
+                // Taken for good; or the send was undone and it is idle again: claimed
+                // like any idle one on the next turn (never used unclaimed).
+                Err(_) if self.taken() => return false,
+                Err(_) => {}
             }
         }
     }
@@ -136,7 +138,6 @@ struct Entry {
     spot: Arc<Spot>,
     /// Open for as long as the entry is on the shelf (see [`unshelve`]).
     fd: RawFd,
-    reporter: Arc<Reporter>,
 }
 
 fn shelf() -> &'static Mutex<HashMap<u64, Entry>> {
@@ -211,7 +212,7 @@ pub(crate) fn shelve(id: u64, fd: BorrowedFd<'_>, reporter: &Arc<Reporter>) -> O
     }
     start(reporter.clone())?;
     let spot = Arc::new(Spot::default());
-    let entry = Entry { spot: spot.clone(), fd: fd.as_raw_fd(), reporter: reporter.clone() };
+    let entry = Entry { spot: spot.clone(), fd: fd.as_raw_fd() };
     lock(shelf()).insert(id, entry);
     Some(spot)
 }
@@ -357,7 +358,7 @@ fn watch(reporter: Arc<Reporter>) {
             // Without BUSY the master could send the rescued connections straight back.
             busy = reporter.busy(true);
             if busy {
-                rescue();
+                rescue(&reporter);
             }
             if let Some(&Some(nice)) = DEMOTE.get() {
                 demoted = renice(nice + DEMOTION);
@@ -368,7 +369,8 @@ fn watch(reporter: Arc<Reporter>) {
 
 /// Hands back every idle connection on the shelf (see the module docs).
 #[allow(unsafe_code, reason = "borrows shelved descriptors, which the shelf's lock keeps open")]
-fn rescue() {
+/// All of this process's connections report through `reporter` (one channel per worker).
+fn rescue(reporter: &Reporter) {
     let shelf = lock(shelf());
     let mut taken: Vec<(u64, &Entry)> = Vec::new();
     for (id, e) in shelf.iter() {
@@ -376,9 +378,6 @@ fn rescue() {
             taken.push((*id, e));
         }
     }
-    let Some(reporter) = taken.first().map(|(_, e)| e.reporter.clone()) else {
-        return;
-    };
     for chunk in taken.chunks(crate::wire::MAX_RETURNS) {
         let ids: Vec<u64> = chunk.iter().map(|(id, _)| *id).collect();
         let fds: Vec<BorrowedFd<'_>> = chunk
