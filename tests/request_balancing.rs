@@ -178,20 +178,32 @@ fn a_connection_with_part_of_a_next_request_is_not_rescued() {
     assert_not_rescued(b"GET /a HTTP/1.1\r\nHost: t\r\n\r\nGET /b HT", b"TP/1.1\r\nHost: t\r\n\r\n", "pipelined");
 }
 
+/// The built-in worker's two paths: `/` is answered by its quick path (the connection
+/// waits in its waiting room between requests), `/?sleep_ms=0` by hyper.
+const PATHS: [&str; 2] = ["/", "/?sleep_ms=0"];
+
 #[test]
 fn an_idle_connection_goes_back_after_a_second_in_auto_mode() {
-    let (h, _dir, control) = start(&["--workers", "2"]);
+    let (h, _dir, control) = start(&["--workers", "2", "--test-knobs"]);
     h.wait_ready(2);
     let workers = h.worker_pids();
     let sockets = |p: u32| fd_links(p).iter().filter(|(_, l)| l.starts_with("socket:")).count();
     let before: Vec<usize> = workers.iter().map(|&p| sockets(p)).collect();
-    let mut s = keep_alive(h.addr());
-    assert_eq!(get(&mut s, "/").status, 200);
-    // Idle clients cost the workers nothing: after a second the master holds it.
-    wait_until("the idle connection to come back to the master", || idle_held(&control) == 1);
-    // The worker closes its copy right after the RETURN.
-    wait_until("the workers to close their copies", || workers.iter().map(|&p| sockets(p)).eq(before.iter().copied()));
-    assert_eq!(get(&mut s, "/").status, 200);
+    for path in PATHS {
+        let mut s = keep_alive(h.addr());
+        assert_eq!(get(&mut s, path).status, 200);
+        // Idle clients cost the workers nothing: after a second the master holds it.
+        wait_until("the idle connection to come back to the master", || idle_held(&control) == 1);
+        // The worker closes its copy right after the RETURN.
+        wait_until("the workers to close their copies", || {
+            workers.iter().map(|&p| sockets(p)).eq(before.iter().copied())
+        });
+        assert_eq!(get(&mut s, path).status, 200, "{path}");
+        drop(s);
+        wait_until("the closed client's connection to be dropped", || {
+            idle_held(&control) == 0 && workers.iter().map(|&p| sockets(p)).eq(before.iter().copied())
+        });
+    }
 }
 
 /// The idle rule times one idle spell, not the connection's life: a client that sends a
@@ -201,15 +213,17 @@ fn an_idle_connection_goes_back_after_a_second_in_auto_mode() {
 /// trip through the master per connection per second).
 #[test]
 fn a_busy_keep_alive_connection_is_not_handed_back_in_auto_mode() {
-    let (h, _dir, control) = start(&["--workers", "2"]);
+    let (h, _dir, control) = start(&["--workers", "2", "--test-knobs"]);
     h.wait_ready(2);
-    let mut s = keep_alive(h.addr());
-    let first = get(&mut s, "/").worker;
-    for _ in 0..25 {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        assert_eq!(get(&mut s, "/").worker, first, "served by another worker: handed back");
+    for path in PATHS {
+        let mut s = keep_alive(h.addr());
+        let first = get(&mut s, path).worker;
+        for _ in 0..13 {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            assert_eq!(get(&mut s, path).worker, first, "{path}: served by another worker: handed back");
+        }
+        assert_eq!(total(&control, "returned"), 0, "{path}");
     }
-    assert_eq!(total(&control, "returned"), 0);
 }
 
 #[test]

@@ -433,8 +433,9 @@ fn time_spent_waiting_for_the_first_bytes_counts_against_the_first_header_timeou
     // Both silent for 1.5 s, in the waiting room. Then `half` sends half a head: hyper
     // has it from then on, and closes it when the 2 s from the start are up (not 2 s
     // after the half head). `kept` sends a whole keep-alive request, answered (by
-    // hyper: the room saw it), and a second one 1 s after that answer, past the first
-    // head's limit but within the header timeout of every later head: answered too.
+    // the quick path, which keeps the connection in the room), and a second one 1 s
+    // after that answer, past the first head's limit but within the header timeout of
+    // every later head: answered too.
     let (mut half, fd0) = client(&listener, "");
     let (mut kept, fd1) = client(&listener, "");
     let t0 = Instant::now();
@@ -702,4 +703,135 @@ fn a_connection_held_unread_is_acked_by_the_next_heartbeat() {
 fn a_connection_looked_at_through_get_ref_is_acked_at_once() {
     // The heartbeat is a minute away: only get_ref itself can have sent the ACK.
     hold_one(Duration::from_secs(60), true);
+}
+
+/// Reads one keep-alive answer (its head, then the body its content-length gives; none
+/// for `HEAD`); returns (head lines without the date, body), as [`answer`] does.
+fn kept_answer(c: &mut TcpStream, head_only: bool) -> (Vec<String>, String) {
+    let mut out = Vec::new();
+    let mut byte = [0u8; 1];
+    while !out.ends_with(b"\r\n\r\n") {
+        match c.read(&mut byte) {
+            Ok(1) => out.push(byte[0]),
+            other => {
+                panic!("the connection ended in an answer's head ({other:?}): {:?}", String::from_utf8_lossy(&out))
+            }
+        }
+    }
+    let head = String::from_utf8(out).expect("text");
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .map(|v| v.trim().parse().expect("a length"))
+        .unwrap_or(0);
+    let mut body = vec![0u8; if head_only { 0 } else { len }];
+    c.read_exact(&mut body).expect("the body");
+    let mut lines: Vec<String> =
+        head.trim_end().lines().filter(|l| !l.starts_with("date:")).map(str::to_string).collect();
+    lines[1..].sort();
+    (lines, String::from_utf8(body).expect("text"))
+}
+
+/// The keep-alive quick path: requests on a kept-alive connection are answered as hyper
+/// answers them (the same head and body), each in its turn, and the connection waits
+/// between them in the waiting room under the header timeout, counted from the last
+/// answer: a client that asks again in time is served, one that stays silent is closed,
+/// DONE first.
+#[test]
+fn kept_alive_requests_are_answered_like_hyper_and_a_silent_one_is_closed_after_the_header_timeout() {
+    let timeout = Duration::from_millis(500);
+    let (master, thread, mut log, listener) = start_header_timeout(timeout);
+    // hyper's answers to the same requests kept alive (`sleep_ms=0` keeps them off the
+    // quick path).
+    let (mut reference, fd) = client(&listener, "GET /?sleep_ms=0 HTTP/1.1\r\nHost: t\r\n\r\n");
+    send_conns(&master, 100, vec![fd]);
+    let hyper_get = kept_answer(&mut reference, false);
+    reference.write_all(b"HEAD /?sleep_ms=0 HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let hyper_head = kept_answer(&mut reference, true);
+    assert!(!hyper_get.0.iter().any(|l| l.starts_with("connection")), "{hyper_get:?}");
+
+    let (mut c, fd) = client(&listener, "GET /x HTTP/1.1\r\nHost: t\r\n\r\n");
+    send_conns(&master, 0, vec![fd]);
+    assert_eq!(kept_answer(&mut c, false), hyper_get, "the first request");
+    // Each next request comes within the timeout of the last answer, 1.2 timeouts in all.
+    for i in 0..6 {
+        std::thread::sleep(timeout / 5);
+        let (request, head_only) = if i == 2 { ("HEAD", true) } else { ("GET", false) };
+        c.write_all(format!("{request} /{i} HTTP/1.1\r\nHost: t\r\nConnection: keep-alive\r\n\r\n").as_bytes())
+            .unwrap();
+        let expected = if head_only { &hyper_head } else { &hyper_get };
+        assert_eq!(&kept_answer(&mut c, head_only), expected, "request {i}");
+    }
+    let answered = Instant::now();
+    drain(&master, &mut log);
+    assert_eq!(position(&log, 0, true), None, "DONE for a connection still served: {log:?}");
+    closed_without_answer(&mut c, "a silent kept-alive connection");
+    assert!(answered.elapsed() >= timeout, "closed {:?} after its last answer", answered.elapsed());
+    drain(&master, &mut log);
+    assert!(position(&log, 0, true).is_some(), "DONE before the FIN: {log:?}");
+    drop(reference);
+    finish(&master, thread);
+}
+
+/// A drain ends a kept-alive connection that waits between requests at once (DONE, then
+/// the FIN: in mode `off` it cannot go back to the master), while a request in progress
+/// on another connection is finished first; then the worker ends.
+#[test]
+fn a_drain_closes_kept_alive_connections_between_requests_and_finishes_one_in_a_request() {
+    let (master, thread, mut log, listener) = start();
+    let (mut kept, fd0) = client(&listener, "GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    let (mut busy, fd1) = client(&listener, "GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    send_conns(&master, 0, vec![fd0, fd1]);
+    kept_answer(&mut kept, false);
+    kept_answer(&mut busy, false);
+    busy.write_all(b"GET /?sleep_ms=500 HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(100)); // the worker has read it
+    let t0 = Instant::now();
+    send_drain(&master);
+    closed_without_answer(&mut kept, "a kept-alive connection between requests");
+    assert!(t0.elapsed() < Duration::from_millis(450), "closed after {:?}: after the busy one", t0.elapsed());
+    drain(&master, &mut log);
+    assert!(position(&log, 0, true).is_some(), "DONE before the FIN: {log:?}");
+    let (head, body) = kept_answer(&mut busy, false);
+    assert!(head[0].starts_with("HTTP/1.1 200") && body.starts_with("hello"), "{head:?} {body:?}");
+    closed_without_answer(&mut busy, "the drained connection after its request");
+    ended(thread);
+}
+
+/// A client that sends requests one by one and reads no answer fills its socket's
+/// buffers: the quick path's answer then goes out in part (the rest written by a task)
+/// or not at all (hyper answers), and every answer still arrives, whole and in order,
+/// once the client reads.
+#[test]
+fn a_client_that_reads_no_answers_gets_every_one_in_the_end() {
+    use rustix::net::{sockopt, AddressFamily, SocketType};
+    let (master, thread, mut log, listener) = start();
+    // Small buffers both ways, so that a few dozen answers fill them.
+    let fd = rustix::net::socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
+    sockopt::set_socket_recv_buffer_size(&fd, 2048).unwrap();
+    rustix::net::connect(&fd, &listener.local_addr().unwrap()).unwrap();
+    let mut c = TcpStream::from(fd);
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // Each request leaves at once (Nagle would hold it for the server's ACK, which
+    // waits for an answer that the full window holds back: they would come together).
+    c.set_nodelay(true).unwrap();
+    let server = OwnedFd::from(listener.accept().unwrap().0);
+    sockopt::set_socket_send_buffer_size(&server, 2048).unwrap();
+    send_conns(&master, 0, vec![server]);
+    wait_for(&master, &mut log, "ACK", |log| position(log, 0, false).is_some());
+    const REQUESTS: usize = 300;
+    for i in 0..REQUESTS {
+        c.write_all(format!("GET /{i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes()).unwrap();
+        // One at a time (mostly: two that arrive together go to hyper, answered too).
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    for i in 0..REQUESTS {
+        let (head, body) = kept_answer(&mut c, false);
+        assert!(head[0].starts_with("HTTP/1.1 200") && body.starts_with("hello"), "answer {i}: {head:?} {body:?}");
+    }
+    // Nothing more, and the connection still serves.
+    c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+    let (head, _) = answer(&mut c);
+    assert!(head[0].starts_with("HTTP/1.1 200"), "{head:?}");
+    finish(&master, thread);
 }

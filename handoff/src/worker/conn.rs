@@ -45,6 +45,13 @@ pub struct Conn<S> {
     /// On the stall rescue's shelf (see [`super::stall`]): the serving code claims it
     /// before every read and write, and leaves the shelf before the descriptor closes.
     spot: Option<Arc<super::stall::Spot>>,
+    /// Answered already by the built-in worker's quick path, which kept it alive: it
+    /// comes to the server between requests.
+    between_requests: bool,
+    /// The end of that answer, which the socket did not take at once: the server
+    /// writes it before anything else (and then ends the connection, with `true`:
+    /// the client asked for `Connection: close`).
+    unsent: Option<(Vec<u8>, bool)>,
 }
 
 impl<S> Conn<S> {
@@ -61,7 +68,28 @@ impl<S> Conn<S> {
             replay: None,
             head_deadline: None,
             spot: None,
+            between_requests: false,
+            unsent: None,
         }
+    }
+
+    /// Marks a connection the quick path answered and kept alive (see
+    /// `between_requests`), with what the socket did not take of that answer.
+    pub(crate) fn between_requests(mut self, unsent: Option<(Vec<u8>, bool)>) -> Conn<S> {
+        self.between_requests = true;
+        self.unsent = unsent.filter(|(u, _)| !u.is_empty());
+        self
+    }
+
+    /// Whether it comes to the server between requests (see [`Conn::between_requests`]).
+    pub(crate) fn is_between_requests(&self) -> bool {
+        self.between_requests
+    }
+
+    /// The end of the last answer, for the server to write first, and whether the
+    /// connection ends after it.
+    pub(crate) fn take_unsent(&mut self) -> Option<(Vec<u8>, bool)> {
+        self.unsent.take()
     }
 
     /// Makes `bytes`, already read from the stream, the first ones read from this
@@ -267,6 +295,9 @@ impl<S: Returnable> Conn<S> {
         if self.replay.is_some() {
             return refuse(self, io::ErrorKind::InvalidInput, "bytes already read from it are still unread");
         }
+        if self.unsent.is_some() {
+            return refuse(self, io::ErrorKind::InvalidInput, "the end of its last answer is still unsent");
+        }
         if self.gone().is_some() {
             // The stall rescue handed it back already.
             self.reporter = None;
@@ -322,7 +353,7 @@ impl Conn<TokioStream> {
         // are read.
         if self.spot.is_none() {
             let r = self.reporter.as_ref().filter(|r| r.hand_back != crate::wire::HandBack::Off)?;
-            self.spot = super::stall::shelve(self.id, self.stream.as_fd(), r);
+            self.spot = super::stall::shelve(self.id, self.stream.as_fd(), true, r);
         }
         self.spot.clone()
     }

@@ -122,7 +122,7 @@ pub async fn serve_connection_from<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let opts = opts(&cfg);
-    serve_hyper(Plain(io), handler(cfg, client, None), opts, stop, None).await
+    serve_hyper(Plain(io), handler(cfg, client, None), opts, stop, None, false).await
 }
 
 /// How the built-in worker runs hyper: the greeting is a few dozen bytes, copied behind
@@ -293,17 +293,21 @@ fn send_before_fin(fd: impl std::os::fd::AsFd, bytes: &[u8]) -> rustix::io::Resu
     crate::sys::socket::send_nowait(fd.as_fd(), bytes, true)
 }
 
-/// The quick path: a connection whose whole first request is already in the socket
-/// when the worker receives it, and asks for the greeting with `Connection: close`
-/// (connection-per-request clients such as load balancers' checks and benchmarks), is
-/// answered with one `recv` and one `send`, before the stream is registered with the
-/// runtime: no task, no `epoll_ctl`, no `FIONBIO`, and its DONE shares one frame with the
-/// others of its batch; one from a balancer (PROXY header) gets its `X-Handoff-Client`
-/// as from hyper. Anything else (a partial request, keep-alive, a body, a query hyper
-/// must act on, a static root) goes to hyper with the bytes already read, so the
-/// answer is the same either way. A connection with nothing to read yet waits in the
-/// worker's waiting room (`worker::waiting`, still without a task or `FIONBIO`) and
-/// gets a second look once it has something.
+/// The quick path: a connection whose whole request is already in the socket when the
+/// worker looks at it, and asks for the greeting, is answered with one `recv` and one
+/// `send`, before the stream is registered with the runtime: no task, no `epoll_ctl`, no
+/// `FIONBIO`, no hyper. With `Connection: close` (connection-per-request clients such
+/// as load balancers' checks and benchmarks), its DONE shares one frame with the others
+/// of its batch and the FIN follows the answer in one segment. Kept alive, it waits in
+/// the worker's waiting room (`worker::waiting`) for its next request, which is looked
+/// at the same way: keep-alive clients that ask for the greeting never reach hyper, and
+/// the connection stays at a request boundary between requests, where the stall rescue
+/// and the hand-back rules take it as they take hyper's. One from a balancer (PROXY
+/// header) gets its `X-Handoff-Client` as from hyper. Anything else (a partial request,
+/// pipelined requests, HTTP/1.0, a body, a query hyper must act on, a static root) goes
+/// to hyper with the bytes already read, so the answer is the same either way. A
+/// connection with nothing to read yet waits in the room too (still without a task or
+/// `FIONBIO`) and gets a second look once it has something.
 struct Quick {
     greeting: Arc<Greeting>,
     buf: Vec<u8>,
@@ -315,7 +319,10 @@ struct Quick {
 struct Greeting {
     /// The answer: `first + [x-handoff-client line] + head + date + tail`.
     first: Vec<u8>,
+    /// With `connection: close`.
     head: Vec<u8>,
+    /// For a keep-alive connection: hyper says nothing of it for HTTP/1.1.
+    head_kept: Vec<u8>,
     tail: Vec<u8>,
     /// The date and the second it is for (hyper's `date` header has one-second
     /// resolution too). Behind a lock only because tasks must be `Send`: the built-in
@@ -326,20 +333,24 @@ struct Greeting {
 impl Greeting {
     fn new(cfg: &HttpConfig) -> Greeting {
         let first = format!("HTTP/1.1 200 OK\r\nx-handoff-worker: {}\r\n", cfg.worker_id);
-        let head = format!("connection: close\r\ncontent-length: {}\r\ndate: ", cfg.greeting.len());
+        let head_kept = format!("content-length: {}\r\ndate: ", cfg.greeting.len());
+        let head = format!("connection: close\r\n{head_kept}");
         let mut tail = b"\r\n\r\n".to_vec();
         tail.extend_from_slice(&cfg.greeting);
         Greeting {
             first: first.into_bytes(),
             head: head.into_bytes(),
+            head_kept: head_kept.into_bytes(),
             tail,
             date: std::sync::Mutex::new((u64::MAX, String::new())),
         }
     }
 
-    /// Writes the whole answer (only its head for `HEAD`) into `out`, with
+    /// Writes the whole answer to `asked` (only its head for `HEAD`) into `out`, with
     /// `X-Handoff-Client` for a connection that came through a balancer.
-    fn answer(&self, head_only: bool, client: Option<std::net::SocketAddr>, out: &mut Vec<u8>) {
+    fn answer(&self, asked: Asked, client: Option<std::net::SocketAddr>, out: &mut Vec<u8>) {
+        let head_only = asked.head_only;
+        let head = if asked.close { &self.head } else { &self.head_kept };
         use std::io::Write;
         let now = std::time::SystemTime::now();
         let secs = now.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
@@ -351,7 +362,7 @@ impl Greeting {
             // Where hyper puts it: after the worker's header (inserted before it).
             let _ = write!(out, "x-handoff-client: {c}\r\n");
         }
-        out.extend_from_slice(&self.head);
+        out.extend_from_slice(head);
         {
             let mut date = self.date.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             if date.0 != secs {
@@ -384,25 +395,48 @@ impl Quick {
             Err(_) => return FirstLook::Finished, // reset: nobody to answer
         };
         let seen = &self.buf[..n];
-        let Some(head_only) = quick_request(seen) else {
+        // A full buffer may have left bytes in the socket, which an edge-triggered
+        // wait in the room would not report again: hyper reads on.
+        let asked = if n < self.buf.len() { quick_request(seen) } else { None };
+        let Some(asked) = asked else {
             return FirstLook::Serve(seen.to_vec());
         };
-        self.greeting.answer(head_only, client, &mut self.out);
-        // The FIN follows when the batch is done. A fresh socket takes a short answer
-        // whole; if the kernel is short of memory and takes nothing, hyper answers
-        // instead, later. (Taking only part of it would need a task to finish: with a
-        // send buffer of at least 4 KiB per socket that does not happen.)
-        match send_before_fin(s, &self.out) {
+        self.greeting.answer(asked, client, &mut self.out);
+        if asked.close {
+            // The FIN follows when the batch is done. A fresh socket takes a short answer
+            // whole; if the kernel is short of memory and takes nothing, hyper answers
+            // instead, later.
+            return match send_before_fin(s, &self.out) {
+                Err(Errno::AGAIN) => FirstLook::Serve(seen.to_vec()),
+                // Part of it, on a kept connection whose client reads slowly.
+                Ok(sent) if sent < self.out.len() => FirstLook::Unsent { rest: self.out[sent..].to_vec(), close: true },
+                _ => FirstLook::Finished, // sent, or the client is gone: nothing to wait for
+            };
+        }
+        // Kept alive: a client that does not read its answers fills the socket's send
+        // buffer in the end; then hyper (nothing taken) or a task (part) writes on.
+        match crate::sys::socket::send_nowait(s.as_fd(), &self.out, false) {
+            Ok(sent) if sent == self.out.len() => FirstLook::Answered,
+            Ok(sent) => FirstLook::Unsent { rest: self.out[sent..].to_vec(), close: false },
             Err(Errno::AGAIN) => FirstLook::Serve(seen.to_vec()),
-            _ => FirstLook::Finished, // sent, or the client is gone: nothing to wait for
+            Err(_) => FirstLook::Finished, // the client is gone
         }
     }
 }
 
+/// What a request the quick path answers asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Asked {
+    /// `HEAD`: the answer without its body.
+    head_only: bool,
+    /// `Connection: close`: the connection ends after the answer.
+    close: bool,
+}
+
 /// Whether `bytes` is exactly one complete request the quick path answers: `GET` or
-/// `HEAD` (then `Some(true)`) of a path without `cpu_ms` or `sleep_ms`, HTTP/1.1 with
-/// `Connection: close`, no body and nothing after it.
-fn quick_request(bytes: &[u8]) -> Option<bool> {
+/// `HEAD` of a path without `cpu_ms` or `sleep_ms`, HTTP/1.1, no body and nothing after
+/// it; and what it asks for.
+fn quick_request(bytes: &[u8]) -> Option<Asked> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(bytes) {
@@ -439,7 +473,7 @@ fn quick_request(bytes: &[u8]) -> Option<bool> {
             return None;
         }
     }
-    close.then_some(head_only)
+    Some(Asked { head_only, close })
 }
 
 #[cfg(test)]
@@ -448,8 +482,9 @@ mod tests {
     use proptest::prelude::*;
 
     /// hyper's answer to `request` on an in-memory stream, without its date line, and
-    /// whether hyper then closed the connection.
-    fn hyper_answer(cfg: &Arc<HttpConfig>, request: &[u8]) -> (String, bool) {
+    /// whether hyper then closed the connection (`false`: it answered a second request
+    /// on it).
+    fn hyper_answer(cfg: &Arc<HttpConfig>, request: &[u8], head_only: bool) -> (String, bool) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
@@ -457,10 +492,32 @@ mod tests {
             let (_stop_tx, stop) = tokio::sync::watch::channel(false);
             let task = tokio::spawn(serve_connection(server, cfg.clone(), stop));
             client.write_all(request).await.unwrap();
+            // The whole answer: its head, then the body its content-length announces.
             let mut out = Vec::new();
-            let closed = tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut out)).await.is_ok();
+            let whole = |out: &[u8]| {
+                let end = out.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+                let head = std::str::from_utf8(&out[..end]).ok()?;
+                let len: usize = head.lines().find_map(|l| l.strip_prefix("content-length: "))?.trim().parse().ok()?;
+                Some(end + if head_only { 0 } else { len })
+            };
+            let read = async {
+                let mut chunk = [0u8; 4096];
+                while whole(&out).is_none_or(|n| out.len() < n) {
+                    match client.read(&mut chunk).await.unwrap() {
+                        0 => break,
+                        n => out.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(5), read).await.expect("no whole answer within 5 s");
+            let answer = without_date(&out);
+            // Closed, or still serving: a second request is answered.
+            let _ = client.write_all(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n").await;
+            let mut rest = Vec::new();
+            let ended = tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut rest)).await;
             task.abort();
-            (without_date(&out), closed)
+            assert!(ended.is_ok(), "neither closed nor answered a second request");
+            (answer, !String::from_utf8_lossy(&rest).starts_with("HTTP/1.1 200 OK"))
         })
     }
 
@@ -503,16 +560,16 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(200))]
 
         /// Whatever the quick path answers, hyper answers the same way (but for the
-        /// date) and closes the connection after it.
+        /// date), and closes the connection after it exactly when the quick path does.
         #[test]
         fn the_quick_path_answers_only_what_hyper_answers_the_same_way(req in request()) {
-            if let Some(head_only) = quick_request(&req) {
+            if let Some(asked) = quick_request(&req) {
                 let cfg = Arc::new(HttpConfig::new(3, None));
                 let mut quick = Vec::new();
-                Greeting::new(&cfg).answer(head_only, None, &mut quick);
-                let (hyper, closed) = hyper_answer(&cfg, &req);
+                Greeting::new(&cfg).answer(asked, None, &mut quick);
+                let (hyper, closed) = hyper_answer(&cfg, &req, asked.head_only);
                 prop_assert_eq!(without_date(&quick), hyper, "request {:?}", String::from_utf8_lossy(&req));
-                prop_assert!(closed, "hyper kept the connection open after {:?}", String::from_utf8_lossy(&req));
+                prop_assert_eq!(closed, asked.close, "request {:?}", String::from_utf8_lossy(&req));
             }
         }
     }

@@ -137,7 +137,7 @@ where
                 let handler = handler_for(&conn);
                 // After a wait in the waiting room, what is left of the header timeout.
                 let first_head_by = conn.head_deadline();
-                tasks.spawn(serve_hyper(conn, handler, opts, stop_rx.clone(), first_head_by));
+                tasks.spawn(serve_conn(conn, handler, opts, stop_rx.clone(), first_head_by));
             }
             Err(e) => {
                 tracing::error!("worker {}: {e}", env.id);
@@ -154,6 +154,39 @@ where
     };
     let _ = tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
     Ok(())
+}
+
+/// Serves one connection the accept loop hands out: first the end of an answer the
+/// built-in worker's quick path began and the socket did not take (then the FIN, if
+/// its client asked to close), then hyper, from a request boundary if the quick path
+/// answered it before.
+async fn serve_conn<H, F, B>(
+    mut conn: super::Conn<super::TokioStream>,
+    handler: H,
+    opts: Http1Opts,
+    stop: tokio::sync::watch::Receiver<bool>,
+    first_head_by: Option<std::time::Instant>,
+) where
+    H: Fn(Request<Incoming>) -> F + Clone + Unpin + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    if let Some((unsent, close)) = conn.take_unsent() {
+        use tokio::io::AsyncWriteExt;
+        // The send timeout's rule, for the whole rest (a few hundred bytes at most).
+        let sent = tokio::time::timeout(opts.send_timeout, conn.write_all(&unsent)).await;
+        if !matches!(sent, Ok(Ok(()))) {
+            return; // the client reads nothing, or is gone: closed (DONE first)
+        }
+        if close {
+            let _ = conn.shutdown().await;
+            return;
+        }
+    }
+    let resumed = conn.is_between_requests();
+    serve_hyper(conn, handler, opts, stop, first_head_by, resumed).await
 }
 
 /// A connection this server can hand back to the master at a request boundary
@@ -239,7 +272,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> ServeIo for Plain<I> {
 /// Serves one connection with `handler`, with `first_head_by` the deadline of the
 /// first request head, for a connection that has spent part of its header timeout
 /// waiting in the waiting room; the later heads of a keep-alive connection get the
-/// whole timeout.
+/// whole timeout. `resumed`: it comes between requests, its last answer written (the
+/// quick path answered it).
 ///
 /// A connection that may go back to the master is served until a request boundary
 /// where the hand-back policy (or a drain) says it should, then handed back; if that
@@ -250,6 +284,7 @@ pub(crate) async fn serve_hyper<I, H, F, B>(
     opts: Http1Opts,
     stop: tokio::sync::watch::Receiver<bool>,
     first_head_by: Option<std::time::Instant>,
+    resumed: bool,
 ) where
     I: ServeIo,
     H: Fn(Request<Incoming>) -> F + Clone + Unpin + Send + Sync + 'static,
@@ -259,7 +294,7 @@ pub(crate) async fn serve_hyper<I, H, F, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut stop = stop;
-    let (mut io, mut first_head_by, mut started) = (io, first_head_by, false);
+    let (mut io, mut first_head_by, mut started) = (io, first_head_by, resumed);
     loop {
         let spot = io.shelve();
         let Some((back, leftover)) =
@@ -445,5 +480,71 @@ async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
         if stop.changed().await.is_err() {
             return std::future::pending().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::OwnedFd;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A connection as the accept loop hands it out after the quick path answered it in
+    /// part: the server's end of a socket pair (its reports go nowhere that matters).
+    fn handed_out(
+        unsent: &[u8],
+        close: bool,
+    ) -> (super::super::Conn<super::super::TokioStream>, tokio::net::UnixStream) {
+        let (client, server) = std::os::unix::net::UnixStream::pair().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let (chan, _master) = std::os::unix::net::UnixStream::pair().unwrap();
+        let reporter = Arc::new(super::super::Reporter::new(
+            Arc::new(OwnedFd::from(chan)),
+            super::super::hand_back::HandBack::Off,
+        ));
+        let item = crate::wire::ConnItem { id: 1, listener: 0, sock: crate::wire::sock::UNIX, flags: 0, addrs: None };
+        let stream = super::super::TokioStream::Unix(tokio::net::UnixStream::from_std(server).unwrap());
+        let conn = super::super::Conn::new(stream, item, reporter).between_requests(Some((unsent.to_vec(), close)));
+        client.set_nonblocking(true).unwrap();
+        (conn, tokio::net::UnixStream::from_std(client).unwrap())
+    }
+
+    fn greeting(_: Request<Incoming>) -> impl Future<Output = Response<http_body_util::Full<Bytes>>> {
+        std::future::ready(Response::new(http_body_util::Full::new(Bytes::from_static(b"hi"))))
+    }
+
+    fn run<T>(f: impl Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+    }
+
+    #[test]
+    fn the_rest_of_an_answer_goes_out_first_then_the_next_request_is_served() {
+        run(async {
+            let (conn, mut client) = handed_out(b"...rest of the first answer", false);
+            let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+            let server = tokio::spawn(serve_conn(conn, greeting, Http1Opts::default(), stop, None));
+            let mut got = vec![0u8; 27];
+            client.read_exact(&mut got).await.unwrap();
+            assert_eq!(&got, b"...rest of the first answer");
+            client.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").await.unwrap();
+            let mut rest = Vec::new();
+            client.read_to_end(&mut rest).await.unwrap();
+            let rest = String::from_utf8_lossy(&rest);
+            assert!(rest.starts_with("HTTP/1.1 200 OK") && rest.ends_with("hi"), "{rest:?}");
+            server.await.unwrap();
+        })
+    }
+
+    #[test]
+    fn the_rest_of_a_last_answer_goes_out_then_the_connection_ends() {
+        run(async {
+            let (conn, mut client) = handed_out(b"...the end", true);
+            let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+            let server = tokio::spawn(serve_conn(conn, greeting, Http1Opts::default(), stop, None));
+            let mut got = Vec::new();
+            tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut got)).await.unwrap().unwrap();
+            assert_eq!(&got, b"...the end");
+            server.await.unwrap();
+        })
     }
 }

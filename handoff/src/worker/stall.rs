@@ -100,6 +100,12 @@ impl Spot {
                 *w = Some(waker.clone());
             }
         }
+        self.set_idle();
+    }
+
+    /// [`Spot::idle`] for a connection nothing waits on (the waiting room's: the room
+    /// finds a taken one when it next reports or comes due).
+    pub(crate) fn set_idle(&self) {
         let _ = self.state.compare_exchange(ACTIVE, IDLE, Ordering::AcqRel, Ordering::Acquire);
     }
 
@@ -138,6 +144,8 @@ struct Entry {
     spot: Arc<Spot>,
     /// Open for as long as the entry is on the shelf (see [`unshelve`]).
     fd: RawFd,
+    /// The socket is in non-blocking mode (a tokio stream; the waiting room's are not).
+    nonblocking: bool,
 }
 
 fn shelf() -> &'static Mutex<HashMap<u64, Entry>> {
@@ -205,14 +213,15 @@ pub(crate) fn rescuing() -> bool {
 
 /// Puts connection `id` on the shelf (starting the watch with the first one); `None`
 /// when the rescue is not allowed here. The caller must [`unshelve`] it before its
-/// descriptor is closed.
-pub(crate) fn shelve(id: u64, fd: BorrowedFd<'_>, reporter: &Arc<Reporter>) -> Option<Arc<Spot>> {
+/// descriptor is closed. `nonblocking`: the socket is in non-blocking mode (it goes
+/// back to the master blocking).
+pub(crate) fn shelve(id: u64, fd: BorrowedFd<'_>, nonblocking: bool, reporter: &Arc<Reporter>) -> Option<Arc<Spot>> {
     if !ALLOWED.load(Ordering::Relaxed) {
         return None;
     }
     start(reporter.clone())?;
     let spot = Arc::new(Spot::default());
-    let entry = Entry { spot: spot.clone(), fd: fd.as_raw_fd() };
+    let entry = Entry { spot: spot.clone(), fd: fd.as_raw_fd(), nonblocking };
     lock(shelf()).insert(id, entry);
     Some(spot)
 }
@@ -389,8 +398,10 @@ fn rescue(reporter: &Reporter) {
             .collect();
         // Back in blocking mode, as it was received (PROTOCOL.md, section 5); the
         // serving thread does not touch a taken connection again.
-        for fd in &fds {
-            let _ = rustix::io::ioctl_fionbio(*fd, false);
+        for ((_, e), fd) in chunk.iter().zip(&fds) {
+            if e.nonblocking {
+                let _ = rustix::io::ioctl_fionbio(*fd, false);
+            }
         }
         match reporter.give_back_many(&ids, &fds) {
             Ok(()) => {
@@ -405,7 +416,9 @@ fn rescue(reporter: &Reporter) {
             Err(_) => {
                 // Still this worker's (a full channel): served as before.
                 for ((_, e), fd) in chunk.iter().zip(&fds) {
-                    let _ = rustix::io::ioctl_fionbio(*fd, true);
+                    if e.nonblocking {
+                        let _ = rustix::io::ioctl_fionbio(*fd, true);
+                    }
                     e.spot.state.store(IDLE, Ordering::Release);
                 }
             }

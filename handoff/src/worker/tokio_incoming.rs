@@ -41,7 +41,7 @@ pub struct AsyncIncoming {
     found: Found,
 }
 
-/// What a first look at a fresh connection decided.
+/// What a look at a connection decided (a fresh one, or one waiting in the room).
 pub(crate) enum FirstLook {
     /// It is finished (answered, or the client is gone): report DONE, shut it down.
     Finished,
@@ -49,10 +49,24 @@ pub(crate) enum FirstLook {
     Serve(Vec<u8>),
     /// Nothing to read yet: look again once there is.
     Wait,
+    /// Its request was answered in full and the connection stays open: it waits in
+    /// the room for the next one (or goes back to the master, as the hand-back mode
+    /// says).
+    Answered,
+    /// Its request was answered, but the socket took only part of the answer: hand it
+    /// out with the rest, which the server writes first (then ends the connection, if
+    /// the client asked for that).
+    Unsent {
+        /// What the socket did not take.
+        rest: Vec<u8>,
+        /// `Connection: close` was asked for.
+        close: bool,
+    },
 }
 
 /// The built-in worker's quick path: called for each connection, after its ACK is
-/// sent and before the stream is registered with the runtime.
+/// sent and before the stream is registered with the runtime, and again each time one
+/// waiting in the room has something to read.
 pub(crate) struct FirstLookFn(pub(crate) Box<LookFn>);
 
 type LookFn = dyn FnMut(&crate::wire::ConnItem, &Stream) -> FirstLook + Send + Sync;
@@ -172,14 +186,8 @@ impl AsyncIncoming {
             if self.ended.is_some() {
                 // Connections still waiting for their first request are the server's
                 // now, with the grace it gives a drain.
-                if let Some(room) = self.room.as_mut().filter(|r| !r.is_empty()) {
-                    let waiting = room.take_all();
-                    for w in &waiting {
-                        room.release(&w.stream);
-                    }
-                    for w in waiting {
-                        self.hand_out(w.item, w.stream, Vec::new(), Some(w.deadline));
-                    }
+                if self.room.as_ref().is_some_and(|r| !r.is_empty()) {
+                    self.empty_the_room();
                     continue;
                 }
                 let _ = self.reporter.flush();
@@ -219,113 +227,253 @@ impl AsyncIncoming {
         // and these connections go out unlooked (their first read tries the ACK again).
         let looking = self.first_look.is_some() && self.reporter.flush_acks();
         let mut finished = Vec::new();
+        let deadline = self.room.as_ref().map(|r| WaitRoom::deadline_after(r.timeout()));
         for (item, fd) in conns {
             let Ok(s) = Stream::from_fd_hint(fd, item.sock) else {
                 self.reporter.done(item.id);
                 continue;
             };
+            let w = Waiting::new(item, s, deadline.unwrap_or_else(tokio::time::Instant::now));
             if looking {
-                self.look(item, s, None, &mut finished);
+                self.look(w, false, &mut finished);
             } else {
-                self.hand_out(item, s, Vec::new(), None);
+                self.hand_out(w, Vec::new(), false);
             }
         }
         self.finish_all(finished);
     }
 
-    /// The second look, at the connections of the waiting room that became readable
-    /// (their ACK went out before the first); those out of time are closed.
+    /// The next look, at the connections of the waiting room that became readable
+    /// (their ACK went out before the first); those out of time are closed, or (kept
+    /// alive, `auto` mode) handed back.
     fn second_looks(&mut self) {
         let mut found = std::mem::take(&mut self.found);
         let mut finished = Vec::new();
         for w in found.readable.drain(..) {
-            self.look(w.item, w.stream, Some(w.deadline), &mut finished);
+            if let Some(w) = self.unless_rescued(w) {
+                self.look(w, true, &mut finished);
+            }
         }
         // The same limit as hyper's for a request head: a client that never speaks is
         // closed, DONE first.
         for w in found.expired.drain(..) {
-            finished.push((w.item.id, w.stream));
+            let Some(mut w) = self.unless_rescued(w) else { continue };
+            if w.kept.as_ref().is_some_and(|k| k.then_return) {
+                match self.give_back(w) {
+                    Ok(()) => continue,
+                    Err(back) => w = back,
+                }
+            }
+            finished.push(w);
         }
         self.found = found;
         self.finish_all(finished);
     }
 
-    /// Has the first look see `s`: finished, handed out, or (nothing to read yet) put
-    /// in the waiting room. `waited` is its deadline there, if it has waited already.
-    fn look(
-        &mut self,
-        item: crate::wire::ConnItem,
-        s: Stream,
-        waited: Option<tokio::time::Instant>,
-        finished: &mut Vec<(u64, Stream)>,
-    ) {
+    /// Has the look see `w`: finished, handed out, kept alive, or (nothing to read
+    /// yet) put in the waiting room. `waited`: it comes from the room.
+    fn look(&mut self, w: Waiting, waited: bool, finished: &mut Vec<Waiting>) {
         let Some(FirstLookFn(look)) = self.first_look.as_mut() else {
-            return self.hand_out(item, s, Vec::new(), waited);
+            return self.hand_out(w, Vec::new(), waited);
         };
-        match look(&item, &s) {
-            FirstLook::Finished => finished.push((item.id, s)),
-            FirstLook::Serve(seen) => {
-                if let (Some(room), Some(_)) = (self.room.as_ref(), waited) {
-                    room.release(&s);
-                }
-                self.hand_out(item, s, seen, waited)
-            }
-            FirstLook::Wait => {
-                let refused = match (self.room.as_mut(), waited) {
-                    (Some(room), None) => room.add(item, s).err(),
-                    (Some(room), Some(deadline)) => {
-                        room.wait_again(Waiting { item, stream: s, deadline }).err().map(|w| (w.item, w.stream))
-                    }
-                    (None, _) => Some((item, s)),
-                };
-                // No room for it: the server waits for its request instead.
-                if let Some((item, s)) = refused {
-                    self.hand_out(item, s, Vec::new(), waited);
-                }
-            }
+        match look(&w.item, &w.stream) {
+            FirstLook::Finished => finished.push(w),
+            FirstLook::Serve(seen) => self.hand_out(w, seen, waited),
+            FirstLook::Unsent { rest, close } => self.hand_out_unsent(w, rest, close),
+            FirstLook::Wait => self.wait(w, waited),
+            FirstLook::Answered => self.keep(w),
         }
     }
 
-    /// Queues a connection for `accept`, with the bytes a look read from it, and the
-    /// deadline for its first request head if it spent some of that time waiting.
-    fn hand_out(
-        &mut self,
-        item: crate::wire::ConnItem,
-        s: Stream,
-        seen: Vec<u8>,
-        waited: Option<tokio::time::Instant>,
-    ) {
-        match s.into_tokio() {
-            Ok(s) => {
-                let conn = Conn::new_coalescing(s, item, self.reporter.clone()).replay(seen);
-                self.queue.push_back(conn.with_head_deadline(waited.map(|d| d.into_std())));
+    /// Lets `w` wait for its first request (a fresh one: from now), or a kept one for
+    /// its next until the deadline it has; the server waits for it if the room cannot.
+    fn wait(&mut self, mut w: Waiting, waited: bool) {
+        let Some(room) = self.room.as_mut() else {
+            return self.hand_out(w, Vec::new(), waited);
+        };
+        if !waited {
+            w.deadline = WaitRoom::deadline_after(room.timeout());
+        }
+        let spot = w.kept.as_ref().and_then(|k| k.spot.clone());
+        match room.wait(w) {
+            Ok(()) => {
+                if let Some(spot) = spot {
+                    spot.set_idle();
+                }
             }
-            Err(_) => self.reporter.done(item.id),
+            Err(w) => self.hand_out(w, Vec::new(), waited),
+        }
+    }
+
+    /// A connection whose request the quick path answered, still open: it goes back to
+    /// the master if the hand-back mode wants it now (`always`, or a slow worker in
+    /// `auto`), else it waits in the room for its next request, on the stall rescue's
+    /// shelf (`auto` mode): the rescue takes it if a long request holds this worker.
+    fn keep(&mut self, w: Waiting) {
+        let mode = self.reporter.hand_back;
+        let w = if super::hand_back::wanted(mode) {
+            match self.give_back(w) {
+                Ok(()) => return,
+                Err(w) => w,
+            }
+        } else {
+            w
+        };
+        let Some(room) = self.room.as_ref() else {
+            return self.hand_out(w, Vec::new(), true);
+        };
+        // hyper closes a keep-alive connection that sends no next head within the
+        // header timeout; `auto` hands back one idle for IDLE_HAND_BACK first.
+        let idle = super::hand_back::IDLE_HAND_BACK;
+        let then_return = mode == crate::wire::HandBack::Auto && idle < room.timeout();
+        let mut w = w;
+        w.deadline = WaitRoom::deadline_after(if then_return { idle } else { room.timeout() });
+        let kept = w.kept.get_or_insert_with(Default::default);
+        kept.then_return = then_return;
+        if kept.spot.is_none() && mode != crate::wire::HandBack::Off {
+            use std::os::fd::AsFd;
+            kept.spot = super::stall::shelve(w.item.id, w.stream.as_fd(), false, &self.reporter);
+        }
+        self.wait(w, true);
+    }
+
+    /// `w` as it came out of the room, unless the stall rescue handed it back while it
+    /// waited: then it is the master's, and its descriptor here is closed without a
+    /// word (its RETURN stands for the DONE; no FIN).
+    fn unless_rescued(&mut self, mut w: Waiting) -> Option<Waiting> {
+        let spot = w.kept.as_ref().and_then(|k| k.spot.as_ref());
+        if spot.is_none_or(|s| s.claim()) {
+            return Some(w);
+        }
+        if let Some(room) = self.room.as_mut() {
+            room.leave(&mut w, true);
+        }
+        super::stall::unshelve(w.item.id);
+        None
+    }
+
+    /// Hands a kept connection back to the master (RETURN); on an error (a full
+    /// channel) it is still this worker's, unchanged.
+    #[allow(
+        clippy::result_large_err,
+        reason = "the rare error hands the connection back by value; boxing it would cost an allocation on every call"
+    )]
+    fn give_back(&mut self, mut w: Waiting) -> Result<(), Waiting> {
+        use std::os::fd::AsFd;
+        // The room's sockets are blocking, as the protocol hands them over.
+        if self.reporter.give_back(w.item.id, w.stream.as_fd()).is_err() {
+            return Err(w);
+        }
+        // Out of the set before the socket's next bytes, which the master now waits for.
+        if let Some(room) = self.room.as_mut() {
+            room.leave(&mut w, true);
+        }
+        off_the_shelf(&w);
+        super::hand_back::HANDED_BACK.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Queues a connection for `accept`, with the bytes a look read from it. One that
+    /// `waited` for its first request in the room has until its deadline for that head;
+    /// a kept one comes between requests (its next head gets the whole header timeout).
+    fn hand_out(&mut self, w: Waiting, seen: Vec<u8>, waited: bool) {
+        self.hand_out_with(w, seen, waited, None)
+    }
+
+    /// Hands out a kept connection whose last answer the socket took only part of:
+    /// the server writes `rest` first (and then closes it if `close`).
+    fn hand_out_unsent(&mut self, w: Waiting, rest: Vec<u8>, close: bool) {
+        self.hand_out_with(w, Vec::new(), false, Some((rest, close)))
+    }
+
+    fn hand_out_with(&mut self, mut w: Waiting, seen: Vec<u8>, waited: bool, unsent: Option<(Vec<u8>, bool)>) {
+        if let Some(room) = self.room.as_mut() {
+            room.leave(&mut w, true);
+        }
+        // The server puts it on the shelf its own way.
+        off_the_shelf(&w);
+        let between = w.kept.is_some() || unsent.is_some();
+        let head_by = (waited && !between).then(|| w.deadline.into_std());
+        match w.stream.into_tokio() {
+            Ok(s) => {
+                let conn =
+                    Conn::new_coalescing(s, w.item, self.reporter.clone()).replay(seen).with_head_deadline(head_by);
+                self.queue.push_back(if between { conn.between_requests(unsent) } else { conn });
+            }
+            Err(_) => self.reporter.done(w.item.id),
         }
     }
 
     /// Reports DONE for connections that are over, in one frame, then sends each
     /// one's FIN (even if the master has not yet closed its copy) and closes it.
-    fn finish_all(&mut self, finished: Vec<(u64, Stream)>) {
+    fn finish_all(&mut self, finished: Vec<Waiting>) {
         if finished.is_empty() {
             return;
         }
-        let ids: Vec<u64> = finished.iter().map(|(id, _)| *id).collect();
+        let ids: Vec<u64> = finished.iter().map(|w| w.item.id).collect();
         self.reporter.done_all(&ids);
-        for (_, s) in finished {
-            let _ = rustix::net::shutdown(&s, rustix::net::Shutdown::Write);
+        for mut w in finished {
+            if let Some(room) = self.room.as_mut() {
+                room.leave(&mut w, false);
+            }
+            off_the_shelf(&w);
+            let _ = rustix::net::shutdown(&w.stream, rustix::net::Shutdown::Write);
         }
+    }
+
+    /// The worker is draining or its master is gone: the connections still waiting for
+    /// a first request go to the server, with the grace it gives a drain; the kept ones
+    /// (between requests) go back to the master, which gives them to the other workers
+    /// (as a server hands back its idle ones), or, where it cannot take them, are
+    /// closed as hyper closes an idle connection on a drain.
+    fn empty_the_room(&mut self) {
+        let Some(room) = self.room.as_mut() else { return };
+        let waiting = room.take_all();
+        let can_return = self.reporter.hand_back != crate::wire::HandBack::Off && self.ended != Some(End::MasterGone);
+        let mut finished = Vec::new();
+        for w in waiting {
+            let Some(mut w) = self.unless_rescued(w) else { continue };
+            if w.kept.is_none() {
+                self.hand_out(w, Vec::new(), true);
+                continue;
+            }
+            if can_return {
+                match self.give_back(w) {
+                    Ok(()) => continue,
+                    Err(back) => w = back,
+                }
+            }
+            finished.push(w);
+        }
+        self.finish_all(finished);
+    }
+}
+
+/// Takes a kept connection off the stall rescue's shelf, before it leaves the room or
+/// its descriptor closes (the rescue may be borrowing it until then).
+fn off_the_shelf(w: &Waiting) {
+    if w.kept.as_ref().is_some_and(|k| k.spot.is_some()) {
+        super::stall::unshelve(w.item.id);
     }
 }
 
 impl Drop for AsyncIncoming {
     fn drop(&mut self) {
         self.beat.abort();
-        // As a dropped `Conn` does: DONE, then the close.
+        // As a dropped `Conn` does: DONE, then the close (none for a connection the
+        // stall rescue handed back: its RETURN stands for it).
         if let Some(room) = self.room.as_mut() {
             let waiting = room.take_all();
-            if !waiting.is_empty() {
-                self.reporter.done_all(&waiting.iter().map(|w| w.item.id).collect::<Vec<_>>());
+            let mut ids = Vec::with_capacity(waiting.len());
+            for w in &waiting {
+                let spot = w.kept.as_ref().and_then(|k| k.spot.as_ref());
+                if spot.is_none_or(|s| s.claim()) {
+                    ids.push(w.item.id);
+                }
+                off_the_shelf(w);
+            }
+            if !ids.is_empty() {
+                self.reporter.done_all(&ids);
             }
             drop(waiting);
         }

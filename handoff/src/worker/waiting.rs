@@ -1,5 +1,8 @@
-//! The waiting room: connections that had nothing to read when the built-in worker's
-//! first look came wait here for their first bytes, then get a second look.
+//! The waiting room: the built-in worker's connections that wait for a request without
+//! a task of their own. A connection that had nothing to read when the worker's first
+//! look came waits here for its first bytes; one whose request the quick path answered
+//! on a keep-alive connection waits here for its next request. Either way it gets
+//! another look when it has something to read.
 //!
 //! Without `,deferred` the master hands a connection on as soon as its handshake is
 //! done, so a third of a connection-per-request client's connections reach the worker
@@ -8,14 +11,21 @@
 //! deregister: on loopback, 5% of the server's whole CPU per request more than waiting
 //! here (`BENCHMARKS.md`). Here each costs one `epoll_ctl`, in an epoll set of the
 //! worker's own that is registered with tokio once (an epoll descriptor is readable
-//! while it has events): `EPOLLONESHOT` disarms a socket once it has reported, and the
-//! kernel drops it from the set when it closes, so only a socket that goes on to a
-//! server (which may hand it back to the master, keeping it open) is deregistered; the sockets
-//! that become readable in one turn share one `epoll_wait`; and one timer, re-armed
-//! at most once per timeout, serves every deadline, which all share one length and so
-//! come in arrival order.
+//! while it has events): `EPOLLONESHOT` disarms a socket waiting for its first request
+//! once it has reported, and the kernel drops it from the set when it closes, so only a
+//! socket that goes on to a server (which may hand it back to the master, keeping it
+//! open) is deregistered; the sockets that become readable in one turn share one
+//! `epoll_wait`. A kept-alive connection is watched edge-triggered instead, and keeps
+//! its place (its key in the set) while it is out for a look: it comes back after each
+//! answer without a system call, where hyper's path costs a task wake-up, a parse into
+//! a header map and an answer built through hyper's encoder per request.
+//!
+//! Deadlines (the header timeout; a kept connection's idle limit) sit in one heap, an
+//! entry per connection at most, moved later only when it comes due: a kept
+//! connection's deadline moves with every request, and the heap is not touched then.
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
@@ -35,25 +45,52 @@ use crate::wire::ConnItem;
 /// Most readable connections taken from the set in one `epoll_wait`.
 const EVENTS: usize = 64;
 
-/// A connection waiting for its first bytes.
+/// A connection waiting for a request.
 #[derive(Debug)]
 pub(crate) struct Waiting {
     pub(crate) item: ConnItem,
     pub(crate) stream: Stream,
-    /// When it stops waiting: its first request head must be complete by then.
+    /// When it stops waiting: its first request head must be complete by then; a kept
+    /// connection's next request must have begun (see [`Kept`]).
     pub(crate) deadline: Instant,
+    /// Answered here and kept alive, between requests; `None`: waiting for its first.
+    pub(crate) kept: Option<Kept>,
+    /// The place it came out of for a look, still its own (key, generation).
+    slot: Option<(u32, u32)>,
+    /// It is in the room's epoll set (a socket that lives on elsewhere must leave it).
+    registered: bool,
+}
+
+/// What the room knows of a connection kept alive between requests.
+#[derive(Debug, Default)]
+pub(crate) struct Kept {
+    /// Its place on the stall rescue's shelf (see `super::stall`), if the rescue may
+    /// take it while it waits.
+    pub(crate) spot: Option<Arc<super::stall::Spot>>,
+    /// At its deadline it goes back to the master (`auto` mode's idle hand-back)
+    /// instead of being closed.
+    pub(crate) then_return: bool,
+}
+
+impl Waiting {
+    /// A connection that has not been in the room, waiting from now for its first request.
+    pub(crate) fn new(item: ConnItem, stream: Stream, deadline: Instant) -> Waiting {
+        Waiting { item, stream, deadline, kept: None, slot: None, registered: false }
+    }
 }
 
 /// What one poll of the room found.
 #[derive(Debug, Default)]
 pub(crate) struct Found {
-    /// Readable (bytes, end of stream or an error): out of the room, for a second look.
+    /// Readable (bytes, end of stream or an error): out of the room, for another look;
+    /// each goes back with [`WaitRoom::wait`] or away with [`WaitRoom::leave`].
     pub(crate) readable: Vec<Waiting>,
-    /// Out of time with nothing read: out of the room, to be closed.
+    /// Out of time with nothing read: out of the room, to be closed (or, kept ones in
+    /// `auto` mode, handed back).
     pub(crate) expired: Vec<Waiting>,
 }
 
-/// Connections waiting for their first bytes, each until its deadline.
+/// Connections waiting for a request, each until its deadline.
 #[derive(Debug)]
 pub(crate) struct WaitRoom {
     ep: AsyncFd<Arc<OwnedFd>>,
@@ -62,10 +99,11 @@ pub(crate) struct WaitRoom {
     /// recognised as stale).
     slots: Vec<Slot>,
     free: Vec<u32>,
+    /// Connections in the room (not those out for a look).
     live: usize,
-    /// (deadline, key, generation), in the order the connections came, which is also
-    /// deadline order; entries of connections already gone are skipped.
-    order: VecDeque<(Instant, u32, u32)>,
+    /// (deadline, key, generation): at most one current entry per slot (the one
+    /// [`Slot::entry`] names), no later than its connection's deadline; others are stale.
+    deadlines: BinaryHeap<Reverse<(Instant, u32, u32)>>,
     /// Fires at or before the first deadline (early is harmless: it is set again).
     timer: Pin<Box<Sleep>>,
     timeout: Duration,
@@ -77,10 +115,17 @@ pub(crate) struct WaitRoom {
 struct Slot {
     generation: u32,
     waiting: Option<Waiting>,
+    /// Its connection is out for a look: the slot stays its own.
+    out: bool,
+    /// Its socket is watched edge-triggered (kept alive), not one-shot.
+    edge: bool,
+    /// The deadline of its current entry in the heap, if it has one.
+    entry: Option<Instant>,
 }
 
 impl WaitRoom {
-    /// An empty room whose connections wait at most `timeout`. Needs a tokio runtime.
+    /// An empty room whose connections wait at most `timeout` for a first request.
+    /// Needs a tokio runtime.
     pub(crate) fn new(timeout: Duration) -> io::Result<WaitRoom> {
         let ep = epoll::create(epoll::CreateFlags::CLOEXEC)?;
         Ok(WaitRoom {
@@ -88,7 +133,7 @@ impl WaitRoom {
             slots: Vec::new(),
             free: Vec::new(),
             live: 0,
-            order: VecDeque::new(),
+            deadlines: BinaryHeap::new(),
             timer: Box::pin(tokio::time::sleep(timeout)),
             timeout,
             keys: Vec::with_capacity(EVENTS),
@@ -99,73 +144,125 @@ impl WaitRoom {
         self.live == 0
     }
 
+    /// How long a connection waits for its first request head.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// `now + after`, or a century on for a duration that overflows: as good as none,
+    /// and no panic (the built-in worker caps its timeouts at a year; a caller may not).
+    pub(crate) fn deadline_after(after: Duration) -> Instant {
+        let now = Instant::now();
+        now.checked_add(after).unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400))
+    }
+
     /// Lets `stream` wait, from now, for its first bytes; gives it back if the kernel
     /// refuses to watch it (out of memory, or the user's epoll watch limit).
-    pub(crate) fn add(&mut self, item: ConnItem, stream: Stream) -> Result<(), (ConnItem, Stream)> {
-        let now = Instant::now();
-        // The built-in worker caps its timeout at a year; should a caller not, a
-        // deadline a century away is as good as none, and no panic.
-        let deadline = now.checked_add(self.timeout).unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400));
-        self.put(Waiting { item, stream, deadline }, true).map_err(|w| (w.item, w.stream))
+    #[cfg(test)]
+    fn add(&mut self, item: ConnItem, stream: Stream) -> Result<(), (ConnItem, Stream)> {
+        let w = Waiting::new(item, stream, Self::deadline_after(self.timeout));
+        self.wait(w).map_err(|w| (w.item, w.stream))
     }
 
-    /// Lets a connection that reported readable but had nothing to read wait again,
-    /// until its own deadline, which may then be met up to one timeout late (it goes
-    /// to the back of the line). Rare: epoll reports `EPOLLIN` only with bytes or an
-    /// end to read.
-    pub(crate) fn wait_again(&mut self, w: Waiting) -> Result<(), Waiting> {
-        self.put(w, false)
-    }
-
-    fn put(&mut self, w: Waiting, new: bool) -> Result<(), Waiting> {
-        let key = match self.free.pop() {
-            Some(k) => k,
+    /// Lets `w` wait (again) until `w.deadline`: for its first request, or (`w.kept`)
+    /// for its next. One that came out of the room for a look takes its place back; a
+    /// kept one then costs no system call. Gives it back if the kernel refuses to watch
+    /// it (then it has left the room).
+    #[allow(
+        clippy::result_large_err,
+        reason = "the rare error hands the connection back by value; boxing it would cost an allocation on every call"
+    )]
+    pub(crate) fn wait(&mut self, mut w: Waiting) -> Result<(), Waiting> {
+        let edge = w.kept.is_some();
+        let flags = epoll::EventFlags::IN
+            | epoll::EventFlags::RDHUP
+            | if edge { epoll::EventFlags::ET } else { epoll::EventFlags::ONESHOT };
+        let ours = w.slot.take().filter(|&(k, g)| {
+            self.slots.get(k as usize).is_some_and(|s| s.generation == g && s.out && s.waiting.is_none())
+        });
+        let (key, generation) = match ours {
+            Some((key, generation)) => {
+                let slot = &mut self.slots[key as usize];
+                // A one-shot socket that reported is disarmed: arm it again (or switch
+                // it to edge-triggered, once, when it is first kept).
+                if !(edge && slot.edge) {
+                    let data = epoll::EventData::new_u64(u64::from(generation) << 32 | u64::from(key));
+                    if epoll::modify(self.ep.get_ref(), &w.stream, data, flags).is_err() {
+                        w.slot = Some((key, generation));
+                        self.leave(&mut w, true);
+                        return Err(w);
+                    }
+                }
+                (key, generation)
+            }
             None => {
-                self.slots.push(Slot::default());
-                (self.slots.len() - 1) as u32
+                let key = match self.free.pop() {
+                    Some(k) => k,
+                    None => {
+                        self.slots.push(Slot::default());
+                        (self.slots.len() - 1) as u32
+                    }
+                };
+                let generation = self.slots[key as usize].generation;
+                let data = epoll::EventData::new_u64(u64::from(generation) << 32 | u64::from(key));
+                // Still in the set (it left its place but not the set): watched anew.
+                let watched = if w.registered {
+                    epoll::modify(self.ep.get_ref(), &w.stream, data, flags)
+                } else {
+                    epoll::add(self.ep.get_ref(), &w.stream, data, flags)
+                };
+                if watched.is_err() {
+                    self.free.push(key);
+                    return Err(w);
+                }
+                w.registered = true;
+                (key, generation)
             }
         };
-        let generation = self.slots[key as usize].generation;
-        let data = epoll::EventData::new_u64(u64::from(generation) << 32 | u64::from(key));
-        let flags = epoll::EventFlags::IN | epoll::EventFlags::RDHUP | epoll::EventFlags::ONESHOT;
-        // A socket that reported once is still in the set, disarmed: arm it again.
-        let watched = if new {
-            epoll::add(self.ep.get_ref(), &w.stream, data, flags)
-        } else {
-            epoll::modify(self.ep.get_ref(), &w.stream, data, flags)
-        };
-        if watched.is_err() {
-            self.free.push(key);
-            return Err(w);
+        let slot = &mut self.slots[key as usize];
+        slot.out = false;
+        slot.edge = edge;
+        if slot.entry.is_none_or(|e| w.deadline < e) {
+            slot.entry = Some(w.deadline);
+            self.deadlines.push(Reverse((w.deadline, key, generation)));
         }
-        self.order.push_back((w.deadline, key, generation));
-        self.slots[key as usize].waiting = Some(w);
+        slot.waiting = Some(w);
         self.live += 1;
         Ok(())
     }
 
-    /// Takes a socket that leaves the room for a server out of the room's epoll set.
-    /// Closing it used to be enough (the kernel drops an entry with its last
-    /// descriptor), but a connection may now go back to the master and live on
-    /// elsewhere: its entry would stay here, disarmed, for the connection's lifetime.
-    pub(crate) fn release(&self, s: &Stream) {
-        let _ = epoll::delete(self.ep.get_ref(), s);
+    /// `w` leaves the room for good: its place is freed, and with `lives_on` (the
+    /// socket stays open elsewhere: a server here, or the master) it leaves the epoll
+    /// set too. Closing it would be enough otherwise (the kernel drops an entry with
+    /// the last descriptor of its socket), but a connection that lives on would stay
+    /// in the set, reporting for nothing, for its lifetime.
+    pub(crate) fn leave(&mut self, w: &mut Waiting, lives_on: bool) {
+        if lives_on && w.registered {
+            let _ = epoll::delete(self.ep.get_ref(), &w.stream);
+            w.registered = false;
+        }
+        if let Some((key, generation)) = w.slot.take() {
+            if let Some(slot) = self.slots.get_mut(key as usize).filter(|s| s.generation == generation && s.out) {
+                Self::free_slot(slot);
+                self.free.push(key);
+            }
+        }
     }
 
-    fn take(&mut self, key: u32, generation: u32) -> Option<Waiting> {
-        let slot = self.slots.get_mut(key as usize)?;
-        if slot.generation != generation {
-            return None;
-        }
-        let w = slot.waiting.take()?;
+    fn free_slot(slot: &mut Slot) {
         slot.generation = slot.generation.wrapping_add(1);
-        self.free.push(key);
+        slot.out = false;
+        slot.entry = None;
+    }
+
+    /// Takes a readable connection out for a look, keeping its place.
+    fn take_out(&mut self, key: u32, generation: u32) -> Option<Waiting> {
+        let slot = self.slots.get_mut(key as usize).filter(|s| s.generation == generation)?;
+        let mut w = slot.waiting.take()?;
+        slot.out = true;
+        w.slot = Some((key, generation));
         self.live -= 1;
         Some(w)
-    }
-
-    fn is_live(&self, key: u32, generation: u32) -> bool {
-        self.slots.get(key as usize).is_some_and(|s| s.generation == generation && s.waiting.is_some())
     }
 
     /// Takes out every connection that has become readable or run out of time, or
@@ -192,7 +289,7 @@ impl WaitRoom {
             drop(guard);
             let mut keys = std::mem::take(&mut self.keys);
             for data in keys.drain(..) {
-                if let Some(w) = self.take(data as u32, (data >> 32) as u32) {
+                if let Some(w) = self.take_out(data as u32, (data >> 32) as u32) {
                     found.readable.push(w);
                 }
             }
@@ -202,22 +299,41 @@ impl WaitRoom {
             // (from the readiness just cleared: no system call).
         }
         let now = Instant::now();
-        while let Some(&(deadline, key, generation)) = self.order.front() {
-            if self.is_live(key, generation) && deadline > now {
+        while let Some(&Reverse((at, key, generation))) = self.deadlines.peek() {
+            if at > now {
                 break;
             }
-            self.order.pop_front();
-            if let Some(w) = self.take(key, generation) {
+            self.deadlines.pop();
+            let Some(slot) = self.slots.get_mut(key as usize) else { continue };
+            if slot.generation != generation || slot.entry != Some(at) {
+                continue; // stale: the slot's occupant left, or has a nearer entry
+            }
+            slot.entry = None;
+            let Some(deadline) = slot.waiting.as_ref().map(|w| w.deadline) else {
+                continue; // out for a look: `wait` queues it again
+            };
+            if deadline > now {
+                // Its deadline moved on (a kept connection answered since): due later.
+                slot.entry = Some(deadline);
+                self.deadlines.push(Reverse((deadline, key, generation)));
+                continue;
+            }
+            if let Some(w) = slot.waiting.take() {
+                Self::free_slot(slot);
+                self.free.push(key);
+                self.live -= 1;
                 found.expired.push(w);
             }
         }
-        // Connections leave in roughly the order they came, so the front pops keep the
-        // line short; one that waits long would not let them pop behind it.
-        if self.order.len() > 2 * self.live + 1024 {
+        // Stale entries (connections gone before their deadline) leave as they come
+        // due; a flood of short-lived connections would pile them up until then.
+        if self.deadlines.len() > 2 * self.live + 1024 {
             let slots = &self.slots;
-            self.order.retain(|&(_, k, g)| slots[k as usize].generation == g && slots[k as usize].waiting.is_some());
+            self.deadlines.retain(|&Reverse((at, k, g))| {
+                slots.get(k as usize).is_some_and(|s| s.generation == g && s.entry == Some(at))
+            });
         }
-        if let Some(&(first, ..)) = self.order.front() {
+        if let Some(&Reverse((first, ..))) = self.deadlines.peek() {
             if self.timer.is_elapsed() || self.timer.deadline() > first {
                 self.timer.as_mut().reset(first);
             }
@@ -233,14 +349,15 @@ impl WaitRoom {
         }
     }
 
-    /// Takes out every waiting connection (the worker is draining, or going away).
+    /// Takes out every waiting connection (the worker is draining, or going away), in
+    /// deadline order. They are still in the epoll set: see [`WaitRoom::leave`].
     pub(crate) fn take_all(&mut self) -> Vec<Waiting> {
-        self.order.clear();
+        self.deadlines.clear();
         self.free.clear();
         self.live = 0;
         let mut all = Vec::new();
         for (key, slot) in self.slots.iter_mut().enumerate() {
-            slot.generation = slot.generation.wrapping_add(1);
+            Self::free_slot(slot);
             if let Some(w) = slot.waiting.take() {
                 all.push(w);
             }
@@ -331,7 +448,7 @@ mod tests {
             clients[1].write_all(b"y").unwrap();
             assert_eq!(ids(&found(&mut room).await.readable), vec![1]);
             // ...until it waits again (still readable: it comes straight back out).
-            room.wait_again(w).unwrap();
+            room.wait(w).unwrap();
             assert_eq!(ids(&found(&mut room).await.readable), vec![0]);
             assert!(room.is_empty());
         });
@@ -347,7 +464,9 @@ mod tests {
             // One leaves the room before its time: its slot is reused by a newcomer,
             // whose deadline is later; the first occupant's deadline must not take it.
             clients[1].write_all(b"x").unwrap();
-            assert_eq!(ids(&found(&mut room).await.readable), vec![1]);
+            let mut out = found(&mut room).await.readable;
+            assert_eq!(ids(&out), vec![1]);
+            room.leave(&mut out[0], false);
             tokio::time::sleep(Duration::from_millis(100)).await;
             let t10 = Instant::now();
             let late = fill(&mut room, 10..11);
@@ -414,11 +533,78 @@ mod tests {
                 }
                 let mut out = 0;
                 while out < 100 {
-                    out += found(&mut room).await.readable.len();
+                    for mut w in found(&mut room).await.readable {
+                        room.leave(&mut w, false);
+                        out += 1;
+                    }
                 }
             }
             assert_eq!(room.live, 1);
-            assert!(room.order.len() <= 2 * room.live + 1024 + 100, "{} entries for one", room.order.len());
+            assert!(room.deadlines.len() <= 2 * room.live + 1024 + 100, "{} entries for one", room.deadlines.len());
+        });
+    }
+
+    /// A connection out for a look, kept alive: it waits again edge-triggered.
+    fn keep(room: &mut WaitRoom, mut w: Waiting, after: Duration) {
+        w.kept = Some(Kept::default());
+        w.deadline = WaitRoom::deadline_after(after);
+        room.wait(w).unwrap();
+    }
+
+    fn read_all(w: &Waiting) {
+        let mut buf = [0u8; 64];
+        let Stream::Unix(s) = &w.stream else { unreachable!() };
+        s.set_nonblocking(true).unwrap();
+        while std::io::Read::read(&mut &*s, &mut buf).is_ok_and(|n| n > 0) {}
+    }
+
+    #[test]
+    fn a_kept_connection_reports_each_new_request_and_keeps_its_place() {
+        runtime().block_on(async {
+            let mut room = WaitRoom::new(Duration::from_secs(60)).unwrap();
+            let mut clients = fill(&mut room, 0..1);
+            let mut place = None;
+            for round in 0..5 {
+                clients[0].write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+                let w = found(&mut room).await.readable.pop().expect("reported");
+                // The same key and generation every time: no new registration.
+                assert!(place.is_none_or(|p| p == w.slot), "round {round}: moved from {place:?} to {:?}", w.slot);
+                place = Some(w.slot);
+                read_all(&w);
+                keep(&mut room, w, Duration::from_secs(60));
+            }
+            assert_eq!(room.live, 1);
+            // Bytes that come while it is out for a look are reported once it is back.
+            clients[0].write_all(b"x").unwrap();
+            let w = found(&mut room).await.readable.pop().unwrap();
+            clients[0].write_all(b"y").unwrap();
+            keep(&mut room, w, Duration::from_secs(60));
+            assert_eq!(ids(&found(&mut room).await.readable), vec![0]);
+        });
+    }
+
+    #[test]
+    fn a_kept_connection_expires_at_its_last_deadline_not_at_an_earlier_one() {
+        runtime().block_on(async {
+            let step = Duration::from_millis(150);
+            let mut room = WaitRoom::new(Duration::from_secs(60)).unwrap();
+            let mut clients = fill(&mut room, 0..1);
+            // Kept with a short idle limit, then asked again before it: the limit counts
+            // from the last answer (its first entry in the heap comes due and is moved).
+            clients[0].write_all(b"a").unwrap();
+            let w = found(&mut room).await.readable.pop().unwrap();
+            read_all(&w);
+            keep(&mut room, w, step);
+            tokio::time::sleep(step / 2).await;
+            clients[0].write_all(b"b").unwrap();
+            let w = found(&mut room).await.readable.pop().unwrap();
+            read_all(&w);
+            let last = Instant::now();
+            keep(&mut room, w, step);
+            let f = found(&mut room).await;
+            assert_eq!(ids(&f.expired), vec![0]);
+            assert!(last.elapsed() >= step, "expired {:?} after its last answer", last.elapsed());
+            assert!(room.is_empty());
         });
     }
 }
