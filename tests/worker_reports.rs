@@ -835,3 +835,34 @@ fn a_client_that_reads_no_answers_gets_every_one_in_the_end() {
     assert!(head[0].starts_with("HTTP/1.1 200"), "{head:?}");
     finish(&master, thread);
 }
+
+/// A kept-alive client whose next request and FIN arrive together (it shuts down its
+/// side after its last request) is answered and closed at once, by either path; the
+/// waiting room watches kept connections edge-triggered, which reports that end only
+/// once, with the request.
+#[test]
+fn a_kept_alive_client_that_sends_its_last_request_with_its_fin_is_answered_and_closed_at_once() {
+    let (master, thread, mut log, listener) = start_header_timeout(Duration::from_secs(60));
+    for (id, path) in [(0, "/"), (1, "/?sleep_ms=0")] {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n");
+        let (mut c, fd) = client(&listener, &request);
+        send_conns(&master, id, vec![fd]);
+        kept_answer(&mut c, false);
+        std::thread::sleep(Duration::from_millis(50)); // back in the room
+                                                       // The request and the FIN in one segment.
+        rustix::net::sockopt::set_tcp_cork(&c, true).unwrap();
+        c.write_all(request.as_bytes()).unwrap();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        let t0 = Instant::now();
+        let mut rest = Vec::new();
+        c.read_to_end(&mut rest).expect("closed within the read timeout (10 s)");
+        let took = t0.elapsed();
+        // hyper does not answer a request that came with the end of the stream.
+        let text = String::from_utf8_lossy(&rest);
+        assert!(rest.is_empty() || text.starts_with("HTTP/1.1 200"), "{path}: {text:?}");
+        assert!(took < Duration::from_secs(5), "{path}: closed after {took:?}, not at once (header timeout 60 s)");
+        drain(&master, &mut log);
+        assert!(position(&log, id, true).is_some(), "{path}: DONE before the FIN: {log:?}");
+    }
+    finish(&master, thread);
+}

@@ -257,12 +257,15 @@ impl AsyncIncoming {
         // The same limit as hyper's for a request head: a client that never speaks is
         // closed, DONE first.
         for w in found.expired.drain(..) {
-            let Some(mut w) = self.unless_rescued(w) else { continue };
+            let Some(w) = self.unless_rescued(w) else { continue };
             if w.kept.as_ref().is_some_and(|k| k.then_return) {
-                match self.give_back(w) {
-                    Ok(()) => continue,
-                    Err(back) => w = back,
+                // Idle for a second: back to the master; if the channel is full, it
+                // stays and is tried again a second later (as hyper's path does).
+                if let Err(mut w) = self.give_back(w) {
+                    w.deadline = WaitRoom::deadline_after(super::hand_back::IDLE_HAND_BACK);
+                    self.wait(w, true);
                 }
+                continue;
             }
             finished.push(w);
         }
@@ -281,6 +284,9 @@ impl AsyncIncoming {
             FirstLook::Serve(seen) => self.hand_out(w, seen, waited),
             FirstLook::Unsent { rest, close } => self.hand_out_unsent(w, rest, close),
             FirstLook::Wait => self.wait(w, waited),
+            // The client has shut down its side after this request (the event said
+            // so, and will not again): answered, and the connection ends.
+            FirstLook::Answered if w.hung_up => finished.push(w),
             FirstLook::Answered => self.keep(w),
         }
     }
@@ -320,6 +326,9 @@ impl AsyncIncoming {
             w
         };
         let Some(room) = self.room.as_ref() else {
+            // hyper serves it on, between requests.
+            let mut w = w;
+            w.kept.get_or_insert_with(Default::default);
             return self.hand_out(w, Vec::new(), true);
         };
         // hyper closes a keep-alive connection that sends no next head within the

@@ -55,6 +55,10 @@ pub(crate) struct Waiting {
     pub(crate) deadline: Instant,
     /// Answered here and kept alive, between requests; `None`: waiting for its first.
     pub(crate) kept: Option<Kept>,
+    /// The event that took it out said the client has shut down its side (or the
+    /// connection broke): an edge-triggered watch reports that once, even if a read
+    /// then returns bytes before the end, so a kept connection must not wait again.
+    pub(crate) hung_up: bool,
     /// The place it came out of for a look, still its own (key, generation).
     slot: Option<(u32, u32)>,
     /// It is in the room's epoll set (a socket that lives on elsewhere must leave it).
@@ -75,7 +79,7 @@ pub(crate) struct Kept {
 impl Waiting {
     /// A connection that has not been in the room, waiting from now for its first request.
     pub(crate) fn new(item: ConnItem, stream: Stream, deadline: Instant) -> Waiting {
-        Waiting { item, stream, deadline, kept: None, slot: None, registered: false }
+        Waiting { item, stream, deadline, kept: None, hung_up: false, slot: None, registered: false }
     }
 }
 
@@ -107,8 +111,9 @@ pub(crate) struct WaitRoom {
     /// Fires at or before the first deadline (early is harmless: it is set again).
     timer: Pin<Box<Sleep>>,
     timeout: Duration,
-    /// The epoll data of the sockets one `epoll_wait` found readable.
-    keys: Vec<u64>,
+    /// The epoll data of the sockets one `epoll_wait` found readable, and whether
+    /// each event said the peer has hung up.
+    keys: Vec<(u64, bool)>,
 }
 
 #[derive(Debug, Default)]
@@ -121,6 +126,10 @@ struct Slot {
     edge: bool,
     /// The deadline of its current entry in the heap, if it has one.
     entry: Option<Instant>,
+    /// An event came for it while it was out for a look (a second `epoll_wait` of the
+    /// same poll): an edge-triggered watch would not report it again, so it is armed
+    /// anew when it comes back.
+    missed: bool,
 }
 
 impl WaitRoom {
@@ -184,8 +193,9 @@ impl WaitRoom {
             Some((key, generation)) => {
                 let slot = &mut self.slots[key as usize];
                 // A one-shot socket that reported is disarmed: arm it again (or switch
-                // it to edge-triggered, once, when it is first kept).
-                if !(edge && slot.edge) {
+                // it to edge-triggered, once, when it is first kept). Arming checks
+                // the socket's state afresh, which reports an event missed meanwhile.
+                if !(edge && slot.edge) || std::mem::take(&mut slot.missed) {
                     let data = epoll::EventData::new_u64(u64::from(generation) << 32 | u64::from(key));
                     if epoll::modify(self.ep.get_ref(), &w.stream, data, flags).is_err() {
                         w.slot = Some((key, generation));
@@ -219,6 +229,7 @@ impl WaitRoom {
                 (key, generation)
             }
         };
+        w.hung_up = false;
         let slot = &mut self.slots[key as usize];
         slot.out = false;
         slot.edge = edge;
@@ -253,14 +264,19 @@ impl WaitRoom {
         slot.generation = slot.generation.wrapping_add(1);
         slot.out = false;
         slot.entry = None;
+        slot.missed = false;
     }
 
     /// Takes a readable connection out for a look, keeping its place.
-    fn take_out(&mut self, key: u32, generation: u32) -> Option<Waiting> {
+    fn take_out(&mut self, key: u32, generation: u32, hung_up: bool) -> Option<Waiting> {
         let slot = self.slots.get_mut(key as usize).filter(|s| s.generation == generation)?;
-        let mut w = slot.waiting.take()?;
+        let Some(mut w) = slot.waiting.take() else {
+            slot.missed |= slot.out;
+            return None;
+        };
         slot.out = true;
         w.slot = Some((key, generation));
+        w.hung_up = hung_up;
         self.live -= 1;
         Some(w)
     }
@@ -274,7 +290,11 @@ impl WaitRoom {
             let zero = rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 };
             let n = match epoll::wait(guard.get_inner(), &mut events, Some(&zero)) {
                 Ok((events, _)) => {
-                    self.keys.extend(events.iter().map(|ev| ev.data.u64()));
+                    let gone = epoll::EventFlags::RDHUP | epoll::EventFlags::HUP | epoll::EventFlags::ERR;
+                    self.keys.extend(events.iter().map(|ev| {
+                        let flags = ev.flags; // packed: copied, not borrowed
+                        (ev.data.u64(), flags.intersects(gone))
+                    }));
                     events.len()
                 }
                 Err(rustix::io::Errno::INTR) => continue,
@@ -288,8 +308,8 @@ impl WaitRoom {
             }
             drop(guard);
             let mut keys = std::mem::take(&mut self.keys);
-            for data in keys.drain(..) {
-                if let Some(w) = self.take_out(data as u32, (data >> 32) as u32) {
+            for (data, hung_up) in keys.drain(..) {
+                if let Some(w) = self.take_out(data as u32, (data >> 32) as u32, hung_up) {
                     found.readable.push(w);
                 }
             }
