@@ -48,6 +48,10 @@ pub struct HttpConfig {
     pub send_timeout: Duration,
     /// One line per request on standard output (`--access-log`); off by default.
     pub access_log: Option<super::access_log::AccessLog>,
+    /// Answer plain requests for the greeting without hyper (see [`Quick`]); on by
+    /// default. `HANDOFF_QUICK_PATH=off` in the worker's environment turns it off, so
+    /// that `handoff bench` runs the same serving code (hyper's) in every model.
+    pub quick_path: bool,
     worker_header: HeaderValue,
     greeting: Bytes,
 }
@@ -62,6 +66,7 @@ impl HttpConfig {
             static_symlinks: Symlinks::default(),
             test_knobs: false,
             access_log: None,
+            quick_path: true,
             send_timeout: SEND_TIMEOUT,
             worker_header: HeaderValue::from(worker_id),
             greeting: Bytes::from(format!("hello from handoff worker {worker_id} (pid {})\n", std::process::id())),
@@ -241,6 +246,10 @@ pub async fn handle(req: Request<Body>, cfg: &HttpConfig) -> Response<ResponseBo
     resp
 }
 
+/// `HANDOFF_QUICK_PATH=off`: the built-in worker answers every request with hyper
+/// ([`HttpConfig::quick_path`]).
+pub const ENV_QUICK_PATH: &str = "HANDOFF_QUICK_PATH";
+
 /// Runs the built-in worker on the channel from the environment until the master
 /// sends DRAIN (then it finishes its connections) or goes away (then it gives them at
 /// most one second). This is `handoff`'s hidden `worker` subcommand.
@@ -256,6 +265,7 @@ pub fn run_from_env(
         cfg.static_symlinks = static_symlinks;
         cfg.test_knobs = test_knobs;
         cfg.access_log = super::access_log::AccessLog::from_env();
+        cfg.quick_path = std::env::var(ENV_QUICK_PATH).map_or(true, |v| v != "off");
         let cfg = Arc::new(cfg);
         serve_incoming(AsyncIncoming::from_env()?, cfg).await
     })
@@ -266,7 +276,8 @@ pub fn run_from_env(
 /// for the connections in progress) or goes away (then waits a second at most).
 pub async fn serve_incoming(mut incoming: AsyncIncoming, cfg: Arc<HttpConfig>) -> Result<(), WorkerError> {
     // The quick path answers without hyper and logs nothing: off with an access log.
-    let greeting = (cfg.static_root.is_none() && cfg.access_log.is_none()).then(|| Arc::new(Greeting::new(&cfg)));
+    let quick = cfg.quick_path && cfg.static_root.is_none() && cfg.access_log.is_none();
+    let greeting = quick.then(|| Arc::new(Greeting::new(&cfg)));
     if let Some(greeting) = &greeting {
         let mut quick = Quick::new(greeting.clone());
         incoming.set_first_look(FirstLookFn(Box::new(move |item, s| quick.look(item, s))), header_limit(&cfg));
