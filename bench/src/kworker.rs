@@ -9,8 +9,9 @@
 //! woken and the kernel would go on to wake every worker.
 //!
 //! The epoll wait runs on a small acceptor thread, and connections are served by the
-//! same code as `handoff run`'s built-in worker (`handoff::worker::http` (the built-in worker)) on a
-//! single-threaded tokio runtime. To keep the pre-fork property that a worker busy
+//! same code as `handoff run`'s built-in worker (`handoff::worker::http`: its quick path
+//! for plain requests for the greeting, hyper for the rest) on a single-threaded tokio
+//! runtime. To keep the pre-fork property that a worker busy
 //! serving does not accept, the acceptor goes back into `epoll_wait` only once the
 //! serving thread has picked up the previous connection: a worker stuck in a 25 ms
 //! request is absent from the wait queue for those 25 ms, exactly like an nginx worker
@@ -29,7 +30,7 @@ use rustix::event::epoll;
 use rustix::net::SocketFlags;
 
 use super::Model;
-use handoff::__private::worker::http::{serve_connection, HttpConfig};
+use handoff::__private::worker::http::{serve_accepted, HttpConfig};
 
 /// Environment variable naming the inherited listening socket.
 pub const ENV_LISTEN_FD: &str = "HANDOFF_BENCH_LISTEN_FD";
@@ -66,6 +67,8 @@ pub fn run(model: Model, id: usize) -> Result<(), String> {
 
     let mut cfg = HttpConfig::new(id, None);
     cfg.test_knobs = true; // the `uneven` workload asks for `?cpu_ms=`
+                           // The same switch as the built-in worker's (`HANDOFF_QUICK_PATH=off`: hyper only).
+    cfg.quick_path = std::env::var(handoff::__private::worker::http::ENV_QUICK_PATH).map_or(true, |v| v != "off");
     let cfg = Arc::new(cfg);
     rt.block_on(async move {
         use tokio::signal::unix::{signal, SignalKind};
@@ -85,13 +88,8 @@ pub fn run(model: Model, id: usize) -> Result<(), String> {
                     // The serving thread is free: let the acceptor wait for the next one.
                     let _ = taken_tx.try_send(());
                     let std = std::net::TcpStream::from(fd);
-                    if std.set_nonblocking(true).is_err() {
-                        continue;
-                    }
                     let _ = std.set_nodelay(true);
-                    if let Ok(s) = tokio::net::TcpStream::from_std(std) {
-                        tasks.spawn(serve_connection(s, cfg.clone(), stop_rx.clone()));
-                    }
+                    tasks.spawn(serve_accepted(std, cfg.clone(), stop_rx.clone()));
                     while tasks.try_join_next().is_some() {}
                 }
                 _ = term.recv() => break,

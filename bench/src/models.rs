@@ -135,13 +135,6 @@ fn start_handoff(
     cmd.args(["run", "--listen", &listen.to_string(), "--workers", &workers.to_string(), "--policy", policy])
         .arg("--test-knobs")
         .env("HANDOFF_LOG", "info")
-        // Every model serves with the same code (hyper), so that only the way
-        // connections reach workers differs; `HANDOFF_QUICK_PATH=on handoff bench`
-        // measures `handoff run` as it runs by default (its quick path on).
-        .env(
-            handoff::__private::worker::http::ENV_QUICK_PATH,
-            std::env::var(handoff::__private::worker::http::ENV_QUICK_PATH).unwrap_or_else(|_| "off".into()),
-        )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());

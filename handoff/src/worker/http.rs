@@ -49,9 +49,11 @@ pub struct HttpConfig {
     /// One line per request on standard output (`--access-log`); off by default.
     pub access_log: Option<super::access_log::AccessLog>,
     /// Answer plain requests for the greeting without hyper (see [`Quick`]); on by
-    /// default. `HANDOFF_QUICK_PATH=off` in the worker's environment turns it off, so
-    /// that `handoff bench` runs the same serving code (hyper's) in every model.
+    /// default. `HANDOFF_QUICK_PATH=off` in the worker's environment turns it off
+    /// (`HANDOFF_QUICK_PATH=off handoff bench`: every model serves with hyper only).
     pub quick_path: bool,
+    /// The quick path's answer, made once (see [`HttpConfig::quick_answer`]).
+    quick_answer: std::sync::OnceLock<Arc<Greeting>>,
     worker_header: HeaderValue,
     greeting: Bytes,
 }
@@ -67,10 +69,18 @@ impl HttpConfig {
             test_knobs: false,
             access_log: None,
             quick_path: true,
+            quick_answer: std::sync::OnceLock::new(),
             send_timeout: SEND_TIMEOUT,
             worker_header: HeaderValue::from(worker_id),
             greeting: Bytes::from(format!("hello from handoff worker {worker_id} (pid {})\n", std::process::id())),
         }
+    }
+}
+
+impl HttpConfig {
+    /// The quick path's answer for this config, made on first use.
+    fn quick_answer(&self) -> Arc<Greeting> {
+        self.quick_answer.get_or_init(|| Arc::new(Greeting::new(self))).clone()
     }
 }
 
@@ -128,6 +138,63 @@ pub async fn serve_connection_from<I>(
 {
     let opts = opts(&cfg);
     serve_hyper(Plain(io), handler(cfg, client, None), opts, stop, None, false).await
+}
+
+/// Serves one TCP connection the caller accepted itself (no master, no hand-back) with
+/// the built-in worker's serving code: its quick path while the requests are plain
+/// requests for the greeting, hyper from the first that is not. `handoff bench`'s
+/// kernel models serve with it, so that every model runs the same code.
+pub async fn serve_accepted(s: std::net::TcpStream, cfg: Arc<HttpConfig>, stop: tokio::sync::watch::Receiver<bool>) {
+    use tokio::io::AsyncWriteExt;
+    let quick_on = cfg.quick_path && cfg.static_root.is_none() && cfg.access_log.is_none();
+    let mut seen = Vec::new();
+    let mut s = s;
+    if quick_on {
+        let Ok(afd) = crate::sys::async_fd(Arc::new(std::os::fd::OwnedFd::from(s))) else { return };
+        let mut quick = Quick::new(cfg.quick_answer());
+        let item = crate::wire::ConnItem { id: 0, listener: 0, sock: crate::wire::sock::TCP, flags: 0, addrs: None };
+        let limit = header_limit(&cfg);
+        let unsent = loop {
+            let Ok(Ok(mut guard)) = tokio::time::timeout(limit, afd.readable()).await else {
+                return; // out of time, or an error: closed
+            };
+            // The end of the stream, if it came with the request, is reported once.
+            let hung_up = guard.ready().is_read_closed();
+            match quick.look(&item, std::os::fd::AsFd::as_fd(&**guard.get_inner()), || None) {
+                FirstLook::Wait => guard.clear_ready(),
+                FirstLook::Answered if !hung_up => guard.clear_ready(),
+                FirstLook::Answered | FirstLook::Finished => {
+                    let _ = rustix::net::shutdown(&**guard.get_inner(), rustix::net::Shutdown::Write);
+                    return;
+                }
+                FirstLook::Serve(bytes) => {
+                    seen = bytes;
+                    break None;
+                }
+                FirstLook::Unsent { rest, close } => break Some((rest, close)),
+            }
+        };
+        // The runtime lets go of it; the one reference left is this one.
+        let Ok(fd) = Arc::try_unwrap(afd.into_inner()) else { return };
+        s = std::net::TcpStream::from(fd);
+        if let Some((rest, close)) = unsent {
+            let Ok(mut t) = s.set_nonblocking(true).and_then(|()| tokio::net::TcpStream::from_std(s)) else { return };
+            let sent = tokio::time::timeout(cfg.send_timeout, t.write_all(&rest)).await;
+            if close || !matches!(sent, Ok(Ok(()))) {
+                let _ = t.shutdown().await;
+                return;
+            }
+            return serve_connection(t, cfg, stop).await;
+        }
+    }
+    let Ok(t) = s.set_nonblocking(true).and_then(|()| tokio::net::TcpStream::from_std(s)) else { return };
+    if seen.is_empty() {
+        return serve_connection(t, cfg, stop).await;
+    }
+    // The bytes the look read go to hyper first.
+    let (read, write) = t.into_split();
+    let io = tokio::io::join(tokio::io::AsyncReadExt::chain(std::io::Cursor::new(seen), read), write);
+    serve_connection(io, cfg, stop).await
 }
 
 /// How the built-in worker runs hyper: the greeting is a few dozen bytes, copied behind
@@ -277,10 +344,13 @@ pub fn run_from_env(
 pub async fn serve_incoming(mut incoming: AsyncIncoming, cfg: Arc<HttpConfig>) -> Result<(), WorkerError> {
     // The quick path answers without hyper and logs nothing: off with an access log.
     let quick = cfg.quick_path && cfg.static_root.is_none() && cfg.access_log.is_none();
-    let greeting = quick.then(|| Arc::new(Greeting::new(&cfg)));
+    let greeting = quick.then(|| cfg.quick_answer());
     if let Some(greeting) = &greeting {
         let mut quick = Quick::new(greeting.clone());
-        incoming.set_first_look(FirstLookFn(Box::new(move |item, s| quick.look(item, s))), header_limit(&cfg));
+        let look = move |item: &crate::wire::ConnItem, s: &super::Stream| {
+            quick.look(item, std::os::fd::AsFd::as_fd(s), || s.peer_addr())
+        };
+        incoming.set_first_look(FirstLookFn(Box::new(look)), header_limit(&cfg));
     }
     let opts = opts(&cfg);
     serve_each(incoming, opts, move |conn| {
@@ -327,6 +397,7 @@ struct Quick {
 
 /// The quick path's answer: hyper's, byte for byte (the same headers in the same
 /// order; `tests/worker_reports.rs` compares the two).
+#[derive(Debug)]
 struct Greeting {
     /// The answer: `first + [x-handoff-client line] + head + date + tail`.
     first: Vec<u8>,
@@ -393,13 +464,19 @@ impl Quick {
         Quick { greeting, buf: vec![0; QUICK_READ], out: Vec::new() }
     }
 
-    fn look(&mut self, item: &crate::wire::ConnItem, s: &super::Stream) -> FirstLook {
+    /// Looks at connection `s` (`peer`: its peer's address, asked only for a
+    /// connection from a balancer whose PROXY header named no client).
+    fn look(
+        &mut self,
+        item: &crate::wire::ConnItem,
+        s: std::os::fd::BorrowedFd<'_>,
+        peer: impl FnOnce() -> Option<std::net::SocketAddr>,
+    ) -> FirstLook {
         use rustix::io::Errno;
-        use std::os::fd::AsFd;
         // From a balancer: the client it names, or for a header without addresses (a
         // health check) the socket's peer, as hyper's path reports.
-        let client = item.addrs.and_then(|a| a.source.or_else(|| s.peer_addr()));
-        let n = match crate::sys::socket::recv_nowait(s.as_fd(), &mut self.buf[..]) {
+        let client = item.addrs.and_then(|a| a.source.or_else(peer));
+        let n = match crate::sys::socket::recv_nowait(s, &mut self.buf[..]) {
             Ok(0) => return FirstLook::Finished, // the client closed without a request
             Ok(n) => n,
             Err(Errno::AGAIN) => return FirstLook::Wait,
@@ -426,7 +503,7 @@ impl Quick {
         }
         // Kept alive: a client that does not read its answers fills the socket's send
         // buffer in the end; then hyper (nothing taken) or a task (part) writes on.
-        match crate::sys::socket::send_nowait(s.as_fd(), &self.out, false) {
+        match crate::sys::socket::send_nowait(s, &self.out, false) {
             Ok(sent) if sent == self.out.len() => FirstLook::Answered,
             Ok(sent) => FirstLook::Unsent { rest: self.out[sent..].to_vec(), close: false },
             Err(Errno::AGAIN) => FirstLook::Serve(seen.to_vec()),
@@ -565,6 +642,46 @@ mod tests {
             let c = c.map(|c| format!("Connection: {c}\r\n")).unwrap_or_default();
             format!("{m} {t} {v}\r\nHost: h\r\n{c}{e}\r\n{tail}").into_bytes()
         })
+    }
+
+    /// A connection accepted by the caller (the kernel models of `handoff bench`):
+    /// kept-alive greetings by the quick path, then a request it declines, served by
+    /// hyper with the bytes the look read, then the end; the same answers either way.
+    #[test]
+    fn an_accepted_connection_is_served_by_the_quick_path_then_hyper() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut c = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let (s, _) = listener.accept().unwrap();
+        let mut cfg = HttpConfig::new(4, None);
+        cfg.test_knobs = true;
+        let server = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+            rt.block_on(serve_accepted(s, Arc::new(cfg), stop));
+        });
+        let mut answers = Vec::new();
+        for path in ["/a", "/b", "/?sleep_ms=0", "/c"] {
+            c.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes()).unwrap();
+            let mut got = Vec::new();
+            let mut byte = [0u8; 1];
+            while !got.ends_with(b"\r\n\r\n") {
+                assert_eq!(c.read(&mut byte).unwrap(), 1, "{path}: ended in the head");
+                got.push(byte[0]);
+            }
+            let mut body = [0u8; 40];
+            c.read_exact(&mut body).unwrap();
+            got.extend_from_slice(&body);
+            answers.push(without_date(&got));
+        }
+        assert!(answers[0].starts_with("HTTP/1.1 200 OK\r\nx-handoff-worker: 4\r\n"), "{answers:?}");
+        assert!(answers.iter().all(|a| a == &answers[0]), "{answers:?}");
+        c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+        let mut rest = Vec::new();
+        c.read_to_end(&mut rest).unwrap();
+        assert!(rest.starts_with(b"HTTP/1.1 200 OK"), "{:?}", String::from_utf8_lossy(&rest));
+        server.join().unwrap();
     }
 
     proptest! {
