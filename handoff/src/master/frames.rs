@@ -531,8 +531,13 @@ impl Workers {
                 // worker without BATCH): no list of descriptors to build.
                 Some(chan) if n == 1 => fdpass::send_with_fds(chan.as_fd(), &self.frame, &[conns[0].1.as_fd()]),
                 Some(chan) => {
-                    let fds: Vec<_> = conns[..n].iter().map(|(_, fd)| fd.as_fd()).collect();
-                    fdpass::send_with_fds(chan.as_fd(), &self.frame, &fds)
+                    // On the stack, not a list allocated per frame (a BorrowedFd is a
+                    // number: the array is 1 KiB; its unused tail holds the channel's).
+                    let mut fds = [chan.as_fd(); wire::MAX_CONNS];
+                    for (slot, (_, fd)) in fds.iter_mut().zip(&conns[..n]) {
+                        *slot = fd.as_fd();
+                    }
+                    fdpass::send_with_fds(chan.as_fd(), &self.frame, &fds[..n])
                 }
                 None => Err(io::ErrorKind::BrokenPipe.into()),
             };
