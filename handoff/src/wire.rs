@@ -298,9 +298,71 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(a)
 }
 
-/// Decodes one frame. The descriptor count of a CONN frame is checked by the caller,
-/// which holds the descriptors.
-pub fn decode(b: &[u8]) -> Result<Frame, DecodeError> {
+/// The ids of an ACK, DONE or RETURN frame, read in place from the received bytes
+/// (see [`decode_ref`]): the master decodes one such frame per worker frame, and an id
+/// list built for each would be an allocation per frame on its hot path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ids<'a> {
+    /// The items, 8 bytes each (a length checked by the decoder).
+    body: &'a [u8],
+}
+
+impl<'a> Ids<'a> {
+    /// How many ids.
+    pub fn len(&self) -> usize {
+        self.body.len() / 8
+    }
+
+    /// No ids (never, in a frame that decoded: ACK, DONE and RETURN carry at least one).
+    pub fn is_empty(&self) -> bool {
+        self.body.is_empty()
+    }
+
+    /// The ids, in frame order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = u64> + 'a {
+        self.body.chunks_exact(8).map(|c| u64_at(c, 0))
+    }
+
+    /// The ids in a `Vec` (for [`decode`]).
+    pub fn to_vec(&self) -> Vec<u64> {
+        self.iter().collect()
+    }
+}
+
+/// A decoded frame whose id lists borrow the received bytes ([`decode_ref`]). The
+/// frames a master sends carry no items here: a master that receives one has nothing
+/// to read in it (it is a protocol error); [`decode`] reads them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameRef<'a> {
+    /// worker → master.
+    Ready {
+        /// Protocol version the worker speaks.
+        version: u8,
+        /// [`cap`] bits.
+        caps: u32,
+        /// The worker's process id (informational; the master knows the real one).
+        pid: u32,
+    },
+    /// worker → master.
+    Ack(Ids<'a>),
+    /// worker → master.
+    Done(Ids<'a>),
+    /// worker → master.
+    Heartbeat,
+    /// worker → master, with exactly one descriptor per id, in order.
+    Return(Ids<'a>),
+    /// worker → master: a request holds this worker; send it nothing new until FREE.
+    Busy,
+    /// worker → master: no longer held (ends BUSY).
+    Free,
+    /// master → worker: CONN or CONN_ADDR (the items unread; see [`decode`]).
+    Conn,
+    /// master → worker.
+    Drain,
+}
+
+/// Checks the header and length of a frame: its type, item count and items.
+fn checked(b: &[u8]) -> Result<(u8, u8, u16, usize, &[u8]), DecodeError> {
     if b.len() < HEADER_LEN {
         return Err(DecodeError::Short(b.len()));
     }
@@ -315,8 +377,33 @@ pub fn decode(b: &[u8]) -> Result<Frame, DecodeError> {
     if b.len() != HEADER_LEN + n as usize * size {
         return Err(DecodeError::Length { kind, n, len: b.len() });
     }
-    let body = &b[HEADER_LEN..];
-    let ids = || (0..n as usize).map(|i| u64_at(body, i * 8)).collect();
+    Ok((kind, version, n, size, &b[HEADER_LEN..]))
+}
+
+/// Decodes one frame without allocating, as strictly as [`decode`] (but for the items
+/// of CONN and CONN_ADDR frames, which it does not read): id lists are read in place.
+pub fn decode_ref(b: &[u8]) -> Result<FrameRef<'_>, DecodeError> {
+    let (kind, version, _, _, body) = checked(b)?;
+    let ids = Ids { body };
+    Ok(match kind {
+        kind::READY => FrameRef::Ready { version, caps: u32_at(body, 0), pid: u32_at(body, 4) },
+        kind::ACK => FrameRef::Ack(ids),
+        kind::DONE => FrameRef::Done(ids),
+        kind::HEARTBEAT => FrameRef::Heartbeat,
+        kind::RETURN => FrameRef::Return(ids),
+        kind::BUSY => FrameRef::Busy,
+        kind::FREE => FrameRef::Free,
+        kind::DRAIN => FrameRef::Drain,
+        kind::CONN | kind::CONN_ADDR => FrameRef::Conn,
+        _ => unreachable!("item_len rejected unknown types"),
+    })
+}
+
+/// Decodes one frame. The descriptor count of a CONN frame is checked by the caller,
+/// which holds the descriptors.
+pub fn decode(b: &[u8]) -> Result<Frame, DecodeError> {
+    let (kind, version, n, size, body) = checked(b)?;
+    let ids = || Ids { body }.to_vec();
     Ok(match kind {
         kind::READY => Frame::Ready { version, caps: u32_at(body, 0), pid: u32_at(body, 4) },
         kind::ACK => Frame::Ack(ids()),
@@ -496,6 +583,28 @@ mod tests {
         ]
     }
 
+    /// Whether `decode_ref` agrees with `decode` on `b`.
+    fn same_as_decode(b: &[u8]) -> Result<(), String> {
+        let owned = |r: FrameRef<'_>| match r {
+            FrameRef::Ready { version, caps, pid } => Some(Frame::Ready { version, caps, pid }),
+            FrameRef::Ack(ids) => Some(Frame::Ack(ids.to_vec())),
+            FrameRef::Done(ids) => Some(Frame::Done(ids.to_vec())),
+            FrameRef::Heartbeat => Some(Frame::Heartbeat),
+            FrameRef::Return(ids) => Some(Frame::Return(ids.to_vec())),
+            FrameRef::Busy => Some(Frame::Busy),
+            FrameRef::Free => Some(Frame::Free),
+            FrameRef::Drain => Some(Frame::Drain),
+            FrameRef::Conn => None,
+        };
+        match (decode(b), decode_ref(b)) {
+            (Ok(Frame::Conn(_)), Ok(FrameRef::Conn)) => Ok(()),
+            (Ok(f), Ok(r)) if owned(r).as_ref() == Some(&f) => Ok(()),
+            (Err(DecodeError::Addrs(_)), Ok(FrameRef::Conn)) => Ok(()),
+            (Err(a), Err(b)) if a == b => Ok(()),
+            (a, b) => Err(format!("decode {a:?}, decode_ref {b:?}")),
+        }
+    }
+
     proptest! {
         #[test]
         fn round_trip(f in frame()) {
@@ -507,6 +616,28 @@ mod tests {
         #[test]
         fn arbitrary_bytes_never_panic(b in prop::collection::vec(any::<u8>(), 0..600)) {
             let _ = decode(&b);
+            let _ = decode_ref(&b);
+        }
+
+        /// The master's decoder accepts and refuses what `decode` does, and reads the
+        /// same ids (CONN items are `decode`'s only).
+        #[test]
+        fn decode_ref_reads_what_decode_reads(f in frame()) {
+            let bytes = encode(&f);
+            prop_assert_eq!(same_as_decode(&bytes), Ok(()));
+        }
+
+        #[test]
+        fn decode_ref_refuses_what_decode_refuses(
+            kind in prop_oneof![Just(1u8), Just(2), Just(3), Just(4), Just(5), Just(6), Just(0x81), Just(0x42)],
+            version in prop_oneof![Just(VERSION), Just(2)],
+            n in 0u16..4,
+            len in 0usize..40,
+        ) {
+            let mut b = vec![kind, version];
+            b.extend_from_slice(&n.to_le_bytes());
+            b.extend((0..len).map(|i| i as u8));
+            prop_assert_eq!(same_as_decode(&b), Ok(()));
         }
 
         #[test]

@@ -81,6 +81,9 @@ pub(super) struct Dispatcher {
     cand: Vec<Candidate>,
     /// Candidates for a continued connection (a reused buffer).
     cont_cand: Vec<Candidate>,
+    /// Each worker's continued requests in progress, read by a pass that places one
+    /// (a reused buffer; see `dispatch_batch`).
+    requests_in: Vec<u32>,
     next_conn_id: u64,
     paused_until: Option<Instant>,
     pause_started: Option<Instant>,
@@ -117,6 +120,7 @@ impl Dispatcher {
             balancer: Balancer::new(cfg.policy),
             cand: Vec::new(),
             cont_cand: Vec::new(),
+            requests_in: Vec::new(),
             next_conn_id: 1,
             paused_until: None,
             pause_started: None,
@@ -497,13 +501,15 @@ impl Dispatcher {
         plan.resize_with(self.cand.len(), Vec::new);
         // Read at the first continued connection of the pass (most passes place new
         // connections only, and need none of it).
-        let mut requests_in: Option<Vec<u32>> = None;
+        let mut requests_in = std::mem::take(&mut self.requests_in);
+        let mut requests_read = false;
         // While stopping, what is held goes out as fast as the workers take it.
         let queueing = stage == Stage::Running;
         while let Some(h) = conns.pop_front() {
             let continued = h.flags & wire::flags::CONTINUED != 0;
-            if continued && requests_in.is_none() {
-                requests_in = Some(workers.requests_in(now, REQUEST_AGE));
+            if continued && !requests_read {
+                workers.requests_in(now, REQUEST_AGE, &mut requests_in);
+                requests_read = true;
             }
             // A connection a worker did not receive goes to none that lost one lately.
             let retry = h.flags & RETRY_ELSEWHERE != 0;
@@ -524,7 +530,8 @@ impl Dispatcher {
                 self.cont_cand.clear();
                 for (k, c) in self.cand.iter().enumerate() {
                     let full = workers.load_view(k, now, RETURNING).0
-                        && requests_in.as_ref().is_some_and(|r| r[k] >= QUEUE_DEPTH);
+                        && requests_read
+                        && requests_in.get(k).is_some_and(|&r| r >= QUEUE_DEPTH);
                     self.cont_cand.push(Candidate { eligible: c.eligible && !full, ..*c });
                 }
                 let pick = self.balancer.pick(&self.cont_cand);
@@ -546,8 +553,8 @@ impl Dispatcher {
                 self.held.push_back(h);
                 continue;
             };
-            if let Some(r) = requests_in.as_mut().filter(|_| continued) {
-                r[i] += 1;
+            if let Some(r) = requests_in.get_mut(i).filter(|_| continued && requests_read) {
+                *r += 1;
             }
             // Later picks in this batch see the load this one adds.
             let (_, reports_load, acks) = workers.load_view(i, now, RETURNING);
@@ -563,6 +570,7 @@ impl Dispatcher {
             let sock = self.listeners.sock(h.listener);
             plan[i].push((ConnItem { id, listener: h.listener, sock, flags: h.flags, addrs: h.addrs }, h.fd));
         }
+        self.requests_in = requests_in;
         for (i, conns) in plan.iter_mut().enumerate() {
             if !conns.is_empty() {
                 let back = workers.send_conns(i, conns, now, stage == Stage::Running, cfg, reg);

@@ -77,9 +77,11 @@ impl Workers {
         room
     }
 
-    /// Each worker's continued connections in progress (see `Worker::requests_in`).
-    pub(in crate::master) fn requests_in(&mut self, now: Instant, age: Duration) -> Vec<u32> {
-        self.list.iter_mut().map(|w| w.requests_in(now, age)).collect()
+    /// Each worker's continued connections in progress (see `Worker::requests_in`),
+    /// by index, into `into` (a buffer the caller reuses: no allocation per pass).
+    pub(in crate::master) fn requests_in(&mut self, now: Instant, age: Duration, into: &mut Vec<u32>) {
+        into.clear();
+        into.extend(self.list.iter_mut().map(|w| w.requests_in(now, age)));
     }
 
     /// Worker `i` as the dispatcher sees it: is it handing connections back now

@@ -30,7 +30,7 @@ use crate::config::Config;
 use crate::master::Held;
 use crate::sys::fdpass;
 use crate::sys::process as sysproc;
-use crate::wire::{self, cap, ConnItem, Frame};
+use crate::wire::{self, cap, ConnItem, FrameRef, Ids};
 
 /// Frames read from one worker before the loop looks at other events.
 const RECV_BATCH: usize = 64;
@@ -74,6 +74,24 @@ impl Workers {
         cfg: &Config,
         reg: &Registry,
     ) -> bool {
+        // The frames read borrow the buffer while the table changes: it is lent out
+        // for the read (a move, not a copy) and put back whatever the way out.
+        let mut buf = std::mem::take(&mut self.recv_buf);
+        let heard = self.read_into(&mut buf, key, now, next_id, cfg, reg);
+        self.recv_buf = buf;
+        heard
+    }
+
+    /// [`Workers::read`] with the receive buffer lent out.
+    fn read_into(
+        &mut self,
+        buf: &mut [u8],
+        key: usize,
+        now: Instant,
+        next_id: u64,
+        cfg: &Config,
+        reg: &Registry,
+    ) -> bool {
         let mut heard = false;
         for _ in 0..RECV_BATCH {
             let Some(i) = self.index(key) else { return heard };
@@ -83,12 +101,12 @@ impl Workers {
             // descriptor is closed before we look further.
             let returns = self.list[i].returns();
             let room = if returns { wire::MAX_RETURNS } else { 0 };
-            let got = match fdpass::recv_with_fds(chan, &mut self.recv_buf, room) {
+            let got = match fdpass::recv_with_fds(chan, buf, room) {
                 Ok(g) => g,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return heard,
                 Err(e) if fdpass::Truncated::of(&e).is_some() => {
                     let t = *fdpass::Truncated::of(&e).expect("just matched");
-                    if let Err(what) = self.truncated(i, t, now) {
+                    if let Err(what) = self.truncated(i, &buf[..t.len], t, now) {
                         self.violation(i, &what);
                         return heard;
                     }
@@ -122,7 +140,7 @@ impl Workers {
                 self.violation(i, &what);
                 return heard;
             }
-            let frame = match wire::decode(&self.recv_buf[..got.len]) {
+            let frame = match wire::decode_ref(&buf[..got.len]) {
                 Ok(f) => f,
                 Err(e) => {
                     self.violation(i, &format!("a malformed frame: {e}"));
@@ -132,7 +150,7 @@ impl Workers {
             self.list[i].last_heard = now;
             heard = true;
             let handled = match frame {
-                Frame::Return(ids) => self.take_back(i, ids, got.fds, now, next_id),
+                FrameRef::Return(ids) => self.take_back(i, ids, got.fds, now, next_id),
                 _ if !got.fds.is_empty() => Err("a descriptor with a frame other than RETURN".into()),
                 frame => self.handle_frame(i, frame, next_id, now),
             };
@@ -149,10 +167,10 @@ impl Workers {
         heard
     }
 
-    fn handle_frame(&mut self, i: usize, frame: Frame, next_id: u64, now: Instant) -> Result<(), String> {
+    fn handle_frame(&mut self, i: usize, frame: FrameRef<'_>, next_id: u64, now: Instant) -> Result<(), String> {
         let w = &mut self.list[i];
         match frame {
-            Frame::Ready { caps, .. } => {
+            FrameRef::Ready { caps, .. } => {
                 if w.ready {
                     return Err("READY twice".into());
                 }
@@ -172,8 +190,8 @@ impl Workers {
                     caps_names(w.caps)
                 );
             }
-            Frame::Ack(ids) => {
-                for id in ids {
+            FrameRef::Ack(ids) => {
+                for id in ids.iter() {
                     if id < w.tracked_from {
                         continue;
                     }
@@ -187,7 +205,7 @@ impl Workers {
                     }
                 }
             }
-            Frame::Done(ids) => {
+            FrameRef::Done(ids) => {
                 if w.caps & cap::DONE == 0 && w.ready {
                     return Err("DONE without the DONE capability".into());
                 }
@@ -197,7 +215,7 @@ impl Workers {
                 let acks = w.caps & cap::ACK != 0;
                 let mut unreceived = Vec::new();
                 let mut bad = None;
-                for id in ids {
+                for id in ids.iter() {
                     if id < w.tracked_from {
                         continue;
                     }
@@ -219,14 +237,14 @@ impl Workers {
                     return Err(what);
                 }
             }
-            Frame::Heartbeat => {}
-            Frame::Busy => {
+            FrameRef::Heartbeat => {}
+            FrameRef::Busy => {
                 w.busy = true;
                 w.stalls += 1;
             }
-            Frame::Free => w.busy = false,
-            Frame::Return(_) => return Err("RETURN without descriptors".into()),
-            Frame::Conn(_) | Frame::Drain => return Err("a master-to-worker frame".into()),
+            FrameRef::Free => w.busy = false,
+            FrameRef::Return(_) => return Err("RETURN without descriptors".into()),
+            FrameRef::Conn | FrameRef::Drain => return Err("a master-to-worker frame".into()),
         }
         Ok(())
     }
@@ -260,18 +278,18 @@ impl Workers {
     /// DONE (the worker closed its copies) and are lost: the kernel closed the
     /// descriptors that did not fit. Ids it does not hold are passed over: their
     /// descriptors are gone either way. Anything else is a violation.
-    fn truncated(&mut self, i: usize, t: fdpass::Truncated, now: Instant) -> Result<(), String> {
+    fn truncated(&mut self, i: usize, frame: &[u8], t: fdpass::Truncated, now: Instant) -> Result<(), String> {
         if !self.list[i].returns() {
             return Err("a descriptor (workers must not send any)".into());
         }
-        let ids = match wire::decode(&self.recv_buf[..t.len]) {
-            Ok(Frame::Return(ids)) => ids,
+        let ids = match wire::decode_ref(frame) {
+            Ok(FrameRef::Return(ids)) => ids,
             Ok(_) => return Err("a descriptor with a frame other than RETURN".into()),
             Err(e) => return Err(format!("a malformed frame: {e}")),
         };
         let w = &mut self.list[i];
-        for id in &ids {
-            w.forget(*id);
+        for id in ids.iter() {
+            w.forget(id);
         }
         self.counts.lost_return_truncated += ids.len() as u64;
         let quiet =
@@ -349,7 +367,7 @@ impl Workers {
     fn take_back(
         &mut self,
         i: usize,
-        ids: Vec<u64>,
+        ids: Ids<'_>,
         fds: Vec<OwnedFd>,
         now: Instant,
         next_id: u64,
@@ -375,7 +393,7 @@ impl Workers {
         let mut seen = std::collections::HashSet::new();
         let mut twice = |k: usize, id: u64| {
             if ids.len() <= 16 {
-                ids[..k].contains(&id)
+                ids.iter().take(k).any(|x| x == id)
             } else {
                 !seen.insert(id)
             }
@@ -384,12 +402,12 @@ impl Workers {
             .iter()
             .zip(&fds)
             .enumerate()
-            .find(|&(k, (&id, fd))| !held_or_untracked(id, fd) || twice(k, id))
+            .find(|&(k, (id, fd))| !held_or_untracked(id, fd) || twice(k, id))
             .map(|(_, (id, _))| id)
         {
             return Err(format!("a RETURN of connection {id}, which it does not hold"));
         }
-        for (id, fd) in ids.into_iter().zip(fds) {
+        for (id, fd) in ids.iter().zip(fds) {
             let (listener, addrs) = match self.list[i].forget(id) {
                 Some(e) => (e.listener, e.addrs),
                 // Sent before READY: its listener and PROXY addresses are not known
@@ -513,8 +531,13 @@ impl Workers {
                 // worker without BATCH): no list of descriptors to build.
                 Some(chan) if n == 1 => fdpass::send_with_fds(chan.as_fd(), &self.frame, &[conns[0].1.as_fd()]),
                 Some(chan) => {
-                    let fds: Vec<_> = conns[..n].iter().map(|(_, fd)| fd.as_fd()).collect();
-                    fdpass::send_with_fds(chan.as_fd(), &self.frame, &fds)
+                    // On the stack, not a list allocated per frame (a BorrowedFd is a
+                    // number: the array is 1 KiB; its unused tail holds the channel's).
+                    let mut fds = [chan.as_fd(); wire::MAX_CONNS];
+                    for (slot, (_, fd)) in fds.iter_mut().zip(&conns[..n]) {
+                        *slot = fd.as_fd();
+                    }
+                    fdpass::send_with_fds(chan.as_fd(), &self.frame, &fds[..n])
                 }
                 None => Err(io::ErrorKind::BrokenPipe.into()),
             };
