@@ -68,7 +68,7 @@ pub fn run(model: Model, id: usize) -> Result<(), String> {
     let mut cfg = HttpConfig::new(id, None);
     cfg.test_knobs = true; // the `uneven` workload asks for `?cpu_ms=`
                            // The same switch as the built-in worker's (`HANDOFF_QUICK_PATH=off`: hyper only).
-    cfg.quick_path = std::env::var(handoff::__private::worker::http::ENV_QUICK_PATH).map_or(true, |v| v != "off");
+    cfg.quick_path = handoff::__private::worker::http::quick_path_from_env();
     let cfg = Arc::new(cfg);
     rt.block_on(async move {
         use tokio::signal::unix::{signal, SignalKind};

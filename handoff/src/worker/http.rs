@@ -48,7 +48,7 @@ pub struct HttpConfig {
     pub send_timeout: Duration,
     /// One line per request on standard output (`--access-log`); off by default.
     pub access_log: Option<super::access_log::AccessLog>,
-    /// Answer plain requests for the greeting without hyper (see [`Quick`]); on by
+    /// Answer plain requests for the greeting without hyper (the quick path: see the module code); on by
     /// default. `HANDOFF_QUICK_PATH=off` in the worker's environment turns it off
     /// (`HANDOFF_QUICK_PATH=off handoff bench`: every model serves with hyper only).
     pub quick_path: bool,
@@ -82,6 +82,18 @@ impl HttpConfig {
     fn quick_answer(&self) -> Arc<Greeting> {
         self.quick_answer.get_or_init(|| Arc::new(Greeting::new(self))).clone()
     }
+
+    /// Whether the quick path runs: it answers the greeting and logs nothing, so it is
+    /// off with a static root or an access log.
+    fn quick_path_on(&self) -> bool {
+        self.quick_path && self.static_root.is_none() && self.access_log.is_none()
+    }
+}
+
+/// What `HANDOFF_QUICK_PATH` in the environment says of [`HttpConfig::quick_path`]
+/// (`off`: no quick path; anything else or nothing: on).
+pub fn quick_path_from_env() -> bool {
+    std::env::var(ENV_QUICK_PATH).map_or(true, |v| v != "off")
 }
 
 /// How long a client may take over a request head by default (hyper's own default):
@@ -145,11 +157,9 @@ pub async fn serve_connection_from<I>(
 /// requests for the greeting, hyper from the first that is not. `handoff bench`'s
 /// kernel models serve with it, so that every model runs the same code.
 pub async fn serve_accepted(s: std::net::TcpStream, cfg: Arc<HttpConfig>, stop: tokio::sync::watch::Receiver<bool>) {
-    use tokio::io::AsyncWriteExt;
-    let quick_on = cfg.quick_path && cfg.static_root.is_none() && cfg.access_log.is_none();
     let mut seen = Vec::new();
     let mut s = s;
-    if quick_on {
+    if cfg.quick_path_on() {
         let Ok(afd) = crate::sys::async_fd(Arc::new(std::os::fd::OwnedFd::from(s))) else { return };
         let mut quick = Quick::new(cfg.quick_answer());
         let item = crate::wire::ConnItem { id: 0, listener: 0, sock: crate::wire::sock::TCP, flags: 0, addrs: None };
@@ -179,12 +189,10 @@ pub async fn serve_accepted(s: std::net::TcpStream, cfg: Arc<HttpConfig>, stop: 
         s = std::net::TcpStream::from(fd);
         if let Some((rest, close)) = unsent {
             let Ok(mut t) = s.set_nonblocking(true).and_then(|()| tokio::net::TcpStream::from_std(s)) else { return };
-            let sent = tokio::time::timeout(cfg.send_timeout, t.write_all(&rest)).await;
-            if close || !matches!(sent, Ok(Ok(()))) {
-                let _ = t.shutdown().await;
-                return;
+            if super::serve::finish_answer(&mut t, &rest, close, cfg.send_timeout).await {
+                serve_connection(t, cfg, stop).await;
             }
-            return serve_connection(t, cfg, stop).await;
+            return;
         }
     }
     let Ok(t) = s.set_nonblocking(true).and_then(|()| tokio::net::TcpStream::from_std(s)) else { return };
@@ -332,7 +340,7 @@ pub fn run_from_env(
         cfg.static_symlinks = static_symlinks;
         cfg.test_knobs = test_knobs;
         cfg.access_log = super::access_log::AccessLog::from_env();
-        cfg.quick_path = std::env::var(ENV_QUICK_PATH).map_or(true, |v| v != "off");
+        cfg.quick_path = quick_path_from_env();
         let cfg = Arc::new(cfg);
         serve_incoming(AsyncIncoming::from_env()?, cfg).await
     })
@@ -342,11 +350,8 @@ pub fn run_from_env(
 /// `handoff run` does without a command, until the master asks for a drain (then waits
 /// for the connections in progress) or goes away (then waits a second at most).
 pub async fn serve_incoming(mut incoming: AsyncIncoming, cfg: Arc<HttpConfig>) -> Result<(), WorkerError> {
-    // The quick path answers without hyper and logs nothing: off with an access log.
-    let quick = cfg.quick_path && cfg.static_root.is_none() && cfg.access_log.is_none();
-    let greeting = quick.then(|| cfg.quick_answer());
-    if let Some(greeting) = &greeting {
-        let mut quick = Quick::new(greeting.clone());
+    if cfg.quick_path_on() {
+        let mut quick = Quick::new(cfg.quick_answer());
         let look = move |item: &crate::wire::ConnItem, s: &super::Stream| {
             quick.look(item, std::os::fd::AsFd::as_fd(s), || s.peer_addr())
         };

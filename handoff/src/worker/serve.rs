@@ -174,19 +174,33 @@ async fn serve_conn<H, F, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     if let Some((unsent, close)) = conn.take_unsent() {
-        use tokio::io::AsyncWriteExt;
-        // The send timeout's rule, for the whole rest (a few hundred bytes at most).
-        let sent = tokio::time::timeout(opts.send_timeout, conn.write_all(&unsent)).await;
-        if !matches!(sent, Ok(Ok(()))) {
-            return; // the client reads nothing, or is gone: closed (DONE first)
-        }
-        if close {
-            let _ = conn.shutdown().await;
+        if !finish_answer(&mut conn, &unsent, close, opts.send_timeout).await {
             return;
         }
     }
     let resumed = conn.is_between_requests();
     serve_hyper(conn, handler, opts, stop, first_head_by, resumed).await
+}
+
+/// Writes `rest`, the end of an answer the quick path began, within `limit` (the send
+/// timeout's rule, for the whole rest: a few hundred bytes at most), then shuts the
+/// connection down if its client asked to `close`. `true`: it serves on.
+pub(crate) async fn finish_answer<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    rest: &[u8],
+    close: bool,
+    limit: Duration,
+) -> bool {
+    use tokio::io::AsyncWriteExt;
+    let sent = tokio::time::timeout(limit, io.write_all(rest)).await;
+    if !matches!(sent, Ok(Ok(()))) {
+        return false; // the client reads nothing, or is gone: closed when dropped
+    }
+    if close {
+        let _ = io.shutdown().await;
+        return false;
+    }
+    true
 }
 
 /// A connection this server can hand back to the master at a request boundary
