@@ -48,8 +48,8 @@ pub struct HttpConfig {
     pub send_timeout: Duration,
     /// One line per request on standard output (`--access-log`); off by default.
     pub access_log: Option<super::access_log::AccessLog>,
-    /// Answer plain requests for the greeting without hyper (the quick path: see the module code); on by
-    /// default. `HANDOFF_QUICK_PATH=off` in the worker's environment turns it off
+    /// Answer plain requests for the greeting without hyper (one `recv` and one `send`
+    /// each); on by default. `HANDOFF_QUICK_PATH=off` in the worker's environment turns it off
     /// (`HANDOFF_QUICK_PATH=off handoff bench`: every model serves with hyper only).
     pub quick_path: bool,
     /// The quick path's answer, made once (see [`HttpConfig::quick_answer`]).
