@@ -103,7 +103,10 @@ fn connections_idle_behind_a_long_request_are_served_by_another_worker() {
         .unwrap()
         .lines()
         .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
-    let expected = if root { 5 } else { 0 };
+    // Relative to the nice value the workers inherit (this test's: `nice cargo test`
+    // starts everything lower), 5 levels more, within the 19 that is the lowest.
+    let base = nice_of(std::process::id());
+    let expected = if root && base + 5 <= 19 { base + 5 } else { base };
     wait_until("the held thread's priority", || nice_of(pid) == expected);
     let r = get(&mut idle, "/");
     assert_eq!(r.status, 200);
@@ -124,7 +127,7 @@ fn connections_idle_behind_a_long_request_are_served_by_another_worker() {
     wait_until("the worker to say FREE", || {
         status_json(&control)["workers"].as_array().unwrap().iter().all(|w| w["busy"] == false)
     });
-    assert_eq!(nice_of(pid), 0, "the priority was not restored");
+    assert_eq!(nice_of(pid), base, "the priority was not restored");
 }
 
 /// The nice value of a process's main thread (the built-in worker's serving thread).
