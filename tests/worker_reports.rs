@@ -265,11 +265,17 @@ fn answer(c: &mut TcpStream) -> (Vec<String>, String) {
     c.read_to_end(&mut out).expect("an answer, then the end of the stream");
     let out = String::from_utf8(out).expect("text");
     let (head, body) = out.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no end of head in {out:?}"));
+    assert!(head.to_ascii_lowercase().contains("\r\ndate: "), "no date header: {head:?}");
+    (head_lines(head), body.to_string())
+}
+
+/// An answer's head as lines to compare: the status line, then the headers but the
+/// date (which differs from one second to the next), sorted.
+fn head_lines(head: &str) -> Vec<String> {
     let mut lines: Vec<String> =
         head.lines().filter(|l| !l.to_ascii_lowercase().starts_with("date:")).map(str::to_string).collect();
     lines[1..].sort();
-    assert!(head.to_ascii_lowercase().contains("\r\ndate: "), "no date header: {head:?}");
-    (lines, body.to_string())
+    lines
 }
 
 /// The reference answer to `method /`: the same request kept off the quick path
@@ -726,10 +732,7 @@ fn kept_answer(c: &mut TcpStream, head_only: bool) -> (Vec<String>, String) {
         .unwrap_or(0);
     let mut body = vec![0u8; if head_only { 0 } else { len }];
     c.read_exact(&mut body).expect("the body");
-    let mut lines: Vec<String> =
-        head.trim_end().lines().filter(|l| !l.starts_with("date:")).map(str::to_string).collect();
-    lines[1..].sort();
-    (lines, String::from_utf8(body).expect("text"))
+    (head_lines(head.trim_end()), String::from_utf8(body).expect("text"))
 }
 
 /// The keep-alive quick path: requests on a kept-alive connection are answered as hyper

@@ -350,14 +350,13 @@ impl AsyncIncoming {
     /// waited: then it is the master's, and its descriptor here is closed without a
     /// word (its RETURN stands for the DONE; no FIN).
     fn unless_rescued(&mut self, mut w: Waiting) -> Option<Waiting> {
-        let spot = w.kept.as_ref().and_then(|k| k.spot.as_ref());
-        if spot.is_none_or(|s| s.claim()) {
+        if still_ours(&w) {
             return Some(w);
         }
         if let Some(room) = self.room.as_mut() {
             room.leave(&mut w, true);
         }
-        super::stall::unshelve(w.item.id);
+        off_the_shelf(&w);
         None
     }
 
@@ -458,6 +457,12 @@ impl AsyncIncoming {
     }
 }
 
+/// Whether `w` is still this worker's, claimed for the caller's I/O: false once the
+/// stall rescue has handed it back while it waited.
+fn still_ours(w: &Waiting) -> bool {
+    w.kept.as_ref().and_then(|k| k.spot.as_ref()).is_none_or(|s| s.claim())
+}
+
 /// Takes a kept connection off the stall rescue's shelf, before it leaves the room or
 /// its descriptor closes (the rescue may be borrowing it until then).
 fn off_the_shelf(w: &Waiting) {
@@ -475,8 +480,7 @@ impl Drop for AsyncIncoming {
             let waiting = room.take_all();
             let mut ids = Vec::with_capacity(waiting.len());
             for w in &waiting {
-                let spot = w.kept.as_ref().and_then(|k| k.spot.as_ref());
-                if spot.is_none_or(|s| s.claim()) {
+                if still_ours(w) {
                     ids.push(w.item.id);
                 }
                 off_the_shelf(w);
