@@ -32,6 +32,11 @@ fn ack_for_a_connection_never_sent() {
 }
 
 #[test]
+fn served_for_a_connection_never_sent() {
+    misbehaving("unknown-served", "a SERVED for connection 18446744073709551614, which it does not hold; killing it");
+}
+
+#[test]
 fn connection_handed_back_without_the_return_capability() {
     misbehaving("return-unannounced", "sent a descriptor (workers must not send any); killing it");
 }

@@ -2,6 +2,8 @@
 //! never acknowledges them, is detected, killed and replaced, and the connections it
 //! had not taken are served by others.
 
+use std::io::{Read, Write};
+
 mod util;
 use util::*;
 
@@ -76,4 +78,31 @@ fn a_minimal_worker_that_never_reads_its_channel_is_replaced() {
     let line = h.wait_line("has left connections unread in its channel");
     assert!(line.contains(&format!("worker 0 (pid {first})")), "{line}");
     h.wait_lines("worker 0 started", 2);
+}
+
+/// A worker that stops reading its channel until the channel is full, and then catches
+/// up, is sent connections again once there is room, and is not killed: the master
+/// watches a full channel for room (and only a full one). 400 clients, all sent before
+/// the worker reads anything: more than its channel holds (one descriptor a frame).
+#[test]
+fn a_worker_whose_channel_filled_up_gets_connections_again_when_it_catches_up() {
+    let slow = "import time; time.sleep(3); exec(open('examples/python/minimal.py').read())";
+    let h = Handoff::start(&["--listen", "127.0.0.1:0", "--workers", "1", "--", "python3", "-c", slow]);
+    h.wait_started_slots(1);
+    let addr = h.addr();
+    let mut clients: Vec<std::net::TcpStream> = (0..400)
+        .map(|_| {
+            let mut c = std::net::TcpStream::connect(addr).expect("connect");
+            c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+            c.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+            c
+        })
+        .collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        let mut out = Vec::new();
+        c.read_to_end(&mut out).unwrap_or_else(|e| panic!("client {i}: {e}"));
+        assert!(out.starts_with(b"HTTP/1.1 200 OK"), "client {i} got {:?}", String::from_utf8_lossy(&out));
+    }
+    let lines = h.lines();
+    assert!(!lines.iter().any(|l| l.contains("killing")), "{lines:#?}");
 }

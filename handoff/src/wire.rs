@@ -24,7 +24,7 @@ pub const VERSION: u8 = 1;
 pub const HEADER_LEN: usize = 4;
 /// No frame is longer than this; receivers need a buffer of this size.
 pub const MAX_FRAME_LEN: usize = 4096;
-/// Most ids one ACK or DONE frame may carry.
+/// Most ids one ACK, DONE or SERVED frame may carry.
 pub const MAX_IDS: usize = (MAX_FRAME_LEN - HEADER_LEN) / 8;
 /// Most connections one CONN frame may carry (the kernel's `SCM_MAX_FD`).
 pub const MAX_CONNS: usize = crate::sys::fdpass::MAX_FDS_PER_MSG;
@@ -56,6 +56,9 @@ pub mod kind {
     pub const BUSY: u8 = 0x06;
     /// worker → master: the request that made this worker BUSY is finished.
     pub const FREE: u8 = 0x07;
+    /// worker → master: these connections were received and are finished, ACK and
+    /// DONE in one frame (connections a worker answered as soon as they came).
+    pub const SERVED: u8 = 0x08;
     /// master → worker: connections, one descriptor per item.
     pub const CONN: u8 = 0x81;
     /// master → worker: finish what you have, take no more, exit.
@@ -204,6 +207,8 @@ pub enum Frame {
     Ack(Vec<u64>),
     /// worker → master.
     Done(Vec<u64>),
+    /// worker → master: ACK and DONE at once.
+    Served(Vec<u64>),
     /// worker → master.
     Heartbeat,
     /// worker → master, with exactly one descriptor per id, in order.
@@ -267,7 +272,7 @@ impl std::error::Error for DecodeError {}
 fn item_len(kind: u8) -> Option<usize> {
     Some(match kind {
         kind::READY => 8,
-        kind::ACK | kind::DONE | kind::RETURN => 8,
+        kind::ACK | kind::DONE | kind::SERVED | kind::RETURN => 8,
         kind::HEARTBEAT | kind::DRAIN | kind::BUSY | kind::FREE => 0,
         kind::CONN => CONN_ITEM_LEN,
         kind::CONN_ADDR => CONN_ADDR_ITEM_LEN,
@@ -278,7 +283,7 @@ fn item_len(kind: u8) -> Option<usize> {
 fn count_ok(kind: u8, n: usize) -> bool {
     match kind {
         kind::READY => n == 1,
-        kind::ACK | kind::DONE => (1..=MAX_IDS).contains(&n),
+        kind::ACK | kind::DONE | kind::SERVED => (1..=MAX_IDS).contains(&n),
         kind::RETURN => (1..=MAX_RETURNS).contains(&n),
         kind::CONN => (1..=MAX_CONNS).contains(&n),
         kind::CONN_ADDR => (1..=MAX_CONN_ADDRS).contains(&n),
@@ -347,6 +352,8 @@ pub enum FrameRef<'a> {
     Ack(Ids<'a>),
     /// worker → master.
     Done(Ids<'a>),
+    /// worker → master: ACK and DONE at once.
+    Served(Ids<'a>),
     /// worker → master.
     Heartbeat,
     /// worker → master, with exactly one descriptor per id, in order.
@@ -389,6 +396,7 @@ pub fn decode_ref(b: &[u8]) -> Result<FrameRef<'_>, DecodeError> {
         kind::READY => FrameRef::Ready { version, caps: u32_at(body, 0), pid: u32_at(body, 4) },
         kind::ACK => FrameRef::Ack(ids),
         kind::DONE => FrameRef::Done(ids),
+        kind::SERVED => FrameRef::Served(ids),
         kind::HEARTBEAT => FrameRef::Heartbeat,
         kind::RETURN => FrameRef::Return(ids),
         kind::BUSY => FrameRef::Busy,
@@ -408,6 +416,7 @@ pub fn decode(b: &[u8]) -> Result<Frame, DecodeError> {
         kind::READY => Frame::Ready { version, caps: u32_at(body, 0), pid: u32_at(body, 4) },
         kind::ACK => Frame::Ack(ids()),
         kind::DONE => Frame::Done(ids()),
+        kind::SERVED => Frame::Served(ids()),
         kind::HEARTBEAT => Frame::Heartbeat,
         kind::RETURN => Frame::Return(ids()),
         kind::BUSY => Frame::Busy,
@@ -451,11 +460,11 @@ pub fn encode_ready(out: &mut Vec<u8>, caps: u32, pid: u32) {
     out.extend_from_slice(&pid.to_le_bytes());
 }
 
-/// Encodes an ACK, DONE or RETURN list. Panics in debug builds only if `ids` is
+/// Encodes an ACK, DONE, SERVED or RETURN list. Panics in debug builds only if `ids` is
 /// empty or longer than the type allows ([`MAX_IDS`], [`MAX_RETURNS`]); callers chunk
 /// their lists.
 pub fn encode_ids(out: &mut Vec<u8>, kind: u8, ids: &[u64]) {
-    debug_assert!(kind == kind::ACK || kind == kind::DONE || kind == kind::RETURN);
+    debug_assert!(matches!(kind, kind::ACK | kind::DONE | kind::SERVED | kind::RETURN));
     debug_assert!(count_ok(kind, ids.len()));
     header(out, kind, ids.len());
     for id in ids {
@@ -495,6 +504,7 @@ pub fn encode(frame: &Frame) -> Vec<u8> {
         Frame::Ready { caps, pid, .. } => encode_ready(&mut out, *caps, *pid),
         Frame::Ack(ids) => encode_ids(&mut out, kind::ACK, ids),
         Frame::Done(ids) => encode_ids(&mut out, kind::DONE, ids),
+        Frame::Served(ids) => encode_ids(&mut out, kind::SERVED, ids),
         Frame::Heartbeat => encode_empty(&mut out, kind::HEARTBEAT),
         Frame::Return(ids) => encode_ids(&mut out, kind::RETURN, ids),
         Frame::Busy => encode_empty(&mut out, kind::BUSY),
@@ -572,7 +582,8 @@ mod tests {
         prop_oneof![
             (any::<u32>(), any::<u32>()).prop_map(|(caps, pid)| Frame::Ready { version: VERSION, caps, pid }),
             ids.clone().prop_map(Frame::Ack),
-            ids.prop_map(Frame::Done),
+            ids.clone().prop_map(Frame::Done),
+            ids.prop_map(Frame::Served),
             prop::collection::vec(any::<u64>(), 1..=MAX_RETURNS).prop_map(Frame::Return),
             Just(Frame::Heartbeat),
             Just(Frame::Busy),
@@ -589,6 +600,7 @@ mod tests {
             FrameRef::Ready { version, caps, pid } => Some(Frame::Ready { version, caps, pid }),
             FrameRef::Ack(ids) => Some(Frame::Ack(ids.to_vec())),
             FrameRef::Done(ids) => Some(Frame::Done(ids.to_vec())),
+            FrameRef::Served(ids) => Some(Frame::Served(ids.to_vec())),
             FrameRef::Heartbeat => Some(Frame::Heartbeat),
             FrameRef::Return(ids) => Some(Frame::Return(ids.to_vec())),
             FrameRef::Busy => Some(Frame::Busy),

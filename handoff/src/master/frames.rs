@@ -21,11 +21,11 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::Instant;
 
 use mio::unix::SourceFd;
-use mio::Registry;
+use mio::{Interest, Registry};
 use tracing::{debug, error, info, warn};
 
 use super::spawn::{self, StderrRead};
-use super::{Handed, Inflight, Slot, State, Workers, LOST_GRACE, RETRY_ELSEWHERE};
+use super::{Handed, Inflight, Slot, Source, State, Workers, LOST_GRACE, RETRY_ELSEWHERE};
 use crate::config::Config;
 use crate::master::Held;
 use crate::sys::fdpass;
@@ -61,6 +61,25 @@ impl Workers {
         if let Some(i) = self.index(key) {
             self.list[i].blocked_since = None;
             self.send_drain(i, now);
+        }
+    }
+
+    /// Watches each worker's channel for room (WRITABLE) exactly while a send to it
+    /// waits for room, once a loop turn. Watched always, the master would be woken
+    /// each time a worker reads a frame (the kernel reports room on every read): a
+    /// wake-up per CONN frame for nothing. Turned on, epoll reports room at once if
+    /// there is some already, so no edge is missed.
+    pub(in crate::master) fn watch_for_room(&mut self, reg: &Registry) {
+        for w in &mut self.list {
+            let want = w.blocked_since.is_some();
+            let Some(chan) = w.chan.as_ref().filter(|_| w.watching_room != want) else { continue };
+            let interest = if want { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+            match reg.reregister(&mut SourceFd(&chan.as_raw_fd()), Source::Channel(w.key).token(), interest) {
+                Ok(()) => w.watching_room = want,
+                // Tried again next turn; a channel that stays full gets its worker
+                // killed by the stuck-worker timeout, as always.
+                Err(e) => warn!("worker {}: cannot watch its channel for room: {e}", w.slot),
+            }
         }
     }
 
@@ -235,6 +254,18 @@ impl Workers {
                 }
                 if let Some(what) = bad {
                     return Err(what);
+                }
+            }
+            FrameRef::Served(ids) => {
+                if w.caps & cap::DONE == 0 && w.ready {
+                    return Err("SERVED without the DONE capability".into());
+                }
+                // Received and finished: the copy held until an ACK closes with its
+                // record (the worker sends the FIN after this frame).
+                for id in ids.iter() {
+                    if id >= w.tracked_from && w.forget(id).is_none() {
+                        return Err(format!("a SERVED for connection {id}, which it does not hold"));
+                    }
                 }
             }
             FrameRef::Heartbeat => {}

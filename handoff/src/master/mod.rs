@@ -317,6 +317,7 @@ impl Master {
                 let (life, mut p) = self.parts();
                 life.hand_out_then_drain(&mut p);
             }
+            self.workers.watch_for_room(self.poll.registry());
             self.workers.flush_output();
             if let Some(end) = self.end() {
                 return end;

@@ -111,6 +111,9 @@ pub struct Worker {
     pub max_requests: Option<u64>,
     /// The last send hit a full channel; wait for it to become writable.
     pub blocked_since: Option<Instant>,
+    /// Its channel is watched for room (WRITABLE), which it is only while blocked:
+    /// watched always, every frame the worker reads would wake the master.
+    pub watching_room: bool,
     /// Spawn time.
     pub started: Instant,
     /// Last frame received.

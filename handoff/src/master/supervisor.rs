@@ -293,11 +293,9 @@ impl Workers {
         drop(theirs);
         let key = self.next_key;
         self.next_key += 1;
-        reg.register(
-            &mut SourceFd(&mine.as_raw_fd()),
-            Source::Channel(key).token(),
-            Interest::READABLE | Interest::WRITABLE,
-        )?;
+        // Readable only: room is watched for while a send waits for it (see
+        // `Workers::watch_for_room`).
+        reg.register(&mut SourceFd(&mine.as_raw_fd()), Source::Channel(key).token(), Interest::READABLE)?;
         if let Some(e) = &stderr {
             reg.register(&mut SourceFd(&e.as_raw_fd()), Source::Stderr(key).token(), Interest::READABLE)?;
         }
@@ -325,6 +323,7 @@ impl Workers {
             drain_pending: false,
             max_requests,
             blocked_since: None,
+            watching_room: false,
             started: now,
             last_heard: now,
             kill_at: None,

@@ -23,6 +23,8 @@ pub enum Fault {
     SendFd,
     /// Send READY, then an ACK for a connection it was never sent.
     UnknownAck,
+    /// Send READY, then a SERVED for a connection it was never sent.
+    UnknownServed,
     /// Send READY announcing ACK, then take connections and never ACK them, while
     /// sending HEARTBEAT (alive, but keeping the master's copies forever).
     NoAck,
@@ -36,11 +38,12 @@ pub enum Fault {
 
 impl Fault {
     /// Every fault, with the name the command line gives it.
-    pub const ALL: [(Fault, &'static str); 8] = [
+    pub const ALL: [(Fault, &'static str); 9] = [
         (Fault::Stall, "stall"),
         (Fault::Garbage, "garbage"),
         (Fault::SendFd, "send-fd"),
         (Fault::UnknownAck, "unknown-ack"),
+        (Fault::UnknownServed, "unknown-served"),
         (Fault::NoAck, "no-ack"),
         (Fault::ReturnUnannounced, "return-unannounced"),
         (Fault::ReturnUnknown, "return-unknown"),
@@ -81,8 +84,9 @@ pub fn run(fault: Fault) -> Result<(), WorkerError> {
             wire::encode_ids(&mut buf, wire::kind::RETURN, &[u64::MAX - 1]);
             fdpass::send_with_fds(chan.as_fd(), &buf, &[std::io::stderr().as_fd()])?;
         }
-        Fault::UnknownAck => {
-            wire::encode_ids(&mut buf, wire::kind::ACK, &[u64::MAX - 1]);
+        Fault::UnknownAck | Fault::UnknownServed => {
+            let k = if fault == Fault::UnknownAck { wire::kind::ACK } else { wire::kind::SERVED };
+            wire::encode_ids(&mut buf, k, &[u64::MAX - 1]);
             fdpass::send_with_fds(chan.as_fd(), &buf, &[])?;
         }
         Fault::HeartbeatFlood => {

@@ -149,14 +149,16 @@ pub(crate) fn channel_from_env() -> Result<OwnedFd, WorkerError> {
 /// Sends are synchronous and non-blocking; if the channel is momentarily full, ids
 /// wait in a queue that the next send flushes first. The blocking API sends each ACK
 /// and DONE at once. The async API coalesces them per scheduler pass, without giving
-/// up either ordering the master relies on: a connection's ACK is flushed before its
-/// first read or write ([`Reporter::flush_acks`]), so a connection handed on after a
-/// crash has lost no byte; and its DONE is flushed before its `shutdown`
-/// ([`Reporter::done_later`]), so the master's count is exact when the client sees the
-/// end. One `sendmsg` then covers every connection that reached that point in the same
-/// pass, instead of one per connection. Both orderings hold while the channel has
-/// room: on a full channel (a master far behind) the worker does not wait, and the
-/// reports follow with the next send that gets through.
+/// up either ordering the master relies on: a connection's ACK is flushed before the
+/// client can see anything of it ([`Reporter::flush_acks`] before a connection's first
+/// read or write; after a batch's first looks, which read); and its DONE before its
+/// `shutdown` ([`Reporter::done_later`]), so the master's count is exact when the
+/// client sees the end. One `sendmsg` then covers every connection that reached that
+/// point in the same pass, instead of one per connection; a connection whose ACK is
+/// still queued when it finishes (a first look answered it) is reported once, SERVED,
+/// in place of both. Both orderings hold while the channel has room: on a full
+/// channel (a master far behind) the worker does not wait, and the reports follow
+/// with the next send that gets through.
 #[derive(Debug)]
 pub(crate) struct Reporter {
     fd: Arc<OwnedFd>,
@@ -171,6 +173,8 @@ pub(crate) struct Reporter {
 struct ReporterState {
     buf: Vec<u8>,
     acks: Vec<u64>,
+    /// Finished before their ACK went out: ACK and DONE in one (SERVED).
+    served: Vec<u64>,
     dones: Vec<u64>,
     closed: bool,
     /// DONE ids queued and sent (or given up on: the master is gone), ever. `dones`
@@ -284,10 +288,26 @@ impl Reporter {
         st.acks.is_empty()
     }
 
-    /// Reports DONE for `ids` at once, in one frame (connections a first look finished).
+    /// Reports `ids` finished at once (connections a first look finished): SERVED for
+    /// those whose ACK is still queued, which it replaces, and DONE for the others;
+    /// one frame each.
     pub(crate) fn done_all(&self, ids: &[u64]) {
         self.forget_open(ids.len());
-        self.done_unreceived(ids);
+        let mut st = self.lock();
+        let ReporterState { acks, served, dones, dones_queued, .. } = &mut *st;
+        for &id in ids {
+            match acks.iter().position(|&a| a == id) {
+                Some(at) => {
+                    acks.swap_remove(at);
+                    served.push(id);
+                }
+                None => {
+                    dones.push(id);
+                    *dones_queued += 1;
+                }
+            }
+        }
+        let _ = self.flush_locked(&mut st);
     }
 
     /// Reports DONE for connections the master sent and whose descriptors never
@@ -334,14 +354,21 @@ impl Reporter {
     fn flush_locked(&self, st: &mut ReporterState) -> io::Result<()> {
         if st.closed {
             st.acks.clear();
+            st.served.clear();
             st.dones_sent += st.dones.len() as u64;
             st.dones.clear();
             return Ok(());
         }
-        for k in [kind::ACK, kind::DONE] {
+        // ACK first: a DONE for a connection the master has no ACK for means "never
+        // received".
+        for k in [kind::ACK, kind::SERVED, kind::DONE] {
             loop {
-                let ReporterState { buf, acks, dones, closed, dones_sent, .. } = &mut *st;
-                let ids = if k == kind::ACK { acks } else { dones };
+                let ReporterState { buf, acks, served, dones, closed, dones_sent, .. } = &mut *st;
+                let ids = match k {
+                    kind::ACK => acks,
+                    kind::SERVED => served,
+                    _ => dones,
+                };
                 if ids.is_empty() {
                     break;
                 }

@@ -218,14 +218,21 @@ impl AsyncIncoming {
 
 impl AsyncIncoming {
     /// Queues a CONN frame's connections for `accept`. Their ACK waits for the first
-    /// read of any of them; with a first look, which reads, it goes first, and the
-    /// connections the look finishes share one DONE, sent before their FINs.
+    /// read of any of them; with a first look it waits for the looks to end: the
+    /// connections they finish are reported SERVED (ACK and DONE in one frame, sent
+    /// before their FINs), the others ACKed, so that a batch costs the master one
+    /// frame to read where it would cost two.
+    ///
+    /// The trade-off, for a crash in the middle of the looks: the master hands the
+    /// whole batch to another worker, not only the connections the looks had not
+    /// reached (which an ACK sent first would lose with this worker), but also the
+    /// one being looked at, whose request this worker had read: its client then waits
+    /// for the header timeout of the next worker, where it would see its connection
+    /// reset at once.
     fn take_conns(&mut self, conns: Vec<(crate::wire::ConnItem, OwnedFd)>) {
         let ids: Vec<u64> = conns.iter().map(|(it, _)| it.id).collect();
         self.reporter.ack_later(&ids);
-        // A look reads, so the ACK must be out first; with the channel full it is not,
-        // and these connections go out unlooked (their first read tries the ACK again).
-        let looking = self.first_look.is_some() && self.reporter.flush_acks();
+        let looking = self.first_look.is_some();
         let mut finished = Vec::new();
         let deadline = self.room.as_ref().map(|r| WaitRoom::deadline_after(r.timeout()));
         for (item, fd) in conns {
@@ -241,6 +248,8 @@ impl AsyncIncoming {
             }
         }
         self.finish_all(finished);
+        // The ACK of those still open, if finishing the others did not send it.
+        self.reporter.flush_acks();
     }
 
     /// The next look, at the connections of the waiting room that became readable
